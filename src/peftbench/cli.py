@@ -1,0 +1,171 @@
+"""Command line: parses flags and calls run / report / list / fetch. No logic of its own.
+
+Usage:
+    peftbench run demo
+    peftbench run --model random:gpt2 --method lora --task summarization --dataset builtin:spam-subjects \
+        --set method.r=16 --set train.max_steps=50
+    peftbench report runs/demo
+    peftbench list seed
+    peftbench fetch smollm2-135m gpt2-tokenizer
+
+Exit codes: 0 success; 1 some experiment failed (its result says why); 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from peftbench.errors import ConfigError, SourceError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="peftbench", description="Which fine-tuning method is best for your model and task?")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override any config field, e.g. train.max_steps=50 (repeatable)")
+        sp.add_argument("--only", metavar="GLOB", help="only experiment ids matching this glob")
+        sp.add_argument("--out", type=Path, help="output directory (default runs/<suite>)")
+
+    run = sub.add_parser("run", help="run a suite (YAML path or built-in name) or one experiment")
+    run.add_argument("suite", nargs="?", help="suite: path to YAML, or demo / seed")
+    run.add_argument("--model", help="model spec (single-experiment mode)")
+    run.add_argument("--method", help="method name (single-experiment mode)")
+    run.add_argument("--task", help="task (single-experiment mode)")
+    run.add_argument("--dataset", help="dataset spec (single-experiment mode)")
+    run.add_argument("--id", dest="exp_id", help="experiment id (single-experiment mode)")
+    run.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    run.add_argument("--seed", type=int, help="shorthand for --set train.seed=N")
+    run.add_argument("--force", action="store_true", help="rerun experiments that already succeeded")
+    run.add_argument("--help-config", action="store_true", help="list every config field with its default and exit")
+    run.add_argument("-v", "--verbose", action="store_true", help="log details (tracebacks of failures)")
+    common(run)
+
+    rep = sub.add_parser("report", help="rebuild report.md/report.html/summary.csv/plots from result JSON")
+    rep.add_argument("dir", type=Path)
+
+    ls = sub.add_parser("list", help="the plan: experiment ids and whether each is done")
+    ls.add_argument("suite")
+    common(ls)
+
+    fetch = sub.add_parser("fetch", help="fill the cache with offline sources")
+    fetch.add_argument("names", nargs="*", help="source names (default: all)")
+    fetch.add_argument("--force", action="store_true", help="convert again even if cached")
+    return p
+
+
+def _load(args):
+    from peftbench import config
+
+    overrides = list(args.set)
+    if getattr(args, "seed", None) is not None:
+        overrides.append(f"train.seed={args.seed}")
+    single = [getattr(args, k, None) for k in ("model", "method", "task", "dataset")]
+    if any(single):
+        if getattr(args, "suite", None):
+            raise ConfigError("give either a suite or --model/--method/--task/--dataset, not both")
+        missing = [f"--{k}" for k, v in zip(("model", "method", "task", "dataset"), single) if not v]
+        if missing:
+            raise ConfigError(f"single-experiment mode needs {', '.join(missing)}")
+        return config.single_experiment(model=args.model, method=args.method, task=args.task, dataset=args.dataset,
+                                        overrides=overrides, exp_id=getattr(args, "exp_id", None))
+    if not getattr(args, "suite", None):
+        raise ConfigError("name a suite (demo, seed, or a YAML path) or give --model/--method/--task/--dataset")
+    return config.load_suite(args.suite, overrides=overrides)
+
+
+def cmd_run(args) -> int:
+    from peftbench import config, runner
+
+    if args.help_config:
+        print(config.help_text())
+        return 0
+    suite = _load(args)
+    runner.resolve_device(args.device)
+    out = args.out or Path("runs") / suite.name
+    return runner.run_suite(suite, out_dir=out, device=args.device, force=args.force, only=args.only)
+
+
+def cmd_list(args) -> int:
+    from peftbench import results, runner
+
+    suite = _load(args)
+    out = args.out or Path("runs") / suite.name
+    for exp in runner.select(suite, args.only):
+        d = results.read_result(results.result_path(out, exp.id))
+        state = d["status"] if d else "todo"
+        print(f"{state:10s} {exp.id}  ({exp.model.spec} | {exp.data.task} {exp.data.spec} | {exp.method.name})")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from peftbench.report import build_report
+
+    if not args.dir.is_dir():
+        raise ConfigError(f"report: {args.dir} is not a directory")
+    paths = build_report(args.dir)
+    print(f"report: {paths['md']} (and {paths['html'].name}, {paths['csv'].name}, plots/)")
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    from peftbench import sources
+
+    names = args.names or list(sources.SOURCES)
+    unknown = [n for n in names if n not in sources.SOURCES]
+    if unknown:
+        raise ConfigError(f"fetch: unknown source {', '.join(unknown)} (known: {', '.join(sources.SOURCES)})")
+    for name in names:
+        path = sources.ensure(name, force=args.force)
+        print(f"{name}: {path}")
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """The libraries' own chatter (deprecations, per-step warnings) would bury our progress lines."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+    try:
+        import datasets
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "fetch": cmd_fetch}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("peftbench").setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_libraries()
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as e:
+        print(f"peftbench: error: {e}", file=sys.stderr)
+        return 2
+    except SourceError as e:
+        print(f"peftbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("peftbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

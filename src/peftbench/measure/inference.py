@@ -1,0 +1,105 @@
+"""Inference scenarios: forward pass at fixed (batch, length), and generation of a fixed number of
+new tokens split into time to first token and time per output token.
+
+Usage:
+    report = measure_inference(model, family="causal", vocab_size=50257, args=measure_args, device=device)
+    report["latency_ms"]["p50_ms"], report["throughput_tokens_per_second"]
+
+Every scenario uses the same seeded random token ids, so methods see identical work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from peftbench.config import MeasureArgs
+from peftbench.measure.latency import measure_latency
+from peftbench.measure.memory import MemoryTracker, tensor_bytes
+
+
+def inference_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, name)
+
+
+def make_inputs(*, family: str, vocab_size: int, batch: int, seq_len: int, decoder_len: int,
+                device: torch.device, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    low = min(3, vocab_size - 1)  # skip the usual special ids (pad/eos/unk)
+    ids = torch.randint(low, vocab_size, (batch, seq_len), generator=g)
+    inputs = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+    if family == "seq2seq":
+        dec = torch.randint(low, vocab_size, (batch, decoder_len), generator=g)
+        inputs["decoder_input_ids"] = dec.to(device)
+    return inputs
+
+
+def _gen_kwargs(n: int, pad_id: int | None) -> dict:
+    # min == max: every method generates exactly n tokens, whatever its eos probabilities
+    return {"max_new_tokens": n, "min_new_tokens": n, "do_sample": False, "num_beams": 1,
+            "pad_token_id": pad_id, "use_cache": True}
+
+
+@torch.inference_mode()
+def measure_inference(model, *, family: str, vocab_size: int, args: MeasureArgs, device: torch.device,
+                      pad_id: int | None = 0, progress: Callable[[str], None] | None = None) -> dict:
+    model.eval()
+    decoder_len = args.decoder_len or args.seq_len
+    timing = {"device": device, "warmup": args.warmup, "iterations": args.iterations, "min_seconds": args.min_seconds}
+    batches = [args.batch_size] + ([args.large_batch_size] if args.large_batch_size and args.large_batch_size != args.batch_size else [])
+    scenarios: dict[str, dict] = {}
+    with MemoryTracker(device, resident_bytes=tensor_bytes(model)) as mem:
+        for b in batches:
+            inputs = make_inputs(family=family, vocab_size=vocab_size, batch=b, seq_len=args.seq_len,
+                                 decoder_len=decoder_len, device=device)
+            if progress:
+                progress(f"forward b={b}")
+            lat = measure_latency(lambda: model(**inputs), **timing)
+            tokens = b * (args.seq_len + (decoder_len if family == "seq2seq" else 0))
+            scenarios[f"forward_b{b}"] = {"batch_size": b, "seq_len": args.seq_len,
+                                          "decoder_len": decoder_len if family == "seq2seq" else None,
+                                          "latency_ms": lat.to_dict(),
+                                          "tokens_per_second": round(tokens / (lat.mean_ms / 1000), 3)}
+            if not args.generate:
+                continue
+            gen_inputs = {k: v for k, v in inputs.items() if k != "decoder_input_ids"}
+            if progress:
+                progress(f"generate b={b}")
+            first = measure_latency(lambda: model.generate(**gen_inputs, **_gen_kwargs(1, pad_id)), **timing)
+            total = measure_latency(lambda: model.generate(**gen_inputs, **_gen_kwargs(args.new_tokens, pad_id)), **timing)
+            per_token = (total.mean_ms - first.mean_ms) / max(1, args.new_tokens - 1)
+            scenarios[f"generate_b{b}"] = {
+                "batch_size": b, "seq_len": args.seq_len, "new_tokens": args.new_tokens,
+                "time_to_first_token_ms": first.to_dict(), "latency_ms": total.to_dict(),
+                "time_per_output_token_ms": round(per_token, 4),
+                "tokens_per_second": round(b * args.new_tokens / (total.mean_ms / 1000), 3)}
+    head_fwd = scenarios[f"forward_b{args.batch_size}"]
+    head_gen = scenarios.get(f"generate_b{args.batch_size}")
+    large_gen = scenarios.get(f"generate_b{args.large_batch_size}")
+    return {
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "shapes": {"batch_size": args.batch_size, "large_batch_size": args.large_batch_size, "seq_len": args.seq_len,
+                   "decoder_len": decoder_len if family == "seq2seq" else None, "new_tokens": args.new_tokens},
+        "latency_ms": head_fwd["latency_ms"],
+        "throughput_tokens_per_second": (head_gen or head_fwd)["tokens_per_second"],
+        "throughput_unit": "generated tokens/s" if head_gen else "forward tokens/s",
+        "throughput_large_batch_tokens_per_second": (large_gen or scenarios.get(f"forward_b{args.large_batch_size}") or {}).get("tokens_per_second"),
+        "time_to_first_token_ms": head_gen["time_to_first_token_ms"] if head_gen else None,
+        "time_per_output_token_ms": head_gen["time_per_output_token_ms"] if head_gen else None,
+        "peak_memory_bytes": mem.result.peak_bytes,
+        "memory": mem.result.to_dict(),
+        "scenarios": scenarios,
+    }
+
+
+@torch.inference_mode()
+def logits_for(model, *, family: str, vocab_size: int, args: MeasureArgs, device: torch.device) -> torch.Tensor:
+    inputs = make_inputs(family=family, vocab_size=vocab_size, batch=args.batch_size, seq_len=args.seq_len,
+                         decoder_len=args.decoder_len or args.seq_len, device=device, seed=1)
+    model.eval()
+    return model(**inputs).logits.float().cpu()

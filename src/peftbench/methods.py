@@ -1,0 +1,126 @@
+"""Method registry: name -> how to make a model trainable.
+
+Usage:
+    model, info = apply(name="lora", options={"r": 16}, model=base, family="causal")
+
+``none`` trains nothing (zero-shot baseline), ``full`` trains every weight, the others wrap the
+model with ``peft.get_peft_model``. Options are the fields of the method's peft config; target
+modules default to peft's own per-architecture mapping. Adding a method is one ``Method`` line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config_class: str | None  # peft config class name; None for none/full
+    defaults: dict  # options we set unless the user does (documented in the README)
+    learning_rate: float  # default peak learning rate
+    trains: bool = True
+    description: str = ""
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("none", None, {}, 0.0, trains=False, description="zero-shot baseline: no training"),
+    Method("full", None, {}, 5e-5, description="full fine-tuning: every weight trains"),
+    Method("lora", "LoraConfig", {}, 2e-4, description="LoRA (peft defaults: r=8, alpha=8)"),
+    Method("ia3", "IA3Config", {}, 1e-3, description="IA3 (peft defaults)"),
+    Method("dora", "LoraConfig", {"use_dora": True}, 2e-4, description="DoRA: weight-decomposed LoRA"),
+    Method("loha", "LoHaConfig", {}, 2e-4, description="LoHa: low-rank Hadamard product"),
+    Method("lokr", "LoKrConfig", {}, 2e-4, description="LoKr: low-rank Kronecker product"),
+    Method("vera", "VeraConfig", {}, 1e-3, description="VeRA: shared random projections"),
+]}
+
+
+def _peft_config_class(name: str):
+    import peft
+
+    return getattr(peft, name)
+
+
+def check(name: str, options: dict) -> list[str]:
+    """Config problems: unknown method, unknown option, options for a method that takes none."""
+    if name not in METHODS:
+        return [f"method.name: unknown method {name!r} (known: {', '.join(METHODS)})"]
+    method = METHODS[name]
+    if method.config_class is None:
+        return [f"method.{k}: {name!r} takes no options" for k in options]
+    fields = {f.name for f in dataclasses.fields(_peft_config_class(method.config_class))}
+    fields -= {"peft_type", "task_type", "base_model_name_or_path", "revision", "auto_mapping"}
+    return [f"method.{k}: not an option of {method.config_class} (e.g. {', '.join(sorted(fields)[:6])}, ...)"
+            for k in options if k not in fields]
+
+
+def _conv1d_targets(model: torch.nn.Module, targets: Any) -> bool:
+    """GPT-2 stores its projections as transformers' Conv1D (weights transposed): peft needs fan_in_fan_out."""
+    from transformers.pytorch_utils import Conv1D
+
+    names = [n for n, m in model.named_modules() if isinstance(m, Conv1D)]
+    if not names:
+        return False
+    if isinstance(targets, str):
+        import re
+
+        return any(re.fullmatch(targets, n) for n in names)
+    if targets is None:
+        return True  # peft's default mapping for gpt2 targets c_attn (Conv1D)
+    return any(n.split(".")[-1] in set(targets) for n in names)
+
+
+def peft_config(name: str, options: dict, *, family: str, model: torch.nn.Module):
+    from peft import TaskType
+
+    method = METHODS[name]
+    cls = _peft_config_class(method.config_class)
+    opts = {**method.defaults, **options}
+    task_type = TaskType.SEQ_2_SEQ_LM if family == "seq2seq" else TaskType.CAUSAL_LM
+    field_names = {f.name for f in dataclasses.fields(cls)}
+    if "fan_in_fan_out" in field_names and "fan_in_fan_out" not in opts and _conv1d_targets(model, opts.get("target_modules")):
+        opts["fan_in_fan_out"] = True
+    if name == "ia3" and "feedforward_modules" not in opts and "target_modules" in opts:
+        opts["feedforward_modules"] = []  # user-chosen targets: treat none as feed-forward unless told
+    return cls(task_type=task_type, **opts)
+
+
+@dataclass
+class Applied:
+    model: torch.nn.Module
+    is_peft: bool
+    trains: bool
+    can_merge: bool
+    resolved: dict  # the method's effective options (peft config as a dict, every default filled in)
+    learning_rate: float
+
+
+def apply(*, name: str, options: dict, model: torch.nn.Module, family: str) -> Applied:
+    method = METHODS[name]
+    if method.config_class is None:
+        for p in model.parameters():
+            p.requires_grad_(method.trains)
+        return Applied(model, False, method.trains, False, {"name": name}, method.learning_rate)
+    from peft import get_peft_model
+
+    cfg = peft_config(name, options, family=family, model=model)
+    peft_model = get_peft_model(model, cfg)
+    resolved = {"name": name, **_jsonable(cfg.to_dict())}
+    can_merge = hasattr(peft_model, "merge_and_unload") and cfg.peft_type.value not in (
+        "PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING")
+    return Applied(peft_model, True, True, can_merge, resolved, method.learning_rate)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        items = [_jsonable(v) for v in value]
+        return sorted(items, key=str) if isinstance(value, set) else items
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return getattr(value, "value", str(value))

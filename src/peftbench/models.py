@@ -1,0 +1,226 @@
+"""Model specs -> (model, tokenizer, family).
+
+Usage:
+    loaded = load(ModelArgs(spec="random:gpt2"), seed=0)
+    loaded.model, loaded.tokenizer, loaded.family   # family: "causal" | "seq2seq"
+
+Specs are resolved through ``SOURCES``, a registry of prefix -> builder:
+  ``random:NAME``  the published architecture NAME built from its configuration with seeded random
+                   weights (efficiency numbers exact, quality not meaningful);
+  ``builtin:NAME`` a pretrained model from an offline source (``sources.py``);
+  anything else    a hub id or local directory, loaded with ``from_pretrained`` (safetensors only).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from peftbench.config import ModelArgs
+from peftbench.errors import ConfigError
+
+# Published configurations, so that random: models have the real shapes without the hub.
+GPT2_BASE = dict(model_type="gpt2", vocab_size=50257, n_positions=1024, activation_function="gelu_new",
+                 layer_norm_epsilon=1e-5, bos_token_id=50256, eos_token_id=50256)
+T5_BASE = dict(model_type="t5", vocab_size=32128, relative_attention_num_buckets=32, dropout_rate=0.1,
+               feed_forward_proj="relu", tie_word_embeddings=True, is_encoder_decoder=True,
+               pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, layer_norm_epsilon=1e-6)
+BYTES_VOCAB = 384  # ByT5's byte tokenizer: 3 specials + 256 bytes + 125 extra ids
+
+RANDOM_CONFIGS: dict[str, dict[str, Any]] = {
+    "gpt2": {**GPT2_BASE, "n_embd": 768, "n_layer": 12, "n_head": 12},
+    "gpt2-medium": {**GPT2_BASE, "n_embd": 1024, "n_layer": 24, "n_head": 16},
+    "gpt2-large": {**GPT2_BASE, "n_embd": 1280, "n_layer": 36, "n_head": 20},
+    "gpt2-xl": {**GPT2_BASE, "n_embd": 1600, "n_layer": 48, "n_head": 25},
+    "t5-small": {**T5_BASE, "d_model": 512, "d_kv": 64, "d_ff": 2048, "num_layers": 6, "num_heads": 8},
+    "t5-base": {**T5_BASE, "d_model": 768, "d_kv": 64, "d_ff": 3072, "num_layers": 12, "num_heads": 12},
+    "smollm2-135m": dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                         max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
+                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, hidden_act="silu"),
+    # tiny shapes for tests and smoke runs (byte tokenizer, so no files are needed)
+    "tiny-gpt2": {**GPT2_BASE, "vocab_size": BYTES_VOCAB, "n_positions": 512, "n_embd": 64, "n_layer": 2,
+                  "n_head": 4, "bos_token_id": 1, "eos_token_id": 1},
+    "tiny-t5": {**T5_BASE, "vocab_size": BYTES_VOCAB, "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2,
+                "num_heads": 4},
+    "tiny-llama": dict(model_type="llama", vocab_size=BYTES_VOCAB, hidden_size=64, intermediate_size=128,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=1, eos_token_id=1),
+}
+# The tokenizer a random: model gets: GPT-2's real BPE where it is GPT-2-shaped, else bytes.
+RANDOM_TOKENIZERS = {"gpt2": "builtin:gpt2-tokenizer", "gpt2-medium": "builtin:gpt2-tokenizer",
+                     "gpt2-large": "builtin:gpt2-tokenizer", "gpt2-xl": "builtin:gpt2-tokenizer",
+                     "smollm2-135m": "builtin:smollm2-135m"}
+BUILTIN_MODELS = ("smollm2-135m",)
+BUILTIN_TOKENIZERS = ("gpt2-tokenizer", "smollm2-135m")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: Any
+    family: str  # "causal" | "seq2seq"
+    spec: str
+    tokenizer_spec: str
+    pretrained: bool  # False for random: weights -> quality metrics are null
+
+    @property
+    def quality_note(self) -> str | None:
+        return None if self.pretrained else "random weights"
+
+
+# ---------------------------------------------------------------- spec checks (config validation)
+
+def _looks_local(spec: str) -> bool:
+    return spec.startswith(("/", "./", "../", "~")) or Path(spec).expanduser().exists()
+
+
+def check_spec(spec: str) -> list[str]:
+    if not spec:
+        return ["model.spec: missing (e.g. gpt2, random:gpt2, builtin:smollm2-135m)"]
+    prefix, sep, name = spec.partition(":")
+    if sep and prefix == "random":
+        if name not in RANDOM_CONFIGS:
+            return [f"model.spec: unknown random model {name!r} (known: {', '.join(RANDOM_CONFIGS)})"]
+        return []
+    if sep and prefix == "builtin":
+        if name not in BUILTIN_MODELS:
+            return [f"model.spec: unknown builtin model {name!r} (known: {', '.join(BUILTIN_MODELS)})"]
+        return []
+    if sep and not _looks_local(spec):
+        return [f"model.spec: unknown prefix {prefix!r} in {spec!r} (use random:, builtin:, a hub id or a directory)"]
+    if _looks_local(spec):
+        if not Path(spec).expanduser().is_dir():
+            return [f"model.spec: local model directory {spec!r} not found"]
+        return []
+    if not HUB_ID.match(spec):
+        return [f"model.spec: {spec!r} is not a hub id (owner/name), a directory, random:NAME or builtin:NAME"]
+    return []
+
+
+def check_tokenizer_spec(spec: str) -> list[str]:
+    if spec == "bytes":
+        return []
+    prefix, sep, name = spec.partition(":")
+    if sep and prefix == "builtin":
+        return [] if name in BUILTIN_TOKENIZERS else [
+            f"model.tokenizer: unknown builtin tokenizer {name!r} (known: {', '.join(BUILTIN_TOKENIZERS)})"]
+    if _looks_local(spec) or HUB_ID.match(spec):
+        return []
+    return [f"model.tokenizer: {spec!r} is not bytes, builtin:NAME, a hub id or a directory"]
+
+
+# ---------------------------------------------------------------- loading
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float32  # weights stay fp32; mixed precision is autocast (train.mixed_precision)
+    return getattr(torch, name)
+
+
+def load_tokenizer(spec: str, *, trust_remote_code: bool = False, revision: str | None = None):
+    from transformers import AutoTokenizer, ByT5Tokenizer
+
+    if spec == "bytes":
+        tok = ByT5Tokenizer()
+    elif spec.startswith("builtin:"):
+        from peftbench import sources
+
+        tok = AutoTokenizer.from_pretrained(sources.ensure(spec.split(":", 1)[1]))
+    else:
+        tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code, revision=revision)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # causal LMs ship without one; padding is masked anyway
+    return tok
+
+
+def family_of(config) -> str:
+    return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+
+
+def _auto_class(family: str):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
+
+
+def build_random(name: str, *, seed: int, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The published architecture with seeded random weights (same seed -> same weights)."""
+    from transformers import AutoConfig
+
+    cfg = dict(RANDOM_CONFIGS[name])
+    config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    torch.manual_seed(seed)
+    model = _auto_class(family_of(config)).from_config(config, dtype=dtype)
+    return model
+
+
+def _load_random(args: ModelArgs, name: str, seed: int, dtype: torch.dtype) -> LoadedModel:
+    tok_spec = args.tokenizer or RANDOM_TOKENIZERS.get(name, "bytes")
+    model = build_random(name, seed=seed, dtype=dtype)
+    tok = load_tokenizer(tok_spec)
+    if len(tok) > model.config.vocab_size:
+        raise ConfigError(f"model.tokenizer: {tok_spec} has {len(tok)} tokens, more than {args.spec}'s "
+                          f"vocabulary of {model.config.vocab_size}")
+    return LoadedModel(model, tok, family_of(model.config), args.spec, tok_spec, pretrained=False)
+
+
+def _load_pretrained(args: ModelArgs, path: str, dtype: torch.dtype) -> LoadedModel:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=args.trust_remote_code, revision=args.revision)
+    family = family_of(config)
+    model = _auto_class(family).from_pretrained(path, config=config, dtype=dtype, use_safetensors=True,
+                                                trust_remote_code=args.trust_remote_code, revision=args.revision)
+    tok_spec = args.tokenizer or path
+    tok = load_tokenizer(tok_spec, trust_remote_code=args.trust_remote_code, revision=args.revision)
+    return LoadedModel(model, tok, family, args.spec, tok_spec if args.tokenizer else args.spec, pretrained=True)
+
+
+def _load_builtin(args: ModelArgs, name: str, dtype: torch.dtype) -> LoadedModel:
+    from peftbench import sources
+
+    folder = sources.ensure(name)
+    loaded = _load_pretrained(ModelArgs(spec=str(folder), tokenizer=args.tokenizer), str(folder), dtype)
+    loaded.spec = args.spec
+    loaded.tokenizer_spec = args.tokenizer or args.spec
+    return loaded
+
+
+SOURCES: dict[str, Callable[..., LoadedModel]] = {
+    "random": lambda args, name, seed, dtype: _load_random(args, name, seed, dtype),
+    "builtin": lambda args, name, seed, dtype: _load_builtin(args, name, dtype),
+}
+
+
+def load(args: ModelArgs, *, seed: int = 0, device: torch.device | None = None) -> LoadedModel:
+    device = device or torch.device("cpu")
+    dtype = resolve_dtype(args.dtype, device)
+    prefix, sep, name = args.spec.partition(":")
+    if sep and prefix in SOURCES:
+        loaded = SOURCES[prefix](args, name, seed, dtype)
+    else:
+        loaded = _load_pretrained(args, str(Path(args.spec).expanduser()) if _looks_local(args.spec) else args.spec, dtype)
+    if loaded.family == "causal" and getattr(loaded.model.config, "pad_token_id", None) is None:
+        loaded.model.config.pad_token_id = loaded.tokenizer.pad_token_id
+    return loaded
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(total, trainable), counting tied weights once."""
+    seen: set[int] = set()
+    total = trainable = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return total, trainable

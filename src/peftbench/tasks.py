@@ -1,0 +1,368 @@
+"""Task registry: how examples become tokens (prompts, label masking) and how quality is scored.
+
+Usage:
+    task = TASKS["summarization"]
+    features = task.encode(records, tok=tok, family="causal", args=data_args, label_names=None)
+    metrics = task.evaluate(model, records, tok=tok, family="causal", args=data_args, ...)
+
+Canonical fields: summarization ``source``/``target``; classification ``text``/``label`` (int);
+language modelling ``text``. Causal LMs see ``<source> TL;DR: <target>`` (GPT-2's own
+summarisation prompt) and the loss counts target tokens only; T5 sees ``summarize: <source>``.
+Classification is scored by ranking the label words by their log-likelihood (works zero-shot
+and for both families); language modelling by perplexity with a sliding window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+IGNORE = -100
+SUMMARY_PROMPT = " TL;DR:"
+T5_SUMMARY_PREFIX = "summarize: "
+GENERATION = {"do_sample": False, "num_beams": 1}  # greedy: reproducible, and what the study used
+
+
+# ---------------------------------------------------------------- tokenization helpers
+
+def _ids(tok, text: str) -> list[int]:
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def _bos(tok) -> list[int]:
+    """[bos] when the tokenizer adds one by itself (Llama-style), else []."""
+    bos = tok.bos_token_id
+    if bos is None:
+        return []
+    probe = tok("a")["input_ids"]
+    return [bos] if probe and probe[0] == bos else []
+
+
+def _eos(tok) -> list[int]:
+    return [tok.eos_token_id] if tok.eos_token_id is not None else []
+
+
+def pad_batch(features: Sequence[dict], *, pad_id: int, side: str = "right", multiple_of: int = 1) -> dict:
+    """Pad to the longest in the batch (dynamic padding); labels are padded with -100."""
+    longest = max(len(f["input_ids"]) for f in features)
+    longest = -(-longest // multiple_of) * multiple_of
+    out: dict[str, list] = {"input_ids": [], "attention_mask": []}
+    has_labels = "labels" in features[0]
+    label_len = 0
+    if has_labels:
+        label_len = max(len(f["labels"]) for f in features)
+        if "decoder" in features[0]:  # seq2seq: labels have their own length
+            label_len = -(-label_len // multiple_of) * multiple_of
+        else:
+            label_len = longest
+        out["labels"] = []
+    for f in features:
+        n = len(f["input_ids"])
+        pad = [pad_id] * (longest - n)
+        mask = [1] * n
+        if side == "left":
+            out["input_ids"].append(pad + list(f["input_ids"]))
+            out["attention_mask"].append([0] * len(pad) + mask)
+        else:
+            out["input_ids"].append(list(f["input_ids"]) + pad)
+            out["attention_mask"].append(mask + [0] * len(pad))
+        if has_labels:
+            lab = list(f["labels"])
+            lpad = [IGNORE] * (label_len - len(lab))
+            out["labels"].append(lpad + lab if side == "left" and "decoder" not in f else lab + lpad)
+    return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
+
+
+def count_tokens(batch: dict) -> int:
+    """Tokens a training step processes: non-padding inputs plus, for seq2seq, target tokens."""
+    n = int(batch["attention_mask"].sum())
+    if "labels" in batch and batch.get("_seq2seq", False):
+        n += int((batch["labels"] != IGNORE).sum())
+    return n
+
+
+# ---------------------------------------------------------------- summarisation
+
+def encode_summarization(records, *, tok, family, args, label_names=None) -> list[dict]:
+    out = []
+    for r in records:
+        if family == "seq2seq":
+            src = tok(T5_SUMMARY_PREFIX + r["source"], truncation=True, max_length=args.max_source_length)["input_ids"]
+            tgt = tok(r["target"], truncation=True, max_length=args.max_target_length)["input_ids"]
+            out.append({"input_ids": src, "labels": tgt, "decoder": True})
+        else:
+            prompt = summary_prompt(tok, r["source"], args.max_source_length)
+            tgt = _ids(tok, " " + r["target"])[: args.max_target_length] + _eos(tok)
+            out.append({"input_ids": prompt + tgt, "labels": [IGNORE] * len(prompt) + tgt})
+    return out
+
+
+def summary_prompt(tok, source: str, max_len: int) -> list[int]:
+    suffix = _ids(tok, SUMMARY_PROMPT)
+    head = _bos(tok)
+    body = _ids(tok, source)[: max(1, max_len - len(suffix) - len(head))]
+    return head + body + suffix
+
+
+@torch.no_grad()
+def generate_texts(model, prompts: list[list[int]], *, tok, family, max_new_tokens: int, batch_size: int,
+                   device, progress: Callable[[int], None] | None = None) -> list[str]:
+    outs: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = [{"input_ids": p} for p in prompts[i:i + batch_size]]
+        batch = pad_batch(chunk, pad_id=tok.pad_token_id, side="left" if family == "causal" else "right")
+        batch = {k: v.to(device) for k, v in batch.items()}
+        gen = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id, **GENERATION)
+        if family == "causal":
+            gen = gen[:, batch["input_ids"].shape[1]:]
+        outs += [t.strip() for t in tok.batch_decode(gen, skip_special_tokens=True)]
+        if progress:
+            progress(len(chunk))
+    return outs
+
+
+def summarization_scores(predictions: list[str], references: list[str]) -> dict:
+    """ROUGE-1/2/L F-measure (rouge-score, stemmed) and corpus BLEU (sacrebleu), both in 0..100."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    for p, r in zip(predictions, references):
+        s = scorer.score(r, p)
+        for k in totals:
+            totals[k] += s[k].fmeasure
+    n = max(1, len(predictions))
+    out = {k: round(100 * v / n, 4) for k, v in totals.items()}
+    out["bleu"] = round(sacrebleu.corpus_bleu(predictions, [references]).score, 4)
+    out["gen_len"] = round(sum(len(p.split()) for p in predictions) / n, 2)
+    return out
+
+
+def evaluate_summarization(model, records, *, tok, family, args, device, batch_size, label_names=None,
+                           progress=None) -> dict:
+    if family == "seq2seq":
+        prompts = [tok(T5_SUMMARY_PREFIX + r["source"], truncation=True, max_length=args.max_source_length)["input_ids"]
+                   for r in records]
+    else:
+        prompts = [summary_prompt(tok, r["source"], args.max_source_length) for r in records]
+    preds = generate_texts(model, prompts, tok=tok, family=family, max_new_tokens=args.max_target_length,
+                           batch_size=batch_size, device=device, progress=progress)
+    metrics = summarization_scores(preds, [r["target"] for r in records])
+    metrics["examples"] = [{"target": r["target"], "prediction": p} for r, p in list(zip(records, preds))[:3]]
+    return metrics
+
+
+# ---------------------------------------------------------------- classification
+
+def class_prompt(tok, text: str, names: Sequence[str], family: str, max_len: int) -> list[int]:
+    choices = ", ".join(names[:-1]) + " or " + names[-1]
+    if family == "seq2seq":
+        prefix, suffix = "classify: ", f" Options: {choices}."
+        body = _ids(tok, prefix + text)[: max(1, max_len - len(_ids(tok, suffix)) - 1)]
+        return body + _ids(tok, suffix) + _eos(tok)
+    suffix = _ids(tok, f"\nIs this {choices}? Answer:")
+    head = _bos(tok)
+    body = _ids(tok, text)[: max(1, max_len - len(suffix) - len(head))]
+    return head + body + suffix
+
+
+def label_ids(tok, name: str, family: str) -> list[int]:
+    return _ids(tok, name) + _eos(tok) if family == "seq2seq" else _ids(tok, " " + name)
+
+
+def encode_classification(records, *, tok, family, args, label_names) -> list[dict]:
+    out = []
+    for r in records:
+        prompt = class_prompt(tok, r["text"], label_names, family, args.max_source_length)
+        target = label_ids(tok, label_names[r["label"]], family)
+        if family == "seq2seq":
+            out.append({"input_ids": prompt, "labels": target, "decoder": True})
+        else:
+            target = target + _eos(tok)
+            out.append({"input_ids": prompt + target, "labels": [IGNORE] * len(prompt) + target})
+    return out
+
+
+@torch.no_grad()
+def sequence_logprobs(model, features: list[dict], *, tok, family, device, batch_size) -> list[float]:
+    """Sum of log p(label tokens | prompt) for each feature (labels -100 where not scored)."""
+    scores: list[float] = []
+    for i in range(0, len(features), batch_size):
+        chunk = features[i:i + batch_size]
+        batch = pad_batch(chunk, pad_id=tok.pad_token_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(**batch).logits.float()
+        labels = batch["labels"]
+        if family == "causal":  # token t is predicted at position t-1
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        logp = torch.log_softmax(logits, dim=-1)
+        mask = labels != IGNORE
+        picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        scores += (picked * mask).sum(-1).tolist()
+    return scores
+
+
+def classification_scores(preds: Sequence[int], golds: Sequence[int], n_labels: int) -> dict:
+    """Accuracy and macro-F1 (classes absent from both preds and golds are skipped), in 0..100."""
+    acc = sum(p == g for p, g in zip(preds, golds)) / max(1, len(golds))
+    f1s = []
+    for c in range(n_labels):
+        tp = sum(p == c and g == c for p, g in zip(preds, golds))
+        fp = sum(p == c and g != c for p, g in zip(preds, golds))
+        fn = sum(p != c and g == c for p, g in zip(preds, golds))
+        if tp + fp + fn == 0:
+            continue
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    return {"accuracy": round(100 * acc, 4), "macro_f1": round(100 * sum(f1s) / max(1, len(f1s)), 4)}
+
+
+@torch.no_grad()
+def _first_token_scores(model, prompts: list[list[int]], cand: list[int], *, tok, device, batch_size) -> list[list[float]]:
+    """Causal LM, every label one token: one forward per prompt, read the next-token log-probs."""
+    out: list[list[float]] = []
+    for i in range(0, len(prompts), batch_size):
+        batch = pad_batch([{"input_ids": p} for p in prompts[i:i + batch_size]], pad_id=tok.pad_token_id, side="left")
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(**batch).logits[:, -1].float()
+        out += torch.log_softmax(logits, dim=-1)[:, cand].tolist()
+    return out
+
+
+def evaluate_classification(model, records, *, tok, family, args, device, batch_size, label_names,
+                            progress=None) -> dict:
+    k = len(label_names)
+    golds = [r["label"] for r in records]
+    if family == "causal":
+        cands = [label_ids(tok, name, family) for name in label_names]
+        if all(len(c) == 1 for c in cands) and len({c[0] for c in cands}) == k:
+            prompts = [class_prompt(tok, r["text"], label_names, family, args.max_source_length) for r in records]
+            scores = _first_token_scores(model, prompts, [c[0] for c in cands], tok=tok, device=device,
+                                         batch_size=batch_size)
+            preds = [max(range(k), key=lambda j: row[j]) for row in scores]
+            if progress:
+                progress(len(records))
+            return classification_scores(preds, golds, k)
+    feats = []
+    for r in records:
+        prompt = class_prompt(tok, r["text"], label_names, family, args.max_source_length)
+        for name in label_names:
+            target = label_ids(tok, name, family)
+            if family == "seq2seq":
+                feats.append({"input_ids": prompt, "labels": target, "decoder": True})
+            else:
+                feats.append({"input_ids": prompt + target, "labels": [IGNORE] * len(prompt) + target})
+    scores = sequence_logprobs(model, feats, tok=tok, family=family, device=device, batch_size=batch_size)
+    preds = [max(range(k), key=lambda j: scores[i * k + j]) for i in range(len(records))]
+    if progress:
+        progress(len(records))
+    return classification_scores(preds, golds, k)
+
+
+# ---------------------------------------------------------------- language modelling
+
+def lm_blocks(records, *, tok, block: int, limit: int | None = None) -> list[list[int]]:
+    """Concatenate the texts (separated by eos) and cut into blocks of ``block`` tokens."""
+    stream: list[int] = []
+    blocks: list[list[int]] = []
+    for r in records:
+        stream += _ids(tok, r["text"]) + _eos(tok)
+        while len(stream) >= block:
+            blocks.append(stream[:block])
+            stream = stream[block:]
+            if limit is not None and len(blocks) >= limit:
+                return blocks
+    return blocks
+
+
+def encode_language_modeling(records, *, tok, family, args, label_names=None, limit=None) -> list[dict]:
+    blocks = lm_blocks(records, tok=tok, block=args.max_source_length, limit=limit)
+    if family == "seq2seq":  # T5: continue the second half of a block from its first half
+        half = args.max_source_length // 2
+        return [{"input_ids": b[:half], "labels": b[half:], "decoder": True} for b in blocks]
+    return [{"input_ids": b, "labels": list(b)} for b in blocks]
+
+
+@torch.no_grad()
+def evaluate_language_modeling(model, records, *, tok, family, args, device, batch_size, label_names=None,
+                               limit=None, progress=None) -> dict:
+    """Perplexity. Causal: sliding window of ``max_source_length`` with ``lm_stride`` (default half),
+    each token scored once with at least (window - stride) tokens of context. Seq2seq: second half of
+    each block given the first half."""
+    block = args.max_source_length
+    stride = args.lm_stride or max(1, block // 2)
+    if family == "seq2seq":
+        feats = encode_language_modeling(records, tok=tok, family=family, args=args, limit=limit)
+        nll, count = _nll(model, feats, tok=tok, family=family, device=device, batch_size=batch_size)
+        note = f"seq2seq: perplexity of the second {block - block // 2} tokens of each {block}-token block given the first half"
+    else:
+        stream: list[int] = []
+        for r in records:
+            stream += _ids(tok, r["text"]) + _eos(tok)
+        feats, prev_end = [], 0
+        for begin in range(0, max(1, len(stream) - 1), stride):
+            end = min(begin + block, len(stream))
+            ids = stream[begin:end]
+            new = end - prev_end  # score only tokens not scored by the previous window
+            feats.append({"input_ids": ids, "labels": [IGNORE] * (len(ids) - new) + ids[-new:]})
+            prev_end = end
+            if end == len(stream) or (limit is not None and len(feats) >= limit):
+                break
+        nll, count = _nll(model, feats, tok=tok, family=family, device=device, batch_size=batch_size)
+        note = f"causal: sliding window of {block} tokens, stride {stride}"
+    if progress:
+        progress(len(records))
+    ppl = math.exp(nll / count) if count else float("nan")
+    return {"perplexity": round(ppl, 4), "eval_tokens": count, "perplexity_protocol": note}
+
+
+def _nll(model, feats, *, tok, family, device, batch_size) -> tuple[float, int]:
+    total, count = 0.0, 0
+    for i in range(0, len(feats), batch_size):
+        batch = pad_batch(feats[i:i + batch_size], pad_id=tok.pad_token_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       **({"labels": batch["labels"]} if family == "seq2seq" else {})).logits.float()
+        labels = batch["labels"]
+        if family == "causal":
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                                 ignore_index=IGNORE, reduction="sum")
+        total += float(loss)
+        count += int((labels != IGNORE).sum())
+    return total, count
+
+
+# ---------------------------------------------------------------- registry
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    fields: tuple[str, ...]
+    encode: Callable[..., list[dict]]
+    evaluate: Callable[..., dict]
+    metrics: tuple[str, ...]  # headline quality metrics, in report order
+
+
+TASKS: dict[str, Task] = {t.name: t for t in [
+    Task("summarization", ("source", "target"), encode_summarization, evaluate_summarization,
+         ("rouge1", "rouge2", "rougeL", "bleu")),
+    Task("classification", ("text", "label"), encode_classification, evaluate_classification,
+         ("accuracy", "macro_f1")),
+    Task("language-modeling", ("text",), encode_language_modeling, evaluate_language_modeling,
+         ("perplexity",)),
+]}
+
+
+def check_records(task: str, records: Iterable[dict]) -> None:
+    fields = TASKS[task].fields
+    for r in records:
+        missing = [f for f in fields if f not in r]
+        if missing:
+            raise ValueError(f"{task} needs fields {', '.join(fields)}; record lacks {', '.join(missing)}")
+        break

@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny data files the tests write, an isolated cache, no network."""
+
+import json
+import os
+import random
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda omicron".split()
+
+
+def pytest_collection_modifyitems(config, items):
+    # registry tests download real packages: run them in CI or when asked, skip elsewhere
+    if os.environ.get("CI") or os.environ.get("PEFTBENCH_REGISTRY_TESTS"):
+        return
+    skip = pytest.mark.skip(reason="needs the package registries: set PEFTBENCH_REGISTRY_TESTS=1 (CI sets CI)")
+    for item in items:
+        if "registry" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch, request):
+    if "registry" in request.keywords:
+        return  # real fetches use the real cache, so CI and later runs reuse the downloads
+    monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def _write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    rng = random.Random(0)
+    summ = []
+    for _ in range(40):
+        src = " ".join(rng.choice(WORDS) for _ in range(30))
+        summ.append({"article": src, "highlights": " ".join(src.split()[:4])})
+    _write_jsonl(d / "summ.jsonl", summ)
+    cls = []
+    for _ in range(40):
+        lab = rng.choice(["good", "bad"])
+        cls.append({"text": f"this is {lab}: " + " ".join(rng.choice(WORDS) for _ in range(8)), "label": lab})
+    _write_jsonl(d / "cls.jsonl", cls)
+    lm = [{"text": " ".join(rng.choice(WORDS) for _ in range(60))} for _ in range(30)]
+    _write_jsonl(d / "lm.jsonl", lm)
+    return d

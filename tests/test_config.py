@@ -1,0 +1,100 @@
+"""Config: typed sections, --set overrides, matrix expansion, validation with one-line errors."""
+
+from pathlib import Path
+
+import pytest
+
+from peftbench import config
+from peftbench.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def suite(d, overrides=None):
+    return config.suite_from_dict(d, name="t", overrides=overrides)
+
+
+BASE = {"defaults": {"model": {"spec": "random:tiny-gpt2"}, "data": {"spec": "hf:imdb", "task": "classification"}},
+        "experiments": [{"method": {"name": "lora"}}]}
+
+
+def test_defaults_overrides_and_set_merge_in_order():
+    d = {**BASE, "defaults": {**BASE["defaults"], "train": {"max_steps": 7, "batch_size": 2}},
+         "experiments": [{"method": {"name": "lora", "r": 4}, "train": {"max_steps": 9}}]}
+    s = suite(d, overrides=["train.batch_size=3", "method.target_modules=[c_attn]", "train.learning_rate=1e-3"])
+    e = s.experiments[0]
+    assert (e.train.max_steps, e.train.batch_size, e.train.learning_rate) == (9, 3, 1e-3)
+    assert e.method.options == {"r": 4, "target_modules": ["c_attn"]}
+    assert e.to_dict()["method"] == {"name": "lora", "r": 4, "target_modules": ["c_attn"]}
+    assert e.id == "random-tiny-gpt2--classification--lora"
+
+
+def test_matrix_expands_cartesian_product_with_named_axes():
+    d = {"defaults": BASE["defaults"],
+         "matrix": {"model.spec": ["random:tiny-gpt2", "random:tiny-t5"],
+                    "methods": [{"method": {"name": "none"}}, {"method": {"name": "ia3"}, "train": {"learning_rate": 0.01}}]}}
+    s = suite(d)
+    assert [e.id for e in s.experiments] == [
+        "random-tiny-gpt2--classification--none", "random-tiny-gpt2--classification--ia3",
+        "random-tiny-t5--classification--none", "random-tiny-t5--classification--ia3"]
+    assert s.experiments[1].train.learning_rate == 0.01 and s.experiments[0].train.learning_rate is None
+
+
+@pytest.mark.parametrize("override, message", [
+    (["train.max_stepz=3"], "train.max_stepz: unknown key"),
+    (["train.max_steps=abc"], "train.max_steps: expected int"),
+    (["train.batch_size=0"], "train.batch_size: must be > 0"),
+    (["model.spec=random:gpt3"], "unknown random model 'gpt3'"),
+    (["data.spec=s3://bucket/x"], "data.spec: 's3://bucket/x' must start with one of"),
+    (["data.spec=file:/nonexistent/x.jsonl"], "file '/nonexistent/x.jsonl' not found"),
+    (["data.task=translation"], "unknown task 'translation'"),
+    (["method.name=lorax"], "unknown method 'lorax'"),
+    (["method.rank=8"], "method.rank: not an option of LoraConfig"),
+    (["train.warmup_ratio=1.5"], "train.warmup_ratio: must be in [0, 1)"),
+    (["foo.bar=1"], "key must be section.field"),
+])
+def test_bad_values_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError) as e:
+        suite(BASE, overrides=override)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        suite(BASE, overrides=["train.batch_size=0", "measure.iterations=-1", "method.name=nope"])
+    msg = str(e.value)
+    assert "train.batch_size" in msg and "measure.iterations" in msg and "unknown method 'nope'" in msg
+
+
+def test_full_and_none_take_no_options():
+    with pytest.raises(ConfigError, match="'full' takes no options"):
+        suite(BASE, overrides=["method.name=full", "method.r=8"])
+
+
+def test_duplicate_ids_rejected():
+    d = {**BASE, "experiments": [{"method": {"name": "lora"}}, {"method": {"name": "lora", "r": 4}}]}
+    with pytest.raises(ConfigError, match="duplicate experiment id"):
+        suite(d)
+
+
+@pytest.mark.parametrize("name", ["demo", "seed"])
+def test_shipped_suites_load_and_validate(name):
+    s = config.load_suite(str(ROOT / "experiments" / f"{name}.yaml"))
+    assert s.experiments and len({e.id for e in s.experiments}) == len(s.experiments)
+    methods = {e.method.name for e in s.experiments}
+    assert {"none", "full", "lora", "ia3"} <= methods
+    assert {e.data.task for e in s.experiments} == {"summarization", "classification", "language-modeling"}
+
+
+def test_seed_suite_is_the_original_study():
+    s = config.load_suite(str(ROOT / "experiments" / "seed.yaml"))
+    assert len(s.experiments) == 2 * 4 * 3
+    assert {e.model.spec for e in s.experiments} == {"gpt2", "t5-small"}
+    assert {e.data.spec for e in s.experiments} == {"hf:cnn_dailymail/3.0.0", "hf:imdb", "hf:wikitext/wikitext-2-raw-v1"}
+
+
+def test_help_text_documents_every_field():
+    text = config.help_text()
+    for key in ("model.spec", "data.max_train_samples", "train.learning_rate", "measure.new_tokens", "method.name"):
+        assert key in text

@@ -1,0 +1,169 @@
+"""End to end on tiny models: result contract, adapters on disk, reruns, failures, CLI exit codes."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from peftbench import cli, config, models, results, runner
+
+FAST = {"train": {"max_steps": 2, "batch_size": 4, "eval_steps": 1},
+        "data": {"max_train_samples": 16, "max_eval_samples": 4, "max_source_length": 48, "max_target_length": 4},
+        "measure": {"warmup": 0, "iterations": 2, "min_seconds": 0.0, "large_batch_size": 2, "seq_len": 16,
+                    "new_tokens": 3}}
+
+
+@pytest.fixture(scope="module")
+def tiny_pretrained(tmp_path_factory):
+    """A tiny causal LM saved to a directory: loads like a pretrained model, so quality is scored."""
+    d = tmp_path_factory.mktemp("tiny-llama")
+    models.build_random("tiny-llama", seed=0).save_pretrained(d)
+    models.load_tokenizer("bytes").save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def suite_run(tmp_path_factory, data_dir, tiny_pretrained):
+    out = tmp_path_factory.mktemp("run")
+    raw = {"name": "tiny", "defaults": FAST, "matrix": {
+        "model_task": [
+            {"model": {"spec": str(tiny_pretrained)}, "data": {"spec": f"file:{data_dir}/cls.jsonl", "task": "classification"}},
+            {"model": {"spec": "random:tiny-t5"},
+             "data": {"spec": f"file:{data_dir}/summ.jsonl", "task": "summarization",
+                      "fields": {"source": "article", "target": "highlights"}}},
+        ],
+        "method.name": ["none", "full", "lora", "ia3"]}}
+    path = out / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    code = cli.main(["run", str(path), "--out", str(out / "res"), "--device", "cpu"])
+    return code, out / "res", config.load_suite(str(path))
+
+
+def test_suite_succeeds_and_writes_one_result_per_experiment(suite_run):
+    code, out, suite = suite_run
+    assert code == 0
+    files = sorted(p.stem for p in (out / "results").glob("*.json"))
+    assert files == sorted(e.id for e in suite.experiments) and len(files) == 8
+    assert not list((out / "results").glob(".*"))  # no temp files left
+
+
+def test_result_contract(suite_run):
+    _, out, suite = suite_run
+    r = json.loads(next((out / "results").glob("*--classification--lora.json")).read_text())
+    assert r["schema"] == "peftbench.result/1" and r["status"] == "success" and r["error"] is None
+    assert r["config"]["model"]["family"] == "causal" and r["config"]["train"]["learning_rate"] == 2e-4
+    for key in ("python", "torch", "transformers", "peft", "device"):
+        assert r["env"][key]
+    # LoRA r=8 on q_proj (64->64) and v_proj (64->32: 2 kv heads of 16) in 2 layers
+    assert r["params"]["trainable"] == 2 * ((8 * 64 + 64 * 8) + (8 * 64 + 32 * 8))
+    assert set(r["quality"]) == {"accuracy", "macro_f1"} and r["quality_note"] is None
+    assert 0 <= r["quality"]["accuracy"] <= 100
+    assert [p["step"] for p in r["train"]["eval_curve"]] == [1, 2]
+    assert len(r["train"]["loss_curve"]) == 2 and r["train"]["tokens_per_second"] > 0
+    lat = r["inference"]["latency_ms"]
+    assert lat["n"] == 2 and lat["p50_ms"] > 0 and set(lat) >= {"mean_ms", "p90_ms", "p95_ms", "p99_ms", "stdev_ms"}
+    assert set(r["inference"]["scenarios"]) == {"forward_b1", "generate_b1", "forward_b2", "generate_b2"}
+    merged = r["inference"]["merged"]
+    assert merged["max_abs_logit_diff"] < 1e-4 and "unmerged_overhead_percent" in merged
+    assert r["storage"]["full_model_bytes"] > r["storage"]["adapter_bytes"] > 0
+
+
+def test_adapter_bytes_are_the_files_written_and_reload(suite_run, tiny_pretrained):
+    from peft import PeftModel
+
+    _, out, _ = suite_run
+    for path in (out / "results").glob("*.json"):
+        r = json.loads(path.read_text())
+        adir = out / "adapters" / r["id"]
+        if r["config"]["method"]["name"] == "none":
+            assert r["storage"]["adapter_bytes"] == 0 and not adir.exists()
+            continue
+        on_disk = sum(f.stat().st_size for f in adir.rglob("*") if f.is_file())
+        assert r["storage"]["adapter_bytes"] == on_disk == sum(r["storage"]["adapter_files"].values())
+    r = json.loads(next((out / "results").glob("*--classification--ia3.json")).read_text())
+    base = models.load(config.ModelArgs(spec=str(tiny_pretrained))).model
+    peft_model = PeftModel.from_pretrained(base, out / "adapters" / r["id"])
+    assert sorted(r["storage"]["adapter_files"]) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sum(p.numel() for n, p in peft_model.named_parameters() if "ia3_" in n) == r["params"]["trainable"]
+
+
+def test_random_models_report_null_quality(suite_run):
+    _, out, _ = suite_run
+    r = json.loads(next((out / "results").glob("random-tiny-t5--summarization--lora.json")).read_text())
+    assert r["quality"] == {"rouge1": None, "rouge2": None, "rougeL": None, "bleu": None}
+    assert r["quality_note"] == "random weights" and r["generation"]["do_sample"] is False
+
+
+def test_rerun_skips_completed(suite_run, capsys):
+    code, out, suite = suite_run
+    before = {p.name: p.read_text() for p in (out / "results").glob("*.json")}
+    assert runner.run_suite(suite, out_dir=out, device="cpu", report=False) == 0
+    assert "done, skipped" in capsys.readouterr().out
+    assert {p.name: p.read_text() for p in (out / "results").glob("*.json")} == before
+
+
+def test_failed_experiment_is_recorded_and_suite_goes_on(tmp_path, data_dir):
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    raw = {"defaults": FAST, "experiments": [
+        {"id": "broken", "model": {"spec": str(empty)}, "method": {"name": "lora"},
+         "data": {"spec": f"file:{data_dir}/lm.jsonl", "task": "language-modeling"}},
+        {"id": "works", "model": {"spec": "random:tiny-gpt2"}, "method": {"name": "ia3"},
+         "data": {"spec": f"file:{data_dir}/lm.jsonl", "task": "language-modeling"}}]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    code = cli.main(["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o"), "--device", "cpu"])
+    assert code == 1
+    broken = results.read_result(tmp_path / "o" / "results" / "broken.json")
+    assert broken["status"] == "failed" and broken["error"] and "config" in broken
+    assert results.is_complete(tmp_path / "o" / "results" / "works.json")
+    assert not (tmp_path / "o" / "adapters" / "broken").exists()
+    assert [p.name for p in (tmp_path / "o" / "adapters").iterdir() if p.name.startswith(".")] == []
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "Failed or cancelled" in md and "broken" in md
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["run", "nosuchsuite"], "unknown suite 'nosuchsuite'"),
+    (["run", "--model", "random:tiny-gpt2", "--method", "lora", "--task", "classification"], "needs --dataset"),
+    (["run", "--model", "random:gpt9", "--method", "lora", "--task", "classification", "--dataset", "hf:imdb"],
+     "unknown random model 'gpt9'"),
+    (["run", "--model", "random:tiny-gpt2", "--method", "lora", "--task", "classification", "--dataset", "hf:imdb",
+      "--set", "train.max_steps=-5"], "train.max_steps: must be > 0 or -1"),
+    (["run", "--model", "random:tiny-gpt2", "--method", "lora", "--task", "classification", "--dataset", "hf:imdb",
+      "--set", "method.alpha=3"], "method.alpha: not an option of LoraConfig"),
+    (["fetch", "imagenet"], "unknown source imagenet"),
+    (["report", "/nonexistent/dir"], "is not a directory"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, argv, fragment):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv + (["--out", str(tmp_path / "out")] if argv[0] == "run" else [])) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1 and err.startswith("peftbench: error:")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_single_experiment_mode_and_list(tmp_path, data_dir, capsys):
+    out = tmp_path / "single"
+    argv = ["--model", "random:tiny-gpt2", "--method", "full", "--task", "language-modeling",
+            "--dataset", f"file:{data_dir}/lm.jsonl", "--set", "train.max_steps=1", "--set", "measure.enabled=false",
+            "--set", "data.max_source_length=32", "--out", str(out)]
+    assert cli.main(["run", *argv, "--device", "cpu"]) == 0
+    r = json.loads((out / "results" / "random-tiny-gpt2--language-modeling--full.json").read_text())
+    assert r["inference"] is None and r["params"]["trainable"] == r["params"]["total"]
+    assert r["storage"]["adapter_bytes"] == r["storage"]["full_model_bytes"] > 0
+    capsys.readouterr()
+
+
+def test_seeded_runs_are_reproducible(tmp_path, data_dir):
+    exp = config.single_experiment(model="random:tiny-gpt2", method="lora", task="language-modeling",
+                                   dataset=f"file:{data_dir}/lm.jsonl",
+                                   overrides=["train.max_steps=3", "measure.enabled=false", "data.max_source_length=32"]).experiments[0]
+    a = runner.run_experiment(exp, out_dir=tmp_path / "a", device="cpu")
+    b = runner.run_experiment(exp, out_dir=tmp_path / "b", device="cpu")
+    assert a["train"]["loss_curve"] == b["train"]["loss_curve"]
+    from safetensors.torch import load_file
+
+    wa = load_file(tmp_path / "a" / "adapters" / exp.id / "adapter_model.safetensors")
+    wb = load_file(tmp_path / "b" / "adapters" / exp.id / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
