@@ -1,0 +1,145 @@
+"""Which number is read from where in a result, how it is shown, and which direction is better.
+
+Usage:
+    value(result, "latency_p50_ms"); METRICS["latency_p50_ms"].better == "min"
+
+The ``better`` map drives the best-value marks in the tables, the winners in the verdicts and the
+Pareto fronts. Reads plain dicts only (no torch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+def _get(d: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(key)
+    return d
+
+
+def _merged(r: dict, *path: str) -> Any:
+    m = _get(r, "inference", "merged")
+    return _get(m, *path) if m else None
+
+
+def _deploy_p50(r: dict) -> Any:
+    """Latency as deployed: merged where the method can merge (no adapter overhead), else as is."""
+    return _merged(r, "latency_ms", "p50_ms") or _get(r, "inference", "latency_ms", "p50_ms")
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    get: Callable[[dict], Any]
+    better: str  # "max" | "min"
+    fmt: str  # "int" | "bytes" | "float" | "ms" | "pct"
+    trained_only: bool = False  # not meaningful for the zero-shot baseline (nothing trained/shipped)
+    quality: bool = False
+
+
+QUALITY = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "BLEU",
+           "accuracy": "accuracy", "macro_f1": "macro-F1", "perplexity": "perplexity"}
+PRIMARY_QUALITY = {"summarization": "rougeL", "classification": "accuracy", "language-modeling": "perplexity"}
+
+METRICS: dict[str, Metric] = {m.key: m for m in [
+    Metric("trainable", "trainable params", lambda r: _get(r, "params", "trainable"), "min", "int", trained_only=True),
+    Metric("adapter_bytes", "storage", lambda r: _get(r, "storage", "adapter_bytes"), "min", "bytes", trained_only=True),
+    *[Metric(k, label, (lambda key: lambda r: _get(r, "quality", key))(k),
+             "min" if k == "perplexity" else "max", "float", quality=True) for k, label in QUALITY.items()],
+    Metric("train_tokens_per_second", "train tok/s", lambda r: _get(r, "train", "tokens_per_second"), "max", "float",
+           trained_only=True),
+    Metric("train_peak_memory_bytes", "train peak mem", lambda r: _get(r, "train", "peak_memory_bytes"), "min", "bytes",
+           trained_only=True),
+    Metric("latency_p50_ms", "p50 ms", lambda r: _get(r, "inference", "latency_ms", "p50_ms"), "min", "ms"),
+    Metric("latency_p95_ms", "p95 ms", lambda r: _get(r, "inference", "latency_ms", "p95_ms"), "min", "ms"),
+    Metric("merged_p50_ms", "merged p50 ms", lambda r: _merged(r, "latency_ms", "p50_ms"), "min", "ms"),
+    Metric("deploy_p50_ms", "deployed p50 ms", _deploy_p50, "min", "ms"),
+    Metric("throughput", "gen tok/s", lambda r: _get(r, "inference", "throughput_tokens_per_second"), "max", "float"),
+    Metric("inference_peak_memory_bytes", "infer peak mem", lambda r: _get(r, "inference", "peak_memory_bytes"), "min",
+           "bytes"),
+    Metric("unmerged_overhead_percent", "unmerged overhead", lambda r: _merged(r, "unmerged_overhead_percent"), "min",
+           "pct"),
+]}
+
+TABLE_COLUMNS = ["trainable", "adapter_bytes", "QUALITY", "train_tokens_per_second", "train_peak_memory_bytes",
+                 "latency_p50_ms", "latency_p95_ms", "merged_p50_ms", "throughput", "inference_peak_memory_bytes"]
+
+
+def value(result: dict, key: str) -> Any:
+    m = METRICS[key]
+    if m.trained_only and method_of(result) == "none":
+        return None
+    v = m.get(result)
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v else None  # drop NaN
+
+
+def method_of(r: dict) -> str:
+    return str(_get(r, "config", "method", "name") or "?")
+
+
+def model_of(r: dict) -> str:
+    return str(_get(r, "config", "model", "spec") or "?")
+
+
+def task_of(r: dict) -> str:
+    return str(_get(r, "config", "data", "task") or "?")
+
+
+def is_random(r: dict) -> bool:
+    return model_of(r).startswith("random:") or _get(r, "model", "pretrained") is False
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def fmt(key: str, v: Any) -> str:
+    if v is None:
+        return "–"
+    f = METRICS[key].fmt
+    if f == "int":
+        return f"{int(v):,}"
+    if f == "bytes":
+        return human_bytes(v)
+    if f == "ms":
+        return f"{v:.3g}" if v < 100 else f"{v:.0f}"
+    if f == "pct":
+        return f"{v:+.1f} %"
+    return f"{v:.4g}"
+
+
+def best(results: list[dict], key: str) -> tuple[float | None, list[dict]]:
+    """The best value of the metric among the results, and the results that reach it."""
+    vals = [(value(r, key), r) for r in results]
+    vals = [(v, r) for v, r in vals if v is not None]
+    if not vals:
+        return None, []
+    pick = max if METRICS[key].better == "max" else min
+    b = pick(v for v, _ in vals)
+    return b, [r for v, r in vals if v == b]
+
+
+def pareto(points: list[tuple[Any, float, float]], better: tuple[str, str]) -> list[Any]:
+    """Labels of the non-dominated points; each point is (label, x, y) with a direction per axis."""
+    def score(v: float, b: str) -> float:
+        return v if b == "max" else -v
+
+    keep = []
+    for label, x, y in points:
+        sx, sy = score(x, better[0]), score(y, better[1])
+        dominated = any(score(x2, better[0]) >= sx and score(y2, better[1]) >= sy
+                        and (score(x2, better[0]) > sx or score(y2, better[1]) > sy)
+                        for l2, x2, y2 in points if l2 != label)
+        if not dominated:
+            keep.append(label)
+    return keep

@@ -1,0 +1,65 @@
+"""Trackers against known truth: a known sleep, a known allocation, exact percentiles, file sizes."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from peftbench.measure import Latency, MemoryTracker, WorkTimer, dir_bytes, measure_latency
+from peftbench.measure.latency import percentile
+
+
+def test_latency_of_a_known_sleep_within_ten_percent():
+    lat = measure_latency(lambda: time.sleep(0.05), warmup=1, iterations=5, min_seconds=0.0)
+    assert lat.n == 5
+    assert lat.p50_ms == pytest.approx(50, rel=0.10)
+    assert lat.mean_ms == pytest.approx(50, rel=0.10)
+
+
+def test_latency_runs_at_least_iterations_and_min_seconds():
+    calls = []
+    lat = measure_latency(lambda: calls.append(time.sleep(0.01)), warmup=2, iterations=3, min_seconds=0.2)
+    assert lat.n >= 3 and lat.total_s >= 0.2 * 0.9
+    assert len(calls) == lat.n + 2  # warm-up calls are not timed
+
+
+def test_percentiles_of_a_known_list_are_exact():
+    values = [0.001 * v for v in (5, 1, 4, 2, 3, 10, 7, 6, 9, 8)]  # 1..10 ms, shuffled
+    lat = Latency.from_values(values)
+    ms = np.arange(1, 11)
+    assert lat.n == 10 and lat.mean_ms == pytest.approx(5.5)
+    for q, got in ((50, lat.p50_ms), (90, lat.p90_ms), (95, lat.p95_ms), (99, lat.p99_ms)):
+        assert got == pytest.approx(np.percentile(ms, q), abs=1e-9)
+    assert lat.p50_ms == pytest.approx(5.5) and lat.p90_ms == pytest.approx(9.1)
+    assert lat.stdev_ms == pytest.approx(np.std(ms, ddof=1))
+    assert percentile([3.0], 99) == 3.0
+
+
+def test_cpu_memory_tracker_sees_a_known_allocation():
+    size = 256 * 1024 * 1024
+    with MemoryTracker("cpu", resident_bytes=1000) as mem:
+        block = np.ones(size, dtype=np.uint8)  # touched pages: resident
+        time.sleep(0.05)
+    del block
+    assert mem.result.delta_bytes == pytest.approx(size, rel=0.10)
+    assert mem.result.peak_bytes == mem.result.delta_bytes + 1000
+    assert mem.result.process_peak_bytes >= size
+
+
+def test_work_timer_excludes_paused_time():
+    timer = WorkTimer("cpu")
+    with timer.running():
+        time.sleep(0.05)
+        with timer.paused():
+            time.sleep(0.2)
+        time.sleep(0.05)
+    assert timer.seconds == pytest.approx(0.10, rel=0.10)
+
+
+def test_storage_is_the_sum_of_file_sizes(tmp_path):
+    (tmp_path / "a.bin").write_bytes(b"x" * 1234)
+    os.makedirs(tmp_path / "sub")
+    (tmp_path / "sub" / "b.json").write_bytes(b"{}" * 50)
+    assert dir_bytes(tmp_path) == 1234 + 100
+    assert dir_bytes(tmp_path / "a.bin") == 1234
