@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("peftbench").setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Writing model shards" bars on every save
     _quiet_libraries()
     try:
         return COMMANDS[args.command](args)

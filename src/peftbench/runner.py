@@ -68,7 +68,8 @@ def make_accelerator(*, device: str, mixed_precision: str, grad_accum: int):
 # ---------------------------------------------------------------- one experiment
 
 def _bar(**kw):
-    return tqdm(leave=False, dynamic_ncols=True, file=sys.stderr, **kw)
+    # disable=None: bars on a terminal, silent in logs and CI (no carriage-return noise)
+    return tqdm(leave=False, dynamic_ncols=True, file=sys.stderr, disable=None, **kw)
 
 
 def _quality(task, model, records, *, loaded, exp, device, label_names, desc: str, limit=None) -> dict:
