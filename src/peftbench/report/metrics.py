@@ -115,7 +115,7 @@ def fmt(key: str, v: Any) -> str:
         return f"{v:.3g}" if v < 100 else f"{v:.0f}"
     if f == "pct":
         return f"{v:+.1f} %"
-    return f"{v:.4g}"
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
 
 
 def best(results: list[dict], key: str) -> tuple[float | None, list[dict]]:
