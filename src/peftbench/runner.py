@@ -268,8 +268,12 @@ def select(suite: Suite, only: str | None) -> list[Experiment]:
 def run_suite(suite: Suite, *, out_dir: Path, device: str = "auto", force: bool = False,
               only: str | None = None, report: bool = True, echo=print) -> int:
     """Run the suite's experiments; returns the exit code (0 all succeeded, 1 some failed)."""
+    from accelerate import PartialState
+
     device = resolve_device(device)
     todo = select(suite, only)
+    if not PartialState(cpu=device == "cpu").is_main_process:  # `accelerate launch`: one process talks
+        echo = lambda *a, **k: None  # noqa: E731
     out_dir = Path(out_dir)
     failed = 0
     for i, exp in enumerate(todo, 1):
@@ -297,7 +301,7 @@ def run_suite(suite: Suite, *, out_dir: Path, device: str = "auto", force: bool 
         else:
             failed += 1
             echo(f"[{i}/{len(todo)}] {exp.id}: FAILED {result['error']}")
-    if report:
+    if report and PartialState().is_main_process:  # under `accelerate launch` one process writes it
         from peftbench.report import build_report
 
         with contextlib.suppress(Exception):

@@ -119,6 +119,16 @@ def verdict(results: list[dict], task: str) -> list[str]:
         lines.append("Unmerged adapters cost " + ", ".join(
             f"{m} {o:+.1f} %" + (" (within noise)" if abs(o) < n else "") for m, o, n in overheads)
             + " latency over their merged form (p50; 'within noise': smaller than twice the relative stdev).")
+    ref = next((value(r, "latency_p50_ms") for r in results if method_of(r) == "none"), None)
+    if ref:
+        parts = []
+        for r in results:
+            m, un, mg = method_of(r), value(r, "latency_p50_ms"), value(r, "merged_p50_ms")
+            if m == "none" or un is None:
+                continue
+            parts.append(f"{m} {100 * (un / ref - 1):+.1f} %" + (f" unmerged, {100 * (mg / ref - 1):+.1f} % merged" if mg else ""))
+        if parts:
+            lines.append("Latency against the zero-shot base model (p50): " + ", ".join(parts) + ".")
     if not random_weights and q:
         labels = {r["id"]: method_of(r) for r in results}
         for key, name, _ in PARETO_AXES:
