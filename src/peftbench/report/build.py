@@ -161,8 +161,17 @@ def _blocks(out_dir: Path, results: list[dict]) -> list[tuple]:
         if shapes:
             desc += (f" Inference shapes: batch {shapes['batch_size']}, {shapes['seq_len']} input tokens, "
                      f"{shapes['new_tokens']} new tokens.")
+        trained = [r for r in rs if method_of(r) != "none"]
+        if trained:
+            t = (trained[0].get("config") or {}).get("train", {})
+            lrs = ", ".join(f"{method_of(r)} {(r.get('config') or {}).get('train', {}).get('learning_rate')}" for r in trained)
+            desc += (f" Training: {t.get('max_steps')} steps of batch {t.get('batch_size')}"
+                     f" × {t.get('gradient_accumulation_steps')} accumulation; learning rates {lrs}.")
+        test_n = rs[0].get("data", {}).get("test_examples")
         if any(is_random(r) for r in rs):
             desc += " Random weights: quality is not meaningful and is not reported."
+        elif test_n:
+            desc += f" Quality on {test_n} test examples."
         blocks.append(("p", desc))
         header, rows = group_table(rs, task)
         blocks.append(("table", header, rows))
