@@ -47,6 +47,23 @@ def test_cpu_memory_tracker_sees_a_known_allocation():
     assert mem.result.process_peak_bytes >= size
 
 
+def test_cpu_memory_tracker_counts_memory_the_allocator_had_kept():
+    import gc
+
+    import torch
+
+    torch.ones(4 * 2**20)  # freeing a 16 MiB block raises glibc's mmap threshold: 1 MiB blocks now use the heap
+    blocks = [torch.ones(256 * 1024) for _ in range(600)]
+    keep = blocks[::10]  # fragment the heap so that freeing cannot simply shrink it
+    del blocks
+    gc.collect()
+    with MemoryTracker("cpu") as mem:
+        again = [torch.ones(256 * 1024) for _ in range(500)]  # 500 MiB, could reuse the freed pages
+        time.sleep(0.05)
+    assert mem.result.delta_bytes == pytest.approx(500 * 2**20, rel=0.10)
+    del again, keep
+
+
 def test_work_timer_excludes_paused_time():
     timer = WorkTimer("cpu")
     with timer.running():

@@ -15,11 +15,16 @@ That difference isolates the work from the rest of the process (interpreter, lib
 earlier experiments left behind), which an absolute RSS would count. To be comparable with the
 CUDA number, ``peak_bytes`` is ``resident_bytes`` (what the caller says the work holds on entry,
 e.g. the model's weights) plus that delta; ``process_peak_bytes`` keeps the absolute RSS. Pages
-freed earlier and reused by the allocator are not seen as growth, so the delta is a lower bound.
+freed earlier but kept by the C allocator would be reused without showing as growth, so on entry the
+tracker collects garbage and asks glibc to return free heap pages to the OS (``malloc_trim``);
+without glibc the delta is a lower bound.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
 import resource
 import sys
@@ -39,6 +44,16 @@ def rss_bytes() -> int:
     except OSError:  # not Linux: the peak so far is the best the OS tells
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak if sys.platform == "darwin" else peak * 1024
+
+
+def release_free_memory() -> bool:
+    """Return the C heap's free pages to the OS, so that later growth shows in the RSS (glibc only)."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0)) if name else False
+    except (OSError, AttributeError):
+        return False
 
 
 @dataclass
@@ -68,6 +83,7 @@ class MemoryTracker:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             return self
+        release_free_memory()
         self._base = rss_bytes()
         self._peak = self._base
         self._stop = threading.Event()
