@@ -8,7 +8,7 @@ Usage:
 Reuses peftbench's trackers (CUDA events / perf_counter, warm-up, percentiles) and method registry,
 not the training loop. Within a repeat the variants take turns in blocks of ``--block`` iterations
 (round robin), so slow drift of host or GPU clocks spreads over all of them instead of biasing one;
-a repeat's number is the median of its samples. With ``--cuda-graphs`` each forward pass is also
+a repeat's number is the median of its blocks' p50s. With ``--cuda-graphs`` each forward pass is also
 captured once and replayed: that removes the host's kernel-launch time (which dominates small
 shapes on a fast GPU) and shows the GPU work alone. Adapter
 weights are randomised (LoRA's B starts at zero) so that the unmerged path does real work and the
@@ -90,7 +90,6 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=20, help="iterations a variant runs before the next takes its turn")
     ap.add_argument("--cuda-graphs", action="store_true", help="also time CUDA-graph replay (GPU work without launch)")
     ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--min-seconds", type=float, default=0.0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="auto", help="auto: bf16 on GPUs that support it, else fp32")
     ap.add_argument("--out", type=Path, help="write the raw numbers as JSON here")
@@ -124,8 +123,7 @@ def main() -> None:
                         lat = measure_latency(fns[v], device=device, warmup=0, iterations=args.block, min_seconds=0)
                         samples[v].append(lat)
                 for v in VARIANTS:
-                    ms = [x for lat in samples[v] for x in [lat.p50_ms] * lat.n]  # block medians, weighted
-                    stats = {"p50_ms": statistics.median(ms), "mean_of_blocks_ms": statistics.fmean(
+                    stats = {"p50_ms": statistics.median(lat.p50_ms for lat in samples[v]), "mean_of_blocks_ms": statistics.fmean(
                         [lat.mean_ms for lat in samples[v]]), "blocks": len(samples[v]), "block": args.block}
                     raw[mode][f"{b}x{n}"][v].append(stats)
                     print(f"repeat {r + 1} {mode:5s} {b}x{n} {v:14s} p50 {stats['p50_ms']:9.3f} ms", flush=True)

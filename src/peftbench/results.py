@@ -28,17 +28,22 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, allow_nan=True, default=str)
-            f.write("\n")
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=True, default=str) + "\n")
 
 
 def result_path(out_dir: Path, exp_id: str) -> Path:

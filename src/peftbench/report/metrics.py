@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 
-def _get(d: Any, *path: str) -> Any:
+def get_in(d: Any, *path: str) -> Any:
+    """``d[path[0]][path[1]]...``, or None where a level is missing."""
     for key in path:
         if not isinstance(d, dict):
             return None
@@ -22,14 +23,9 @@ def _get(d: Any, *path: str) -> Any:
     return d
 
 
-def _merged(r: dict, *path: str) -> Any:
-    m = _get(r, "inference", "merged")
-    return _get(m, *path) if m else None
-
-
 def _deploy_p50(r: dict) -> Any:
     """Latency as deployed: merged where the method can merge (no adapter overhead), else as is."""
-    return _merged(r, "latency_ms", "p50_ms") or _get(r, "inference", "latency_ms", "p50_ms")
+    return get_in(r, "inference", "merged", "latency_ms", "p50_ms") or get_in(r, "inference", "latency_ms", "p50_ms")
 
 
 @dataclass(frozen=True)
@@ -40,7 +36,6 @@ class Metric:
     better: str  # "max" | "min"
     fmt: str  # "int" | "bytes" | "float" | "ms" | "pct"
     trained_only: bool = False  # not meaningful for the zero-shot baseline (nothing trained/shipped)
-    quality: bool = False
 
 
 QUALITY = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "BLEU",
@@ -48,22 +43,22 @@ QUALITY = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu"
 PRIMARY_QUALITY = {"summarization": "rougeL", "classification": "accuracy", "language-modeling": "perplexity"}
 
 METRICS: dict[str, Metric] = {m.key: m for m in [
-    Metric("trainable", "trainable params", lambda r: _get(r, "params", "trainable"), "min", "int", trained_only=True),
-    Metric("adapter_bytes", "storage", lambda r: _get(r, "storage", "adapter_bytes"), "min", "bytes", trained_only=True),
-    *[Metric(k, label, (lambda key: lambda r: _get(r, "quality", key))(k),
-             "min" if k == "perplexity" else "max", "float", quality=True) for k, label in QUALITY.items()],
-    Metric("train_tokens_per_second", "train tok/s", lambda r: _get(r, "train", "tokens_per_second"), "max", "float",
+    Metric("trainable", "trainable params", lambda r: get_in(r, "params", "trainable"), "min", "int", trained_only=True),
+    Metric("adapter_bytes", "storage", lambda r: get_in(r, "storage", "adapter_bytes"), "min", "bytes", trained_only=True),
+    *[Metric(k, label, (lambda key: lambda r: get_in(r, "quality", key))(k),
+             "min" if k == "perplexity" else "max", "float") for k, label in QUALITY.items()],
+    Metric("train_tokens_per_second", "train tok/s", lambda r: get_in(r, "train", "tokens_per_second"), "max", "float",
            trained_only=True),
-    Metric("train_peak_memory_bytes", "train peak mem", lambda r: _get(r, "train", "peak_memory_bytes"), "min", "bytes",
+    Metric("train_peak_memory_bytes", "train peak mem", lambda r: get_in(r, "train", "peak_memory_bytes"), "min", "bytes",
            trained_only=True),
-    Metric("latency_p50_ms", "p50 ms", lambda r: _get(r, "inference", "latency_ms", "p50_ms"), "min", "ms"),
-    Metric("latency_p95_ms", "p95 ms", lambda r: _get(r, "inference", "latency_ms", "p95_ms"), "min", "ms"),
-    Metric("merged_p50_ms", "merged p50 ms", lambda r: _merged(r, "latency_ms", "p50_ms"), "min", "ms"),
+    Metric("latency_p50_ms", "p50 ms", lambda r: get_in(r, "inference", "latency_ms", "p50_ms"), "min", "ms"),
+    Metric("latency_p95_ms", "p95 ms", lambda r: get_in(r, "inference", "latency_ms", "p95_ms"), "min", "ms"),
+    Metric("merged_p50_ms", "merged p50 ms", lambda r: get_in(r, "inference", "merged", "latency_ms", "p50_ms"), "min", "ms"),
     Metric("deploy_p50_ms", "deployed p50 ms", _deploy_p50, "min", "ms"),
-    Metric("throughput", "gen tok/s", lambda r: _get(r, "inference", "throughput_tokens_per_second"), "max", "float"),
-    Metric("inference_peak_memory_bytes", "infer peak mem", lambda r: _get(r, "inference", "peak_memory_bytes"), "min",
+    Metric("throughput", "gen tok/s", lambda r: get_in(r, "inference", "throughput_tokens_per_second"), "max", "float"),
+    Metric("inference_peak_memory_bytes", "infer peak mem", lambda r: get_in(r, "inference", "peak_memory_bytes"), "min",
            "bytes"),
-    Metric("unmerged_overhead_percent", "unmerged overhead", lambda r: _merged(r, "unmerged_overhead_percent"), "min",
+    Metric("unmerged_overhead_percent", "unmerged overhead", lambda r: get_in(r, "inference", "merged", "unmerged_overhead_percent"), "min",
            "pct"),
 ]}
 
@@ -80,19 +75,19 @@ def value(result: dict, key: str) -> Any:
 
 
 def method_of(r: dict) -> str:
-    return str(_get(r, "config", "method", "name") or "?")
+    return str(get_in(r, "config", "method", "name") or "?")
 
 
 def model_of(r: dict) -> str:
-    return str(_get(r, "config", "model", "spec") or "?")
+    return str(get_in(r, "config", "model", "spec") or "?")
 
 
 def task_of(r: dict) -> str:
-    return str(_get(r, "config", "data", "task") or "?")
+    return str(get_in(r, "config", "data", "task") or "?")
 
 
 def is_random(r: dict) -> bool:
-    return model_of(r).startswith("random:") or _get(r, "model", "pretrained") is False
+    return model_of(r).startswith("random:") or get_in(r, "model", "pretrained") is False
 
 
 def human_bytes(n: float) -> str:

@@ -54,7 +54,7 @@ def plot_quality_curve(results: list[dict], path: Path, title: str, task: str) -
     starting point: LoRA and IA3 start as the identity and full fine-tuning from the same weights."""
     curves = {r["id"]: (r.get("train") or {}).get("eval_curve") or [] for r in results}
     metrics = [k for k in QUALITY if any(k in p for c in curves.values() for p in c)]
-    if not metrics or not any(len(c) >= 1 and method_of(r) != "none" for r in results for c in [curves[r["id"]]]):
+    if not metrics or not any(curves[r["id"]] for r in results if method_of(r) != "none"):
         return None
     baseline = next((curves[r["id"]][0] for r in results if method_of(r) == "none" and curves[r["id"]]), None)
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics) + 0.6, 3.6), squeeze=False)
@@ -101,6 +101,20 @@ def plot_params_storage(results: list[dict], path: Path, title: str) -> Path | N
     return _save(fig, path)
 
 
+def _paired_bars(ax, rows: list[tuple], unmerged: int, merged: int, *, height, whisker=None) -> None:
+    """Per method, the unmerged bar and (hatched, where measured) the merged bar beside it."""
+    w = 0.38
+    for offset, idx, hatch in ((-w / 2, unmerged, ""), (w / 2, merged, "//")):
+        present = [(i, row) for i, row in enumerate(rows) if row[idx]]
+        if not present:
+            continue
+        extra = {"yerr": [[0] * len(present), [whisker(row[idx]) for _, row in present]], "capsize": 3} if whisker else {}
+        ax.bar([i + offset for i, _ in present], [height(row[idx]) for _, row in present], w,
+               color=[_color(row[0]) for _, row in present], hatch=hatch, edgecolor="black", lw=0.5, **extra)
+    ax.set_xticks(range(len(rows)), [row[0] for row in rows])
+    ax.grid(alpha=0.3, axis="y")
+
+
 def plot_latency(results: list[dict], path: Path, title: str) -> Path | None:
     rows = []
     for r in results:
@@ -114,35 +128,15 @@ def plot_latency(results: list[dict], path: Path, title: str) -> Path | None:
         return None
     shapes = next((r.get("inference") or {}).get("shapes") for r in results if r.get("inference"))
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8))
-    x = range(len(rows))
-    w = 0.38
-    ax = axes[0]
-    for off, idx, label, hatch in ((-w / 2, 1, "unmerged", ""), (w / 2, 2, "merged", "//")):
-        xs = [i + off for i, row in zip(x, rows) if row[idx]]
-        p50 = [row[idx]["p50_ms"] for row in rows if row[idx]]
-        p95 = [row[idx]["p95_ms"] - row[idx]["p50_ms"] for row in rows if row[idx]]
-        cols = [_color(row[0]) for row in rows if row[idx]]
-        if xs:
-            ax.bar(xs, p50, w, yerr=[[0] * len(p95), p95], capsize=3, color=cols, hatch=hatch,
-                   edgecolor="black", lw=0.5)
-    ax.set_xticks(list(x), [row[0] for row in rows])
-    ax.set_ylabel("forward latency p50 (ms), whisker to p95")
-    ax.set_title(f"batch {shapes['batch_size']}, {shapes['seq_len']} tokens", fontsize=9)
-    ax.legend(handles=[Patch(facecolor="white", edgecolor="black", label="unmerged (as trained)"),
-                       Patch(facecolor="white", edgecolor="black", hatch="//", label="merged into base")], fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
-    ax = axes[1]
-    for off, idx, label, hatch in ((-w / 2, 3, "unmerged", ""), (w / 2, 4, "merged", "//")):
-        xs = [i + off for i, row in zip(x, rows) if row[idx]]
-        vals = [row[idx] for row in rows if row[idx]]
-        cols = [_color(row[0]) for row in rows if row[idx]]
-        if xs:
-            ax.bar(xs, vals, w, color=cols, hatch=hatch, edgecolor="black", lw=0.5)
-    ax.set_xticks(list(x), [row[0] for row in rows])
+    _paired_bars(axes[0], rows, 1, 2, height=lambda lat: lat["p50_ms"], whisker=lambda lat: lat["p95_ms"] - lat["p50_ms"])
+    axes[0].set_ylabel("forward latency p50 (ms), whisker to p95")
+    axes[0].set_title(f"batch {shapes['batch_size']}, {shapes['seq_len']} tokens", fontsize=9)
+    axes[0].legend(handles=[Patch(facecolor="white", edgecolor="black", label="unmerged (as trained)"),
+                            Patch(facecolor="white", edgecolor="black", hatch="//", label="merged into base")], fontsize=8)
+    _paired_bars(axes[1], rows, 3, 4, height=lambda tps: tps)
     unit = next(((r.get("inference") or {}).get("throughput_unit") for r in results if r.get("inference")), "tokens/s")
-    ax.set_ylabel(unit)
-    ax.set_title(f"throughput, batch {shapes['batch_size']}, {shapes['new_tokens']} new tokens", fontsize=9)
-    ax.grid(alpha=0.3, axis="y")
+    axes[1].set_ylabel(unit)
+    axes[1].set_title(f"throughput, batch {shapes['batch_size']}, {shapes['new_tokens']} new tokens", fontsize=9)
     fig.suptitle(f"Inference: {title}", fontsize=10)
     return _save(fig, path)
 
@@ -152,12 +146,17 @@ PARETO_AXES = [("adapter_bytes", "storage to ship (log scale)", True),
                ("train_peak_memory_bytes", "training peak memory", False)]
 
 
+def _points(results: list[dict], x_key: str, y_key: str) -> list[tuple[dict, float, float]]:
+    """(result, x, y) for the results that have both metrics."""
+    pts = [(r, value(r, x_key), value(r, y_key)) for r in results]
+    return [p for p in pts if p[1] is not None and p[2] is not None]
+
+
 def pareto_sets(results: list[dict], task: str) -> dict[str, list[str]]:
     q = PRIMARY_QUALITY.get(task)
     out = {}
     for key, _, _ in PARETO_AXES:
-        pts = [(r["id"], value(r, key), value(r, q)) for r in results]
-        pts = [p for p in pts if p[1] is not None and p[2] is not None]
+        pts = [(r["id"], x, y) for r, x, y in _points(results, key, q)]
         if len(pts) >= 2:
             out[key] = pareto(pts, (METRICS[key].better, METRICS[q].better))
     return out
@@ -172,8 +171,7 @@ def plot_pareto(results: list[dict], path: Path, title: str, task: str) -> Path 
         return None
     fig, axes = plt.subplots(1, len(PARETO_AXES), figsize=(12, 3.9))
     for ax, (key, label, log) in zip(axes, PARETO_AXES):
-        pts = [(r, value(r, key), value(r, q)) for r in results]
-        pts = [p for p in pts if p[1] is not None and p[2] is not None]
+        pts = _points(results, key, q)
         front = set(fronts.get(key, []))
         for r, x, y in pts:
             on = r["id"] in front
@@ -188,7 +186,7 @@ def plot_pareto(results: list[dict], path: Path, title: str, task: str) -> Path 
             ax.set_xscale("log")
         if METRICS[key].fmt == "bytes":
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v)))
-        ax.set_xlabel(label + (" — lower is better"))
+        ax.set_xlabel(label + " — lower is better")
         ax.set_ylabel(QUALITY[q] + (" (lower is better)" if METRICS[q].better == "min" else " (higher is better)"))
         ax.grid(alpha=0.3)
         if not pts:
