@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from peftbench.report.metrics import (METRICS, PRIMARY_QUALITY, QUALITY, human_bytes, is_random,  # noqa: E402
                                       method_of, pareto, value)
@@ -186,6 +186,8 @@ def plot_pareto(results: list[dict], path: Path, title: str, task: str) -> Path 
             ax.set_xscale("log")
         if METRICS[key].fmt == "bytes":
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v)))
+            if not log:  # "1.5 GB" labels are wide: fewer ticks so they do not run together
+                ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.set_xlabel(label + " — lower is better")
         ax.set_ylabel(QUALITY[q] + (" (lower is better)" if METRICS[q].better == "min" else " (higher is better)"))
         ax.grid(alpha=0.3)
