@@ -4,14 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from peftbench import config
+from peftbench import config, plan
 from peftbench.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def suite(d, overrides=None):
-    return config.suite_from_dict(d, name="t", overrides=overrides)
+    return plan.suite_from_dict(d, name="t", overrides=overrides)
 
 
 BASE = {"defaults": {"model": {"spec": "random:tiny-gpt2"}, "data": {"spec": "hf:imdb", "task": "classification"}},
@@ -80,7 +80,7 @@ def test_duplicate_ids_rejected():
 
 @pytest.mark.parametrize("name", ["demo", "seed"])
 def test_shipped_suites_load_and_validate(name):
-    s = config.load_suite(str(ROOT / "experiments" / f"{name}.yaml"))
+    s = plan.load_suite(str(ROOT / "experiments" / f"{name}.yaml"))
     assert s.experiments and len({e.id for e in s.experiments}) == len(s.experiments)
     methods = {e.method.name for e in s.experiments}
     assert {"none", "full", "lora", "ia3"} <= methods
@@ -88,7 +88,7 @@ def test_shipped_suites_load_and_validate(name):
 
 
 def test_seed_suite_is_the_original_study():
-    s = config.load_suite(str(ROOT / "experiments" / "seed.yaml"))
+    s = plan.load_suite(str(ROOT / "experiments" / "seed.yaml"))
     assert len(s.experiments) == 2 * 4 * 3
     assert {e.model.spec for e in s.experiments} == {"gpt2", "t5-small"}
     assert {e.data.spec for e in s.experiments} == {"hf:cnn_dailymail/3.0.0", "hf:imdb", "hf:wikitext/wikitext-2-raw-v1"}

@@ -15,7 +15,8 @@ from peftbench.report.metrics import pareto
 def result(model, task, method, *, quality, trainable, adapter, p50, merged_p50=None, train_mem=3e9, tok_s=100.0,
            random=False):
     return {
-        "schema": "peftbench.result/1", "id": f"{model.replace(':', '-')}--{task}--{method}", "status": "success",
+        "schema": "peftbench.result/2", "id": f"{model.replace(':', '-')}--{task}--{method}",
+        "run_id": f"{model.replace(':', '-')}--{task}--{method}", "config_hash": "0", "status": "success",
         "error": None, "config": {"model": {"spec": model}, "data": {"spec": "builtin:x", "task": task},
                                   "method": {"name": method}},
         "env": {"cpu_count": 2, "device": "cpu"}, "model": {"pretrained": not random},
@@ -54,7 +55,7 @@ def fixture_dir(tmp_path):
         result("random:gpt2", "summarization", "ia3", quality={"rougeL": None}, trainable=4, adapter=20, p50=4.5,
                merged_p50=4.4, random=True),
     ]
-    failed = {"schema": "peftbench.result/1", "id": "oops", "status": "failed", "error": "ValueError: boom",
+    failed = {"schema": "peftbench.result/2", "id": "oops", "run_id": "oops", "config_hash": "0", "status": "failed", "error": "ValueError: boom",
               "config": {"model": {"spec": "x"}, "data": {"task": "classification"}, "method": {"name": "lora"}}}
     (tmp_path / "results").mkdir()
     for r in rs + [failed]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from peftbench import cli, config, models, results, runner
+from peftbench import cli, config, models, plan, results, runner
 
 FAST = {"train": {"max_steps": 2, "batch_size": 4, "eval_steps": 1},
         "data": {"max_train_samples": 16, "max_eval_samples": 4, "max_source_length": 48, "max_target_length": 4},
@@ -36,8 +36,8 @@ def suite_run(tmp_path_factory, data_dir, tiny_pretrained):
         "method.name": ["none", "full", "lora", "ia3"]}}
     path = out / "tiny.yaml"
     path.write_text(yaml.safe_dump(raw))
-    code = cli.main(["run", str(path), "--out", str(out / "res"), "--device", "cpu"])
-    return code, out / "res", config.load_suite(str(path))
+    code = cli.main(["run", str(path), "--out", str(out / "res"), "--device", "cpu", "--in-process"])
+    return code, out / "res", plan.load_suite(str(path))
 
 
 def test_suite_succeeds_and_writes_one_result_per_experiment(suite_run):
@@ -51,14 +51,24 @@ def test_suite_succeeds_and_writes_one_result_per_experiment(suite_run):
 def test_result_contract(suite_run):
     _, out, suite = suite_run
     r = json.loads(next((out / "results").glob("*--classification--lora.json")).read_text())
-    assert r["schema"] == "peftbench.result/1" and r["status"] == "success" and r["error"] is None
+    assert r["schema"] == "peftbench.result/2" and r["status"] == "success" and r["error"] is None
     assert r["config"]["model"]["family"] == "causal" and r["config"]["train"]["learning_rate"] == 2e-4
+    assert r["resolved"]["learning_rate"] == 2e-4 and r["resolved"]["family"] == "causal"
+    exp = next(e for e in suite.experiments if e.id == r["id"])
+    assert r["run_id"] == r["id"] and r["config_hash"] == config.config_hash(exp)
     for key in ("python", "torch", "transformers", "peft", "device"):
         assert r["env"][key]
     # LoRA r=8 on q_proj (64->64) and v_proj (64->32: 2 kv heads of 16) in 2 layers
     assert r["params"]["trainable"] == 2 * ((8 * 64 + 64 * 8) + (8 * 64 + 32 * 8))
     assert set(r["quality"]) == {"accuracy", "macro_f1"} and r["quality_note"] is None
     assert 0 <= r["quality"]["accuracy"] <= 100
+    # the interval brackets the estimate; the per-example predictions reproduce it exactly
+    iv, smp = r["quality_interval"]["accuracy"], r["quality_samples"]
+    assert iv["low"] <= r["quality"]["accuracy"] <= iv["high"] and smp["n"] == r["data"]["test_examples"]
+    right = sum(p == g for p, g in zip(smp["columns"]["pred"], smp["columns"]["gold"]))
+    assert r["quality"]["accuracy"] == pytest.approx(100 * right / smp["n"])
+    base = r["quality_baselines"]
+    assert base["chance_accuracy"] == 50.0 and base["majority_class"] in ("bad", "good")
     assert [p["step"] for p in r["train"]["eval_curve"]] == [1, 2]
     assert len(r["train"]["loss_curve"]) == 2 and r["train"]["tokens_per_second"] > 0
     lat = r["inference"]["latency_ms"]
@@ -98,25 +108,27 @@ def test_random_models_report_null_quality(suite_run):
 def test_rerun_skips_completed(suite_run, capsys):
     code, out, suite = suite_run
     before = {p.name: p.read_text() for p in (out / "results").glob("*.json")}
-    assert runner.run_suite(suite, out_dir=out, device="cpu", report=False) == 0
-    assert "done, skipped" in capsys.readouterr().out
+    assert runner.run_suite(suite, out_dir=out, device="cpu", report=False, in_process=True) == 0
+    assert capsys.readouterr().out.count("done, skipped") == len(before)
     assert {p.name: p.read_text() for p in (out / "results").glob("*.json")} == before
 
 
 def test_failed_experiment_is_recorded_and_suite_goes_on(tmp_path, data_dir):
-    empty = tmp_path / "not-a-model"
+    empty = tmp_path / "not-a-model"  # a model folder that passes validation but fails to load
     empty.mkdir()
+    (empty / "config.json").write_text("{}")
+    (empty / "model.safetensors").write_bytes(b"broken")
     raw = {"defaults": FAST, "experiments": [
         {"id": "broken", "model": {"spec": str(empty)}, "method": {"name": "lora"},
          "data": {"spec": f"file:{data_dir}/lm.jsonl", "task": "language-modeling"}},
         {"id": "works", "model": {"spec": "random:tiny-gpt2"}, "method": {"name": "ia3"},
          "data": {"spec": f"file:{data_dir}/lm.jsonl", "task": "language-modeling"}}]}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
-    code = cli.main(["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o"), "--device", "cpu"])
+    code = cli.main(["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o"), "--device", "cpu", "--in-process"])
     assert code == 1
     broken = results.read_result(tmp_path / "o" / "results" / "broken.json")
-    assert broken["status"] == "failed" and broken["error"] and "config" in broken
-    assert results.is_complete(tmp_path / "o" / "results" / "works.json")
+    assert broken.status == "failed" and broken.error and broken.config["id"] == "broken"
+    assert results.read_result(tmp_path / "o" / "results" / "works.json").status == "success"
     assert not (tmp_path / "o" / "adapters" / "broken").exists()
     assert [p.name for p in (tmp_path / "o" / "adapters").iterdir() if p.name.startswith(".")] == []
     md = (tmp_path / "o" / "report.md").read_text()
@@ -156,27 +168,32 @@ def test_single_experiment_mode_and_list(tmp_path, data_dir, capsys):
 
 
 def test_seeded_runs_are_reproducible(tmp_path, data_dir):
-    exp = config.single_experiment(model="random:tiny-gpt2", method="lora", task="language-modeling",
+    from peftbench.experiment import Recipe
+
+    suite = plan.single_experiment(model="random:tiny-gpt2", method="lora", task="language-modeling",
                                    dataset=f"file:{data_dir}/lm.jsonl",
-                                   overrides=["train.max_steps=3", "measure.enabled=false", "data.max_source_length=32"]).experiments[0]
-    a = runner.run_experiment(exp, out_dir=tmp_path / "a", device="cpu")
-    b = runner.run_experiment(exp, out_dir=tmp_path / "b", device="cpu")
-    assert a["train"]["loss_curve"] == b["train"]["loss_curve"]
+                                   overrides=["train.max_steps=3", "measure.enabled=false", "data.max_source_length=32"])
+    run = plan.plan_runs(suite)[0]
+    a = Recipe(run, out_dir=tmp_path / "a", device="cpu").run()
+    b = Recipe(run, out_dir=tmp_path / "b", device="cpu").run()
+    assert a.train["loss_curve"] == b.train["loss_curve"]
     from safetensors.torch import load_file
 
-    wa = load_file(tmp_path / "a" / "adapters" / exp.id / "adapter_model.safetensors")
-    wb = load_file(tmp_path / "b" / "adapters" / exp.id / "adapter_model.safetensors")
+    wa = load_file(tmp_path / "a" / "adapters" / run.run_id / "adapter_model.safetensors")
+    wb = load_file(tmp_path / "b" / "adapters" / run.run_id / "adapter_model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_interrupt_records_cancelled_and_exits_130(tmp_path, data_dir, monkeypatch, capsys):
-    def interrupted(exp, **kw):
+    from peftbench import experiment
+
+    def interrupted(self):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "run_experiment", interrupted)
+    monkeypatch.setattr(experiment.Recipe, "run", interrupted)
     argv = ["run", "--model", "random:tiny-gpt2", "--method", "lora", "--task", "language-modeling",
-            "--dataset", f"file:{data_dir}/lm.jsonl", "--id", "stopped", "--out", str(tmp_path / "o")]
+            "--dataset", f"file:{data_dir}/lm.jsonl", "--id", "stopped", "--out", str(tmp_path / "o"), "--in-process"]
     assert cli.main(argv) == 130
     r = results.read_result(tmp_path / "o" / "results" / "stopped.json")
-    assert r["status"] == "cancelled" and r["config"]["method"]["name"] == "lora"
-    assert not results.is_complete(tmp_path / "o" / "results" / "stopped.json")  # a rerun will redo it
+    assert r.status == "cancelled" and r.config["method"]["name"] == "lora"
+    assert results.state(tmp_path / "o" / "results" / "stopped.json", r.config_hash) == "cancelled"  # reruns

@@ -4,11 +4,13 @@ Usage:
     peftbench run demo
     peftbench run --model random:gpt2 --method lora --task summarization --dataset builtin:spam-subjects \
         --set method.r=16 --set train.max_steps=50
+    peftbench run demo --seeds 1,2,3 --set 'train.learning_rate=[1e-4, 3e-4, 1e-3]'
     peftbench report runs/demo
     peftbench list seed
     peftbench fetch smollm2-135m gpt2-tokenizer
 
-Exit codes: 0 success; 1 some experiment failed (its result says why); 2 bad input.
+Exit codes: 0 success; 1 some experiment failed (its result says why); 2 bad input;
+130 / 143 stopped by SIGINT / SIGTERM (the running experiment is recorded as cancelled).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from peftbench.errors import ConfigError, SourceError
+from peftbench.errors import Cancelled, ConfigError, SourceError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="override any config field, e.g. train.max_steps=50 (repeatable)")
         sp.add_argument("--only", metavar="GLOB", help="only experiment ids matching this glob")
         sp.add_argument("--out", type=Path, help="output directory (default runs/<suite>)")
+        sp.add_argument("--seeds", type=_seed_list, metavar="N,N,...",
+                        help="run every experiment once per seed (overrides the suite's seeds)")
 
     run = sub.add_parser("run", help="run a suite (YAML path or built-in name) or one experiment")
     run.add_argument("suite", nargs="?", help="suite: path to YAML, or demo / seed")
@@ -42,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     run.add_argument("--seed", type=int, help="shorthand for --set train.seed=N")
     run.add_argument("--force", action="store_true", help="rerun experiments that already succeeded")
+    run.add_argument("--in-process", action="store_true",
+                     help="run experiments in this process instead of one fresh process each (debugging)")
+    run.add_argument("--gpus", type=int, default=1, metavar="N",
+                     help="GPUs per experiment: N > 1 starts it with accelerate's launcher, one process per GPU")
     run.add_argument("--help-config", action="store_true", help="list every config field with its default and exit")
     run.add_argument("-v", "--verbose", action="store_true", help="log details (tracebacks of failures)")
     common(run)
@@ -59,10 +67,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct integers, e.g. 1,2,3")
+    return seeds
+
+
 def _load(args):
-    from peftbench import config
+    from peftbench import plan
 
     overrides = list(args.set)
+    seeds = getattr(args, "seeds", None)
     if getattr(args, "seed", None) is not None:
         overrides.append(f"train.seed={args.seed}")
     single = [getattr(args, k, None) for k in ("model", "method", "task", "dataset")]
@@ -72,42 +91,50 @@ def _load(args):
         missing = [f"--{k}" for k, v in zip(("model", "method", "task", "dataset"), single) if not v]
         if missing:
             raise ConfigError(f"single-experiment mode needs {', '.join(missing)}")
-        return config.single_experiment(model=args.model, method=args.method, task=args.task, dataset=args.dataset,
-                                        overrides=overrides, exp_id=getattr(args, "exp_id", None))
+        return plan.single_experiment(model=args.model, method=args.method, task=args.task, dataset=args.dataset,
+                                      overrides=overrides, exp_id=getattr(args, "exp_id", None), seeds=seeds)
     if not getattr(args, "suite", None):
         raise ConfigError("name a suite (demo, seed, or a YAML path) or give --model/--method/--task/--dataset")
-    return config.load_suite(args.suite, overrides=overrides)
+    return plan.load_suite(args.suite, overrides=overrides, seeds=seeds)
 
 
 def cmd_run(args) -> int:
-    from peftbench import config, runner
+    from peftbench import config, plan, runner
 
     if args.help_config:
         print(config.help_text())
         return 0
     suite = _load(args)
     runner.resolve_device(args.device)
+    if args.gpus < 1:
+        raise ConfigError(f"--gpus: must be >= 1, got {args.gpus}")
     out = args.out or Path("runs") / suite.name
-    return runner.run_suite(suite, out_dir=out, device=args.device, force=args.force, only=args.only)
+    runner.select(plan.plan_runs(suite), args.only)
+    plan.check_out_dir(out)
+    return runner.run_suite(suite, out_dir=out, device=args.device, force=args.force, only=args.only,
+                            in_process=args.in_process, gpus=args.gpus)
 
 
 def cmd_list(args) -> int:
-    from peftbench import results, runner
+    from peftbench import plan, results, runner
 
     suite = _load(args)
     out = args.out or Path("runs") / suite.name
-    for exp in runner.select(suite, args.only):
-        d = results.read_result(results.result_path(out, exp.id))
-        state = d["status"] if d else "todo"
-        print(f"{state:10s} {exp.id}  ({exp.model.spec} | {exp.data.task} {exp.data.spec} | {exp.method.name})")
+    for run in runner.select(plan.plan_runs(suite), args.only):
+        state = results.state(results.result_path(out, run.run_id), run.config_hash)
+        exp = run.exp
+        print(f"{state:10s} {run.run_id}  ({exp.model.spec} | {exp.data.task} {exp.data.spec} | {exp.method.name})")
     return 0
 
 
 def cmd_report(args) -> int:
     from peftbench.report import build_report
+    from peftbench.results import load_results
 
     if not args.dir.is_dir():
         raise ConfigError(f"report: {args.dir} is not a directory")
+    if not load_results(args.dir):
+        raise ConfigError(f"report: {args.dir} holds no peftbench results (results/*.json)")
     paths = build_report(args.dir)
     print(f"report: {paths['md']} (and {paths['html'].name}, {paths['csv'].name}, plots/)")
     return 0
@@ -126,7 +153,7 @@ def cmd_fetch(args) -> int:
     return 0
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """The libraries' own chatter (deprecations, per-step warnings) would bury our progress lines."""
     import warnings
 
@@ -154,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("peftbench").setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Writing model shards" bars on every save
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return COMMANDS[args.command](args)
     except ConfigError as e:
@@ -163,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     except SourceError as e:
         print(f"peftbench: error: {e}", file=sys.stderr)
         return 2
+    except Cancelled as c:
+        print("peftbench: interrupted", file=sys.stderr)
+        return 128 + c.signum
     except KeyboardInterrupt:
         print("peftbench: interrupted", file=sys.stderr)
         return 130

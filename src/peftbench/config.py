@@ -1,22 +1,24 @@
-"""Typed experiment configuration: dataclasses, YAML suites, ``--set`` overrides, validation.
+"""Typed experiment configuration: dataclasses, ``--set`` overrides, matrix expansion, identity.
 
 Usage:
-    suite = load_suite("experiments/demo.yaml", overrides=["train.max_steps=5"])
-    exp = single_experiment(model="random:gpt2", method="lora", task="summarization",
-                            dataset="builtin:spam-subjects", overrides=["method.r=16"])
+    exps = experiments_from_raw(raw_suite_dict, overrides=["train.max_steps=5"], errors=errors)
+    exp.to_dict(); config_hash(exp)       # the identity of a run's numbers
 
-A suite file has ``name``, ``defaults`` (sections shared by every experiment), and either
-``experiments`` (a list of per-experiment overrides) or ``matrix`` (axes expanded as a cartesian
-product: ``section.field: [values]``, ``section: [mappings]``, or ``any_name: [partial experiments]``),
-or both. Every problem found is reported at
-once, in one line, as a ``ConfigError``.
+This module holds the schema only: it imports nothing of peftbench but errors. Checking specs,
+data and value ranges against models and methods is ``plan.py``'s job (it sits above both).
+A suite file has ``name``, ``defaults`` (sections shared by every experiment), ``seeds``, and
+``experiments`` (a list of per-experiment overrides) and/or ``matrix`` (axes expanded as a cartesian
+product: ``section.field: [values]``, ``section: [mappings]``, or ``any_name: [partial experiments]``).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import itertools
+import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -28,12 +30,13 @@ import yaml
 from peftbench.errors import ConfigError
 
 SECTIONS = ("model", "data", "method", "train", "measure")
-SUITE_KEYS = ("name", "description", "defaults", "experiments", "matrix")
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+SUITE_KEYS = ("name", "description", "defaults", "experiments", "matrix", "seeds")
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: no trailing newline slips in
+MAX_ID_LENGTH = 100  # result file names get run suffixes (--lr..--seed..) and must stay < 255 bytes
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field whose help text documents it (and becomes ``peftbench list --fields``)."""
+    """A dataclass field whose help text documents it (and becomes ``peftbench run --help-config``)."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help}, **kw)
     return field(default=default, metadata={"help": help}, **kw)
@@ -44,8 +47,12 @@ class ModelArgs:
     spec: str = _f("", "model spec: hub id or local dir, random:NAME, builtin:NAME")
     family: str | None = _f(None, "causal | seq2seq; filled in after loading")
     tokenizer: str | None = _f(None, "tokenizer spec; default: the model's own (random: models pick one)")
-    dtype: str = _f("auto", "weights dtype: auto (fp32 on CPU, bf16 on GPUs that support it) | float32 | bfloat16 | float16")
+    dtype: str = _f("auto", "weights dtype: auto (fp32 weights; bf16 compute comes from train.mixed_precision) "
+                    "| float32 | bfloat16 | float16")
+    chat_template: str = _f("auto", "wrap prompts in the tokenizer's chat template for scoring and training: "
+                            "auto (on when the tokenizer has one) | on | off")
     trust_remote_code: bool = _f(False, "allow code from the model repository (off by default)")
+    seed: int = _f(0, "seed of random: weights; fixed across train.seed, so every seed starts from one base model")
     revision: str | None = _f(None, "hub revision (branch, tag or commit)")
 
 
@@ -62,6 +69,8 @@ class DataArgs:
     lm_stride: int | None = _f(None, "language modelling: evaluation stride in tokens (default: half the block)")
     validation_fraction: float = _f(0.1, "share of train carved out as validation when the dataset has none")
     test_fraction: float = _f(0.1, "share of train carved out as test when the dataset has none")
+    seed: int = _f(0, "seed of carved splits and sample caps; fixed across train.seed, so every seed and method "
+                   "sees the same examples")
 
 
 @dataclass
@@ -79,15 +88,17 @@ class TrainArgs:
     epochs: float = _f(1.0, "passes over the training set when max_steps is -1")
     batch_size: int = _f(8, "examples per device per micro-batch")
     gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step")
-    learning_rate: float | None = _f(None, "peak learning rate; null: the method's default (full 5e-5, lora 2e-4, ia3 1e-3)")
+    learning_rate: float | list | None = _f(None, "peak learning rate, or a list to sweep (the value with the best "
+                                            "validation quality is selected); null: the method's default")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     warmup_ratio: float = _f(0.1, "share of the steps with linear warm-up")
     lr_scheduler: str = _f("linear", "transformers scheduler name: linear | cosine | constant_with_warmup | ...")
     max_grad_norm: float = _f(1.0, "gradient clipping; 0 disables")
     eval_steps: int = _f(0, "evaluate quality every N steps (0: only after training)")
-    eval_samples: int | None = _f(None, "examples used by the periodic evaluations (null: all validation)")
+    eval_samples: int | None = _f(None, "examples of the periodic evaluations, a seeded sample stratified by label "
+                                  "(null: all validation)")
     log_steps: int = _f(1, "record the loss every N steps")
-    seed: int = _f(42, "seed for weights of random: models, data order, adapters")
+    seed: int = _f(42, "seed of adapter init, data order and dropout (and random: weights); see also seeds")
     mixed_precision: str = _f("auto", "auto (bf16 on GPUs that support it) | no | bf16 | fp16")
 
 
@@ -116,12 +127,27 @@ class Experiment:
     train: TrainArgs
     measure: MeasureArgs
     description: str = ""
+    seeds: list[int] | None = None  # run once per seed (train.seed); None: once, with train.seed
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        """The sections as one plain dict (method options flattened next to ``name``)."""
+        d = {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
         options = d["method"].pop("options")
         d["method"].update(options)
-        return d
+        return {"id": self.id, "description": self.description, **d}
+
+
+def config_hash(exp: Experiment) -> str:
+    """Identity of a run's numbers: a hash of every section (not the id or description).
+
+    A result is reused only when both its id and this hash match; anything that changes the
+    numbers (a step count, a seed, a learning rate, a measure setting) changes the hash.
+    """
+    d = exp.to_dict()
+    d.pop("id")
+    d.pop("description")
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -202,6 +228,18 @@ def _type_name(annotation: Any) -> str:
     return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
+def _as_float(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` as a string: turn such strings into floats, leave the rest alone."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def _build_section(section: str, raw: Any, errors: list[str]) -> Any:
     cls = SECTION_TYPES[section]
     if raw is None:
@@ -214,115 +252,92 @@ def _build_section(section: str, raw: Any, errors: list[str]) -> Any:
     kwargs: dict = {}
     if section == "method":
         raw = dict(raw)
-        options = dict(raw.pop("options", {}) or {})
+        options = raw.pop("options", None) or {}
+        if not isinstance(options, dict):
+            errors.append(f"method.options: expected a mapping of peft options, got {options!r}")
+            options = {}
+        options = dict(options)
         for k in list(raw):
             if k != "name":
                 options[k] = raw.pop(k)
-        raw["options"] = options
+        raw["options"] = {str(k): v for k, v in options.items()}
     for key, value in raw.items():
         if key not in names:
             errors.append(f"{section}.{key}: unknown key (known: {', '.join(sorted(names))})")
             continue
-        if isinstance(value, str) and _type_ok(1.0, hints[key]) and not _type_ok("", hints[key]):
-            try:  # YAML 1.1 reads "1e-3" as a string
-                value = float(value)
-            except ValueError:
-                pass
+        numeric = _type_ok(1.5, hints[key]) and not _type_ok("", hints[key])
+        if numeric and isinstance(value, list):
+            value = [_as_float(v) for v in value]
+            if not value or not all(isinstance(v, float) for v in value):
+                errors.append(f"{section}.{key}: expected a number or a non-empty list of numbers, got {value!r}")
+                continue
+        elif numeric and isinstance(value, (str, int)) and not isinstance(value, bool):
+            value = _as_float(value)
         if not _type_ok(value, hints[key]):
             errors.append(f"{section}.{key}: expected {_type_name(hints[key])}, got {value!r}")
             continue
-        if _type_ok(1.5, hints[key]) and not _type_ok("", hints[key]) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
         kwargs[key] = value
     return cls(**kwargs)
 
 
 def experiment_id(d: dict) -> str:
     """A readable id from model, task and method: ``random-gpt2--summarization--lora``."""
-    model = str(d.get("model", {}).get("spec", "model")).rstrip("/").split("/")[-1]
+    model = str(_get(d, "model", "spec") or "model").rstrip("/").split("/")[-1]
     model = model.replace(":", "-")
-    task = d.get("data", {}).get("task", "task")
-    method = d.get("method", {}).get("name", "method")
+    task = _get(d, "data", "task") or "task"
+    method = _get(d, "method", "name") or "method"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model}--{task}--{method}")
 
 
+def _get(d: dict, section: str, key: str) -> Any:
+    sec = d.get(section)
+    return sec.get(key) if isinstance(sec, dict) else None
+
+
+def _seeds(value: Any, where: str, errors: list[str]) -> list[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        errors.append(f"{where}: expected a non-empty list of integers, got {value!r}")
+        return None
+    if len(set(value)) != len(value):
+        errors.append(f"{where}: seeds repeat ({value})")
+        return None
+    return list(value)
+
+
 def build_experiment(d: dict, *, errors: list[str]) -> Experiment:
-    """A raw dict (sections + optional id/description) -> Experiment; problems appended to errors."""
-    known = set(SECTIONS) | {"id", "description"}
+    """A raw dict (sections + optional id/description/seeds) -> Experiment; problems appended."""
+    known = set(SECTIONS) | {"id", "description", "seeds"}
     for key in d:
         if key not in known:
             errors.append(f"{key}: unknown key (known: {', '.join(sorted(known))})")
     sections = {s: _build_section(s, d.get(s), errors) for s in SECTIONS}
     exp_id = d.get("id") or experiment_id(d)
-    if not isinstance(exp_id, str) or not ID_RE.match(exp_id):
-        errors.append(f"id: {exp_id!r} must be letters, digits, '.', '_' or '-'")
-    return Experiment(id=str(exp_id), description=str(d.get("description", "")), **sections)
+    if not isinstance(exp_id, str) or not ID_RE.fullmatch(exp_id):
+        errors.append(f"id: {exp_id!r} must be letters, digits, '.', '_' or '-' (starting with a letter or digit)")
+    elif len(exp_id) > MAX_ID_LENGTH:
+        errors.append(f"id: {exp_id[:40]!r}... is {len(exp_id)} characters (at most {MAX_ID_LENGTH})")
+    return Experiment(id=str(exp_id), description=str(d.get("description", "")),
+                      seeds=_seeds(d.get("seeds"), f"{exp_id}: seeds", errors), **sections)
 
 
-# ---------------------------------------------------------------- validation
-
-def validate(exp: Experiment, errors: list[str]) -> None:
-    """Impossible values and unknown specs; appends ``"<id>: problem"`` lines to errors."""
-    from peftbench import data, methods, models, tasks  # registries; imported late (torch)
-
-    p = f"{exp.id}: " if exp.id else ""
-    problems: list[str] = []
-    problems += models.check_spec(exp.model.spec)
-    if exp.model.tokenizer:
-        problems += models.check_tokenizer_spec(exp.model.tokenizer)
-    if exp.model.family not in (None, "causal", "seq2seq"):
-        problems.append(f"model.family: {exp.model.family!r} is not causal or seq2seq")
-    if exp.model.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        problems.append(f"model.dtype: {exp.model.dtype!r} is not auto, float32, bfloat16 or float16")
-    problems += data.check_spec(exp.data.spec)
-    if exp.data.task not in tasks.TASKS:
-        problems.append(f"data.task: unknown task {exp.data.task!r} (known: {', '.join(tasks.TASKS)})")
-    problems += methods.check(exp.method.name, exp.method.options)
-    positive = {
-        "data.max_source_length": exp.data.max_source_length, "data.max_target_length": exp.data.max_target_length,
-        "train.batch_size": exp.train.batch_size, "train.gradient_accumulation_steps": exp.train.gradient_accumulation_steps,
-        "train.log_steps": exp.train.log_steps, "measure.iterations": exp.measure.iterations,
-        "measure.batch_size": exp.measure.batch_size, "measure.seq_len": exp.measure.seq_len,
-        "measure.new_tokens": exp.measure.new_tokens,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            problems.append(f"{key}: must be > 0, got {value}")
-    for key, value in {"data.max_train_samples": exp.data.max_train_samples,
-                       "data.max_eval_samples": exp.data.max_eval_samples,
-                       "train.eval_samples": exp.train.eval_samples}.items():
-        if value is not None and value <= 0:
-            problems.append(f"{key}: must be > 0 or null, got {value}")
-    if exp.train.max_steps == 0 or exp.train.max_steps < -1:
-        problems.append(f"train.max_steps: must be > 0 or -1 (epochs), got {exp.train.max_steps}")
-    if exp.train.max_steps == -1 and exp.train.epochs <= 0:
-        problems.append(f"train.epochs: must be > 0, got {exp.train.epochs}")
-    if exp.train.learning_rate is not None and exp.train.learning_rate <= 0:
-        problems.append(f"train.learning_rate: must be > 0, got {exp.train.learning_rate}")
-    if not 0 <= exp.train.warmup_ratio < 1:
-        problems.append(f"train.warmup_ratio: must be in [0, 1), got {exp.train.warmup_ratio}")
-    for key in ("validation_fraction", "test_fraction"):
-        v = getattr(exp.data, key)
-        if not 0 < v < 0.5:
-            problems.append(f"data.{key}: must be in (0, 0.5), got {v}")
-    if exp.train.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-        problems.append(f"train.mixed_precision: {exp.train.mixed_precision!r} is not auto, no, bf16 or fp16")
-    for key in ("warmup", "eval_steps"):
-        obj = exp.measure if key == "warmup" else exp.train
-        if getattr(obj, key) < 0:
-            problems.append(f"{'measure' if key == 'warmup' else 'train'}.{key}: must be >= 0")
-    if exp.measure.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        problems.append(f"measure.dtype: {exp.measure.dtype!r} is not auto, float32, bfloat16 or float16")
-    if exp.measure.min_seconds < 0 or exp.measure.large_batch_size < 0:
-        problems.append("measure.min_seconds and measure.large_batch_size must be >= 0")
-    errors.extend(p + m for m in problems)
-
-
-def _raise(errors: list[str]) -> None:
-    if errors:
-        shown = errors[:8]
-        more = f" (+{len(errors) - 8} more)" if len(errors) > 8 else ""
-        raise ConfigError("; ".join(shown) + more)
+def check_numbers(exp: Experiment) -> list[str]:
+    """Every float field finite (YAML reads .nan / .inf and --set accepts them)."""
+    problems = []
+    for section in SECTIONS:
+        obj = getattr(exp, section)
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            values = v if isinstance(v, list) else [v]
+            if section == "method" and f.name == "options":
+                values = [x for x in v.values() if isinstance(x, float)]
+            if any(isinstance(x, float) and not math.isfinite(x) for x in values):
+                problems.append(f"{section}.{f.name}: must be a finite number, got {v!r}")
+    return problems
 
 
 # ---------------------------------------------------------------- suites
@@ -359,17 +374,43 @@ def expand_matrix(matrix: dict, errors: list[str]) -> list[dict]:
     return combos
 
 
-def suite_from_dict(raw: Any, *, name: str, overrides: list[str] | None = None, path: str | None = None) -> Suite:
-    errors: list[str] = []
+def _fold_seed_axis(experiments: list[Experiment]) -> list[Experiment]:
+    """Experiments that share an id and differ only in ``train.seed`` (a ``train.seed: [1, 2, 3]``
+    matrix axis) become one experiment with ``seeds``."""
+    out: list[Experiment] = []
+    by_id: dict[str, Experiment] = {}
+    for exp in experiments:
+        first = by_id.get(exp.id)
+        if first is not None and exp.seeds is None:
+            a, b = copy.deepcopy(first), copy.deepcopy(exp)
+            a.train.seed = b.train.seed = 0
+            a.seeds = None
+            if a == b:
+                first.seeds = (first.seeds or [first.train.seed]) + [exp.train.seed]
+                continue
+        by_id.setdefault(exp.id, exp)
+        out.append(exp)
+    return out
+
+
+def experiments_from_raw(raw: Any, *, name: str, overrides: list[str] | None, seeds: list[int] | None,
+                         errors: list[str]) -> tuple[str, str, list[Experiment]]:
+    """A suite mapping -> (name, description, experiments); problems appended to ``errors``."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path or name}: a suite must be a mapping with defaults and experiments/matrix")
+        raise ConfigError(f"{name}: a suite must be a mapping with defaults and experiments/matrix")
     for key in raw:
         if key not in SUITE_KEYS:
             errors.append(f"{key}: unknown suite key (known: {', '.join(SUITE_KEYS)})")
+    suite_name = raw.get("name", re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "suite")
+    if not isinstance(suite_name, str) or not ID_RE.fullmatch(suite_name) or ".." in suite_name:
+        errors.append(f"name: {suite_name!r} must be one folder name (letters, digits, '.', '_', '-'; no '/' or '..')")
+        suite_name = name
     defaults = raw.get("defaults") or {}
     if not isinstance(defaults, dict):
         errors.append("defaults: expected a mapping of sections")
         defaults = {}
+    if "seeds" in raw:
+        defaults = {**defaults, "seeds": raw["seeds"]}
     entries: list[dict] = []
     if "matrix" in raw:
         entries += expand_matrix(raw["matrix"], errors)
@@ -388,56 +429,7 @@ def suite_from_dict(raw: Any, *, name: str, overrides: list[str] | None = None, 
     experiments = []
     for e in entries:
         merged = deep_merge(deep_merge(defaults, e), set_over)
+        if seeds is not None:
+            merged["seeds"] = seeds
         experiments.append(build_experiment(merged, errors=errors))
-    _raise(errors)
-    seen: set[str] = set()
-    for exp in experiments:
-        if exp.id in seen:
-            errors.append(f"{exp.id}: duplicate experiment id (give one an explicit id)")
-        seen.add(exp.id)
-        validate(exp, errors)
-    _raise(errors)
-    return Suite(name=str(raw.get("name") or name), experiments=experiments,
-                 description=str(raw.get("description", "")), path=path)
-
-
-def find_suite(name_or_path: str) -> Path:
-    """A YAML path, or a built-in suite name (``demo``, ``seed``) looked up in ``experiments/``."""
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml"):
-        if not p.is_file():
-            raise ConfigError(f"suite file {name_or_path!r} not found")
-        return p
-    candidates = [Path.cwd() / "experiments" / f"{name_or_path}.yaml",
-                  Path(__file__).resolve().parents[2] / "experiments" / f"{name_or_path}.yaml"]
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise ConfigError(f"unknown suite {name_or_path!r}: not a .yaml file and not a built-in suite (demo, seed)")
-
-
-def load_suite(name_or_path: str, *, overrides: list[str] | None = None) -> Suite:
-    path = find_suite(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(e, 'problem', e)})") from None
-    return suite_from_dict(raw, name=path.stem, overrides=overrides, path=str(path))
-
-
-def single_experiment(*, model: str, method: str, task: str, dataset: str,
-                      overrides: list[str] | None = None, exp_id: str | None = None) -> Suite:
-    raw = {"model": {"spec": model}, "method": {"name": method}, "data": {"spec": dataset, "task": task}}
-    if exp_id:
-        raw["id"] = exp_id
-    return suite_from_dict({"experiments": [raw]}, name="single", overrides=overrides)
-
-
-def experiment_from_dict(d: dict) -> Experiment:
-    """Rebuild an Experiment from a result's ``config`` (e.g. to rerun it)."""
-    errors: list[str] = []
-    exp = build_experiment(d, errors=errors)
-    _raise(errors)
-    return exp
+    return str(suite_name), str(raw.get("description", "")), _fold_seed_axis(experiments)

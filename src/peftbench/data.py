@@ -1,7 +1,7 @@
 """Dataset specs -> train/validation/test lists of records in the task's canonical fields.
 
 Usage:
-    splits = load(DataArgs(spec="hf:imdb", task="classification"), seed=42)
+    splits = load(DataArgs(spec="hf:imdb", task="classification", seed=0))
     splits.train[0] == {"text": "...", "label": 1}; splits.label_names == ["neg", "pos"]
 
 Specs: ``hf:NAME[/CONFIG]`` (``datasets.load_dataset``), ``file:PATH`` (.jsonl/.json/.csv/.parquet,
@@ -66,6 +66,108 @@ def check_spec(spec: str) -> list[str]:
     return []
 
 
+MIN_FILE_ROWS = 3  # train, validation and test are carved from a file: one row each at least
+
+
+def check_file(args: DataArgs) -> list[str]:
+    """A ``file:`` dataset read once before anything trains: readable, UTF-8, valid rows, the task's
+    fields present and non-empty, labels of one type with at least two classes."""
+    path = Path(args.spec.partition(":")[2]).expanduser()
+    where = f"data.spec: {path.name}"
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        return [f"{where}: cannot be read ({e.strerror})"]
+    if not raw.strip():
+        return [f"{where}: the file is empty"]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        return [f"{where}: line {line}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})"]
+    rows, problem = _parse_rows(path, text, raw)
+    if problem:
+        return [f"{where}: {problem}"]
+    return [f"{where}: {p}" for p in _check_rows(rows, args)]
+
+
+def _parse_rows(path: Path, text: str, raw: bytes) -> tuple[list[dict], str | None]:
+    import csv
+    import io
+    import json
+
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+
+            return pq.read_table(io.BytesIO(raw)).to_pylist(), None
+        except Exception as e:  # pyarrow raises several kinds for a damaged file
+            return [], f"not a readable parquet file ({type(e).__name__})"
+    if path.suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        rows = list(reader)
+        if not reader.fieldnames:
+            return [], "the CSV file has no header row"
+        return rows, None
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            return [], f"invalid JSON ({e})"
+        if not all(isinstance(r, dict) for r in data):
+            return [], "a .json file must be a list of objects (or JSON Lines)"
+        return data, None
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            return [], f"line {n}: invalid JSON ({e.msg})"
+        if not isinstance(row, dict):
+            return [], f"line {n}: expected a JSON object, got {type(row).__name__}"
+        rows.append(row)
+    return rows, None
+
+
+def _check_rows(rows: list[dict], args: DataArgs) -> list[str]:
+    fields = TASKS[args.task].fields if args.task in TASKS else ()
+    if len(rows) < MIN_FILE_ROWS:
+        return [f"{len(rows)} rows; at least {MIN_FILE_ROWS} are needed to carve train, validation and test"]
+    for f in fields:
+        col = args.fields.get(f, f)
+        for n, r in enumerate(rows, 1):
+            if col not in r:
+                return [f"row {n}: no column {col!r} for field {f!r} (columns: {', '.join(map(str, r))}); "
+                        f"set data.fields.{f}"]
+            v = r[col]
+            if f != "label" and (not isinstance(v, str) or not v.strip()):
+                return [f"row {n}: field {f!r} (column {col!r}) must be non-empty text, got {v!r}"]
+    if "label" in fields:
+        return _check_labels([r[args.fields.get("label", "label")] for r in rows], args)
+    return []
+
+
+def _check_labels(labels: list, args: DataArgs) -> list[str]:
+    kinds = {"text" if isinstance(v, str) else "integer" if isinstance(v, int) and not isinstance(v, bool)
+             else type(v).__name__ for v in labels}
+    if len(kinds) > 1:
+        return [f"labels mix types ({', '.join(sorted(kinds))}); use one type"]
+    if kinds - {"text", "integer"}:
+        return [f"labels must be text or integers, got {kinds.pop()}"]
+    classes = set(labels)
+    if len(classes) < 2:
+        return [f"every row has the label {labels[0]!r}: classification needs at least 2 classes"]
+    if args.label_names is not None:
+        if kinds == {"text"} and classes - set(args.label_names):
+            return [f"labels {sorted(classes - set(args.label_names))[:3]} are not in data.label_names"]
+        return []
+    if kinds == {"integer"} and sorted(classes) != list(range(len(classes))):
+        return [f"integer labels must be 0..N-1 (got {sorted(classes)[:6]}), or give data.label_names"]
+    return []
+
+
 # ---------------------------------------------------------------- loaders: spec -> {split: rows}
 
 def _load_hf(rest: str, args: DataArgs) -> tuple[dict[str, list[dict]], dict]:
@@ -111,6 +213,12 @@ def _load_builtin(rest: str, args: DataArgs) -> tuple[dict[str, list[dict]], dic
              "source_task": meta.get("task")})
 
 
+def _shuffled(rows: list[dict], seed: int) -> list[dict]:
+    out = list(rows)
+    random.Random(seed).shuffle(out)
+    return out
+
+
 LOADERS: dict[str, Callable[[str, DataArgs], tuple[dict[str, list[dict]], dict]]] = {
     "hf": _load_hf,
     "file": _load_file,
@@ -153,15 +261,31 @@ def to_canonical(rows: list[dict], *, task: str, mapping: dict, label_names: lis
     return out, label_names
 
 
-def _cap(rows: list[dict], n: int | None, seed: int) -> list[dict]:
+def sample(rows: list[dict], n: int | None, *, seed: int, stratify: str | None = None) -> list[dict]:
+    """A seeded random sample of ``n`` rows in their original order, never a prefix of the file.
+
+    With ``stratify`` (a field such as ``label``) every class keeps its share (largest remainder),
+    so a file sorted by label still gives a sample that holds every class in proportion.
+    """
     if n is None or len(rows) <= n:
         return rows
-    idx = list(range(len(rows)))
-    random.Random(seed).shuffle(idx)
-    return [rows[i] for i in sorted(idx[:n])]
+    rng = random.Random(seed)
+    if not stratify:
+        return [rows[i] for i in sorted(rng.sample(range(len(rows)), n))]
+    by_class: dict = {}
+    for i, r in enumerate(rows):
+        by_class.setdefault(r[stratify], []).append(i)
+    quota = {c: n * len(ix) / len(rows) for c, ix in by_class.items()}
+    take = {c: int(q) for c, q in quota.items()}
+    for c in sorted(quota, key=lambda c: (take[c] - quota[c], str(c)))[: n - sum(take.values())]:
+        take[c] += 1
+    chosen = [i for c, ix in sorted(by_class.items(), key=lambda kv: str(kv[0])) for i in rng.sample(ix, take[c])]
+    return [rows[i] for i in sorted(chosen)]
 
 
-def load(args: DataArgs, *, seed: int) -> Splits:
+def load(args: DataArgs) -> Splits:
+    """The three splits, carved and capped with ``args.seed`` (the same for every training seed)."""
+    seed = args.seed
     prefix, _, rest = args.spec.partition(":")
     raw, meta = LOADERS[prefix](rest, args)
     mapping = meta.get("fields") or {}
@@ -190,10 +314,13 @@ def load(args: DataArgs, *, seed: int) -> Splits:
     if meta.get("source"):
         info["source"] = meta["source"]
     lm = args.task == "language-modeling"  # LM caps count blocks, applied after tokenisation
+    strat = "label" if args.task == "classification" else None
+    if lm:  # blocks are cut from the texts in this order: shuffle so a cap is a sample, not a prefix
+        train, validation, test = (_shuffled(rows, seed) for rows in (train, validation, test))
     splits = Splits(
-        train=train if lm else _cap(train, args.max_train_samples, seed),
-        validation=validation if lm else _cap(validation, args.max_eval_samples, seed),
-        test=test if lm else _cap(test, args.max_eval_samples, seed),
+        train=train if lm else sample(train, args.max_train_samples, seed=seed, stratify=strat),
+        validation=validation if lm else sample(validation, args.max_eval_samples, seed=seed, stratify=strat),
+        test=test if lm else sample(test, args.max_eval_samples, seed=seed, stratify=strat),
         label_names=label_names if args.task == "classification" else None, info=info)
     if not splits.train or not splits.test:
         raise ConfigError(f"data.spec: {args.spec} has no usable {args.task} rows in train or test")

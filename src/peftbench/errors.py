@@ -10,3 +10,15 @@ class ConfigError(ValueError):
 
 class SourceError(RuntimeError):
     """An offline source could not be obtained (missing client, failed download, bad checksum)."""
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite: the run stops at once and is recorded as failed."""
+
+
+class Cancelled(BaseException):
+    """SIGINT or SIGTERM arrived: the running experiment is recorded as cancelled, exit 128 + signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum = signum

@@ -11,6 +11,8 @@ modules default to peft's own per-architecture mapping. Adding a method is one `
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,16 +48,67 @@ def _peft_config_class(name: str):
 
 
 def check(name: str, options: dict) -> list[str]:
-    """Config problems: unknown method, unknown option, options for a method that takes none."""
+    """Config problems: unknown method, unknown option, wrong type or range, rejected by peft."""
     if name not in METHODS:
         return [f"method.name: unknown method {name!r} (known: {', '.join(METHODS)})"]
     method = METHODS[name]
     if method.config_class is None:
         return [f"method.{k}: {name!r} takes no options" for k in options]
-    fields = {f.name for f in dataclasses.fields(_peft_config_class(method.config_class))}
-    fields -= {"peft_type", "task_type", "base_model_name_or_path", "revision", "auto_mapping"}
-    return [f"method.{k}: not an option of {method.config_class} (e.g. {', '.join(sorted(fields)[:6])}, ...)"
-            for k in options if k not in fields]
+    cls = _peft_config_class(method.config_class)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)} - INTERNAL_FIELDS
+    problems = []
+    for key, value in options.items():
+        if key not in fields:
+            problems.append(f"method.{key}: not an option of {method.config_class} "
+                            f"(e.g. {', '.join(sorted(fields)[:6])}, ...)")
+        elif not _fits(value, hints.get(key, typing.Any)):
+            problems.append(f"method.{key}: {value!r} is not a valid {_type_name(hints[key])} "
+                            f"for {method.config_class}")
+        elif key == "r" and value < 1:
+            problems.append(f"method.r: must be >= 1, got {value}")
+        elif "dropout" in key and isinstance(value, (int, float)) and not 0 <= value < 1:
+            problems.append(f"method.{key}: must be in [0, 1), got {value}")
+    if not problems:  # peft's own checks (__post_init__), still before anything loads
+        try:
+            cls(**{**method.defaults, **options})
+        except (ValueError, TypeError) as e:
+            problems.append(f"method: {method.config_class} rejects the options: {str(e).splitlines()[0]}")
+    return problems
+
+
+INTERNAL_FIELDS = {"peft_type", "task_type", "base_model_name_or_path", "revision", "auto_mapping"}
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Does a YAML value fit a peft config field's type hint? Unknown kinds of hint accept anything."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is typing.Any:
+        return True
+    if value is None:
+        return annotation is type(None) or type(None) in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args if a is not type(None))
+    if origin is typing.Literal:
+        return any(value == a or (isinstance(a, str) and "[" in a and isinstance(value, str)
+                                  and value.startswith(a.split("[")[0])) for a in args)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, set) or annotation in (list, tuple, set):
+        return isinstance(value, list) and (not args or all(_fits(v, args[0]) for v in value))
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(annotation: Any) -> str:
+    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
 def _conv1d_targets(model: torch.nn.Module, targets: Any) -> bool:

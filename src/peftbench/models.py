@@ -81,7 +81,7 @@ def _looks_local(spec: str) -> bool:
     return spec.startswith(("/", "./", "../", "~")) or Path(spec).expanduser().exists()
 
 
-def check_spec(spec: str) -> list[str]:
+def check_spec(spec: str, *, trust_remote_code: bool = False) -> list[str]:
     if not spec:
         return ["model.spec: missing (e.g. gpt2, random:gpt2, builtin:smollm2-135m)"]
     prefix, sep, name = spec.partition(":")
@@ -96,12 +96,68 @@ def check_spec(spec: str) -> list[str]:
     if sep and not _looks_local(spec):
         return [f"model.spec: unknown prefix {prefix!r} in {spec!r} (use random:, builtin:, a hub id or a directory)"]
     if _looks_local(spec):
-        if not Path(spec).expanduser().is_dir():
-            return [f"model.spec: local model directory {spec!r} not found"]
-        return []
+        return check_model_dir(Path(spec).expanduser(), trust_remote_code=trust_remote_code)
     if not HUB_ID.match(spec):
         return [f"model.spec: {spec!r} is not a hub id (owner/name), a directory, random:NAME or builtin:NAME"]
     return []
+
+
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def check_model_dir(path: Path, *, trust_remote_code: bool) -> list[str]:
+    """A local model folder: a config, safetensors weights, no custom code unless allowed."""
+    if not path.is_dir():
+        return [f"model.spec: local model directory {str(path)!r} not found"]
+    cfg = _read_config(path)
+    if cfg is None:
+        return [f"model.spec: {path} has no readable config.json (not a transformers model folder)"]
+    if not any(path.glob("*.safetensors")):
+        pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in path.glob(pattern))
+        if pickles:
+            return [f"model.spec: {path} holds only pickle weights ({', '.join(pickles[:3])}); peftbench loads "
+                    "safetensors only: re-save with save_pretrained(safe_serialization=True)"]
+        return [f"model.spec: {path} has no *.safetensors weights"]
+    if cfg.get("auto_map") and not trust_remote_code:
+        return [f"model.spec: {path} asks for custom code (auto_map in config.json); "
+                "set model.trust_remote_code=true if you trust it"]
+    return []
+
+
+def _read_config(path: Path) -> dict | None:
+    import json
+
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def max_positions(spec: str) -> int | None:
+    """The longest input the model's position embeddings allow, when it is known without loading
+    (random: and builtin: shapes, local folders); None for relative positions (T5) or hub ids."""
+    prefix, sep, name = spec.partition(":")
+    if sep and prefix in ("random", "builtin"):
+        cfg = RANDOM_CONFIGS.get(name, {})
+    elif _looks_local(spec):
+        cfg = _read_config(Path(spec).expanduser()) or {}
+    else:
+        return None
+    value = cfg.get("n_positions") or cfg.get("max_position_embeddings")
+    return int(value) if isinstance(value, int) else None
+
+
+def is_seq2seq_spec(spec: str) -> bool | None:
+    """Whether a spec names an encoder-decoder, when that is known without loading."""
+    prefix, sep, name = spec.partition(":")
+    if sep and prefix in ("random", "builtin"):
+        cfg = RANDOM_CONFIGS.get(name, {})
+    elif _looks_local(spec):
+        cfg = _read_config(Path(spec).expanduser()) or {}
+    else:
+        return None
+    return bool(cfg.get("is_encoder_decoder"))
 
 
 def check_tokenizer_spec(spec: str) -> list[str]:

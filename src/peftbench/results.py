@@ -1,75 +1,244 @@
-"""Result files: schema, environment capture, atomic writes, status.
+"""Result records: a typed, torch-free dataclass, strict-JSON atomic writes, the folder lock.
 
 Usage:
-    write_result(out_dir / "results" / f"{exp_id}.json", result)   # temp file + rename
-    is_complete(path) -> bool; load_results(out_dir) -> list[dict]
+    result = Result(id="x", run_id="x--seed1", status="success", config={...}, config_hash="...")
+    write_result(out_dir, result)                  # results/<run_id>.json, temp file + rename
+    read_result(path) -> Result | None; load_results(out_dir) -> list[dict]
+    with FolderLock(out_dir): ...                  # one run per output folder at a time
 
-One JSON per experiment, schema ``peftbench.result/1``; see README.md for the fields. Reading
-needs no torch (the report imports this module).
+One JSON per run (an experiment at one seed and one learning rate), schema ``peftbench.result/2``
+(README.md lists the fields). /2 added ``run_id``, ``config_hash``, ``attempt``, ``resolved``,
+``validation`` and the quality intervals, samples and baselines; /1 files are not read (their runs
+are planned again). Files are strict JSON: NaN and infinities become null. Writes cannot be cut
+in half by Ctrl-C or SIGTERM: the signals wait until the rename is done.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import json
+import math
 import os
 import platform
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
-SCHEMA = "peftbench.result/1"
-STATUSES = ("success", "failed", "cancelled")
+from peftbench.errors import ConfigError
+
+SCHEMA = "peftbench.result/2"
+STATUSES = ("success", "failed", "cancelled", "skipped")
+
+
+@dataclass
+class Result:
+    """One run's record. Sections are plain dicts whose keys README.md documents."""
+
+    id: str  # the experiment id (seeds and learning rates of one experiment share it)
+    run_id: str  # the file name: <id>[--lr<rate>][--seed<n>]
+    status: str  # success | failed | cancelled | skipped
+    config: dict  # the effective config, every default and resolved value filled in
+    config_hash: str  # identity of the numbers, with the id (plan.Run.config_hash)
+    error: str | None = None
+    traceback: str | None = None
+    attempt: str | None = None  # token of the process attempt that wrote it
+    seed: int | None = None
+    resolved: dict = field(default_factory=dict)  # values decided at run time: family, lr, precision
+    env: dict = field(default_factory=dict)
+    method_resolved: dict | None = None
+    model: dict | None = None
+    data: dict | None = None
+    params: dict | None = None
+    storage: dict | None = None
+    train: dict | None = None
+    validation: dict | None = None  # selection numbers on the validation split (never test)
+    quality: dict | None = None  # metric -> point estimate on the test split (null: not meaningful)
+    quality_interval: dict | None = None  # metric -> {low, high, level, method, n}
+    quality_samples: dict | None = None  # metric -> per-example values for paired comparisons
+    quality_baselines: dict | None = None  # classification: majority class and chance
+    quality_note: str | None = None
+    quality_split: str | None = None
+    quality_details: dict | None = None
+    generation: dict | None = None
+    inference: dict | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    wall_seconds: float | None = None
+    schema: str = SCHEMA
+
+    def to_dict(self) -> dict:
+        return {"schema": self.schema, **{k: v for k, v in dataclasses.asdict(self).items() if k != "schema"}}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Result | None:
+        """A record read back, or None when it is not a /2 result (other schema, missing keys)."""
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA or d.get("status") not in STATUSES:
+            return None
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in d.items() if k in names})
+        except TypeError:
+            return None
 
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+# ---------------------------------------------------------------- writing
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold SIGINT/SIGTERM until the block ends, so a file write and its rename finish together."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with signals_deferred():
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+                f.write(text)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def strict(obj: Any) -> Any:
+    """The object with every NaN and infinity replaced by None (JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(strict(obj), indent=1, allow_nan=False, default=str) + "\n"
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=True, default=str) + "\n")
+    write_text_atomic(path, to_json(obj))
 
 
-def result_path(out_dir: Path, exp_id: str) -> Path:
-    return Path(out_dir) / "results" / f"{exp_id}.json"
+def result_path(out_dir: Path, run_id: str) -> Path:
+    return Path(out_dir) / "results" / f"{run_id}.json"
 
 
-def read_result(path: Path) -> dict | None:
+def write_result(out_dir: Path, result: Result) -> Path:
+    path = result_path(out_dir, result.run_id)
+    write_json_atomic(path, result.to_dict())
+    return path
+
+
+# ---------------------------------------------------------------- reading
+
+def read_result(path: Path) -> Result | None:
     try:
-        d = json.loads(Path(path).read_text())
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return d if isinstance(d, dict) and d.get("schema") == SCHEMA else None
+    return Result.from_dict(d)
 
 
-def is_complete(path: Path) -> bool:
-    d = read_result(path)
-    return bool(d) and d.get("status") == "success"
+def state(path: Path, config_hash: str) -> str:
+    """``done`` (success with this config), ``stale`` (a result of another config), ``failed``,
+    ``cancelled``, or ``todo`` (no readable result)."""
+    r = read_result(path)
+    if r is None:
+        return "todo"
+    if r.config_hash != config_hash:
+        return "stale"
+    return "done" if r.status == "success" else r.status
 
 
 def load_results(folder: Path) -> list[dict]:
-    """Every result JSON below ``folder`` (``results/*.json`` or the folder itself), sorted by id."""
+    """Every /2 result below ``folder`` (``results/*.json`` or the folder itself), sorted by run id."""
     folder = Path(folder)
-    files = sorted((folder / "results").glob("*.json")) if (folder / "results").is_dir() else sorted(folder.glob("*.json"))
-    out = [d for d in (read_result(f) for f in files) if d]
-    return sorted(out, key=lambda d: d.get("id", ""))
+    base = folder / "results" if (folder / "results").is_dir() else folder
+    out = [r.to_dict() for r in (read_result(f) for f in sorted(base.glob("*.json"))) if r]
+    return sorted(out, key=lambda d: d["run_id"])
 
+
+# ---------------------------------------------------------------- the output folder
+
+class FolderLock:
+    """An exclusive lock on an output folder (``fcntl.flock`` on ``<out>/.lock``), so two runs into
+    one folder never run an experiment twice or overwrite each other's results. The kernel
+    releases it when the process dies, so a crash leaves no stale lock."""
+
+    def __init__(self, out_dir: Path):
+        self.path = Path(out_dir) / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> FolderLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 300).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(f"--out {self.path.parent}: in use by another peftbench run ({holder}); "
+                              "wait for it or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now()}".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+        return False
+
+
+def clean_stale(out_dir: Path) -> list[Path]:
+    """Remove temp files and folders that a killed run left behind (hold the lock first)."""
+    out_dir = Path(out_dir)
+    stale = [*(out_dir / "adapters").glob(".*"), *(out_dir / "results").glob(".*")]
+    for p in stale:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return stale
+
+
+# ---------------------------------------------------------------- environment
 
 def _version(pkg: str) -> str | None:
     try:

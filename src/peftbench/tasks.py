@@ -24,6 +24,7 @@ import torch
 IGNORE = -100
 SUMMARY_PROMPT = " TL;DR:"
 T5_SUMMARY_PREFIX = "summarize: "
+CHAT_SUMMARY_SUFFIX = "\n\nSummarize the text above in one line."
 GENERATION = {"do_sample": False, "num_beams": 1}  # greedy: reproducible, and what the study used
 
 
@@ -44,6 +45,22 @@ def _bos(tok) -> list[int]:
 
 def _eos(tok) -> list[int]:
     return [tok.eos_token_id] if tok.eos_token_id is not None else []
+
+
+def _chat_ids(tok, content: str) -> list[int]:
+    """A user turn in the tokenizer's chat template, ending where the assistant's answer starts."""
+    text = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                   tokenize=False)
+    return _ids(tok, text)
+
+
+def _chat_prompt(tok, body: str, suffix: str, max_len: int) -> list[int]:
+    """The chat-wrapped prompt with the body cut so the whole stays within ``max_len`` tokens."""
+    budget = max(1, max_len - len(_chat_ids(tok, suffix)))
+    ids = _ids(tok, body)
+    if len(ids) > budget:
+        body = tok.decode(ids[:budget])
+    return _chat_ids(tok, body + suffix)
 
 
 def pad_batch(features: Sequence[dict], *, pad_id: int, side: str = "right", multiple_of: int = 1) -> dict:
@@ -77,17 +94,9 @@ def pad_batch(features: Sequence[dict], *, pad_id: int, side: str = "right", mul
     return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
 
 
-def count_tokens(batch: dict) -> int:
-    """Tokens a training step processes: non-padding inputs plus, for seq2seq, target tokens."""
-    n = int(batch["attention_mask"].sum())
-    if "labels" in batch and batch.get("_seq2seq", False):
-        n += int((batch["labels"] != IGNORE).sum())
-    return n
-
-
 # ---------------------------------------------------------------- summarisation
 
-def encode_summarization(records, *, tok, family, args, label_names=None) -> list[dict]:
+def encode_summarization(records, *, tok, family, args, label_names=None, chat=False) -> list[dict]:
     out = []
     for r in records:
         if family == "seq2seq":
@@ -95,13 +104,15 @@ def encode_summarization(records, *, tok, family, args, label_names=None) -> lis
             tgt = tok(r["target"], truncation=True, max_length=args.max_target_length)["input_ids"]
             out.append({"input_ids": src, "labels": tgt, "decoder": True})
         else:
-            prompt = summary_prompt(tok, r["source"], args.max_source_length)
-            tgt = _ids(tok, " " + r["target"])[: args.max_target_length] + _eos(tok)
+            prompt = summary_prompt(tok, r["source"], args.max_source_length, chat=chat)
+            tgt = _ids(tok, ("" if chat else " ") + r["target"])[: args.max_target_length] + _eos(tok)
             out.append({"input_ids": prompt + tgt, "labels": [IGNORE] * len(prompt) + tgt})
     return out
 
 
-def summary_prompt(tok, source: str, max_len: int) -> list[int]:
+def summary_prompt(tok, source: str, max_len: int, *, chat: bool = False) -> list[int]:
+    if chat:
+        return _chat_prompt(tok, source, CHAT_SUMMARY_SUFFIX, max_len)
     suffix = _ids(tok, SUMMARY_PROMPT)
     head = _bos(tok)
     body = _ids(tok, source)[: max(1, max_len - len(suffix) - len(head))]
@@ -127,30 +138,36 @@ def generate_texts(model, prompts: list[list[int]], *, tok, family, max_new_toke
 
 
 def summarization_scores(predictions: list[str], references: list[str]) -> dict:
-    """ROUGE-1/2/L F-measure (rouge-score, stemmed) and corpus BLEU (sacrebleu), both in 0..100."""
+    """ROUGE-1/2/L F-measure (rouge-score, stemmed) and corpus BLEU (sacrebleu), both in 0..100,
+    with the per-example columns (ROUGE F per example, BLEU's n-gram statistics per sentence)
+    from which ``stats`` recomputes them on resamples."""
     import sacrebleu
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    bleu = sacrebleu.metrics.BLEU()
+    cols: dict[str, list] = {"rouge1": [], "rouge2": [], "rougeL": [], "bleu_stats": []}
     for p, r in zip(predictions, references):
         s = scorer.score(r, p)
-        for k in totals:
-            totals[k] += s[k].fmeasure
+        for k in ("rouge1", "rouge2", "rougeL"):
+            cols[k].append(s[k].fmeasure)
+        b = bleu.corpus_score([p], [[r]])
+        cols["bleu_stats"].append([b.sys_len, b.ref_len, *b.counts, *b.totals])
     n = max(1, len(predictions))
-    out = {k: round(100 * v / n, 4) for k, v in totals.items()}
+    out = {k: round(100 * sum(cols[k]) / n, 4) for k in ("rouge1", "rouge2", "rougeL")}
     out["bleu"] = round(sacrebleu.corpus_bleu(predictions, [references]).score, 4)
     out["gen_len"] = round(sum(len(p.split()) for p in predictions) / n, 2)
+    out["samples"] = {"n": len(predictions), "params": {}, "columns": cols}
     return out
 
 
 def evaluate_summarization(model, records, *, tok, family, args, device, batch_size, label_names=None,
-                           progress=None) -> dict:
+                           progress=None, chat=False) -> dict:
     if family == "seq2seq":
         prompts = [tok(T5_SUMMARY_PREFIX + r["source"], truncation=True, max_length=args.max_source_length)["input_ids"]
                    for r in records]
     else:
-        prompts = [summary_prompt(tok, r["source"], args.max_source_length) for r in records]
+        prompts = [summary_prompt(tok, r["source"], args.max_source_length, chat=chat) for r in records]
     preds = generate_texts(model, prompts, tok=tok, family=family, max_new_tokens=args.max_target_length,
                            batch_size=batch_size, device=device, progress=progress)
     metrics = summarization_scores(preds, [r["target"] for r in records])
@@ -160,8 +177,10 @@ def evaluate_summarization(model, records, *, tok, family, args, device, batch_s
 
 # ---------------------------------------------------------------- classification
 
-def class_prompt(tok, text: str, names: Sequence[str], family: str, max_len: int) -> list[int]:
+def class_prompt(tok, text: str, names: Sequence[str], family: str, max_len: int, *, chat: bool = False) -> list[int]:
     choices = ", ".join(names[:-1]) + " or " + names[-1]
+    if chat and family == "causal":
+        return _chat_prompt(tok, text, f"\n\nIs this {choices}? Answer with one word.", max_len)
     if family == "seq2seq":
         prefix, suffix = "classify: ", f" Options: {choices}."
         body = _ids(tok, prefix + text)[: max(1, max_len - len(_ids(tok, suffix)) - 1)]
@@ -172,15 +191,18 @@ def class_prompt(tok, text: str, names: Sequence[str], family: str, max_len: int
     return head + body + suffix
 
 
-def label_ids(tok, name: str, family: str) -> list[int]:
-    return _ids(tok, name) + _eos(tok) if family == "seq2seq" else _ids(tok, " " + name)
+def label_ids(tok, name: str, family: str, *, chat: bool = False) -> list[int]:
+    """The answer's tokens: a chat answer starts a fresh turn (no leading space)."""
+    if family == "seq2seq":
+        return _ids(tok, name) + _eos(tok)
+    return _ids(tok, name if chat else " " + name)
 
 
-def encode_classification(records, *, tok, family, args, label_names) -> list[dict]:
+def encode_classification(records, *, tok, family, args, label_names, chat=False) -> list[dict]:
     out = []
     for r in records:
-        prompt = class_prompt(tok, r["text"], label_names, family, args.max_source_length)
-        target = label_ids(tok, label_names[r["label"]], family)
+        prompt = class_prompt(tok, r["text"], label_names, family, args.max_source_length, chat=chat)
+        target = label_ids(tok, label_names[r["label"]], family, chat=chat)
         if family == "seq2seq":
             out.append({"input_ids": prompt, "labels": target, "decoder": True})
         else:
@@ -209,17 +231,14 @@ def sequence_logprobs(model, features: list[dict], *, tok, family, device, batch
 
 
 def classification_scores(preds: Sequence[int], golds: Sequence[int], n_labels: int) -> dict:
-    """Accuracy and macro-F1 (classes absent from both preds and golds are skipped), in 0..100."""
-    acc = sum(p == g for p, g in zip(preds, golds)) / max(1, len(golds))
-    f1s = []
-    for c in range(n_labels):
-        tp = sum(p == c and g == c for p, g in zip(preds, golds))
-        fp = sum(p == c and g != c for p, g in zip(preds, golds))
-        fn = sum(p != c and g == c for p, g in zip(preds, golds))
-        if tp + fp + fn == 0:
-            continue
-        f1s.append(2 * tp / (2 * tp + fp + fn))
-    return {"accuracy": round(100 * acc, 4), "macro_f1": round(100 * sum(f1s) / max(1, len(f1s)), 4)}
+    """Accuracy and macro-F1 (over the classes present in golds or preds, as scikit-learn's default),
+    in 0..100, with the per-example predictions for paired comparisons."""
+    from peftbench import stats
+
+    samples = {"n": len(golds), "params": {"n_labels": n_labels},
+               "columns": {"pred": [int(p) for p in preds], "gold": [int(g) for g in golds]}}
+    return {"accuracy": round(stats.statistic(samples, "accuracy"), 4),
+            "macro_f1": round(stats.statistic(samples, "macro_f1"), 4), "samples": samples}
 
 
 @torch.no_grad()
@@ -235,13 +254,14 @@ def _first_token_scores(model, prompts: list[list[int]], cand: list[int], *, tok
 
 
 def evaluate_classification(model, records, *, tok, family, args, device, batch_size, label_names,
-                            progress=None) -> dict:
+                            progress=None, chat=False) -> dict:
     k = len(label_names)
     golds = [r["label"] for r in records]
     if family == "causal":
-        cands = [label_ids(tok, name, family) for name in label_names]
+        cands = [label_ids(tok, name, family, chat=chat) for name in label_names]
         if all(len(c) == 1 for c in cands) and len({c[0] for c in cands}) == k:
-            prompts = [class_prompt(tok, r["text"], label_names, family, args.max_source_length) for r in records]
+            prompts = [class_prompt(tok, r["text"], label_names, family, args.max_source_length, chat=chat)
+                       for r in records]
             scores = _first_token_scores(model, prompts, [c[0] for c in cands], tok=tok, device=device,
                                          batch_size=batch_size)
             preds = [max(range(k), key=lambda j: row[j]) for row in scores]
@@ -250,9 +270,9 @@ def evaluate_classification(model, records, *, tok, family, args, device, batch_
             return classification_scores(preds, golds, k)
     feats = []
     for r in records:
-        prompt = class_prompt(tok, r["text"], label_names, family, args.max_source_length)
+        prompt = class_prompt(tok, r["text"], label_names, family, args.max_source_length, chat=chat)
         for name in label_names:
-            target = label_ids(tok, name, family)
+            target = label_ids(tok, name, family, chat=chat)
             if family == "seq2seq":
                 feats.append({"input_ids": prompt, "labels": target, "decoder": True})
             else:
@@ -280,7 +300,7 @@ def lm_blocks(records, *, tok, block: int, limit: int | None = None) -> list[lis
     return blocks
 
 
-def encode_language_modeling(records, *, tok, family, args, label_names=None, limit=None) -> list[dict]:
+def encode_language_modeling(records, *, tok, family, args, label_names=None, limit=None, chat=False) -> list[dict]:
     blocks = lm_blocks(records, tok=tok, block=args.max_source_length, limit=limit)
     if family == "seq2seq":  # T5: continue the second half of a block from its first half
         half = args.max_source_length // 2
@@ -290,7 +310,7 @@ def encode_language_modeling(records, *, tok, family, args, label_names=None, li
 
 @torch.no_grad()
 def evaluate_language_modeling(model, records, *, tok, family, args, device, batch_size, label_names=None,
-                               limit=None, progress=None) -> dict:
+                               limit=None, progress=None, chat=False) -> dict:
     """Perplexity. Causal: sliding window of ``max_source_length`` with ``lm_stride`` (default half),
     each token scored once with at least (window - stride) tokens of context. Seq2seq: second half of
     each block given the first half."""
@@ -298,7 +318,7 @@ def evaluate_language_modeling(model, records, *, tok, family, args, device, bat
     stride = args.lm_stride or max(1, block // 2)
     if family == "seq2seq":
         feats = encode_language_modeling(records, tok=tok, family=family, args=args, limit=limit)
-        nll, count = _nll(model, feats, tok=tok, family=family, device=device, batch_size=batch_size)
+        nlls, counts = _nll(model, feats, tok=tok, family=family, device=device, batch_size=batch_size)
         note = f"seq2seq: perplexity of the second {block - block // 2} tokens of each {block}-token block given the first half"
     else:
         stream: list[int] = []
@@ -313,16 +333,20 @@ def evaluate_language_modeling(model, records, *, tok, family, args, device, bat
             prev_end = end
             if end == len(stream) or (limit is not None and len(feats) >= limit):
                 break
-        nll, count = _nll(model, feats, tok=tok, family=family, device=device, batch_size=batch_size)
+        nlls, counts = _nll(model, feats, tok=tok, family=family, device=device, batch_size=batch_size)
         note = f"causal: sliding window of {block} tokens, stride {stride}"
     if progress:
         progress(len(records))
+    nll, count = sum(nlls), sum(counts)
     ppl = math.exp(nll / count) if count else float("nan")
-    return {"perplexity": round(ppl, 4), "eval_tokens": count, "perplexity_protocol": note}
+    samples = {"n": len(nlls), "params": {}, "columns": {"nll": nlls, "tokens": counts}}  # one row per window
+    return {"perplexity": round(ppl, 4), "eval_tokens": count, "perplexity_protocol": note, "samples": samples}
 
 
-def _nll(model, feats, *, tok, family, device, batch_size) -> tuple[float, int]:
-    total, count = 0.0, 0
+def _nll(model, feats, *, tok, family, device, batch_size) -> tuple[list[float], list[int]]:
+    """Summed negative log-likelihood and scored-token count of each feature."""
+    nlls: list[float] = []
+    counts: list[int] = []
     for i in range(0, len(feats), batch_size):
         batch = pad_batch(feats[i:i + batch_size], pad_id=tok.pad_token_id)
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -331,11 +355,17 @@ def _nll(model, feats, *, tok, family, device, batch_size) -> tuple[float, int]:
         labels = batch["labels"]
         if family == "causal":
             logits, labels = logits[:, :-1], labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
-                                                 ignore_index=IGNORE, reduction="sum")
-        total += float(loss)
-        count += int((labels != IGNORE).sum())
-    return total, count
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE,
+                                                 reduction="none")
+        nlls += loss.sum(-1).tolist()
+        counts += (labels != IGNORE).sum(-1).tolist()
+    return nlls, counts
+
+
+def mean_loss(model, feats, *, tok, family, device, batch_size) -> float:
+    """Mean token loss of teacher-forced features (validation loss, for any model)."""
+    nlls, counts = _nll(model, feats, tok=tok, family=family, device=device, batch_size=batch_size)
+    return sum(nlls) / sum(counts) if sum(counts) else float("nan")
 
 
 # ---------------------------------------------------------------- registry
@@ -357,12 +387,3 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("language-modeling", ("text",), encode_language_modeling, evaluate_language_modeling,
          ("perplexity",)),
 ]}
-
-
-def check_records(task: str, records: Iterable[dict]) -> None:
-    fields = TASKS[task].fields
-    for r in records:
-        missing = [f for f in fields if f not in r]
-        if missing:
-            raise ValueError(f"{task} needs fields {', '.join(fields)}; record lacks {', '.join(missing)}")
-        break

@@ -1,12 +1,14 @@
 """The training loop: accelerate.Accelerator, AdamW, warm-up + decay, gradient accumulation.
 
 Usage:
-    out = train(model, features, args=train_args, accelerator=acc, family="causal", pad_id=0,
-                learning_rate=2e-4, evaluate=lambda step: {...})
-    out.loss_curve, out.eval_curve, out.seconds, out.tokens_per_second, out.peak_memory_bytes
+    out = train(model, features, args=train_args, accelerator=acc, pad_id=0, learning_rate=2e-4,
+                evaluate=lambda step: {...})
+    out.loss_curve, out.eval_curve, out.laps, out.seconds, out.tokens_per_second, out.peak_memory_bytes
 
 Nothing here reads a clock: the steps run inside a ``WorkTimer`` and a ``MemoryTracker``, and
-periodic evaluations run with the timer paused, so tokens/s counts training work only.
+periodic evaluations run with the timer paused, so tokens/s counts training work only. Each
+logging interval is a lap (tokens, seconds), from which the report gives tokens/s an interval.
+A NaN or infinite loss stops training at once with ``Diverged``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from peftbench.config import TrainArgs
+from peftbench.errors import Diverged
 from peftbench.measure import MemoryTracker, Throughput, WorkTimer
 from peftbench.measure.memory import tensor_bytes
 from peftbench.tasks import IGNORE, pad_batch
@@ -37,6 +40,7 @@ class TrainResult:
     memory: dict
     loss_curve: list[dict] = field(default_factory=list)
     eval_curve: list[dict] = field(default_factory=list)
+    laps: list[dict] = field(default_factory=list)  # per logging interval: step, tokens, seconds
     learning_rate: float = 0.0
 
 
@@ -77,7 +81,7 @@ def train(model: torch.nn.Module, features: list[dict], *, args: TrainArgs, acce
     model.train()
     timer = WorkTimer(accelerator.device)
     result = TrainResult(0, 0.0, 0.0, 0, 0.0, 0.0, 0, {}, learning_rate=learning_rate)
-    tokens = samples = micro = 0
+    tokens = samples = micro = lap_tokens = 0
     running_loss, running_n = 0.0, 0
     step = 0
     with MemoryTracker(accelerator.device, resident_bytes=tensor_bytes(model)) as mem, timer.running():
@@ -93,9 +97,14 @@ def train(model: torch.nn.Module, features: list[dict], *, args: TrainArgs, acce
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                 tokens += n_tok
+                lap_tokens += n_tok
                 samples += batch["input_ids"].shape[0]
                 micro += 1
-                running_loss += float(loss.detach())
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise Diverged(f"diverged at step {step + 1} (loss {value}): lower train.learning_rate "
+                                   f"(was {learning_rate:g})")
+                running_loss += value
                 running_n += 1
                 if not accelerator.sync_gradients:
                     continue
@@ -104,7 +113,8 @@ def train(model: torch.nn.Module, features: list[dict], *, args: TrainArgs, acce
                     mean_loss = running_loss / running_n
                     result.loss_curve.append({"step": step, "loss": round(mean_loss, 6),
                                               "learning_rate": scheduler.get_last_lr()[0]})
-                    running_loss, running_n = 0.0, 0
+                    result.laps.append({"step": step, "tokens": lap_tokens, "seconds": timer.lap()})
+                    running_loss, running_n, lap_tokens = 0.0, 0, 0
                     if progress:
                         progress(step, mean_loss)
                 if evaluate and args.eval_steps and (step % args.eval_steps == 0 or step == steps):

@@ -14,7 +14,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -41,6 +41,7 @@ class Latency:
     min_ms: float
     max_ms: float
     total_s: float
+    samples_ms: list[float] = field(default_factory=list)  # every timed call: the report's intervals
 
     @classmethod
     def from_values(cls, seconds: list[float]) -> "Latency":
@@ -48,10 +49,13 @@ class Latency:
         return cls(n=len(ms), mean_ms=statistics.fmean(ms) if ms else math.nan,
                    p50_ms=percentile(ms, 50), p90_ms=percentile(ms, 90), p95_ms=percentile(ms, 95),
                    p99_ms=percentile(ms, 99), stdev_ms=statistics.stdev(ms) if len(ms) > 1 else 0.0,
-                   min_ms=min(ms, default=math.nan), max_ms=max(ms, default=math.nan), total_s=sum(seconds))
+                   min_ms=min(ms, default=math.nan), max_ms=max(ms, default=math.nan), total_s=sum(seconds),
+                   samples_ms=ms)
 
     def to_dict(self) -> dict:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        d = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        d["samples_ms"] = [round(v, 4) for v in self.samples_ms]
+        return d
 
 
 class LatencyTracker:
@@ -64,11 +68,6 @@ class LatencyTracker:
 
     def track(self):
         return _Span(self)
-
-    def elapsed(self) -> float:
-        """Seconds measured so far (synchronises on CUDA)."""
-        self._flush()
-        return sum(self._values)
 
     def _flush(self) -> None:
         if self._events:

@@ -4,6 +4,7 @@ Usage:
     timer = WorkTimer(device)
     with timer.running(): train_step()        # counted
     with timer.paused(): evaluate()           # inside running(): excluded
+    timer.lap()                               # work seconds since the previous lap
     Throughput.of(volume=tokens, seconds=timer.seconds, unit="tokens/s")
 """
 
@@ -42,11 +43,23 @@ class WorkTimer:
         self.cuda = torch.device(device).type == "cuda"
         self.seconds = 0.0
         self._start: float | None = None
+        self._lap_at = 0.0
 
     def _now(self) -> float:
         if self.cuda:
             torch.cuda.synchronize()
         return time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Work seconds so far, the running segment included."""
+        return self.seconds + (self._now() - self._start if self._start is not None else 0.0)
+
+    def lap(self) -> float:
+        """Work seconds since the previous lap (pauses excluded): per-interval rates give the
+        throughput an interval of its own."""
+        now = self.elapsed()
+        seconds, self._lap_at = now - self._lap_at, now
+        return seconds
 
     @contextlib.contextmanager
     def running(self):

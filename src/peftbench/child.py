@@ -1,0 +1,53 @@
+"""One run in its own process: ``python -m peftbench.child PAYLOAD.json`` (started by the runner).
+
+Usage (by ``runner.run_in_child``, never by hand):
+    python -m peftbench.child runs/demo/results/.<run>.payload-<attempt>.json
+
+Exit codes: 0 success recorded, 1 failure recorded, 128+N cancelled by signal N (recorded). The
+process dies with its parent (``PR_SET_PDEATHSIG``), so a killed suite leaves no orphan training.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from peftbench.errors import Cancelled
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.util.find_library("c")
+    if libc and sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(libc).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _cancel(signum, frame):
+    raise Cancelled(signum)
+
+
+def main(argv: list[str]) -> int:
+    from peftbench.cli import quiet_libraries
+    from peftbench.experiment import execute
+    from peftbench.runner import read_payload
+
+    _die_with_parent()
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, _cancel)
+    run, d = read_payload(Path(argv[0]))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("peftbench").setLevel(d.get("log_level") or logging.INFO)
+    quiet_libraries()
+    try:
+        result = execute(run, out_dir=Path(d["out_dir"]), device=d["device"], attempt=d["attempt"])
+    except Cancelled as c:
+        return 128 + c.signum
+    return 0 if result is None or result.status == "success" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,369 @@
+"""One run as a recipe: prepare -> train -> evaluate -> save -> measure -> commit.
+
+Usage:
+    result = execute(run, out_dir=Path("runs/demo"), device="cpu", attempt="3f2a")   # writes the JSON
+    result = Recipe(run, out_dir=..., device="cpu").run()                               # without recording
+
+``execute`` records whatever happens: ``success``, ``failed`` (the error, and "diverged at step N"
+for a NaN loss) or ``cancelled`` (then re-raises). Artefacts are committed in an order that a kill
+at any point cannot break: the adapter is written to a temp folder, the old result is removed, the
+adapter folder is swapped in, and only then the new result is written; so a ``success`` never
+exists without its adapter, and temp folders left by a kill are cleaned by the next run.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from peftbench import data as data_mod
+from peftbench import methods, models, results, stats
+from peftbench.errors import Cancelled, Diverged
+from peftbench.measure import dir_bytes
+from peftbench.measure.inference import inference_dtype, logits_for, measure_inference
+from peftbench.measure.storage import file_sizes
+from peftbench.plan import Run
+from peftbench.results import Result
+from peftbench.tasks import GENERATION, TASKS, mean_loss
+from peftbench.train import train
+
+log = logging.getLogger("peftbench")
+FAULT_ENV = "PEFTBENCH_FAULT"  # tests: "adapter-written" etc. kills the process there (SIGKILL)
+
+
+def fault_point(name: str) -> None:
+    """Die here as a kill -9 would, when the fault-injection tests ask for it."""
+    if os.environ.get(FAULT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _bar(**kw):
+    # disable=None: bars on a terminal, silent in logs and CI (no carriage-return noise)
+    return tqdm(leave=False, dynamic_ncols=True, file=sys.stderr, disable=None, **kw)
+
+
+def make_accelerator(*, device: str, mixed_precision: str, grad_accum: int):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state:  # --in-process: one experiment after another in one process
+        AcceleratorState._reset_state(reset_partial_state=False)
+    use_cpu = device == "cpu" or not torch.cuda.is_available()
+    if mixed_precision == "auto":
+        mixed_precision = "bf16" if not use_cpu and torch.cuda.is_bf16_supported() else "no"
+    if not use_cpu:
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 on by default on GPUs (DESIGN.md)
+        torch.backends.cudnn.allow_tf32 = True
+    return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum)
+
+
+class Recipe:
+    """The phases of one run; ``run()`` drives them and returns the result (None off the main process)."""
+
+    def __init__(self, run: Run, *, out_dir: Path, device: str = "auto", attempt: str | None = None):
+        self.plan, self.out_dir, self.device, self.attempt = run, Path(out_dir), device, attempt
+        self.exp = copy.deepcopy(run.exp)
+        self.task = TASKS[self.exp.data.task]
+        self.started = time.time()
+        self.temp_dirs: list[Path] = []
+        self.out: dict = {}  # result sections, filled phase by phase
+
+    def run(self) -> Result | None:
+        try:
+            self.prepare()
+            self.train()
+            if not self.main:  # under a multi-GPU launch, the main process evaluates, measures, records
+                return None
+            self.evaluate()
+            self.save()
+            self.measure()
+            return self.commit()
+        finally:
+            for d in self.temp_dirs:
+                shutil.rmtree(d, ignore_errors=True)
+
+    # ------------------------------------------------------------ phases
+
+    def prepare(self) -> None:
+        exp = self.exp
+        self.accelerator = make_accelerator(device=self.device, mixed_precision=exp.train.mixed_precision,
+                                            grad_accum=exp.train.gradient_accumulation_steps)
+        self.dev = self.accelerator.device
+        self.main = self.accelerator.is_main_process
+        torch.manual_seed(exp.train.seed)
+        self.loaded = models.load(exp.model, seed=exp.model.seed, device=self.dev)
+        tok = self.loaded.tokenizer
+        self.chat = self._chat_template(tok)
+        self.splits = data_mod.load(exp.data)
+        enc_kw = {"limit": exp.data.max_train_samples} if self.task.name == "language-modeling" else {}
+        self.features = self._encode(self.splits.train, **enc_kw)
+        if not self.features:
+            raise ValueError(f"no training examples after tokenisation ({exp.data.spec})")
+        self.applied = methods.apply(name=exp.method.name, options=exp.method.options, model=self.loaded.model,
+                                     family=self.loaded.family)
+        self.model = self.applied.model.to(self.dev)
+        self.params = models.count_parameters(self.model)  # before merging folds adapters away
+        lr = exp.train.learning_rate if exp.train.learning_rate is not None else self.applied.learning_rate
+        self.resolved = {"family": self.loaded.family, "tokenizer": self.loaded.tokenizer_spec,
+                         "learning_rate": lr if self.applied.trains else None, "chat_template": self.chat,
+                         "mixed_precision": self.accelerator.mixed_precision, "device": str(self.dev),
+                         "num_processes": self.accelerator.num_processes}
+        self.quality_on = self.loaded.pretrained
+        strat = "label" if self.task.name == "classification" else None
+        self.eval_records = data_mod.sample(self.splits.validation, exp.train.eval_samples, seed=exp.data.seed,
+                                            stratify=strat)
+
+    def train(self) -> None:
+        exp, applied = self.exp, self.applied
+        periodic = self._periodic_eval if self.quality_on and self.main else None
+        # step 0 (before training) is the zero-shot baseline, measured once by the `none` experiment
+        curve = [{"step": 0, **periodic(0)}] if periodic and exp.train.eval_steps and not applied.trains else []
+        if not applied.trains:
+            self.out["train"] = {"steps": 0, "epochs": 0, "seconds": 0.0, "tokens": 0, "tokens_per_second": None,
+                                 "samples_per_second": None, "peak_memory_bytes": None, "memory": None,
+                                 "loss_curve": [], "eval_curve": curve, "laps": [], "learning_rate": None,
+                                 "examples": len(self.features), "examples_seen": 0}
+            return
+        steps = exp.train.max_steps if exp.train.max_steps > 0 else None
+        with _bar(total=steps, desc=f"train {self.plan.run_id}") as bar:
+            tr = train(self.model, self.features, args=exp.train, accelerator=self.accelerator,
+                       pad_id=self.loaded.tokenizer.pad_token_id, learning_rate=self.resolved["learning_rate"],
+                       evaluate=periodic,
+                       progress=lambda step, loss: (bar.update(step - bar.n), bar.set_postfix(loss=f"{loss:.4f}")))
+        self.model = self.accelerator.unwrap_model(self.model)
+        self.out["train"] = {**vars(tr), "eval_curve": curve + tr.eval_curve, "examples": len(self.features),
+                             "examples_seen": tr.steps * exp.train.batch_size * exp.train.gradient_accumulation_steps
+                             * self.accelerator.num_processes}
+
+    def evaluate(self) -> None:
+        """Validation (loss always; quality when a sweep selects on it) and test quality with intervals."""
+        exp, splits = self.exp, self.splits
+        lm = self.task.name == "language-modeling"
+        val_feats = self._encode(splits.validation, **({"limit": exp.data.max_eval_samples} if lm else {}))
+        val = {"examples": len(splits.validation),
+               "loss": round(mean_loss(self.model, val_feats, tok=self.loaded.tokenizer, family=self.loaded.family,
+                                       device=self.dev, batch_size=exp.train.batch_size), 6) if val_feats else None}
+        if self.quality_on and self.plan.sweep:
+            q = self._quality(splits.validation, desc=f"validation {self.plan.run_id}")
+            val.update({k: v for k, v in q.items() if k in self.task.metrics})
+        self.out["validation"] = val
+        self.out["quality"] = dict.fromkeys(self.task.metrics)
+        if not self.quality_on:
+            return
+        q = self._quality(splits.test, desc=f"test {self.plan.run_id}")
+        samples = q.pop("samples")
+        samples["fingerprint"] = stats.fingerprint([repr(sorted(r.items())) for r in splits.test])
+        self.out["quality"] = {k: q[k] for k in self.task.metrics}
+        self.out["quality_details"] = {k: v for k, v in q.items() if k not in self.task.metrics}
+        self.out["quality_samples"] = samples
+        self.out["quality_interval"] = {}
+        for k in self.task.metrics:
+            _, lo, hi = stats.bootstrap_interval(samples, k)
+            self.out["quality_interval"][k] = {"low": round(lo, 4), "high": round(hi, 4), "level": stats.LEVEL,
+                                               "method": f"bootstrap over {samples['n']} test examples, "
+                                                         f"{stats.RESAMPLES} resamples"}
+        if self.task.name == "classification":
+            self.out["quality_baselines"] = self._baselines()
+
+    def save(self) -> None:
+        """The adapter (or full checkpoint) to a temp folder beside its final place."""
+        workdir = self.out_dir / "adapters"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.adapter_tmp = Path(tempfile.mkdtemp(prefix=f".{self.plan.run_id}-", dir=workdir))
+        self.temp_dirs.append(self.adapter_tmp)
+        self.adapter_bytes, self.adapter_files = 0, {}
+        if self.applied.trains:
+            self.model.save_pretrained(self.adapter_tmp, safe_serialization=True)
+            # peft's auto-generated model card is not part of the adapter: count weights + config only
+            (self.adapter_tmp / "README.md").unlink(missing_ok=True)
+            self.adapter_tmp.chmod(0o777 & ~_umask())
+            self.adapter_bytes, self.adapter_files = dir_bytes(self.adapter_tmp), file_sizes(self.adapter_tmp)
+            fault_point("adapter-written")
+        self.train_dtype = next(self.model.parameters()).dtype
+
+    def measure(self) -> None:
+        """Inference unmerged, then merged where the method can merge; then the full model's bytes."""
+        exp, applied, dev = self.exp, self.applied, self.dev
+        tok = self.loaded.tokenizer
+        model = merged_model = self.model
+        inference = None
+        if exp.measure.enabled:
+            model.to(inference_dtype(exp.measure.dtype, dev))
+            vocab = model.config.vocab_size if hasattr(model, "config") else len(tok)
+            kw = {"family": self.loaded.family, "vocab_size": vocab, "args": exp.measure, "device": dev}
+            with _bar(desc=f"measure {self.plan.run_id}") as bar:
+                def prog(label):
+                    bar.set_postfix_str(label)
+                    bar.update(1)
+
+                inference = measure_inference(model, pad_id=tok.pad_token_id, progress=prog, **kw)
+                inference["merged"] = None
+                if applied.can_merge and exp.measure.merged:
+                    before = logits_for(model, **kw)
+                    merged_model = model.merge_and_unload()
+                    after = logits_for(merged_model, **kw)
+                    m = measure_inference(merged_model, pad_id=tok.pad_token_id, progress=prog, **kw)
+                    m.pop("shapes", None)
+                    m["max_abs_logit_diff"] = float((before - after).abs().max())
+                    overhead = stats.compare([stats.samples_of(inference["latency_ms"]["samples_ms"])],
+                                             [stats.samples_of(m["latency_ms"]["samples_ms"])], "mean", relative=True)
+                    m["unmerged_overhead_percent"] = round(overhead.effect, 3)
+                    m["unmerged_overhead_ci95"] = [round(overhead.low, 3), round(overhead.high, 3)]
+                    inference["merged"] = m
+        elif applied.can_merge:
+            merged_model = model.merge_and_unload()
+        self.out["inference"] = inference
+        if exp.method.name == "full":
+            self.full_bytes = self.adapter_bytes
+        else:
+            merged_model.to(self.train_dtype)
+            base = merged_model
+            if hasattr(merged_model, "get_base_model") and not applied.can_merge:
+                base = merged_model.get_base_model()
+            self.full_bytes = self._saved_bytes(base)
+
+    def commit(self) -> Result:
+        """Remove the old result, swap the adapter in, and return the new result (the caller writes it)."""
+        run_id = self.plan.run_id
+        results.result_path(self.out_dir, run_id).unlink(missing_ok=True)
+        final = self.out_dir / "adapters" / run_id
+        if self.applied.trains:
+            trash = None
+            if final.exists():
+                trash = final.with_name(f".{run_id}-old-{os.getpid()}")
+                os.replace(final, trash)
+                self.temp_dirs.append(trash)
+            os.replace(self.adapter_tmp, final)
+            fault_point("adapter-swapped")
+        else:
+            shutil.rmtree(final, ignore_errors=True)  # a `none` run ships nothing
+        return self._result(adapter_dir=str(Path("adapters") / run_id) if self.applied.trains else None)
+
+    # ------------------------------------------------------------ helpers
+
+    def _chat_template(self, tok) -> bool:
+        wanted = self.exp.model.chat_template
+        has = bool(getattr(tok, "chat_template", None))
+        if wanted == "on" and not has:
+            raise ValueError(f"model.chat_template: on, but the tokenizer of {self.exp.model.spec} has no chat template")
+        return self.loaded.family == "causal" and (wanted == "on" or (wanted == "auto" and has))
+
+    def _encode(self, records, **kw) -> list[dict]:
+        return self.task.encode(records, tok=self.loaded.tokenizer, family=self.loaded.family, args=self.exp.data,
+                                label_names=self.splits.label_names, chat=self.chat, **kw)
+
+    def _quality(self, records, *, desc: str, limit: int | None = None) -> dict:
+        exp = self.exp
+        kwargs = {"limit": limit or exp.data.max_eval_samples} if self.task.name == "language-modeling" else {}
+        with _bar(total=len(records), desc=desc) as bar:
+            return self.task.evaluate(self.accelerator.unwrap_model(self.model), records, tok=self.loaded.tokenizer,
+                                      family=self.loaded.family, args=exp.data, device=self.dev,
+                                      batch_size=max(1, exp.train.batch_size), label_names=self.splits.label_names,
+                                      progress=bar.update, chat=self.chat, **kwargs)
+
+    def _periodic_eval(self, step: int) -> dict:
+        q = self._quality(self.eval_records, desc=f"eval@{step}", limit=self.exp.train.eval_samples)
+        return {k: v for k, v in q.items() if isinstance(v, (int, float))}
+
+    def _baselines(self) -> dict:
+        names = self.splits.label_names
+        train_labels = [r["label"] for r in self.splits.train]
+        majority = max(range(len(names)), key=lambda c: (train_labels.count(c), -c))
+        test = [r["label"] for r in self.splits.test]
+        return {"majority_class": names[majority],
+                "majority_accuracy": round(100 * test.count(majority) / len(test), 4),
+                "chance_accuracy": round(100 / len(names), 4),
+                "note": "majority: always answer the most frequent training label"}
+
+    def _saved_bytes(self, model) -> int:
+        target = Path(tempfile.mkdtemp(prefix=".full-", dir=self.out_dir / "adapters"))
+        self.temp_dirs.append(target)
+        model.save_pretrained(target, safe_serialization=True)
+        return dir_bytes(target)
+
+    def _result(self, *, adapter_dir: str | None) -> Result:
+        exp, loaded, splits = self.exp, self.loaded, self.splits
+        total, trainable = self.params
+        config = exp.to_dict()
+        config["model"].update(family=loaded.family, tokenizer=loaded.tokenizer_spec)
+        config["train"].update(learning_rate=self.resolved["learning_rate"],
+                               mixed_precision=self.resolved["mixed_precision"])
+        return Result(
+            id=self.plan.experiment_id, run_id=self.plan.run_id, status="success", config=config,
+            config_hash=self.plan.config_hash, attempt=self.attempt, seed=exp.train.seed, resolved=self.resolved,
+            env=results.capture_env(str(self.dev)), method_resolved=self.applied.resolved,
+            model={"spec": loaded.spec, "family": loaded.family, "tokenizer": loaded.tokenizer_spec,
+                   "pretrained": loaded.pretrained, "vocab_size": len(loaded.tokenizer)},
+            data={"train_examples": len(self.features), "test_examples": len(splits.test),
+                  "validation_examples": len(splits.validation), "label_names": splits.label_names, **splits.info},
+            params={"total": total, "trainable": trainable,
+                    "trainable_percent": round(100 * trainable / total, 6) if total else None},
+            storage={"adapter_bytes": self.adapter_bytes, "adapter_files": self.adapter_files, "adapter_dir": adapter_dir,
+                     "full_model_bytes": self.full_bytes,
+                     "ratio_to_full": round(self.adapter_bytes / self.full_bytes, 8) if self.full_bytes else None,
+                     "dtype": str(self.train_dtype).replace("torch.", "")},
+            train=self.out["train"], validation=self.out.get("validation"), quality=self.out.get("quality"),
+            quality_interval=self.out.get("quality_interval"), quality_samples=self.out.get("quality_samples"),
+            quality_baselines=self.out.get("quality_baselines"), quality_note=loaded.quality_note,
+            quality_split="test" if self.quality_on else None, quality_details=self.out.get("quality_details") or {},
+            generation={**GENERATION, "max_new_tokens": exp.data.max_target_length}
+            if self.task.name == "summarization" else None,
+            inference=self.out.get("inference"),
+            started_at=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.started)), finished_at=results.now(),
+            wall_seconds=round(time.time() - self.started, 3))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ---------------------------------------------------------------- recording
+
+def failure(run: Run, status: str, error: str, *, started: float, device: str, attempt: str | None,
+            tb: str | None = None) -> Result:
+    return Result(id=run.experiment_id, run_id=run.run_id, status=status, error=error, traceback=tb,
+                  config=run.exp.to_dict(), config_hash=run.config_hash, attempt=attempt, seed=run.seed,
+                  env=results.capture_env(device),
+                  started_at=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)), finished_at=results.now(),
+                  wall_seconds=round(time.time() - started, 3))
+
+
+def execute(run: Run, *, out_dir: Path, device: str, attempt: str | None = None) -> Result | None:
+    """Run and record one run; re-raises ``Cancelled`` after recording it. None off the main process."""
+    started = time.time()
+    try:
+        result = Recipe(run, out_dir=out_dir, device=device, attempt=attempt).run()
+    except (Cancelled, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, Cancelled) else signal.SIGINT
+        results.write_result(out_dir, failure(run, "cancelled", f"cancelled by {signal.Signals(signum).name}",
+                                              started=started, device=device, attempt=attempt))
+        raise Cancelled(signum) from None
+    except Exception as e:  # recorded, and the suite goes on
+        tb = traceback.format_exc(limit=20)
+        log.debug("run %s failed\n%s", run.run_id, tb)
+        message = str(e) if isinstance(e, Diverged) else f"{type(e).__name__}: {e}".strip()
+        result = failure(run, "failed", message, started=started, device=device, attempt=attempt, tb=tb)
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if result is None:
+        return None
+    results.write_result(out_dir, result)
+    fault_point("result-written")
+    return result
+

@@ -1,0 +1,227 @@
+"""The plan: suite YAML -> validated experiments -> runs (one per seed and learning rate).
+
+Usage:
+    suite = load_suite("demo", overrides=["train.max_steps=5"], seeds=[1, 2])
+    for run in plan_runs(suite): run.run_id, run.config_hash, run.exp
+
+Every check happens here, before anything loads or trains, and every problem is collected into
+one ``ConfigError`` line: specs, method options (types and ranges, by the peft config), finite
+numbers, lengths within the model's positions, the data file (readable, UTF-8, rows, fields,
+labels), the model folder (safetensors, no custom code unless allowed), ids and suite names.
+This module sits above ``config`` (the schema) and ``models``/``data``/``methods`` (the specs),
+so imports point one way.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from peftbench import data, methods, models, tasks
+from peftbench.config import Experiment, Suite, check_numbers, config_hash, experiments_from_raw
+from peftbench.errors import ConfigError
+
+SHOWN_ERRORS = 8  # problems listed in the one-line message; the rest are counted
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class Run:
+    """One training run: an experiment with one seed and one learning rate."""
+
+    exp: Experiment  # concrete: train.seed and train.learning_rate are single values
+    experiment_id: str
+    run_id: str  # the result file's name: <id>[--lr<rate>][--seed<n>]
+    seed: int
+    sweep: bool  # one of several learning rates of a sweep
+    config_hash: str
+
+
+def _rate(lr: float) -> str:
+    return f"{lr:g}".replace("+", "")
+
+
+def runs_of(exp: Experiment) -> list[Run]:
+    """The runs an experiment expands to: its seeds x its learning rates (methods that do not
+    train take neither)."""
+    trains = methods.METHODS[exp.method.name].trains
+    lrs = exp.train.learning_rate if isinstance(exp.train.learning_rate, list) else [exp.train.learning_rate]
+    if not trains:
+        lrs = [None]
+    seeds = exp.seeds or [exp.train.seed]
+    out = []
+    for lr in lrs:
+        for seed in seeds:
+            e = copy.deepcopy(exp)
+            e.train.learning_rate, e.train.seed, e.seeds = lr, seed, None
+            run_id = exp.id + (f"--lr{_rate(lr)}" if len(lrs) > 1 else "") + (f"--seed{seed}" if exp.seeds else "")
+            out.append(Run(e, exp.id, run_id, seed, len(lrs) > 1, config_hash(e)))
+    return out
+
+
+def plan_runs(suite: Suite) -> list[Run]:
+    return [run for exp in suite.experiments for run in runs_of(exp)]
+
+
+# ---------------------------------------------------------------- validation
+
+def validate(exp: Experiment) -> list[str]:
+    """Every problem of one experiment, each as ``"<id>: problem"``."""
+    problems = check_numbers(exp)
+    problems += models.check_spec(exp.model.spec, trust_remote_code=exp.model.trust_remote_code)
+    if exp.model.tokenizer:
+        problems += models.check_tokenizer_spec(exp.model.tokenizer)
+    problems += _choices(exp)
+    problems += data.check_spec(exp.data.spec)
+    if exp.data.task not in tasks.TASKS:
+        problems.append(f"data.task: unknown task {exp.data.task!r} (known: {', '.join(tasks.TASKS)})")
+    problems += methods.check(exp.method.name, exp.method.options)
+    problems += _ranges(exp)
+    if not problems:  # lengths and data need a valid spec and task
+        problems += _lengths(exp)
+        if exp.data.spec.startswith("file:"):
+            problems += data.check_file(exp.data)
+    return [f"{exp.id}: {p}" for p in problems]
+
+
+def _choices(exp: Experiment) -> list[str]:
+    checks = [("model.family", exp.model.family, (None, "causal", "seq2seq")),
+              ("model.dtype", exp.model.dtype, DTYPES), ("measure.dtype", exp.measure.dtype, DTYPES),
+              ("model.chat_template", exp.model.chat_template, ("auto", "on", "off")),
+              ("train.mixed_precision", exp.train.mixed_precision, ("auto", "no", "bf16", "fp16"))]
+    return [f"{key}: {value!r} is not one of {', '.join(str(c) for c in choices)}"
+            for key, value, choices in checks if value not in choices]
+
+
+def _ranges(exp: Experiment) -> list[str]:
+    d, t, m = exp.data, exp.train, exp.measure
+    problems = []
+    positive = {"data.max_source_length": d.max_source_length, "data.max_target_length": d.max_target_length,
+                "train.batch_size": t.batch_size, "train.gradient_accumulation_steps": t.gradient_accumulation_steps,
+                "train.log_steps": t.log_steps, "measure.iterations": m.iterations,
+                "measure.batch_size": m.batch_size, "measure.seq_len": m.seq_len, "measure.new_tokens": m.new_tokens}
+    problems += [f"{k}: must be > 0, got {v}" for k, v in positive.items() if v <= 0]
+    optional = {"data.max_train_samples": d.max_train_samples, "data.max_eval_samples": d.max_eval_samples,
+                "train.eval_samples": t.eval_samples}
+    problems += [f"{k}: must be > 0 or null, got {v}" for k, v in optional.items() if v is not None and v <= 0]
+    non_negative = {"measure.warmup": m.warmup, "train.eval_steps": t.eval_steps, "measure.min_seconds": m.min_seconds,
+                    "measure.large_batch_size": m.large_batch_size, "train.weight_decay": t.weight_decay,
+                    "train.max_grad_norm": t.max_grad_norm}
+    problems += [f"{k}: must be >= 0, got {v}" for k, v in non_negative.items() if v < 0]
+    if t.max_steps == 0 or t.max_steps < -1:
+        problems.append(f"train.max_steps: must be > 0 or -1 (epochs), got {t.max_steps}")
+    if t.max_steps == -1 and t.epochs <= 0:
+        problems.append(f"train.epochs: must be > 0, got {t.epochs}")
+    lrs = t.learning_rate if isinstance(t.learning_rate, list) else [t.learning_rate]
+    if any(lr is not None and lr <= 0 for lr in lrs):
+        problems.append(f"train.learning_rate: must be > 0, got {t.learning_rate}")
+    if len(set(lrs)) != len(lrs):
+        problems.append(f"train.learning_rate: the sweep repeats a rate ({t.learning_rate})")
+    if not 0 <= t.warmup_ratio < 1:
+        problems.append(f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
+    for key in ("validation_fraction", "test_fraction"):
+        if not 0 < getattr(d, key) < 0.5:
+            problems.append(f"data.{key}: must be in (0, 0.5), got {getattr(d, key)}")
+    if d.task == "language-modeling" and d.max_source_length < 2:
+        problems.append(f"data.max_source_length: language modelling needs blocks of >= 2 tokens, got "
+                        f"{d.max_source_length}")
+    return problems
+
+
+def _lengths(exp: Experiment) -> list[str]:
+    """Token counts against the model's position embeddings (when known without loading)."""
+    limit = models.max_positions(exp.model.spec)
+    if limit is None or models.is_seq2seq_spec(exp.model.spec):
+        return []
+    d, m = exp.data, exp.measure
+    problems = []
+    train_len = d.max_source_length + (d.max_target_length + 1 if d.task == "summarization" else 0)
+    if train_len > limit:
+        what = "max_source_length + max_target_length + 1" if d.task == "summarization" else "max_source_length"
+        problems.append(f"data.{what} = {train_len} exceeds the model's {limit} positions")
+    gen = m.new_tokens if m.generate else 0
+    if m.seq_len + gen > limit:
+        problems.append(f"measure.seq_len + measure.new_tokens = {m.seq_len + gen} exceeds the model's {limit} "
+                        "positions")
+    return problems
+
+
+def check_out_dir(out: Path) -> None:
+    """The output folder must be (or become) a writable directory; checked without leaving a file."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a directory")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"--out {out}: {probe} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--out {out}: {probe} is not writable ({e.strerror})") from None
+
+
+def _raise(errors: list[str]) -> None:
+    if errors:
+        more = f" (+{len(errors) - SHOWN_ERRORS} more)" if len(errors) > SHOWN_ERRORS else ""
+        raise ConfigError("; ".join(errors[:SHOWN_ERRORS]) + more)
+
+
+# ---------------------------------------------------------------- suites
+
+def suite_from_dict(raw, *, name: str, overrides: list[str] | None = None, seeds: list[int] | None = None,
+                    path: str | None = None) -> Suite:
+    errors: list[str] = []
+    suite_name, description, experiments = experiments_from_raw(raw, name=name, overrides=overrides, seeds=seeds,
+                                                                errors=errors)
+    _raise(errors)
+    seen: set[str] = set()
+    for exp in experiments:
+        if exp.id in seen:
+            errors.append(f"{exp.id}: duplicate experiment id (give one an explicit id)")
+        seen.add(exp.id)
+        errors += validate(exp)
+    _raise(errors)
+    return Suite(name=suite_name, experiments=experiments, description=description, path=path)
+
+
+def find_suite(name_or_path: str) -> Path:
+    """A YAML path, or a built-in suite name (``demo``, ``seed``) looked up in ``experiments/``."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"suite file {name_or_path!r} not found")
+        return p
+    candidates = [Path.cwd() / "experiments" / f"{name_or_path}.yaml",
+                  Path(__file__).resolve().parents[2] / "experiments" / f"{name_or_path}.yaml"]
+    for c in candidates:
+        if "/" not in name_or_path and c.is_file():
+            return c
+    raise ConfigError(f"unknown suite {name_or_path!r}: not a .yaml file and not a built-in suite (demo, seed)")
+
+
+def load_suite(name_or_path: str, *, overrides: list[str] | None = None, seeds: list[int] | None = None) -> Suite:
+    path = find_suite(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(e, 'problem', e)})") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise ConfigError(f"{path}: cannot be read as UTF-8 text ({e})") from None
+    return suite_from_dict(raw, name=path.stem, overrides=overrides, seeds=seeds, path=str(path))
+
+
+def single_experiment(*, model: str, method: str, task: str, dataset: str, overrides: list[str] | None = None,
+                      exp_id: str | None = None, seeds: list[int] | None = None) -> Suite:
+    raw = {"model": {"spec": model}, "method": {"name": method}, "data": {"spec": dataset, "task": task}}
+    if exp_id is not None:
+        raw["id"] = exp_id
+    return suite_from_dict({"name": "single", "experiments": [raw]}, name="single", overrides=overrides, seeds=seeds)
