@@ -21,14 +21,29 @@ import os
 import sys
 from pathlib import Path
 
+from peftbench import fs
 from peftbench.errors import Cancelled, ConfigError, SourceError
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags are bad input like any other: one line on stderr, exit 2 (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"peftbench: error: {message} (see peftbench {self.prog.split()[-1]} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="peftbench", description="Which fine-tuning method is best for your model and task?")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="peftbench", description="Which fine-tuning method is best for your model and task?")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def common(sp):
+        sp.add_argument("suite", nargs="?", help="suite: path to YAML, or demo / seed")
+        sp.add_argument("--model", help="model spec (single-experiment mode)")
+        sp.add_argument("--method", help="method name (single-experiment mode)")
+        sp.add_argument("--task", help="task (single-experiment mode)")
+        sp.add_argument("--dataset", help="dataset spec (single-experiment mode)")
+        sp.add_argument("--id", dest="exp_id", help="experiment id (single-experiment mode)")
+        sp.add_argument("--seed", type=int, help="shorthand for --set train.seed=N")
         sp.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override any config field, e.g. train.max_steps=50 (repeatable)")
         sp.add_argument("--only", metavar="GLOB", help="only experiment ids matching this glob")
@@ -37,14 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="run every experiment once per seed (overrides the suite's seeds)")
 
     run = sub.add_parser("run", help="run a suite (YAML path or built-in name) or one experiment")
-    run.add_argument("suite", nargs="?", help="suite: path to YAML, or demo / seed")
-    run.add_argument("--model", help="model spec (single-experiment mode)")
-    run.add_argument("--method", help="method name (single-experiment mode)")
-    run.add_argument("--task", help="task (single-experiment mode)")
-    run.add_argument("--dataset", help="dataset spec (single-experiment mode)")
-    run.add_argument("--id", dest="exp_id", help="experiment id (single-experiment mode)")
+    common(run)
     run.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    run.add_argument("--seed", type=int, help="shorthand for --set train.seed=N")
     run.add_argument("--force", action="store_true", help="rerun experiments that already succeeded")
     run.add_argument("--in-process", action="store_true",
                      help="run experiments in this process instead of one fresh process each (debugging)")
@@ -52,13 +61,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="GPUs per experiment: N > 1 starts it with accelerate's launcher, one process per GPU")
     run.add_argument("--help-config", action="store_true", help="list every config field with its default and exit")
     run.add_argument("-v", "--verbose", action="store_true", help="log details (tracebacks of failures)")
-    common(run)
 
-    rep = sub.add_parser("report", help="rebuild report.md/report.html/summary.csv/plots from result JSON")
+    rep = sub.add_parser("report", help="rebuild report.md/report.html/summary.csv/verdict.json/plots from results")
     rep.add_argument("dir", type=Path)
 
-    ls = sub.add_parser("list", help="the plan: experiment ids and whether each is done")
-    ls.add_argument("suite")
+    ls = sub.add_parser("list", help="the plan: run ids and whether each is done, todo or stale")
     common(ls)
 
     fetch = sub.add_parser("fetch", help="fill the cache with offline sources")
@@ -131,7 +138,7 @@ def cmd_report(args) -> int:
     from peftbench.report import build_report
     from peftbench.results import load_results
 
-    if not args.dir.is_dir():
+    if not fs.is_dir(args.dir):
         raise ConfigError(f"report: {args.dir} is not a directory")
     if not load_results(args.dir):
         raise ConfigError(f"report: {args.dir} holds no peftbench results (results/*.json)")

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peftbench import fs
 from peftbench.config import DataArgs
 from peftbench.errors import ConfigError
 from peftbench.tasks import TASKS
@@ -55,7 +56,7 @@ def check_spec(spec: str) -> list[str]:
         p = Path(rest).expanduser()
         if p.suffix not in FILE_FORMATS:
             return [f"data.spec: {spec!r}: file type must be one of {', '.join(FILE_FORMATS)}"]
-        if not p.is_file():
+        if not fs.is_file(p):
             return [f"data.spec: file {rest!r} not found"]
     if prefix == "builtin":
         from peftbench.sources import SOURCES

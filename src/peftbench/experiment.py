@@ -40,12 +40,12 @@ from peftbench.tasks import GENERATION, TASKS, mean_loss
 from peftbench.train import train
 
 log = logging.getLogger("peftbench")
-FAULT_ENV = "PEFTBENCH_FAULT"  # tests: "adapter-written" etc. kills the process there (SIGKILL)
+FAULT_ENV = "PEFTBENCH_FAULT"  # tests: "POINT" or "POINT@RUN_ID" kills the process there (SIGKILL)
 
 
-def fault_point(name: str) -> None:
+def fault_point(name: str, run_id: str) -> None:
     """Die here as a kill -9 would, when the fault-injection tests ask for it."""
-    if os.environ.get(FAULT_ENV) == name:
+    if os.environ.get(FAULT_ENV) in (name, f"{name}@{run_id}"):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -83,6 +83,7 @@ class Recipe:
     def run(self) -> Result | None:
         try:
             self.prepare()
+            fault_point("prepared", self.plan.run_id)
             self.train()
             if not self.main:  # under a multi-GPU launch, the main process evaluates, measures, records
                 return None
@@ -190,7 +191,7 @@ class Recipe:
             (self.adapter_tmp / "README.md").unlink(missing_ok=True)
             self.adapter_tmp.chmod(0o777 & ~_umask())
             self.adapter_bytes, self.adapter_files = dir_bytes(self.adapter_tmp), file_sizes(self.adapter_tmp)
-            fault_point("adapter-written")
+            fault_point("adapter-written", self.plan.run_id)
         self.train_dtype = next(self.model.parameters()).dtype
 
     def measure(self) -> None:
@@ -246,7 +247,7 @@ class Recipe:
                 os.replace(final, trash)
                 self.temp_dirs.append(trash)
             os.replace(self.adapter_tmp, final)
-            fault_point("adapter-swapped")
+            fault_point("adapter-swapped", run_id)
         else:
             shutil.rmtree(final, ignore_errors=True)  # a `none` run ships nothing
         return self._result(adapter_dir=str(Path("adapters") / run_id) if self.applied.trains else None)
@@ -364,6 +365,6 @@ def execute(run: Run, *, out_dir: Path, device: str, attempt: str | None = None)
     if result is None:
         return None
     results.write_result(out_dir, result)
-    fault_point("result-written")
+    fault_point("result-written", run.run_id)
     return result
 

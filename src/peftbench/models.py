@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from peftbench import fs
 from peftbench.config import ModelArgs
 from peftbench.errors import ConfigError
 
@@ -78,7 +79,7 @@ class LoadedModel:
 # ---------------------------------------------------------------- spec checks (config validation)
 
 def _looks_local(spec: str) -> bool:
-    return spec.startswith(("/", "./", "../", "~")) or Path(spec).expanduser().exists()
+    return spec.startswith(("/", "./", "../", "~")) or fs.exists(spec)
 
 
 def check_spec(spec: str, *, trust_remote_code: bool = False) -> list[str]:
@@ -107,7 +108,7 @@ PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 def check_model_dir(path: Path, *, trust_remote_code: bool) -> list[str]:
     """A local model folder: a config, safetensors weights, no custom code unless allowed."""
-    if not path.is_dir():
+    if not fs.is_dir(path):
         return [f"model.spec: local model directory {str(path)!r} not found"]
     cfg = _read_config(path)
     if cfg is None:

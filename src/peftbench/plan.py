@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from peftbench import data, methods, models, tasks
+from peftbench import data, fs, methods, models, tasks
 from peftbench.config import Experiment, Suite, check_numbers, config_hash, experiments_from_raw
 from peftbench.errors import ConfigError
 
@@ -153,10 +153,12 @@ def _lengths(exp: Experiment) -> list[str]:
 def check_out_dir(out: Path) -> None:
     """The output folder must be (or become) a writable directory; checked without leaving a file."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
+    if len(str(out).encode()) > 4000 or any(len(part.encode()) > 255 for part in out.parts) or "\0" in str(out):
+        raise ConfigError(f"--out {str(out)[:60]!r}...: not a usable folder name")
+    if fs.exists(out) and not fs.is_dir(out):
         raise ConfigError(f"--out {out}: exists and is not a directory")
-    probe = out
-    while not probe.exists():
+    probe = out.absolute()
+    while not fs.exists(probe):
         probe = probe.parent
     if not probe.is_dir():
         raise ConfigError(f"--out {out}: {probe} is not a directory")
@@ -195,13 +197,13 @@ def find_suite(name_or_path: str) -> Path:
     """A YAML path, or a built-in suite name (``demo``, ``seed``) looked up in ``experiments/``."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
-        if not p.is_file():
+        if not fs.is_file(p):
             raise ConfigError(f"suite file {name_or_path!r} not found")
         return p
     candidates = [Path.cwd() / "experiments" / f"{name_or_path}.yaml",
                   Path(__file__).resolve().parents[2] / "experiments" / f"{name_or_path}.yaml"]
     for c in candidates:
-        if "/" not in name_or_path and c.is_file():
+        if "/" not in name_or_path and fs.is_file(c):
             return c
     raise ConfigError(f"unknown suite {name_or_path!r}: not a .yaml file and not a built-in suite (demo, seed)")
 
