@@ -1,67 +1,106 @@
-"""Report from fixture result JSON: winners, Pareto sets, no quality claims for random weights,
-HTML embeds every image, and the report package imports without torch."""
+"""Report from fixture result JSON: winners only when significant, ties for identical results,
+seeds and sweeps aggregated, no quality claims for random weights, the files (verdict.json and
+summary.csv columns), HTML embeds every image, and the report imports without torch."""
 
+import copy
+import csv
 import json
+import random
 import re
 import subprocess
 import sys
 
 import pytest
 
-from peftbench.report import build
+from peftbench import stats
+from peftbench.report import aggregate, build
 from peftbench.report.metrics import pareto
+from peftbench.results import load_results
+
+N_TEST = 200
 
 
-def result(model, task, method, *, quality, trainable, adapter, p50, merged_p50=None, train_mem=3e9, tok_s=100.0,
-           random=False):
+def correct_set(k: int) -> list[int]:
+    """Predictions with exactly the first k of N_TEST examples right (gold is always 0)."""
+    return [0] * k + [1] * (N_TEST - k)
+
+
+def result(model, task, method, *, correct=None, trainable=0, adapter=0, p50=10.0, merged_p50=None,
+           train_mem=3e9, tok_s=100.0, random_weights=False, seed=42, lr=None, exp_id=None, val=None, jitter=0.02):
+    rng = random.Random(hash((method, seed, lr, exp_id)) & 0xFFFF)
+    exp_id = exp_id or f"{model.replace(':', '-')}--{task}--{method}"
+    run_id = exp_id + (f"--lr{lr:g}" if lr is not None else "") + f"--seed{seed}"
+    quality, samples, interval = {"rougeL": None}, None, None
+    if correct is not None:
+        pred = correct_set(correct)
+        samples = {"n": N_TEST, "fingerprint": "same-test-set", "params": {"n_labels": 2},
+                   "columns": {"pred": pred, "gold": [0] * N_TEST}}
+        quality = {"accuracy": stats.statistic(samples, "accuracy"), "macro_f1": stats.statistic(samples, "macro_f1")}
+    lat = [p50 * (1 + rng.uniform(-jitter, jitter)) for _ in range(40)]
+    mlat = None if merged_p50 is None else [merged_p50 * (1 + rng.uniform(-jitter, jitter)) for _ in range(40)]
+    trained = method != "none"
     return {
-        "schema": "peftbench.result/2", "id": f"{model.replace(':', '-')}--{task}--{method}",
-        "run_id": f"{model.replace(':', '-')}--{task}--{method}", "config_hash": "0", "status": "success",
-        "error": None, "config": {"model": {"spec": model}, "data": {"spec": "builtin:x", "task": task},
-                                  "method": {"name": method}},
-        "env": {"cpu_count": 2, "device": "cpu"}, "model": {"pretrained": not random},
-        "data": {"train_examples": 100},
+        "schema": "peftbench.result/2", "id": exp_id, "run_id": run_id, "config_hash": "0", "status": "success",
+        "seed": seed, "error": None,
+        "config": {"model": {"spec": model}, "data": {"spec": "builtin:x", "task": task},
+                   "method": {"name": method},
+                   "train": {"max_steps": 10, "batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate": lr}},
+        "env": {"cpu_count": 2, "device": "cpu"}, "model": {"pretrained": not random_weights},
+        "data": {"train_examples": 100, "test_examples": N_TEST},
         "params": {"total": 1000, "trainable": trainable},
         "storage": {"adapter_bytes": adapter, "full_model_bytes": 4000},
-        "train": {"tokens_per_second": tok_s if method != "none" else None,
-                  "peak_memory_bytes": train_mem if method != "none" else None,
-                  "loss_curve": [{"step": s, "loss": 3.0 / s} for s in (1, 2, 3)] if method != "none" else [],
-                  "eval_curve": [{"step": 0 if method == "none" else 3, **quality}] if not random else []},
-        "quality": quality, "quality_note": "random weights" if random else None,
+        "train": {"tokens_per_second": tok_s if trained else None, "peak_memory_bytes": train_mem if trained else None,
+                  "laps": [{"step": s, "tokens": 100, "seconds": 100 / tok_s * (1 + rng.uniform(-jitter, jitter))}
+                           for s in range(1, 11)] if trained else [],
+                  "loss_curve": [{"step": s, "loss": 3.0 / s} for s in (1, 2, 3)] if trained else [],
+                  "eval_curve": [], "examples_seen": 40 if trained else 0},
+        "validation": {"loss": 1.0, **(val or {})},
+        "quality": quality, "quality_samples": samples, "quality_note": "random weights" if random_weights else None,
+        "quality_baselines": {"majority_class": "a", "majority_accuracy": 40.0, "chance_accuracy": 50.0}
+        if correct is not None else None,
         "inference": {"shapes": {"batch_size": 1, "seq_len": 32, "new_tokens": 4},
-                      "latency_ms": {"p50_ms": p50, "p95_ms": p50 * 1.1, "mean_ms": p50, "stdev_ms": p50 * 0.01},
+                      "latency_ms": {"p50_ms": sorted(lat)[20], "p95_ms": max(lat), "samples_ms": lat},
                       "throughput_tokens_per_second": 1000 / p50, "throughput_unit": "generated tokens/s",
                       "peak_memory_bytes": 1e9,
-                      "merged": None if merged_p50 is None else {
-                          "latency_ms": {"p50_ms": merged_p50, "p95_ms": merged_p50 * 1.1, "mean_ms": merged_p50,
-                                         "stdev_ms": merged_p50 * 0.01},
-                          "throughput_tokens_per_second": 1000 / merged_p50,
-                          "unmerged_overhead_percent": 100 * (p50 / merged_p50 - 1), "max_abs_logit_diff": 1e-6}},
+                      "merged": None if mlat is None else {
+                          "latency_ms": {"p50_ms": sorted(mlat)[20], "samples_ms": mlat},
+                          "unmerged_overhead_percent": 100 * (p50 / merged_p50 - 1)}},
     }
+
+
+def write(tmp_path, rs):
+    (tmp_path / "results").mkdir(exist_ok=True)
+    for r in rs:
+        (tmp_path / "results" / f"{r['run_id']}.json").write_text(json.dumps(r))
+    return tmp_path
+
+
+M, C = "builtin:m", "classification"
 
 
 @pytest.fixture
 def fixture_dir(tmp_path):
     rs = [
-        result("builtin:m", "classification", "none", quality={"accuracy": 50.0}, trainable=0, adapter=0, p50=10.0),
-        result("builtin:m", "classification", "full", quality={"accuracy": 90.0}, trainable=1000, adapter=4000,
-               p50=10.0, train_mem=9e9, tok_s=50),
-        result("builtin:m", "classification", "lora", quality={"accuracy": 85.0}, trainable=16, adapter=80,
-               p50=12.0, merged_p50=10.2, train_mem=4e9, tok_s=120),
-        result("builtin:m", "classification", "ia3", quality={"accuracy": 70.0}, trainable=4, adapter=20,
-               p50=11.0, merged_p50=10.1, train_mem=3e9, tok_s=130),
-        result("random:gpt2", "summarization", "lora", quality={"rougeL": None}, trainable=16, adapter=80, p50=5.0,
-               merged_p50=4.0, random=True),
-        result("random:gpt2", "summarization", "ia3", quality={"rougeL": None}, trainable=4, adapter=20, p50=4.5,
-               merged_p50=4.4, random=True),
+        result(M, C, "none", correct=100),
+        result(M, C, "full", correct=180, trainable=1000, adapter=4000, train_mem=9e9, tok_s=50),
+        result(M, C, "lora", correct=178, trainable=16, adapter=80, p50=12.0, merged_p50=10.0, train_mem=4e9, tok_s=120),
+        result(M, C, "ia3", correct=140, trainable=4, adapter=20, p50=11.0, merged_p50=10.0, train_mem=3e9, tok_s=130),
+        result("random:gpt2", "summarization", "lora", trainable=16, adapter=80, p50=5.0, merged_p50=4.0,
+               random_weights=True),
+        result("random:gpt2", "summarization", "ia3", trainable=4, adapter=20, p50=4.5, merged_p50=4.4,
+               random_weights=True),
     ]
-    failed = {"schema": "peftbench.result/2", "id": "oops", "run_id": "oops", "config_hash": "0", "status": "failed", "error": "ValueError: boom",
+    failed = {"schema": "peftbench.result/2", "id": "oops", "run_id": "oops", "config_hash": "0", "status": "failed",
+              "error": "ValueError: boom",
               "config": {"model": {"spec": "x"}, "data": {"task": "classification"}, "method": {"name": "lora"}}}
-    (tmp_path / "results").mkdir()
-    for r in rs + [failed]:
-        (tmp_path / "results" / f"{r['id']}.json").write_text(json.dumps(r))
+    write(tmp_path, rs + [failed])
     (tmp_path / "results" / "notes.json").write_text('{"not": "a result"}')  # ignored
     return tmp_path
+
+
+def group_verdicts(folder, model=M, task=C):
+    aggs = [a for a in aggregate.aggregate(load_results(folder)) if a.model == model and a.task == task]
+    return {v["measure"]: v for v in aggregate.verdicts(aggs, task)}, aggs
 
 
 def test_pareto_known_sets():
@@ -71,40 +110,98 @@ def test_pareto_known_sets():
     assert pareto([("x", 1, 1), ("y", 1, 1)], ("min", "max")) == ["x", "y"]  # ties: neither dominates
 
 
-def test_winners_and_pareto_in_verdict(fixture_dir):
-    groups = build.groups(__import__("peftbench.results", fromlist=["x"]).load_results(fixture_dir))
-    v = build.verdict(groups[("builtin:m", "classification")], "classification")
-    text = "\n".join(v)
-    assert "Best quality (accuracy): full with 90." in text
-    assert "Smallest storage to ship: ia3 (20 B)." in text
-    assert "Fastest training: ia3" in text and "Lowest training memory: ia3" in text
-    assert "Lowest deployed latency (merged where possible): none, full (10)." in text
-    assert "Pareto-optimal for accuracy vs storage to ship: full, lora, ia3." in text
-    assert "Pareto-optimal for accuracy vs deployed latency p50: full." in text
-    assert "lora +17.6 %" in text
+def test_a_difference_inside_the_noise_is_a_tie_and_a_clear_one_a_win(fixture_dir):
+    v, _ = group_verdicts(fixture_dir)
+    ids = {m: f"builtin-m--classification--{m}" for m in ("none", "full", "lora", "ia3")}
+    acc = v["accuracy"]
+    # full 90 % vs lora 89 %: 2 discordant examples of 200, a tie; ia3 70 % is clearly worse
+    assert acc["winners"] == [ids["full"], ids["lora"]]
+    assert acc["effect"]["versus"] == ids["ia3"] and acc["effect"]["significant"]
+    assert acc["effect"]["estimate"] == pytest.approx(20.0) and acc["effect"]["low"] > 0
+    assert "paired bootstrap over examples" in acc["test"] and acc["n"]["experiments"] == 4
+    assert v["adapter_bytes"]["winners"] == [ids["ia3"]] and v["adapter_bytes"]["test"].startswith("exact")
+    # ia3 130 tok/s vs lora 120: 8 % apart, under the 10 % CPU margin: a tie, said so
+    assert set(v["train_tokens_per_second"]["winners"]) == {ids["ia3"], ids["lora"]}
+    assert "effects under 10 %" in v["train_tokens_per_second"]["test"]
+    # deployed latency: merged lora/ia3 at 10 ms tie with none and full at 10 ms
+    assert set(v["deploy_p50_ms"]["winners"]) == set(ids.values())
+
+
+def test_verdict_lines_carry_units_intervals_and_latency_against_base(fixture_dir):
+    _, aggs = group_verdicts(fixture_dir)
+    lines = "\n".join(build.verdict_lines(aggs, C, aggregate.verdicts(aggs, C)))
+    assert "accuracy (higher is better): a tie between full, lora (90 best); ahead of" not in lines
+    assert re.search(r"accuracy \(higher is better\): a tie between full, lora \(90 best\); better by 20\.00 points "
+                     r"\(95 % interval [0-9.]+ to [0-9.]+\) than ia3", lines)
+    assert re.search(r"full: unmerged [+-]\d+\.\d % \([^)]*\), a tie", lines)  # same architecture as the base
+    assert re.search(r"lora \+20\.\d % \(\+1\d\.\d to \+2\d\.\d\)[,.]", lines)  # 12 ms vs 10 ms: not a tie
+
+
+def test_identical_configurations_tie_on_every_measure(tmp_path):
+    a = result(M, C, "lora", correct=150, trainable=16, adapter=80, p50=12.0, merged_p50=10.0, exp_id="a")
+    b = copy.deepcopy(a)
+    b["id"], b["run_id"] = "b", "b--seed42"
+    v, _ = group_verdicts(write(tmp_path, [a, b]))
+    assert v and all(set(m["winners"]) == {"a", "b"} for m in v.values()), {k: m["winners"] for k, m in v.items()}
+    assert v["accuracy"]["effect"]["estimate"] == 0 and v["accuracy"]["effect"]["low"] == 0
+
+
+def test_seeds_aggregate_with_a_t_interval_and_pair_by_seed(tmp_path):
+    rs = [result(M, C, m, correct=k + d, seed=s) for m, k in (("lora", 150), ("ia3", 120))
+          for s, d in ((1, 0), (2, 4), (3, -2))]
+    _, aggs = group_verdicts(write(tmp_path, rs))
+    lora = next(a for a in aggs if a.method == "lora")
+    s = aggregate.summarize(lora, "accuracy")
+    mean, lo, hi = stats.t_interval([75.0, 77.0, 74.0])
+    assert (s["mean"], s["low"], s["high"], s["n"]) == pytest.approx((mean, lo, hi, 3))
+    comp = aggregate.compare_aggs(lora, next(a for a in aggs if a.method == "ia3"), "accuracy")
+    assert comp.n_seeds == (3, 3) and comp.significant and "3/3 seeds" in comp.test
+
+
+def test_sweep_selects_on_validation_never_on_test(tmp_path):
+    # lr 1e-3 is best on validation, lr 1e-2 best on test: the report must pick 1e-3
+    rs = [result(M, C, "lora", correct=120, lr=1e-3, val={"accuracy": 80.0}, seed=s) for s in (1, 2)]
+    rs += [result(M, C, "lora", correct=190, lr=1e-2, val={"accuracy": 60.0}, seed=s) for s in (1, 2)]
+    rs += [result(M, C, "none", correct=100)]
+    folder = write(tmp_path, rs)
+    lora = next(a for a in aggregate.aggregate(load_results(folder)) if a.method == "lora")
+    assert lora.selected_lr == 1e-3 and lora.selection == "validation accuracy"
+    assert {r["config"]["train"]["learning_rate"] for r in lora.runs} == {1e-3} and len(lora.runs) == 2
+    assert [row["selected"] for row in lora.sweep] == [True, False]
+    md = build.build_report(folder)["md"].read_text()
+    assert "Learning-rate sweep (selected on validation)" in md and "learning rates lora 0.001 (selected)" in md
+    assert (folder / "plots" / "builtin-m--classification-learning-rates.png").is_file()
 
 
 def test_random_groups_make_no_quality_claims(fixture_dir):
-    from peftbench.results import load_results
+    v, aggs = group_verdicts(fixture_dir, "random:gpt2", "summarization")
+    assert not set(v) & {"rouge1", "rouge2", "rougeL", "bleu"}
+    text = "\n".join(build.verdict_lines(aggs, "summarization", list(v.values())))
+    assert "not compared" in text and "Pareto" not in text
 
-    rs = build.groups(load_results(fixture_dir))[("random:gpt2", "summarization")]
-    text = "\n".join(build.verdict(rs, "summarization"))
-    assert "not compared" in text and "Best quality" not in text and "Pareto" not in text
 
-
-def test_report_files_tables_and_embedded_images(fixture_dir):
+def test_report_files_verdict_json_and_summary_csv(fixture_dir):
     paths = build.build_report(fixture_dir)
     md = paths["md"].read_text()
     assert "## builtin:m · classification" in md and "## random:gpt2 · summarization" in md
-    assert "| full | 1,000 | 4 KB | **90** |" in md  # best accuracy marked
+    assert re.search(r"\| full \| 1,000 \| 4 KB \| \*\*90 \(8\d[.\d]*–9\d[.\d]*\)\*\* \|", md)
+    assert "always 'a' (the majority class) scores 40.0 % accuracy" in md and "(40 examples seen)" in md
     assert "Failed or cancelled" in md and "ValueError: boom" in md
     pngs = sorted((fixture_dir / "plots").glob("*.png"))
-    assert len(pngs) >= 6 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    assert len(pngs) >= 7 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
     assert sorted(re.findall(r"\]\((plots/[^)]+)\)", md)) == sorted(f"plots/{p.name}" for p in pngs)
     html = paths["html"].read_text()
     assert html.count("src='data:image/png;base64,") == len(pngs) and "plots/" not in html
-    rows = paths["csv"].read_text().splitlines()
-    assert len(rows) == 1 + 7 and rows[0].startswith("id,status,model")
+    verdict = json.loads(paths["verdict"].read_text())
+    group = next(g for g in verdict["groups"] if g["model"] == M)
+    for m in group["measures"]:
+        assert set(m) >= {"measure", "winners", "effect", "test", "n", "values"} and isinstance(m["winners"], list)
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert len(rows) == 7 and len({r["id"] for r in rows}) == 7  # one per experiment id, the failed one too
+    lora = next(r for r in rows if r["id"] == "builtin-m--classification--lora")
+    assert lora["n_seeds"] == "1" and float(lora["accuracy_mean"]) == 89.0
+    assert float(lora["accuracy_ci95_low"]) < 89.0 < float(lora["accuracy_ci95_high"])
+    assert {"trainable_mean", "latency_p50_ms_ci95_high", "train_tokens_per_second_ci95_low"} <= set(rows[0])
 
 
 def test_report_imports_and_runs_without_torch(fixture_dir):

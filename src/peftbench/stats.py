@@ -79,6 +79,10 @@ def _mean(c, idx, p):
     return c["x"][idx].mean(axis=1)
 
 
+def _median(c, idx, p):
+    return np.median(c["x"][idx], axis=1)
+
+
 def _rate(c, idx, p):
     return c["volume"][idx].sum(axis=1) / np.maximum(c["seconds"][idx].sum(axis=1), 1e-12)
 
@@ -86,7 +90,8 @@ def _rate(c, idx, p):
 STATISTICS: dict[str, Callable] = {
     "accuracy": _accuracy, "macro_f1": _macro_f1, "rouge1": _mean100("rouge1"), "rouge2": _mean100("rouge2"),
     "rougeL": _mean100("rougeL"), "bleu": _bleu, "perplexity": _perplexity,
-    "mean": _mean, "rate": _rate,  # efficiency: latency samples (x), throughput laps (volume, seconds)
+    # efficiency: latency samples (x), throughput laps (volume, seconds)
+    "mean": _mean, "median": _median, "rate": _rate,
 }
 
 
@@ -196,7 +201,7 @@ def compare(a: list[dict], b: list[dict], name: str, *, relative: bool = False, 
     p = min(1.0, 2 * min(float((deltas <= 0).mean()), float((deltas >= 0).mean())))
     significant = (lo > 0 or hi < 0) and abs(float(est)) >= margin
     test = (("paired" if paired_rows else "unpaired") + " bootstrap over "
-            + ("examples" if name not in ("mean", "rate") else "samples")
+            + ("examples" if name not in ("mean", "median", "rate") else "timed samples")
             + (f" and {len(a)}/{len(b)} seeds" if max(len(a), len(b)) > 1 else "") + f", {resamples} resamples")
     return Comparison(float(est), lo, hi, p, bool(significant), test, n, (len(a), len(b)), relative, margin)
 
@@ -213,6 +218,13 @@ def fingerprint(items: Sequence[str]) -> str:
 
 
 def samples_of(values: Sequence[float]) -> dict:
-    """Per-iteration values (e.g. latency in ms) as samples for the ``mean`` statistic."""
+    """Per-iteration values (e.g. latency in ms) as samples for the ``mean`` / ``median`` statistics."""
     xs = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     return {"n": len(xs), "fingerprint": None, "params": {}, "columns": {"x": xs}}
+
+
+def rate_samples(volumes: Sequence[float], seconds: Sequence[float]) -> dict:
+    """Per-interval (volume, seconds) pairs as samples for the ``rate`` statistic (volume / second)."""
+    pairs = [(float(v), float(s)) for v, s in zip(volumes, seconds) if s and s > 0]
+    return {"n": len(pairs), "fingerprint": None, "params": {},
+            "columns": {"volume": [v for v, _ in pairs], "seconds": [s for _, s in pairs]}}

@@ -1,11 +1,13 @@
-"""Build report.md, report.html (images embedded), summary.csv and plots/ from result JSON only.
+"""Build report.md, report.html (images embedded), summary.csv, verdict.json and plots/ from result JSON only.
 
 Usage:
     paths = build_report(Path("runs/demo"))     # also: peftbench report runs/demo
 
-Results are grouped by (model, task); each group gets a table with the best value of each column
-marked in bold, plots, and a verdict: the winner per measure and the Pareto-optimal set. Quality
-claims are never made from random-weight models.
+Runs are aggregated per experiment id (seeds; a learning-rate sweep resolved on validation) and
+grouped by (model, task). Each group gets a table of means with 95 % intervals (the winners of a
+column in bold: more than one bold cell is a tie), a verdict per measure that names one winner
+only when the difference is significant, plots with error bars, and Pareto fronts. Quality claims
+are never made from random-weight models.
 """
 
 from __future__ import annotations
@@ -15,175 +17,228 @@ import csv
 import html
 import io
 import re
-from collections import defaultdict
 from pathlib import Path
 
-from peftbench.report.metrics import (METRICS, PRIMARY_QUALITY, QUALITY, TABLE_COLUMNS, best, fmt, get_in,
-                                      is_random, method_of, model_of, task_of, value)
+from peftbench.report.aggregate import Agg, aggregate, against_base, summarize, unmerged_overhead, verdicts
+from peftbench.report.metrics import (METRICS, PRIMARY_QUALITY, QUALITY, TABLE_COLUMNS, fmt, get_in, is_random,
+                                      method_of)
 from peftbench.report.plots import PARETO_AXES, pareto_sets, plot_group
-from peftbench.results import load_results, write_text_atomic
+from peftbench.results import load_results, to_json, write_text_atomic
 
 METHOD_ORDER = ["none", "full", "lora", "ia3", "dora", "loha", "lokr", "vera"]
-CSV_FIELDS = ["id", "status", "model", "task", "dataset", "method", "trainable", "total_params", "adapter_bytes",
-              "full_model_bytes", *QUALITY, "train_seconds", "train_tokens_per_second", "train_peak_memory_bytes",
-              "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "merged_p50_ms", "unmerged_overhead_percent",
-              "max_abs_logit_diff", "throughput", "inference_peak_memory_bytes", "device", "error"]
+VERDICT_SCHEMA = "peftbench.verdict/1"
+CSV_METRICS = ["trainable", "adapter_bytes", *QUALITY, "train_tokens_per_second", "train_peak_memory_bytes",
+               "latency_p50_ms", "merged_p50_ms", "deploy_p50_ms", "throughput", "inference_peak_memory_bytes"]
+CSV_HEAD = ["id", "status", "model", "task", "dataset", "method", "learning_rate", "selected_by", "n_seeds", "seeds",
+            "total_params", "full_model_bytes", "device"]
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
 
 
-def _sort_key(r: dict) -> tuple:
-    m = method_of(r)
-    return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), r.get("id", ""))
+def _order(a: Agg) -> tuple:
+    m = a.method
+    return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), a.id)
 
 
-def groups(results: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    out: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for r in results:
-        if r.get("status") == "success":
-            out[(model_of(r), task_of(r))].append(r)
-    return {k: sorted(v, key=_sort_key) for k, v in sorted(out.items())}
+def groups(aggs: list[Agg]) -> dict[tuple[str, str], list[Agg]]:
+    out: dict[tuple[str, str], list[Agg]] = {}
+    for a in aggs:
+        out.setdefault((a.model, a.task), []).append(a)
+    return {k: sorted(v, key=_order) for k, v in sorted(out.items())}
+
+
+def _label(a: Agg, aggs: list[Agg]) -> str:
+    """The method name, or the id where two experiments of a group share a method."""
+    return a.method if sum(b.method == a.method for b in aggs) == 1 else a.id
 
 
 # ---------------------------------------------------------------- tables
 
-def group_columns(results: list[dict], task: str) -> list[str]:
+def cell(key: str, s: dict | None) -> str:
+    if s is None:
+        return "–"
+    text = fmt(key, s["mean"])
+    if s.get("low") is not None and s.get("high") is not None and s["how"] != "exact":
+        text += f" ({fmt(key, s['low'])}–{fmt(key, s['high'])})"
+    return text
+
+
+def group_columns(aggs: list[Agg], task: str) -> list[str]:
     cols = []
     for c in TABLE_COLUMNS:
         if c == "QUALITY":
-            cols += [k for k in QUALITY if any(value(r, k) is not None for r in results)] or (
-                [PRIMARY_QUALITY[task]] if task in PRIMARY_QUALITY else [])
-        elif any(value(r, c) is not None for r in results):
+            cols += [k for k in QUALITY if any(summarize(a, k) for a in aggs)]
+        elif any(summarize(a, c) for a in aggs):
             cols.append(c)
     return cols
 
 
-def group_table(results: list[dict], task: str) -> tuple[list[str], list[list[str]]]:
-    cols = group_columns(results, task)
-    winners = {c: {r["id"] for r in best(results, c)[1]} for c in cols}
+def group_table(aggs: list[Agg], task: str, verdict_list: list[dict]) -> tuple[list[str], list[list[str]]]:
+    cols = group_columns(aggs, task)
+    winners = {v["measure"]: set(v["winners"]) for v in verdict_list}
     header = ["method"] + [METRICS[c].label for c in cols]
     rows = []
-    for r in results:
-        cells = [method_of(r)]
+    for a in aggs:
+        cells = [_label(a, aggs)]
         for c in cols:
-            v = value(r, c)
-            text = fmt(c, v)
-            if v is not None and r["id"] in winners[c] and len(results) > 1:
+            s = summarize(a, c)
+            text = cell(c, s)
+            if s is not None and a.id in winners.get(c, ()) and len(aggs) > 1:
                 text = f"**{text}**"
             cells.append(text)
         rows.append(cells)
     return header, rows
 
 
-def _names(rs: list[dict]) -> str:
-    return ", ".join(method_of(r) for r in rs)
+# ---------------------------------------------------------------- verdict lines
+
+def _effect_text(v: dict, labels: dict[str, str]) -> str:
+    e = v.get("effect")
+    if not e:
+        return ""
+    unit = e["unit"]
+    if e.get("low") is None:
+        return f"; {labels[e['versus']]} differs by {e['estimate']:+,.6g} {unit}".rstrip()
+    what = "better by" if e.get("significant") else "ahead of"
+    amount = (f"{e['estimate']:.1f} % (95 % interval {e['low']:.1f} to {e['high']:.1f} %)" if unit == "%"
+              else f"{e['estimate']:.2f} {unit} (95 % interval {e['low']:.2f} to {e['high']:.2f})".replace("  ", " "))
+    return f"; {what} {amount} than {labels[e['versus']]}"
 
 
-def noise_percent(r: dict) -> float:
-    """Twice the larger relative stdev (%) of the unmerged and merged latency samples."""
-    inf = r.get("inference") or {}
-    cvs = []
-    for lat in (inf.get("latency_ms"), (inf.get("merged") or {}).get("latency_ms")):
-        if lat and lat.get("mean_ms"):
-            cvs.append(100 * lat["stdev_ms"] / lat["mean_ms"])
-    return 2 * max(cvs, default=0.0)
-
-
-def verdict(results: list[dict], task: str) -> list[str]:
+def verdict_lines(aggs: list[Agg], task: str, verdict_list: list[dict]) -> list[str]:
+    labels = {a.id: _label(a, aggs) for a in aggs}
     lines = []
-    random_weights = all(is_random(r) for r in results)
-    q = PRIMARY_QUALITY.get(task)
-    if random_weights:
+    if all(is_random(a.runs[0]) for a in aggs):
         lines.append("Quality: not compared: the model has random weights (`random:`), so only the efficiency "
                      "numbers below are meaningful.")
-    elif q:
-        v, rs = best(results, q)
-        if rs and len(rs) == len(results) > 1:
-            lines.append(f"Quality ({QUALITY[q]}): every method ties at {fmt(q, v)}: no method wins on quality here.")
-        elif rs:
-            lines.append(f"Best quality ({QUALITY[q]}): {_names(rs)} with {fmt(q, v)}.")
-    for key, what in (("adapter_bytes", "Smallest storage to ship"), ("trainable", "Fewest trainable parameters"),
-                      ("train_tokens_per_second", "Fastest training"),
-                      ("train_peak_memory_bytes", "Lowest training memory"),
-                      ("deploy_p50_ms", "Lowest deployed latency (merged where possible)"),
-                      ("throughput", "Highest generation throughput")):
-        v, rs = best(results, key)
-        if rs:
-            lines.append(f"{what}: {_names(rs)} ({fmt(key, v)}).")
-    overheads = [(method_of(r), value(r, "unmerged_overhead_percent"), noise_percent(r)) for r in results]
-    overheads = [(m, o, n) for m, o, n in overheads if o is not None]
-    if overheads:
-        lines.append("Unmerged adapters cost " + ", ".join(
-            f"{m} {o:+.1f} %" + (" (within noise)" if abs(o) < n else "") for m, o, n in overheads)
-            + " latency over their merged form (p50; 'within noise': smaller than twice the relative stdev).")
-    ref = next((value(r, "latency_p50_ms") for r in results if method_of(r) == "none"), None)
-    if ref:
+    for v in verdict_list:
+        if len(v["values"]) < 2:  # nothing to compare against
+            continue
+        names = ", ".join(labels[w] for w in v["winners"])
+        best = v["values"][v["winners"][0]]
+        value_text = fmt(v["measure"], best["mean"]) + (f" {v['unit']}" if v["unit"] in ("ms", "tokens/s") else "")
+        if len(v["winners"]) == len(v["values"]) > 1:
+            lines.append(f"{v['label']}: a tie between all ({names}): no difference beyond the noise"
+                         f"{_effect_text(v, labels)}.")
+        elif len(v["winners"]) > 1:
+            lines.append(f"{v['label']} ({v['better']} is better): a tie between {names} ({value_text} best)"
+                         f"{_effect_text(v, labels)}.")
+        else:
+            lines.append(f"{v['label']} ({v['better']} is better): **{names}** with {value_text}"
+                         f"{_effect_text(v, labels)}.")
+    base = against_base(aggs)
+    if base:
         parts = []
-        for r in results:
-            m, un, mg = method_of(r), value(r, "latency_p50_ms"), value(r, "merged_p50_ms")
-            if m == "none" or un is None:
-                continue
-            parts.append(f"{m} {100 * (un / ref - 1):+.1f} %" + (f" unmerged, {100 * (mg / ref - 1):+.1f} % merged" if mg else ""))
-        if parts:
-            lines.append("Latency against the zero-shot base model (p50): " + ", ".join(parts) + ".")
-    if not random_weights and q:
-        labels = {r["id"]: method_of(r) for r in results}
-        fronts = pareto_sets(results, task)
+        for row in base:
+            bits = [f"{k} {row[k]['percent']:+.1f} % ({row[k]['low']:+.1f} to {row[k]['high']:+.1f})"
+                    + ("" if row[k]["significant"] else ", a tie") for k in ("unmerged", "merged") if k in row]
+            parts.append(f"{labels[row['id']]}: " + "; ".join(bits))
+        lines.append("Latency against the zero-shot base model (p50, 95 % intervals): " + " · ".join(parts) + ".")
+    over = unmerged_overhead(aggs)
+    if over:
+        lines.append("Unmerged adapters against their merged form (p50 latency): " + ", ".join(
+            f"{labels[o['id']]} {o['percent']:+.1f} % ({o['low']:+.1f} to {o['high']:+.1f})"
+            + ("" if o["significant"] else ", a tie") for o in over) + ".")
+    q = PRIMARY_QUALITY.get(task)
+    if q and not all(is_random(a.runs[0]) for a in aggs):
+        fronts = pareto_sets(aggs, task)
         for key, name, _ in PARETO_AXES:
-            front = fronts.get(key)
-            if front:
-                lines.append(f"Pareto-optimal for {QUALITY[q]} vs {name.split(' (')[0]}: "
-                             f"{', '.join(labels[i] for i in front)}.")
+            if fronts.get(key):
+                lines.append(f"Pareto-optimal for {QUALITY[q]} vs {name.split(' (')[0]} (on means): "
+                             f"{', '.join(labels[i] for i in fronts[key])}.")
     return lines
 
 
 # ---------------------------------------------------------------- documents
 
-def _blocks(out_dir: Path, results: list[dict]) -> list[tuple]:
+def _describe(aggs: list[Agg], task: str) -> str:
+    first = aggs[0].runs[0]
+    data = get_in(first, "config", "data") or {}
+    desc = f"Dataset `{data.get('spec')}`."
+    shapes = next((get_in(r, "inference", "shapes") for a in aggs for r in a.runs if get_in(r, "inference")), None)
+    if shapes:
+        desc += (f" Inference shapes: batch {shapes['batch_size']}, {shapes['seq_len']} input tokens, "
+                 f"{shapes['new_tokens']} new tokens.")
+    trained = [a for a in aggs if a.method != "none"]
+    if trained:
+        t = get_in(trained[0].runs[0], "config", "train") or {}
+        seen = get_in(trained[0].runs[0], "train", "examples_seen")
+        lrs = ", ".join(f"{_label(a, aggs)} {a.selected_lr:g}" + (" (selected)" if a.sweep else "")
+                        for a in trained if a.selected_lr is not None)
+        desc += (f" Training: {t.get('max_steps')} steps of batch {t.get('batch_size')} × "
+                 f"{t.get('gradient_accumulation_steps')} accumulation"
+                 + (f" ({seen:,} examples seen)" if seen else "") + f"; learning rates {lrs}.")
+    seeds = sorted({len(a.runs) for a in aggs})
+    desc += f" Seeds per experiment: {', '.join(map(str, seeds))}."
+    test_n = get_in(first, "data", "test_examples")
+    if any(is_random(a.runs[0]) for a in aggs):
+        desc += " Random weights: quality is not meaningful and is not reported."
+    elif test_n:
+        desc += f" Quality on {test_n} test examples."
+        base = get_in(first, "quality_baselines")
+        if base:
+            desc += (f" Baselines: always '{base['majority_class']}' (the majority class) scores "
+                     f"{base['majority_accuracy']:.1f} % accuracy; chance is {base['chance_accuracy']:.1f} %.")
+    return desc
+
+
+def _sweep_block(aggs: list[Agg]) -> tuple | None:
+    rows = []
+    for a in aggs:
+        for row in a.sweep:
+            rows.append([_label(a, aggs), f"{row['learning_rate']:g}", str(row["n"]),
+                         "–" if row["validation"] is None else f"{row['validation']:.4g}",
+                         "–" if row["test"] is None else f"{row['test']:.4g}",
+                         "selected" if row["selected"] else ""])
+    if not rows:
+        return None
+    crit = next(a.selection for a in aggs if a.sweep)
+    return ("table", ["method", "learning rate", "seeds", crit, "test (not used to select)", ""], rows)
+
+
+def _blocks(out_dir: Path, results: list[dict], aggs: list[Agg]) -> tuple[list[tuple], list[dict]]:
     blocks: list[tuple] = [("h1", f"peftbench report: {out_dir.name}")]
     ok = [r for r in results if r.get("status") == "success"]
     bad = [r for r in results if r.get("status") != "success"]
-    envs = {(r.get("env") or {}).get("gpu") or f"CPU ({(r.get('env') or {}).get('cpu_count')} cores)" for r in ok}
-    blocks.append(("p", f"{len(ok)} experiments succeeded, {len(bad)} failed or cancelled. Hardware: "
-                        f"{', '.join(sorted(str(e) for e in envs)) or 'n/a'}. Bold marks the best value of each "
-                        f"column; storage, trainable parameters and training numbers exclude the zero-shot "
-                        f"baseline (nothing is trained or shipped). Latency is the forward pass; 'merged' is the same "
-                        f"model after merging the adapter into the base weights."))
+    envs = {get_in(r, "env", "gpu") or f"CPU ({get_in(r, 'env', 'cpu_count')} cores)" for r in ok}
+    n_ok, n_bad = len(ok), len(bad)
+    blocks.append(("p", f"{n_ok} run{'s' * (n_ok != 1)} succeeded, {n_bad} failed or cancelled. Hardware: "
+                        f"{', '.join(sorted(str(e) for e in envs)) or 'n/a'}. Cells are means with 95 % intervals "
+                        f"(Student's t over seeds, or a bootstrap over test examples / timed calls for one seed). "
+                        f"Bold marks the winners of a column: one bold cell is a significant win, several are a "
+                        f"tie. Storage, trainable parameters and training numbers exclude the zero-shot baseline. "
+                        f"Latency is the forward pass; 'merged' is the model after merging the adapter."))
     plots_dir = out_dir / "plots"
-    for (model, task), rs in groups(results).items():
+    verdict_groups = []
+    for (model, task), gaggs in groups(aggs).items():
         title = f"{model} · {task}"
         blocks.append(("h2", title))
-        data = (rs[0].get("config") or {}).get("data", {})
-        shapes = next(((r.get("inference") or {}).get("shapes") for r in rs if r.get("inference")), None)
-        desc = f"Dataset `{data.get('spec')}`; {rs[0].get('data', {}).get('train_examples')} training examples."
-        if shapes:
-            desc += (f" Inference shapes: batch {shapes['batch_size']}, {shapes['seq_len']} input tokens, "
-                     f"{shapes['new_tokens']} new tokens.")
-        trained = [r for r in rs if method_of(r) != "none"]
-        if trained:
-            t = (trained[0].get("config") or {}).get("train", {})
-            lrs = ", ".join(f"{method_of(r)} {(r.get('config') or {}).get('train', {}).get('learning_rate')}" for r in trained)
-            desc += (f" Training: {t.get('max_steps')} steps of batch {t.get('batch_size')}"
-                     f" × {t.get('gradient_accumulation_steps')} accumulation; learning rates {lrs}.")
-        test_n = rs[0].get("data", {}).get("test_examples")
-        if any(is_random(r) for r in rs):
-            desc += " Random weights: quality is not meaningful and is not reported."
-        elif test_n:
-            desc += f" Quality on {test_n} test examples."
-        blocks.append(("p", desc))
-        header, rows = group_table(rs, task)
+        blocks.append(("p", _describe(gaggs, task)))
+        vlist = verdicts(gaggs, task)
+        header, rows = group_table(gaggs, task, vlist)
         blocks.append(("table", header, rows))
         blocks.append(("h3", "Verdict"))
-        blocks.append(("ul", verdict(rs, task)))
-        for name, path in plot_group(rs, folder=plots_dir, slug=_slug(f"{model}--{task}"), title=title, task=task).items():
+        blocks.append(("ul", verdict_lines(gaggs, task, vlist)))
+        sweep = _sweep_block(gaggs)
+        if sweep:
+            blocks.append(("h3", "Learning-rate sweep (selected on validation)"))
+            blocks.append(sweep)
+        for name, path in plot_group(gaggs, folder=plots_dir, slug=_slug(f"{model}--{task}"), title=title,
+                                     task=task).items():
             blocks.append(("img", name, path))
+        verdict_groups.append({"model": model, "task": task, "experiments": [a.id for a in gaggs],
+                               "random_weights": all(is_random(a.runs[0]) for a in gaggs), "measures": vlist,
+                               "latency_against_base": against_base(gaggs),
+                               "unmerged_overhead": unmerged_overhead(gaggs),
+                               "learning_rates": {a.id: {"selected": a.selected_lr, "selected_by": a.selection,
+                                                         "sweep": a.sweep} for a in gaggs}})
     if bad:
         blocks.append(("h2", "Failed or cancelled"))
-        blocks.append(("table", ["id", "status", "error"],
-                       [[r.get("id", "?"), r.get("status", "?"), str(r.get("error", ""))[:300]] for r in bad]))
-    return blocks
+        blocks.append(("table", ["run", "status", "error"],
+                       [[r.get("run_id", "?"), r.get("status", "?"), str(r.get("error", ""))[:300]] for r in bad]))
+    return blocks, verdict_groups
 
 
 def _md(blocks: list[tuple], out_dir: Path) -> str:
@@ -239,32 +294,50 @@ def _html(blocks: list[tuple]) -> str:
     return "\n".join(parts)
 
 
-def _csv_row(r: dict) -> dict:
-    row = {"id": r.get("id"), "status": r.get("status"), "model": model_of(r), "task": task_of(r),
-           "dataset": get_in(r, "config", "data", "spec"), "method": method_of(r),
-           "total_params": get_in(r, "params", "total"),
-           "full_model_bytes": get_in(r, "storage", "full_model_bytes"),
-           "train_seconds": get_in(r, "train", "seconds"),
-           "latency_p99_ms": get_in(r, "inference", "latency_ms", "p99_ms"),
-           "max_abs_logit_diff": get_in(r, "inference", "merged", "max_abs_logit_diff"),
-           "device": get_in(r, "env", "gpu") or get_in(r, "env", "device"), "error": r.get("error")}
-    for key in CSV_FIELDS:
-        if key in METRICS and key not in row:
-            row[key] = value(r, key) if r.get("status") == "success" else None
-    return row
+def _csv_rows(results: list[dict], aggs: list[Agg]) -> list[dict]:
+    """One row per experiment id: its selected runs aggregated (mean, 95 % interval, n_seeds)."""
+    rows = []
+    for a in sorted(aggs, key=lambda a: a.id):
+        r = a.runs[0]
+        row = {"id": a.id, "status": "success", "model": a.model, "task": a.task,
+               "dataset": get_in(r, "config", "data", "spec"), "method": a.method, "learning_rate": a.selected_lr,
+               "selected_by": a.selection, "n_seeds": len(a.runs), "seeds": " ".join(str(x) for x in a.seeds),
+               "total_params": get_in(r, "params", "total"), "full_model_bytes": get_in(r, "storage", "full_model_bytes"),
+               "device": get_in(r, "env", "gpu") or get_in(r, "env", "device")}
+        for key in CSV_METRICS:
+            s = summarize(a, key)
+            row.update({f"{key}_mean": None if s is None else s["mean"],
+                        f"{key}_ci95_low": None if s is None else s["low"],
+                        f"{key}_ci95_high": None if s is None else s["high"]})
+        rows.append(row)
+    done = {a.id for a in aggs}
+    for r in results:  # experiments without a successful run still get their row
+        if r["id"] not in done:
+            done.add(r["id"])
+            rows.append({"id": r["id"], "status": r.get("status"), "method": method_of(r),
+                         "model": get_in(r, "config", "model", "spec"), "task": get_in(r, "config", "data", "task"),
+                         "dataset": get_in(r, "config", "data", "spec"), "n_seeds": 0})
+    return rows
+
+
+def csv_fields() -> list[str]:
+    return CSV_HEAD + [f"{k}_{part}" for k in CSV_METRICS for part in ("mean", "ci95_low", "ci95_high")]
 
 
 def build_report(out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     results = load_results(out_dir)
-    blocks = _blocks(out_dir, results)
-    paths = {"md": out_dir / "report.md", "html": out_dir / "report.html", "csv": out_dir / "summary.csv"}
+    aggs = aggregate(results)
+    blocks, verdict_groups = _blocks(out_dir, results, aggs)
+    paths = {"md": out_dir / "report.md", "html": out_dir / "report.html", "csv": out_dir / "summary.csv",
+             "verdict": out_dir / "verdict.json"}
     write_text_atomic(paths["md"], _md(blocks, out_dir))
     write_text_atomic(paths["html"], _html(blocks))
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    w = csv.DictWriter(buf, fieldnames=csv_fields())
     w.writeheader()
-    for r in results:
-        w.writerow(_csv_row(r))
+    for row in _csv_rows(results, aggs):
+        w.writerow(row)
     write_text_atomic(paths["csv"], buf.getvalue())
+    write_text_atomic(paths["verdict"], to_json({"schema": VERDICT_SCHEMA, "level": 0.95, "groups": verdict_groups}))
     return paths

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from peftbench import stats
+
 
 def get_in(d: Any, *path: str) -> Any:
     """``d[path[0]][path[1]]...``, or None where a level is missing."""
@@ -28,6 +30,47 @@ def _deploy_p50(r: dict) -> Any:
     return get_in(r, "inference", "merged", "latency_ms", "p50_ms") or get_in(r, "inference", "latency_ms", "p50_ms")
 
 
+def _latency_samples(*path: str) -> Callable[[dict], dict | None]:
+    def get(r: dict) -> dict | None:
+        values = get_in(r, *path, "samples_ms")
+        return stats.samples_of(values) if values else None
+    return get
+
+
+def _deploy_samples(r: dict) -> dict | None:
+    return _latency_samples("inference", "merged", "latency_ms")(r) or _latency_samples("inference", "latency_ms")(r)
+
+
+def _throughput_samples(r: dict) -> dict | None:
+    """Generated (or forward) tokens per second at the latency batch, one sample per timed call."""
+    inf = get_in(r, "inference") or {}
+    shapes = inf.get("shapes") or {}
+    b = shapes.get("batch_size")
+    gen = (inf.get("scenarios") or {}).get(f"generate_b{b}")
+    fwd = (inf.get("scenarios") or {}).get(f"forward_b{b}")
+    if gen and gen.get("latency_ms", {}).get("samples_ms"):
+        per_call, ms = b * gen["new_tokens"], gen["latency_ms"]["samples_ms"]
+    elif fwd and fwd.get("latency_ms", {}).get("samples_ms"):
+        per_call = b * (fwd["seq_len"] + (fwd.get("decoder_len") or 0))
+        ms = fwd["latency_ms"]["samples_ms"]
+    else:
+        return None
+    return stats.rate_samples([per_call] * len(ms), [m / 1000 for m in ms])
+
+
+def _train_rate_samples(r: dict) -> dict | None:
+    laps = get_in(r, "train", "laps") or []
+    return stats.rate_samples([lap["tokens"] for lap in laps], [lap["seconds"] for lap in laps]) if laps else None
+
+
+def _single(getter: Callable[[dict], Any]) -> Callable[[dict], dict | None]:
+    """A number measured once per run: across seeds it still gets an interval."""
+    def get(r: dict) -> dict | None:
+        v = getter(r)
+        return stats.samples_of([v]) if isinstance(v, (int, float)) else None
+    return get
+
+
 @dataclass(frozen=True)
 class Metric:
     key: str
@@ -36,6 +79,28 @@ class Metric:
     better: str  # "max" | "min"
     fmt: str  # "int" | "bytes" | "float" | "ms" | "pct"
     trained_only: bool = False  # not meaningful for the zero-shot baseline (nothing trained/shipped)
+    kind: str = "display"  # quality | exact | timing | memory | display (shown, never compared)
+    samples: Callable[[dict], dict | None] | None = None  # one run's per-example / per-call data
+    statistic: str | None = None  # stats.STATISTICS name computed from those samples
+    unit: str = ""
+
+    @property
+    def relative(self) -> bool:
+        """Efficiency is compared as a ratio (percent); quality as a difference in its own unit."""
+        return self.kind in ("timing", "memory")
+
+
+# Effects smaller than this are ties even when their interval excludes 0: an interval inside one
+# run cannot see the drift between processes (clock boosts, neighbours on a shared machine). On
+# CPUs we saw A/A timing drift up to ~8 % between processes on a loaded 2-core machine; GPUs
+# timed with CUDA events drift far less.
+MARGIN_PERCENT = {"cpu": 10.0, "cuda": 3.0}
+
+
+def margin(metric: "Metric", device: str) -> float:
+    if metric.kind not in ("timing", "memory"):
+        return 0.0
+    return MARGIN_PERCENT["cuda" if str(device).startswith("cuda") else "cpu"]
 
 
 QUALITY = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "BLEU",
@@ -43,23 +108,33 @@ QUALITY = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu"
 PRIMARY_QUALITY = {"summarization": "rougeL", "classification": "accuracy", "language-modeling": "perplexity"}
 
 METRICS: dict[str, Metric] = {m.key: m for m in [
-    Metric("trainable", "trainable params", lambda r: get_in(r, "params", "trainable"), "min", "int", trained_only=True),
-    Metric("adapter_bytes", "storage", lambda r: get_in(r, "storage", "adapter_bytes"), "min", "bytes", trained_only=True),
-    *[Metric(k, label, (lambda key: lambda r: get_in(r, "quality", key))(k),
-             "min" if k == "perplexity" else "max", "float") for k, label in QUALITY.items()],
+    Metric("trainable", "trainable params", lambda r: get_in(r, "params", "trainable"), "min", "int",
+           trained_only=True, kind="exact", unit="parameters"),
+    Metric("adapter_bytes", "storage", lambda r: get_in(r, "storage", "adapter_bytes"), "min", "bytes",
+           trained_only=True, kind="exact", unit="bytes"),
+    *[Metric(k, label, (lambda key: lambda r: get_in(r, "quality", key))(k), "min" if k == "perplexity" else "max",
+             "float", kind="quality", samples=lambda r: r.get("quality_samples"), statistic=k,
+             unit="" if k == "perplexity" else "points") for k, label in QUALITY.items()],
     Metric("train_tokens_per_second", "train tok/s", lambda r: get_in(r, "train", "tokens_per_second"), "max", "float",
-           trained_only=True),
-    Metric("train_peak_memory_bytes", "train peak mem", lambda r: get_in(r, "train", "peak_memory_bytes"), "min", "bytes",
-           trained_only=True),
-    Metric("latency_p50_ms", "p50 ms", lambda r: get_in(r, "inference", "latency_ms", "p50_ms"), "min", "ms"),
+           trained_only=True, kind="timing", samples=_train_rate_samples, statistic="rate", unit="tokens/s"),
+    Metric("train_peak_memory_bytes", "train peak mem", lambda r: get_in(r, "train", "peak_memory_bytes"), "min",
+           "bytes", trained_only=True, kind="memory",
+           samples=_single(lambda r: get_in(r, "train", "peak_memory_bytes")), statistic="mean", unit="bytes"),
+    Metric("latency_p50_ms", "p50 ms", lambda r: get_in(r, "inference", "latency_ms", "p50_ms"), "min", "ms",
+           kind="timing", samples=_latency_samples("inference", "latency_ms"), statistic="median", unit="ms"),
     Metric("latency_p95_ms", "p95 ms", lambda r: get_in(r, "inference", "latency_ms", "p95_ms"), "min", "ms"),
-    Metric("merged_p50_ms", "merged p50 ms", lambda r: get_in(r, "inference", "merged", "latency_ms", "p50_ms"), "min", "ms"),
-    Metric("deploy_p50_ms", "deployed p50 ms", _deploy_p50, "min", "ms"),
-    Metric("throughput", "gen tok/s", lambda r: get_in(r, "inference", "throughput_tokens_per_second"), "max", "float"),
-    Metric("inference_peak_memory_bytes", "infer peak mem", lambda r: get_in(r, "inference", "peak_memory_bytes"), "min",
-           "bytes"),
-    Metric("unmerged_overhead_percent", "unmerged overhead", lambda r: get_in(r, "inference", "merged", "unmerged_overhead_percent"), "min",
-           "pct"),
+    Metric("merged_p50_ms", "merged p50 ms", lambda r: get_in(r, "inference", "merged", "latency_ms", "p50_ms"),
+           "min", "ms", kind="timing", samples=_latency_samples("inference", "merged", "latency_ms"),
+           statistic="median", unit="ms"),
+    Metric("deploy_p50_ms", "deployed p50 ms", _deploy_p50, "min", "ms", kind="timing", samples=_deploy_samples,
+           statistic="median", unit="ms"),
+    Metric("throughput", "gen tok/s", lambda r: get_in(r, "inference", "throughput_tokens_per_second"), "max",
+           "float", kind="timing", samples=_throughput_samples, statistic="rate", unit="tokens/s"),
+    Metric("inference_peak_memory_bytes", "infer peak mem", lambda r: get_in(r, "inference", "peak_memory_bytes"),
+           "min", "bytes", kind="memory", samples=_single(lambda r: get_in(r, "inference", "peak_memory_bytes")),
+           statistic="mean", unit="bytes"),
+    Metric("unmerged_overhead_percent", "unmerged overhead",
+           lambda r: get_in(r, "inference", "merged", "unmerged_overhead_percent"), "min", "pct"),
 ]}
 
 TABLE_COLUMNS = ["trainable", "adapter_bytes", "QUALITY", "train_tokens_per_second", "train_peak_memory_bytes",

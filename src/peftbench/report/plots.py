@@ -1,7 +1,8 @@
 """Plots of one (model, task) group, as PNG files (matplotlib, Agg backend; no torch).
 
 Usage:
-    files = plot_group(results, folder=Path("runs/demo/plots"), slug="random-gpt2--summarization", task="summarization")
+    files = plot_group(aggs, folder=Path("runs/demo/plots"), slug="random-gpt2--summarization", title="...",
+                       task="summarization")        # aggs: report.aggregate.aggregate(results)
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
+from peftbench.report.aggregate import summarize  # noqa: E402
 from peftbench.report.metrics import (METRICS, PRIMARY_QUALITY, QUALITY, human_bytes, is_random,  # noqa: E402
-                                      method_of, pareto, value)
+                                      pareto, value)
 
 COLORS = {"none": "#7f7f7f", "full": "#d62728", "lora": "#1f77b4", "ia3": "#2ca02c", "dora": "#9467bd",
           "loha": "#8c564b", "lokr": "#e377c2", "vera": "#bcbd22"}
@@ -34,52 +36,115 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_loss(results: list[dict], path: Path, title: str) -> Path | None:
-    curves = [(method_of(r), r["train"]["loss_curve"]) for r in results if (r.get("train") or {}).get("loss_curve")]
-    if not curves:
+def _err(s: dict | None) -> tuple[float, float]:
+    """(below, above) error-bar lengths from a summary; zero where there is no interval."""
+    if not s or s.get("low") is None or s.get("high") is None:
+        return 0.0, 0.0
+    return max(0.0, s["mean"] - s["low"]), max(0.0, s["high"] - s["mean"])
+
+
+def plot_loss(aggs: list, path: Path, title: str) -> Path | None:
+    if not any((r.get("train") or {}).get("loss_curve") for a in aggs for r in a.runs):
         return None
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for m, curve in curves:
-        ax.plot([p["step"] for p in curve], [p["loss"] for p in curve], label=m, color=_color(m), lw=1.6)
+    for a in aggs:
+        for i, r in enumerate(a.runs):  # one thin line per seed
+            curve = (r.get("train") or {}).get("loss_curve") or []
+            if curve:
+                ax.plot([p["step"] for p in curve], [p["loss"] for p in curve], color=_color(a.method), lw=1.2,
+                        alpha=0.85 if len(a.runs) == 1 else 0.5, label=a.method if i == 0 else None)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")
-    ax.set_title(f"Training loss: {title}", fontsize=10)
+    ax.set_title(f"Training loss (one line per seed): {title}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
-def plot_quality_curve(results: list[dict], path: Path, title: str, task: str) -> Path | None:
+def _majority(aggs: list) -> float | None:
+    return next((a.runs[0]["quality_baselines"]["majority_accuracy"] for a in aggs
+                 if (a.runs[0].get("quality_baselines") or {}).get("majority_accuracy") is not None), None)
+
+
+def plot_quality(aggs: list, path: Path, title: str, task: str) -> Path | None:
+    """Test quality per method with 95 % intervals; classification shows the majority baseline."""
+    keys = [k for k in QUALITY if any(summarize(a, k) for a in aggs)]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys) + 0.8, 3.6), squeeze=False)
+    majority = _majority(aggs)
+    for ax, key in zip(axes[0], keys):
+        rows = [(a, summarize(a, key)) for a in aggs]
+        rows = [(a, s) for a, s in rows if s]
+        errs = list(zip(*[_err(s) for _, s in rows]))
+        ax.bar(range(len(rows)), [s["mean"] for _, s in rows], color=[_color(a.method) for a, _ in rows],
+               yerr=errs, capsize=4, edgecolor="black", lw=0.5)
+        ax.set_xticks(range(len(rows)), [a.method for a, _ in rows], fontsize=8)
+        if majority is not None and key == "accuracy":
+            ax.axhline(majority, color="black", ls="--", lw=1, label=f"majority class ({majority:.1f})")
+            ax.legend(fontsize=7)
+        ax.set_ylabel(QUALITY[key] + (" (lower is better)" if METRICS[key].better == "min" else ""))
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"Test quality, 95 % intervals: {title}", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_quality_curve(aggs: list, path: Path, title: str, task: str) -> Path | None:
     """Validation quality against step. The zero-shot baseline (`none`, step 0) is every method's
     starting point: LoRA and IA3 start as the identity and full fine-tuning from the same weights."""
-    curves = {r["id"]: (r.get("train") or {}).get("eval_curve") or [] for r in results}
+    curves = {a.id: (a.runs[0].get("train") or {}).get("eval_curve") or [] for a in aggs}
     metrics = [k for k in QUALITY if any(k in p for c in curves.values() for p in c)]
-    if not metrics or not any(curves[r["id"]] for r in results if method_of(r) != "none"):
+    if not metrics or not any(curves[a.id] for a in aggs if a.method != "none"):
         return None
-    baseline = next((curves[r["id"]][0] for r in results if method_of(r) == "none" and curves[r["id"]]), None)
+    baseline = next((curves[a.id][0] for a in aggs if a.method == "none" and curves[a.id]), None)
+    majority = _majority(aggs)
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics) + 0.6, 3.6), squeeze=False)
     for ax, key in zip(axes[0], metrics):
         if baseline and baseline.get(key) is not None:
             ax.axhline(baseline[key], color=_color("none"), ls="--", lw=1, label="none (zero-shot)")
-        for r in results:
-            m = method_of(r)
-            if m == "none":
+        if majority is not None and key == "accuracy":
+            ax.axhline(majority, color="black", ls=":", lw=1, label="majority class")
+        for a in aggs:
+            if a.method == "none":
                 continue
-            pts = [p for p in curves[r["id"]] if p.get(key) is not None]
+            pts = [p for p in curves[a.id] if p.get(key) is not None]
             if baseline and baseline.get(key) is not None:
                 pts = [{"step": 0, key: baseline[key]}] + pts
             if pts:
-                ax.plot([p["step"] for p in pts], [p[key] for p in pts], marker="o", ms=3, label=m, color=_color(m))
+                ax.plot([p["step"] for p in pts], [p[key] for p in pts], marker="o", ms=3, label=a.method,
+                        color=_color(a.method))
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(QUALITY[key] + (" (lower is better)" if METRICS[key].better == "min" else ""))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"Validation quality during training: {title}", fontsize=10)
+    fig.suptitle(f"Validation quality during training (first seed): {title}", fontsize=10)
     return _save(fig, path)
 
 
-def plot_params_storage(results: list[dict], path: Path, title: str) -> Path | None:
-    rows = [(method_of(r), value(r, "trainable"), value(r, "adapter_bytes")) for r in results]
+def plot_learning_rates(aggs: list, path: Path, title: str) -> Path | None:
+    """Validation score against learning rate per method; the selected rate ringed."""
+    swept = [a for a in aggs if a.sweep]
+    if not swept:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for a in swept:
+        pts = [(row["learning_rate"], row["validation"], row["selected"]) for row in a.sweep
+               if row["validation"] is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=_color(a.method), label=a.method)
+        for lr, v, sel in pts:
+            if sel:
+                ax.scatter([lr], [v], s=140, facecolor="none", edgecolor="black", lw=1.5, zorder=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel(swept[0].selection)
+    ax.set_title(f"Learning-rate sweep (ringed: selected on validation): {title}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_params_storage(aggs: list, path: Path, title: str) -> Path | None:
+    rows = [(a.method, value(a.runs[0], "trainable"), value(a.runs[0], "adapter_bytes")) for a in aggs]
     rows = [row for row in rows if row[1] or row[2]]
     if not rows:
         return None
@@ -97,44 +162,40 @@ def plot_params_storage(results: list[dict], path: Path, title: str) -> Path | N
             ax.annotate(text, (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
         ax.grid(alpha=0.3, axis="y")
         ax.margins(y=0.15)
-    fig.suptitle(f"Trainable parameters and storage: {title}", fontsize=10)
+    fig.suptitle(f"Trainable parameters and storage (exact): {title}", fontsize=10)
     return _save(fig, path)
 
 
-def _paired_bars(ax, rows: list[tuple], unmerged: int, merged: int, *, height, whisker=None) -> None:
-    """Per method, the unmerged bar and (hatched, where measured) the merged bar beside it."""
+def _paired_bars(ax, aggs: list, unmerged: str, merged: str) -> None:
+    """Per method, the unmerged bar and (hatched, where measured) the merged bar beside it, with
+    95 % interval whiskers."""
     w = 0.38
-    for offset, idx, hatch in ((-w / 2, unmerged, ""), (w / 2, merged, "//")):
-        present = [(i, row) for i, row in enumerate(rows) if row[idx]]
+    for offset, key, hatch in ((-w / 2, unmerged, ""), (w / 2, merged, "//")):
+        present = [(i, a, s) for i, a in enumerate(aggs) if (s := summarize(a, key))]
         if not present:
             continue
-        extra = {"yerr": [[0] * len(present), [whisker(row[idx]) for _, row in present]], "capsize": 3} if whisker else {}
-        ax.bar([i + offset for i, _ in present], [height(row[idx]) for _, row in present], w,
-               color=[_color(row[0]) for _, row in present], hatch=hatch, edgecolor="black", lw=0.5, **extra)
-    ax.set_xticks(range(len(rows)), [row[0] for row in rows])
+        errs = list(zip(*[_err(s) for _, _, s in present]))
+        ax.bar([i + offset for i, _, _ in present], [s["mean"] for _, _, s in present], w,
+               color=[_color(a.method) for _, a, _ in present], hatch=hatch, edgecolor="black", lw=0.5,
+               yerr=errs, capsize=3)
+    ax.set_xticks(range(len(aggs)), [a.method for a in aggs])
     ax.grid(alpha=0.3, axis="y")
 
 
-def plot_latency(results: list[dict], path: Path, title: str) -> Path | None:
-    rows = []
-    for r in results:
-        inf = r.get("inference") or {}
-        if not inf.get("latency_ms"):
-            continue
-        merged = inf.get("merged") or {}
-        rows.append((method_of(r), inf["latency_ms"], (merged.get("latency_ms") or None),
-                     inf.get("throughput_tokens_per_second"), merged.get("throughput_tokens_per_second")))
-    if not rows:
+def plot_latency(aggs: list, path: Path, title: str) -> Path | None:
+    have = [a for a in aggs if summarize(a, "latency_p50_ms")]
+    if not have:
         return None
-    shapes = next((r.get("inference") or {}).get("shapes") for r in results if r.get("inference"))
+    shapes = next(a.runs[0]["inference"]["shapes"] for a in have)
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8))
-    _paired_bars(axes[0], rows, 1, 2, height=lambda lat: lat["p50_ms"], whisker=lambda lat: lat["p95_ms"] - lat["p50_ms"])
-    axes[0].set_ylabel("forward latency p50 (ms), whisker to p95")
+    _paired_bars(axes[0], have, "latency_p50_ms", "merged_p50_ms")
+    axes[0].set_ylabel("forward latency p50 (ms), 95 % interval")
     axes[0].set_title(f"batch {shapes['batch_size']}, {shapes['seq_len']} tokens", fontsize=9)
     axes[0].legend(handles=[Patch(facecolor="white", edgecolor="black", label="unmerged (as trained)"),
-                            Patch(facecolor="white", edgecolor="black", hatch="//", label="merged into base")], fontsize=8)
-    _paired_bars(axes[1], rows, 3, 4, height=lambda tps: tps)
-    unit = next(((r.get("inference") or {}).get("throughput_unit") for r in results if r.get("inference")), "tokens/s")
+                            Patch(facecolor="white", edgecolor="black", hatch="//", label="merged into base")],
+                   fontsize=8)
+    _paired_bars(axes[1], have, "throughput", "throughput")
+    unit = have[0].runs[0]["inference"].get("throughput_unit", "tokens/s")
     axes[1].set_ylabel(unit)
     axes[1].set_title(f"throughput, batch {shapes['batch_size']}, {shapes['new_tokens']} new tokens", fontsize=9)
     fig.suptitle(f"Inference: {title}", fontsize=10)
@@ -146,40 +207,41 @@ PARETO_AXES = [("adapter_bytes", "storage to ship (log scale)", True),
                ("train_peak_memory_bytes", "training peak memory", False)]
 
 
-def _points(results: list[dict], x_key: str, y_key: str) -> list[tuple[dict, float, float]]:
-    """(result, x, y) for the results that have both metrics."""
-    pts = [(r, value(r, x_key), value(r, y_key)) for r in results]
+def _points(aggs: list, x_key: str, y_key: str) -> list[tuple]:
+    """(agg, x summary, y summary) for the experiments that have both measures."""
+    pts = [(a, summarize(a, x_key), summarize(a, y_key)) for a in aggs]
     return [p for p in pts if p[1] is not None and p[2] is not None]
 
 
-def pareto_sets(results: list[dict], task: str) -> dict[str, list[str]]:
+def pareto_sets(aggs: list, task: str) -> dict[str, list[str]]:
     q = PRIMARY_QUALITY.get(task)
     out = {}
     for key, _, _ in PARETO_AXES:
-        pts = [(r["id"], x, y) for r, x, y in _points(results, key, q)]
+        pts = [(a.id, x["mean"], y["mean"]) for a, x, y in _points(aggs, key, q)]
         if len(pts) >= 2:
             out[key] = pareto(pts, (METRICS[key].better, METRICS[q].better))
     return out
 
 
-def plot_pareto(results: list[dict], path: Path, title: str, task: str) -> Path | None:
+def plot_pareto(aggs: list, path: Path, title: str, task: str) -> Path | None:
     q = PRIMARY_QUALITY.get(task)
-    if q is None or all(is_random(r) for r in results):
+    if q is None or all(is_random(a.runs[0]) for a in aggs):
         return None
-    fronts = pareto_sets(results, task)
+    fronts = pareto_sets(aggs, task)
     if not fronts:
         return None
     fig, axes = plt.subplots(1, len(PARETO_AXES), figsize=(12, 3.9))
     for ax, (key, label, log) in zip(axes, PARETO_AXES):
-        pts = _points(results, key, q)
+        pts = _points(aggs, key, q)
         front = set(fronts.get(key, []))
-        for r, x, y in pts:
-            on = r["id"] in front
-            m = method_of(r)
-            ax.scatter([x], [y], s=90 if on else 40, color=_color(m), edgecolor="black" if on else "none",
-                       lw=1.5, zorder=3, marker="o" if on else "X")
-            ax.annotate(m, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
-        fp = sorted(((x, y) for r, x, y in pts if r["id"] in front))
+        for a, xs, ys in pts:
+            on = a.id in front
+            ax.errorbar([xs["mean"]], [ys["mean"]], xerr=[[v] for v in _err(xs)], yerr=[[v] for v in _err(ys)],
+                        fmt="none", ecolor=_color(a.method), lw=1, capsize=3, zorder=2)
+            ax.scatter([xs["mean"]], [ys["mean"]], s=90 if on else 40, color=_color(a.method),
+                       edgecolor="black" if on else "none", lw=1.5, zorder=3, marker="o" if on else "X")
+            ax.annotate(a.method, (xs["mean"], ys["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        fp = sorted((xs["mean"], ys["mean"]) for a, xs, ys in pts if a.id in front)
         if len(fp) > 1:
             ax.plot([p[0] for p in fp], [p[1] for p in fp], ls="--", color="black", lw=0.8, zorder=2)
         if log:
@@ -193,17 +255,20 @@ def plot_pareto(results: list[dict], path: Path, title: str, task: str) -> Path 
         ax.grid(alpha=0.3)
         if not pts:
             ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes)
-    fig.suptitle(f"Pareto fronts (ringed: non-dominated, dashed: front): {title}", fontsize=10)
+    fig.suptitle(f"Pareto fronts on means, 95 % intervals as bars (ringed: non-dominated): {title}", fontsize=10)
     return _save(fig, path)
 
 
-def plot_group(results: list[dict], *, folder: Path, slug: str, title: str, task: str) -> dict[str, Path]:
+def plot_group(aggs: list, *, folder: Path, slug: str, title: str, task: str) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
+    random_weights = all(is_random(a.runs[0]) for a in aggs)
     made = {
-        "loss": plot_loss(results, folder / f"{slug}-loss.png", title),
-        "quality_curve": plot_quality_curve(results, folder / f"{slug}-quality-vs-step.png", title, task),
-        "params_storage": plot_params_storage(results, folder / f"{slug}-params-storage.png", title),
-        "latency": plot_latency(results, folder / f"{slug}-latency-throughput.png", title),
-        "pareto": plot_pareto(results, folder / f"{slug}-pareto.png", title, task),
+        "loss": plot_loss(aggs, folder / f"{slug}-loss.png", title),
+        "quality": None if random_weights else plot_quality(aggs, folder / f"{slug}-quality.png", title, task),
+        "quality_curve": plot_quality_curve(aggs, folder / f"{slug}-quality-vs-step.png", title, task),
+        "learning_rates": plot_learning_rates(aggs, folder / f"{slug}-learning-rates.png", title),
+        "params_storage": plot_params_storage(aggs, folder / f"{slug}-params-storage.png", title),
+        "latency": plot_latency(aggs, folder / f"{slug}-latency-throughput.png", title),
+        "pareto": plot_pareto(aggs, folder / f"{slug}-pareto.png", title, task),
     }
     return {k: v for k, v in made.items() if v is not None}
