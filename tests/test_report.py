@@ -83,7 +83,7 @@ def fixture_dir(tmp_path):
     rs = [
         result(M, C, "none", correct=100),
         result(M, C, "full", correct=180, trainable=1000, adapter=4000, train_mem=9e9, tok_s=50),
-        result(M, C, "lora", correct=178, trainable=16, adapter=80, p50=12.0, merged_p50=10.0, train_mem=4e9, tok_s=120),
+        result(M, C, "lora", correct=178, trainable=16, adapter=80, p50=14.0, merged_p50=10.0, train_mem=4e9, tok_s=120),
         result(M, C, "ia3", correct=140, trainable=4, adapter=20, p50=11.0, merged_p50=10.0, train_mem=3e9, tok_s=130),
         result("random:gpt2", "summarization", "lora", trainable=16, adapter=80, p50=5.0, merged_p50=4.0,
                random_weights=True),
@@ -120,9 +120,9 @@ def test_a_difference_inside_the_noise_is_a_tie_and_a_clear_one_a_win(fixture_di
     assert acc["effect"]["estimate"] == pytest.approx(20.0) and acc["effect"]["low"] > 0
     assert "paired bootstrap over examples" in acc["test"] and acc["n"]["experiments"] == 4
     assert v["adapter_bytes"]["winners"] == [ids["ia3"]] and v["adapter_bytes"]["test"].startswith("exact")
-    # ia3 130 tok/s vs lora 120: 8 % apart, under the 10 % CPU margin: a tie, said so
+    # ia3 130 tok/s vs lora 120: 8 % apart, under the 25 % CPU margin: a tie, said so
     assert set(v["train_tokens_per_second"]["winners"]) == {ids["ia3"], ids["lora"]}
-    assert "effects under 10 %" in v["train_tokens_per_second"]["test"]
+    assert "effects under 25 %" in v["train_tokens_per_second"]["test"]
     # deployed latency: merged lora/ia3 at 10 ms tie with none and full at 10 ms
     assert set(v["deploy_p50_ms"]["winners"]) == set(ids.values())
 
@@ -130,11 +130,10 @@ def test_a_difference_inside_the_noise_is_a_tie_and_a_clear_one_a_win(fixture_di
 def test_verdict_lines_carry_units_intervals_and_latency_against_base(fixture_dir):
     _, aggs = group_verdicts(fixture_dir)
     lines = "\n".join(build.verdict_lines(aggs, C, aggregate.verdicts(aggs, C)))
-    assert "accuracy (higher is better): a tie between full, lora (90 best); ahead of" not in lines
-    assert re.search(r"accuracy \(higher is better\): a tie between full, lora \(90 best\); better by 20\.00 points "
-                     r"\(95 % interval [0-9.]+ to [0-9.]+\) than ia3", lines)
+    assert re.search(r"accuracy \(higher is better\): a tie between full, lora \(90 best\); better than ia3 by "
+                     r"20\.00 points \(95 % interval [0-9.]+ to [0-9.]+\)\.", lines)
     assert re.search(r"full: unmerged [+-]\d+\.\d % \([^)]*\), a tie", lines)  # same architecture as the base
-    assert re.search(r"lora \+20\.\d % \(\+1\d\.\d to \+2\d\.\d\)[,.]", lines)  # 12 ms vs 10 ms: not a tie
+    assert re.search(r"lora: unmerged \+(3[5-9]|4[0-5])\.\d % \([^)]*\); merged", lines)  # 14 vs 10 ms: not a tie
 
 
 def test_identical_configurations_tie_on_every_measure(tmp_path):

@@ -197,3 +197,49 @@ def test_interrupt_records_cancelled_and_exits_130(tmp_path, data_dir, monkeypat
     r = results.read_result(tmp_path / "o" / "results" / "stopped.json")
     assert r.status == "cancelled" and r.config["method"]["name"] == "lora"
     assert results.state(tmp_path / "o" / "results" / "stopped.json", r.config_hash) == "cancelled"  # reruns
+
+
+def test_identical_configurations_tie_on_every_measure_end_to_end(tmp_path, data_dir, tiny_pretrained):
+    """A/A: the same configuration under two ids, each in its own process, ties on every measure."""
+    raw = {"name": "aa", "defaults": {**FAST, "model": {"spec": str(tiny_pretrained)},
+                                      "data": {**FAST["data"], "spec": f"file:{data_dir}/cls.jsonl",
+                                               "task": "classification", "max_eval_samples": 12},
+                                      "measure": {**FAST["measure"], "iterations": 30, "min_seconds": 0.2}},
+           "experiments": [{"id": "a", "method": {"name": "lora"}}, {"id": "b", "method": {"name": "lora"}}]}
+    (tmp_path / "aa.yaml").write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    assert cli.main(["run", str(tmp_path / "aa.yaml"), "--out", str(out), "--device", "cpu"]) == 0
+    verdict = json.loads((out / "verdict.json").read_text())
+    measures = verdict["groups"][0]["measures"]
+    assert {"accuracy", "trainable", "train_tokens_per_second", "deploy_p50_ms"} <= {m["measure"] for m in measures}
+    for m in measures:
+        assert sorted(m["winners"]) == ["a", "b"], (m["measure"], m["effect"])
+    ra, rb = (results.read_result(out / "results" / f"{i}.json") for i in "ab")
+    assert ra.quality_samples["columns"] == rb.quality_samples["columns"]
+
+
+def test_seeds_and_a_rate_sweep_run_aggregate_and_select_on_validation(tmp_path, data_dir, tiny_pretrained):
+    raw = {"name": "sweep", "seeds": [1, 2],
+           "defaults": {**FAST, "model": {"spec": str(tiny_pretrained)}, "measure": {"enabled": False},
+                        "data": {**FAST["data"], "spec": f"file:{data_dir}/cls.jsonl", "task": "classification"},
+                        "train": {**FAST["train"], "eval_steps": 0, "learning_rate": [1e-3, 3e-2]}},
+           "experiments": [{"id": "lora", "method": {"name": "lora"}}, {"id": "zero", "method": {"name": "none"}}]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    assert cli.main(["run", str(tmp_path / "s.yaml"), "--out", str(out), "--device", "cpu", "--in-process"]) == 0
+    names = sorted(p.stem for p in (out / "results").glob("*.json"))
+    assert names == ["lora--lr0.001--seed1", "lora--lr0.001--seed2", "lora--lr0.03--seed1", "lora--lr0.03--seed2",
+                     "zero--seed1", "zero--seed2"]
+    runs = {n: results.read_result(out / "results" / f"{n}.json") for n in names}
+    # the split stays fixed across seeds and rates: every run is scored on the same test examples
+    assert len({r.quality_samples["fingerprint"] for r in runs.values()}) == 1
+    assert runs["lora--lr0.001--seed1"].train["loss_curve"] != runs["lora--lr0.001--seed2"].train["loss_curve"]
+    val = {lr: sum(runs[f"lora--lr{lr}--seed{s}"].validation["accuracy"] for s in (1, 2)) for lr in ("0.001", "0.03")}
+    chosen = max(val, key=lambda lr: (val[lr], lr == "0.001"))  # the first rate wins a tie
+    import csv
+
+    rows = {r["id"]: r for r in csv.DictReader((out / "summary.csv").open())}
+    assert rows["lora"]["n_seeds"] == "2" and float(rows["lora"]["learning_rate"]) == float(chosen)
+    assert rows["lora"]["selected_by"] == "validation accuracy" and rows["zero"]["n_seeds"] == "2"
+    picked = [runs[f"lora--lr{chosen}--seed{s}"].quality["accuracy"] for s in (1, 2)]
+    assert float(rows["lora"]["accuracy_mean"]) == pytest.approx(sum(picked) / 2)

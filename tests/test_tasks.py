@@ -122,3 +122,33 @@ def test_generation_on_tiny_models_returns_one_text_per_prompt(tok):
         m = tasks.evaluate_summarization(lm.model.eval(), [{"source": "hello world", "target": "hi"}] * 3, tok=lm.tokenizer,
                                          family=lm.family, args=args, device="cpu", batch_size=2)
         assert len(m["examples"]) == 3 and all(math.isfinite(m[k]) for k in ("rouge1", "bleu"))
+
+
+CHAT = ("{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}"
+        "{% if add_generation_prompt %}<a>{% endif %}")
+
+
+@pytest.fixture
+def chat_tok():
+    t = models.load_tokenizer("bytes")
+    t.chat_template = CHAT
+    return t
+
+
+def test_chat_template_wraps_prompts_and_answers_start_a_fresh_turn(chat_tok):
+    args = DataArgs(spec="x", task="classification", max_source_length=100)
+    f, = tasks.encode_classification([{"text": "great film", "label": 1}], tok=chat_tok, family="causal", args=args,
+                                     label_names=["bad", "good"], chat=True)
+    prompt = [t for t, lab in zip(f["input_ids"], f["labels"]) if lab == IGNORE]
+    text = chat_tok.decode(prompt)
+    assert text.startswith("<u>great film") and text.endswith("Answer with one word.</u><a>")
+    answer = chat_tok.decode([t for t in f["labels"] if t != IGNORE], skip_special_tokens=True)
+    assert answer == "good"  # no leading space inside a chat turn
+    plain = tasks.class_prompt(chat_tok, "great film", ["bad", "good"], "causal", 60, chat=False)
+    assert "<u>" not in chat_tok.decode(plain) and chat_tok.decode(plain).endswith("Answer:")
+
+
+def test_chat_prompt_cuts_the_body_to_fit(chat_tok):
+    ids = tasks.summary_prompt(chat_tok, "word " * 100, 60, chat=True)
+    text = chat_tok.decode(ids)
+    assert len(ids) <= 60 and text.startswith("<u>word word") and text.endswith("one line.</u><a>")

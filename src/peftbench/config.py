@@ -32,6 +32,7 @@ from peftbench.errors import ConfigError
 SECTIONS = ("model", "data", "method", "train", "measure")
 SUITE_KEYS = ("name", "description", "defaults", "experiments", "matrix", "seeds")
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: no trailing newline slips in
+ON_OFF_FIELDS = {"chat_template"}
 MAX_ID_LENGTH = 100  # result file names get run suffixes (--lr..--seed..) and must stay < 255 bytes
 
 
@@ -273,6 +274,8 @@ def _build_section(section: str, raw: Any, errors: list[str]) -> Any:
                 continue
         elif numeric and isinstance(value, (str, int)) and not isinstance(value, bool):
             value = _as_float(value)
+        elif key in ON_OFF_FIELDS and isinstance(value, bool):  # YAML 1.1 reads on/off as booleans
+            value = "on" if value else "off"
         if not _type_ok(value, hints[key]):
             errors.append(f"{section}.{key}: expected {_type_name(hints[key])}, got {value!r}")
             continue

@@ -144,6 +144,7 @@ class Recipe:
                        evaluate=periodic,
                        progress=lambda step, loss: (bar.update(step - bar.n), bar.set_postfix(loss=f"{loss:.4f}")))
         self.model = self.accelerator.unwrap_model(self.model)
+        self._release_training_state()
         self.out["train"] = {**vars(tr), "eval_curve": curve + tr.eval_curve, "examples": len(self.features),
                              "examples_seen": tr.steps * exp.train.batch_size * exp.train.gradient_accumulation_steps
                              * self.accelerator.num_processes}
@@ -152,12 +153,16 @@ class Recipe:
         """Validation (loss always; quality when a sweep selects on it) and test quality with intervals."""
         exp, splits = self.exp, self.splits
         lm = self.task.name == "language-modeling"
-        val_feats = self._encode(splits.validation, **({"limit": exp.data.max_eval_samples} if lm else {}))
-        val = {"examples": len(splits.validation),
+        # the periodic-evaluation sample when one is set (cheaper), else the capped validation split
+        val_records = splits.validation if lm else self.eval_records
+        val_feats = self._encode(val_records, **({"limit": exp.train.eval_samples or exp.data.max_eval_samples}
+                                                 if lm else {}))
+        val = {"examples": len(val_records),
                "loss": round(mean_loss(self.model, val_feats, tok=self.loaded.tokenizer, family=self.loaded.family,
                                        device=self.dev, batch_size=exp.train.batch_size), 6) if val_feats else None}
         if self.quality_on and self.plan.sweep:
-            q = self._quality(splits.validation, desc=f"validation {self.plan.run_id}")
+            q = self._quality(val_records, desc=f"validation {self.plan.run_id}",
+                              limit=exp.train.eval_samples or exp.data.max_eval_samples)
             val.update({k: v for k, v in q.items() if k in self.task.metrics})
         self.out["validation"] = val
         self.out["quality"] = dict.fromkeys(self.task.metrics)
@@ -253,6 +258,15 @@ class Recipe:
         return self._result(adapter_dir=str(Path("adapters") / run_id) if self.applied.trains else None)
 
     # ------------------------------------------------------------ helpers
+
+    def _release_training_state(self) -> None:
+        """Optimizer states and gradients must not count towards inference memory."""
+        self.accelerator.free_memory()  # drops accelerate's references to optimizer and scheduler
+        for p in self.model.parameters():
+            p.grad = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _chat_template(self, tok) -> bool:
         wanted = self.exp.model.chat_template

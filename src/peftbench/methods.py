@@ -1,7 +1,9 @@
 """Method registry: name -> how to make a model trainable.
 
 Usage:
-    model, info = apply(name="lora", options={"r": 16}, model=base, family="causal")
+    applied = apply(name="lora", options={"r": 16}, model=base, family="causal")
+    applied.model, applied.trains, applied.can_merge, applied.learning_rate
+    check("lora", {"r": "eight"})   # -> ["method.r: 'eight' is not a valid int for LoraConfig"]
 
 ``none`` trains nothing (zero-shot baseline), ``full`` trains every weight, the others wrap the
 model with ``peft.get_peft_model``. Options are the fields of the method's peft config; target
@@ -29,11 +31,18 @@ class Method:
     description: str = ""
 
 
+# Default peak learning rates, from published practice (a suite should still sweep them, e.g.
+# `train.learning_rate: [1e-4, 3e-4, 1e-3]`: an untuned rate per method compares rates, not methods):
+#   full   5e-5  transformers' TrainingArguments default, the usual full fine-tuning rate for GPT-2/T5
+#   lora   2e-4  LoRA paper (Hu et al. 2021), GPT-2 medium/large on E2E NLG, Table 11
+#   ia3    3e-3  T-Few (Liu et al. 2022), the (IA)3 recipe's rate (Adafactor there, AdamW here)
+#   dora, loha, lokr  2e-4: as LoRA (reparametrisations of the same low-rank update; untuned)
+#   vera   1e-3  trains only scaling vectors, like IA3: a rate between LoRA's and IA3's (untuned)
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("none", None, {}, 0.0, trains=False, description="zero-shot baseline: no training"),
     Method("full", None, {}, 5e-5, description="full fine-tuning: every weight trains"),
     Method("lora", "LoraConfig", {}, 2e-4, description="LoRA (peft defaults: r=8, alpha=8)"),
-    Method("ia3", "IA3Config", {}, 1e-3, description="IA3 (peft defaults)"),
+    Method("ia3", "IA3Config", {}, 3e-3, description="IA3 (peft defaults)"),
     Method("dora", "LoraConfig", {"use_dora": True}, 2e-4, description="DoRA: weight-decomposed LoRA"),
     Method("loha", "LoHaConfig", {}, 2e-4, description="LoHa: low-rank Hadamard product"),
     Method("lokr", "LoKrConfig", {}, 2e-4, description="LoKr: low-rank Kronecker product"),
@@ -145,7 +154,6 @@ def peft_config(name: str, options: dict, *, family: str, model: torch.nn.Module
 @dataclass
 class Applied:
     model: torch.nn.Module
-    is_peft: bool
     trains: bool
     can_merge: bool
     resolved: dict  # the method's effective options (peft config as a dict, every default filled in)
@@ -157,7 +165,7 @@ def apply(*, name: str, options: dict, model: torch.nn.Module, family: str) -> A
     if method.config_class is None:
         for p in model.parameters():
             p.requires_grad_(method.trains)
-        return Applied(model, False, method.trains, False, {"name": name}, method.learning_rate)
+        return Applied(model, method.trains, False, {"name": name}, method.learning_rate)
     from peft import get_peft_model
 
     cfg = peft_config(name, options, family=family, model=model)
@@ -165,7 +173,7 @@ def apply(*, name: str, options: dict, model: torch.nn.Module, family: str) -> A
     resolved = {"name": name, **_jsonable(cfg.to_dict())}
     can_merge = hasattr(peft_model, "merge_and_unload") and cfg.peft_type.value not in (
         "PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING")
-    return Applied(peft_model, True, True, can_merge, resolved, method.learning_rate)
+    return Applied(peft_model, True, can_merge, resolved, method.learning_rate)
 
 
 def _jsonable(value: Any) -> Any:

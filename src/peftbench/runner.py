@@ -161,8 +161,12 @@ def _death(code: int) -> str:
 
 # ---------------------------------------------------------------- the suite
 
+def _say(*args, **kw) -> None:
+    print(*args, **kw, flush=True)  # a line per event, visible at once in log files and CI
+
+
 def run_suite(suite, *, out_dir: Path, device: str = "auto", force: bool = False, only: str | None = None,
-              report: bool = True, in_process: bool = False, gpus: int = 1, echo=print) -> int:
+              report: bool = True, in_process: bool = False, gpus: int = 1, echo=_say) -> int:
     """Run the suite's runs; returns the exit code (0 all succeeded, 1 some failed, 128+N on signal N)."""
     device = resolve_device(device)
     runs = select(plan_runs(suite), only)

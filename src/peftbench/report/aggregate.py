@@ -14,6 +14,8 @@ tables and verdicts. Test numbers never pick a rate.
 
 from __future__ import annotations
 
+import copy
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -35,6 +37,7 @@ class Agg:
     sweep: list[dict] = field(default_factory=list)  # per rate: lr, n, validation score, selected
     selected_lr: float | None = None
     selection: str | None = None  # what picked the rate, e.g. "validation accuracy"
+    left_out: int = 0  # older runs of the same id under another configuration
 
     @property
     def method(self) -> str:
@@ -61,22 +64,37 @@ def _lr(r: dict):
     return get_in(r, "config", "train", "learning_rate")
 
 
+def _config_key(r: dict) -> str:
+    """The configuration without what varies inside one experiment (seed, learning rate)."""
+    c = copy.deepcopy(r.get("config") or {})
+    c.pop("id", None)
+    c.pop("description", None)
+    for key in ("seed", "learning_rate"):
+        (c.get("train") or {}).pop(key, None)
+    return json.dumps(c, sort_keys=True, default=str)
+
+
 def aggregate(results: list[dict]) -> list[Agg]:
+    """One Agg per experiment id. Runs left in the folder from another configuration of the same id
+    (an earlier --set, say) are left out: the newest run's configuration decides."""
     by_id: dict[str, list[dict]] = defaultdict(list)
     for r in results:
         if r.get("status") == "success":
             by_id[r["id"]].append(r)
     out = []
     for exp_id, runs in sorted(by_id.items()):
-        runs = sorted(runs, key=lambda r: (str(_lr(r)), r.get("seed") or 0))
+        key = _config_key(max(runs, key=lambda r: str(r.get("finished_at") or "")))
+        current = [r for r in runs if _config_key(r) == key]
+        left_out = len(runs) - len(current)
+        runs = sorted(current, key=lambda r: (str(_lr(r)), r.get("seed") or 0))
         rates = sorted({_lr(r) for r in runs}, key=lambda x: (x is None, x or 0))
         if len(rates) < 2:
-            out.append(Agg(exp_id, runs, runs, selected_lr=rates[0] if rates else None))
+            out.append(Agg(exp_id, runs, runs, selected_lr=rates[0] if rates else None, left_out=left_out))
             continue
         table, criterion = _sweep_table(runs, rates)
         best = next(row for row in table if row["selected"])
         chosen = [r for r in runs if _lr(r) == best["learning_rate"]]
-        out.append(Agg(exp_id, chosen, runs, table, best["learning_rate"], criterion))
+        out.append(Agg(exp_id, chosen, runs, table, best["learning_rate"], criterion, left_out))
     return out
 
 

@@ -98,13 +98,20 @@ def _effect_text(v: dict, labels: dict[str, str]) -> str:
     e = v.get("effect")
     if not e:
         return ""
-    unit = e["unit"]
-    if e.get("low") is None:
-        return f"; {labels[e['versus']]} differs by {e['estimate']:+,.6g} {unit}".rstrip()
-    what = "better by" if e.get("significant") else "ahead of"
-    amount = (f"{e['estimate']:.1f} % (95 % interval {e['low']:.1f} to {e['high']:.1f} %)" if unit == "%"
-              else f"{e['estimate']:.2f} {unit} (95 % interval {e['low']:.2f} to {e['high']:.2f})".replace("  ", " "))
-    return f"; {what} {amount} than {labels[e['versus']]}"
+    other = labels[e["versus"]]
+    if e.get("low") is None:  # exact counts
+        return f"; next: {other} with {fmt(v['measure'], v['values'][e['versus']]['mean'])}"
+    if e["unit"] == "%":
+        amount = f"{e['estimate']:.1f} %"
+        interval = f"95 % interval {e['low']:.1f} to {e['high']:.1f} %"
+    else:
+        amount = f"{e['estimate']:.2f} {e['unit']}".rstrip()
+        interval = f"95 % interval {e['low']:.2f} to {e['high']:.2f}"
+    if e["low"] == e["high"]:  # measured once per run: no spread to show
+        interval = f"one measurement per run; gaps under {e.get('margin') or 0:g} % are ties"
+    if e.get("significant"):
+        return f"; better than {other} by {amount} ({interval})"
+    return f"; the gap to {other} is {amount} ({interval}): inside the noise"
 
 
 def verdict_lines(aggs: list[Agg], task: str, verdict_list: list[dict]) -> list[str]:
@@ -172,6 +179,9 @@ def _describe(aggs: list[Agg], task: str) -> str:
                  + (f" ({seen:,} examples seen)" if seen else "") + f"; learning rates {lrs}.")
     seeds = sorted({len(a.runs) for a in aggs})
     desc += f" Seeds per experiment: {', '.join(map(str, seeds))}."
+    left = sum(a.left_out for a in aggs)
+    if left:
+        desc += f" {left} older run{'s' * (left != 1)} of another configuration left out."
     test_n = get_in(first, "data", "test_examples")
     if any(is_random(a.runs[0]) for a in aggs):
         desc += " Random weights: quality is not meaningful and is not reported."
