@@ -130,8 +130,8 @@ def test_a_difference_inside_the_noise_is_a_tie_and_a_clear_one_a_win(fixture_di
 def test_verdict_lines_carry_units_intervals_and_latency_against_base(fixture_dir):
     _, aggs = group_verdicts(fixture_dir)
     lines = "\n".join(build.verdict_lines(aggs, C, aggregate.verdicts(aggs, C)))
-    assert re.search(r"accuracy \(higher is better\): a tie between full, lora \(90 best\); better than ia3 by "
-                     r"20\.00 points \(95 % interval [0-9.]+ to [0-9.]+\)\.", lines)
+    assert re.search(r"accuracy \(higher is better\): a tie between full, lora \(90 best\); 20\.00 points above "
+                     r"ia3 \(95 % interval [0-9.]+ to [0-9.]+\)\.", lines)
     assert re.search(r"full: unmerged [+-]\d+\.\d % \([^)]*\), a tie", lines)  # same architecture as the base
     assert re.search(r"lora: unmerged \+(3[5-9]|4[0-5])\.\d % \([^)]*\); merged", lines)  # 14 vs 10 ms: not a tie
 

@@ -109,9 +109,14 @@ def _effect_text(v: dict, labels: dict[str, str]) -> str:
         interval = f"95 % interval {e['low']:.2f} to {e['high']:.2f}"
     if e["low"] == e["high"]:  # measured once per run: no spread to show
         interval = f"one measurement per run; gaps under {e.get('margin') or 0:g} % are ties"
+    higher = v["better"] == "higher"
+    if e["unit"] == "%":  # effect: best / other - 1 (higher is better), other / best - 1 (lower is better)
+        gap = f"{amount} higher than {other}" if higher else f"{other} is {amount} higher"
+    else:
+        gap = f"{amount} {'above' if higher else 'below'} {other}"
     if e.get("significant"):
-        return f"; better than {other} by {amount} ({interval})"
-    return f"; the gap to {other} is {amount} ({interval}): inside the noise"
+        return f"; {gap} ({interval})"
+    return f"; {gap} ({interval}): inside the noise"
 
 
 def verdict_lines(aggs: list[Agg], task: str, verdict_list: list[dict]) -> list[str]:
