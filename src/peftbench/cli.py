@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
     """Bad flags are bad input like any other: one line on stderr, exit 2 (no usage block)."""
 
     def error(self, message: str):
-        self.exit(2, f"peftbench: error: {message} (see peftbench {self.prog.split()[-1]} --help)\n")
+        self.exit(2, f"peftbench: error: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("peftbench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `peftbench list demo | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -135,30 +135,29 @@ def _read_config(path: Path) -> dict | None:
     return cfg if isinstance(cfg, dict) else None
 
 
-def max_positions(spec: str) -> int | None:
-    """The longest input the model's position embeddings allow, when it is known without loading
-    (random: and builtin: shapes, local folders); None for relative positions (T5) or hub ids."""
+def _known_config(spec: str) -> dict | None:
+    """A model's configuration when it is known without loading (random:/builtin: shapes, local
+    folders); None for hub ids."""
     prefix, sep, name = spec.partition(":")
     if sep and prefix in ("random", "builtin"):
-        cfg = RANDOM_CONFIGS.get(name, {})
-    elif _looks_local(spec):
-        cfg = _read_config(Path(spec).expanduser()) or {}
-    else:
-        return None
+        return RANDOM_CONFIGS.get(name, {})
+    if _looks_local(spec):
+        return _read_config(Path(spec).expanduser()) or {}
+    return None
+
+
+def max_positions(spec: str) -> int | None:
+    """The longest input the model's position embeddings allow, when known without loading; None for
+    relative positions (T5) or hub ids."""
+    cfg = _known_config(spec) or {}
     value = cfg.get("n_positions") or cfg.get("max_position_embeddings")
     return int(value) if isinstance(value, int) else None
 
 
 def is_seq2seq_spec(spec: str) -> bool | None:
     """Whether a spec names an encoder-decoder, when that is known without loading."""
-    prefix, sep, name = spec.partition(":")
-    if sep and prefix in ("random", "builtin"):
-        cfg = RANDOM_CONFIGS.get(name, {})
-    elif _looks_local(spec):
-        cfg = _read_config(Path(spec).expanduser()) or {}
-    else:
-        return None
-    return bool(cfg.get("is_encoder_decoder"))
+    cfg = _known_config(spec)
+    return None if cfg is None else bool(cfg.get("is_encoder_decoder"))
 
 
 def check_tokenizer_spec(spec: str) -> list[str]:
