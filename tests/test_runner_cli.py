@@ -243,3 +243,15 @@ def test_seeds_and_a_rate_sweep_run_aggregate_and_select_on_validation(tmp_path,
     assert rows["lora"]["selected_by"] == "validation accuracy" and rows["zero"]["n_seeds"] == "2"
     picked = [runs[f"lora--lr{chosen}--seed{s}"].quality["accuracy"] for s in (1, 2)]
     assert float(rows["lora"]["accuracy_mean"]) == pytest.approx(sum(picked) / 2)
+
+
+def test_gpus_start_each_experiment_through_accelerates_launcher(tmp_path, capsys):
+    cmd = runner.child_command(tmp_path / "p.json", 4)
+    assert cmd[1:8] == ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "4", "-m",
+                        "peftbench.child"]
+    assert runner.child_command(tmp_path / "p.json", 1)[1:3] == ["-m", "peftbench.child"]
+    argv = ["run", "--model", "random:tiny-gpt2", "--method", "lora", "--task", "language-modeling",
+            "--dataset", "hf:x", "--gpus", "2", "--out", str(tmp_path / "o")]
+    assert cli.main(argv + ["--device", "cpu"]) == 2
+    assert "--gpus 2: 0 CUDA devices visible (--device cpu)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -115,6 +115,8 @@ def cmd_run(args) -> int:
     runner.resolve_device(args.device)
     if args.gpus < 1:
         raise ConfigError(f"--gpus: must be >= 1, got {args.gpus}")
+    if args.gpus > 1:
+        runner.check_gpus(args.gpus, device=args.device)
     out = args.out or Path("runs") / suite.name
     runner.select(plan.plan_runs(suite), args.only)
     plan.check_out_dir(out)

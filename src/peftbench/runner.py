@@ -48,6 +48,16 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def check_gpus(gpus: int, *, device: str) -> None:
+    """``--gpus N`` needs N visible CUDA devices."""
+    import torch
+
+    have = torch.cuda.device_count() if device != "cpu" else 0
+    if have < gpus:
+        raise ConfigError(f"--gpus {gpus}: {have} CUDA device{'s' * (have != 1)} visible"
+                          + (" (--device cpu)" if device == "cpu" else ""))
+
+
 def select(runs: list[Run], only: str | None) -> list[Run]:
     """Runs whose experiment id or run id matches the glob."""
     if not only:
