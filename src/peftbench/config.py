@@ -99,7 +99,7 @@ class TrainArgs:
     eval_samples: int | None = _f(None, "examples of the periodic evaluations, a seeded sample stratified by label "
                                   "(null: all validation)")
     log_steps: int = _f(1, "record the loss every N steps")
-    seed: int = _f(42, "seed of adapter init, data order and dropout (and random: weights); see also seeds")
+    seed: int = _f(42, "seed of adapter init, data order and dropout; a suite's seeds: [1, 2, 3] runs one per seed")
     mixed_precision: str = _f("auto", "auto (bf16 on GPUs that support it) | no | bf16 | fp16")
 
 
