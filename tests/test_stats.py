@@ -108,3 +108,17 @@ def test_perplexity_and_rate_statistics():
     assert stats.statistic(s, "perplexity") == pytest.approx(math.exp(12 / 6))
     r = stats.rate_samples([100, 300], [1.0, 2.0])
     assert stats.statistic(r, "rate") == pytest.approx(400 / 3)
+
+
+def test_block_bootstrap_widens_the_interval_of_a_drifting_series():
+    """Timed calls that drift (a machine getting busier) are not independent: contiguous blocks keep
+    that in the interval, which an iid bootstrap would hide."""
+    xs = [10.0 + 0.1 * i + (0.05 if i % 2 else -0.05) for i in range(64)]  # a slow trend
+    blocked = stats.samples_of(xs)
+    iid = {**blocked, "block": 1}
+    assert blocked["block"] == 4
+    _, lo_b, hi_b = stats.bootstrap_interval(blocked, "mean")
+    _, lo_i, hi_i = stats.bootstrap_interval(iid, "mean")
+    assert hi_b - lo_b > hi_i - lo_i > 0
+    idx = stats.resample_indices(np.random.default_rng(0), 10, 5, block=3)
+    assert idx.shape == (5, 10) and all((np.diff(row[:3]) == 1).all() for row in idx)

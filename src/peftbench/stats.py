@@ -7,7 +7,7 @@ Usage:
     c.effect, c.low, c.high, c.p_value, c.significant
 
 A run's per-example ``samples`` are ``{"n": N, "fingerprint": ..., "params": {...}, "columns":
-{name: [N values]}}``; each quality metric is a statistic of some columns (``STATISTICS``), so
+{name: [N values]}, "block": L}`` (L > 1: a series resampled in contiguous blocks); each quality metric is a statistic of some columns (``STATISTICS``), so
 the report recomputes any metric on a resample without torch. ``compare`` resamples examples
 with the same indices for both sides when they were scored on the same examples (paired), and
 resamples seeds (paired by seed when both sides ran the same seeds): a two-level bootstrap whose
@@ -112,7 +112,7 @@ def bootstrap_interval(samples: dict, name: str, *, resamples: int = RESAMPLES, 
     est = statistic(samples, name)
     if n < 2:
         return est, est, est
-    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    idx = resample_indices(np.random.default_rng(seed), n, resamples, int(samples.get("block") or 1))
     vals = STATISTICS[name](_columns(samples), idx, samples.get("params") or {})
     lo, hi = np.percentile(vals, [50 * (1 - level), 50 * (1 + level)])
     return est, float(lo), float(hi)
@@ -156,9 +156,19 @@ class Comparison:
         return d
 
 
-def _per_seed(runs: list[dict], name: str, idx_fn: Callable[[int], np.ndarray]) -> np.ndarray:
-    """(S, B) statistic values: each seed's run on the rows that idx_fn(n) picks."""
-    return np.stack([STATISTICS[name](_columns(r), idx_fn(int(r["n"])), r.get("params") or {}) for r in runs])
+def _per_seed(runs: list[dict], name: str, idx_fn: Callable[[dict], np.ndarray]) -> np.ndarray:
+    """(S, B) statistic values: each seed's run on the rows that idx_fn(run) picks."""
+    return np.stack([STATISTICS[name](_columns(r), idx_fn(r), r.get("params") or {}) for r in runs])
+
+
+def resample_indices(rng: np.random.Generator, n: int, resamples: int, block: int = 1) -> np.ndarray:
+    """(resamples, n) row indices: iid rows, or a moving-block bootstrap (contiguous blocks of
+    ``block`` rows) for series such as timed calls, whose neighbours share the machine's state."""
+    if block <= 1 or n <= block:
+        return rng.integers(0, n, size=(resamples, n))
+    k = -(-n // block)
+    starts = rng.integers(0, n - block + 1, size=(resamples, k))
+    return (starts[:, :, None] + np.arange(block)).reshape(resamples, -1)[:, :n]
 
 
 def compare(a: list[dict], b: list[dict], name: str, *, relative: bool = False, margin: float = 0.0,
@@ -183,14 +193,16 @@ def compare(a: list[dict], b: list[dict], name: str, *, relative: bool = False, 
     def combine(sa: np.ndarray, sb: np.ndarray) -> np.ndarray:
         return (sa / sb - 1) * 100 if relative else sa - sb
 
-    def full(k: int) -> np.ndarray:
-        return np.arange(k)[None, :]
+    def full(r: dict) -> np.ndarray:
+        return np.arange(int(r["n"]))[None, :]
 
     est = combine(_per_seed(a, name, full).mean(), _per_seed(b, name, full).mean())
     shared = rng.integers(0, n, size=(resamples, n)) if paired_rows else None
 
-    def draw(k: int) -> np.ndarray:
-        return shared if shared is not None else rng.integers(0, k, size=(resamples, k))
+    def draw(r: dict) -> np.ndarray:
+        if shared is not None:
+            return shared
+        return resample_indices(rng, int(r["n"]), resamples, int(r.get("block") or 1))
 
     va, vb = _per_seed(a, name, draw), _per_seed(b, name, draw)  # (S, B)
     cols = np.arange(resamples)[:, None]
@@ -217,14 +229,20 @@ def fingerprint(items: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
+def block_size(n: int) -> int:
+    """Block length of the moving-block bootstrap for a series of n timed calls (n ** 1/3)."""
+    return max(1, round(n ** (1 / 3)))
+
+
 def samples_of(values: Sequence[float]) -> dict:
-    """Per-iteration values (e.g. latency in ms) as samples for the ``mean`` / ``median`` statistics."""
+    """Per-call values (e.g. latency in ms) in call order, as samples for ``mean`` / ``median``;
+    resampled in contiguous blocks, so slow stretches of a busy machine stay together."""
     xs = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    return {"n": len(xs), "fingerprint": None, "params": {}, "columns": {"x": xs}}
+    return {"n": len(xs), "fingerprint": None, "params": {}, "columns": {"x": xs}, "block": block_size(len(xs))}
 
 
 def rate_samples(volumes: Sequence[float], seconds: Sequence[float]) -> dict:
     """Per-interval (volume, seconds) pairs as samples for the ``rate`` statistic (volume / second)."""
     pairs = [(float(v), float(s)) for v, s in zip(volumes, seconds) if s and s > 0]
-    return {"n": len(pairs), "fingerprint": None, "params": {},
+    return {"n": len(pairs), "fingerprint": None, "params": {}, "block": block_size(len(pairs)),
             "columns": {"volume": [v for v, _ in pairs], "seconds": [s for _, s in pairs]}}
