@@ -230,8 +230,9 @@ def fingerprint(items: Sequence[str]) -> str:
 
 
 def block_size(n: int) -> int:
-    """Block length of the moving-block bootstrap for a series of n timed calls (n ** 1/3)."""
-    return max(1, round(n ** (1 / 3)))
+    """Block length of the moving-block bootstrap for a series of n timed calls: n ** 1/3, and plain
+    rows below 20 calls, where a handful of blocks would leave too few distinct resamples."""
+    return 1 if n < 20 else round(n ** (1 / 3))
 
 
 def samples_of(values: Sequence[float]) -> dict:
