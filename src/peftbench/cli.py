@@ -33,7 +33,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from peftbench import __version__
+
     p = _Parser(prog="peftbench", description="Which fine-tuning method is best for your model and task?")
+    p.add_argument("--version", action="version", version=f"peftbench {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def common(sp):

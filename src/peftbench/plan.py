@@ -193,6 +193,13 @@ def suite_from_dict(raw, *, name: str, overrides: list[str] | None = None, seeds
     return Suite(name=suite_name, experiments=experiments, description=description, path=path)
 
 
+def builtin_suites() -> Path:
+    """The shipped suites: package data in an installed wheel, ``experiments/`` in a source checkout."""
+    here = Path(__file__).resolve().parent
+    installed = here / "experiments"
+    return installed if installed.is_dir() else here.parents[1] / "experiments"
+
+
 def find_suite(name_or_path: str) -> Path:
     """A YAML path, or a built-in suite name (``demo``, ``seed``) looked up in ``experiments/``."""
     p = Path(name_or_path)
@@ -200,8 +207,7 @@ def find_suite(name_or_path: str) -> Path:
         if not fs.is_file(p):
             raise ConfigError(f"suite file {name_or_path!r} not found")
         return p
-    candidates = [Path.cwd() / "experiments" / f"{name_or_path}.yaml",
-                  Path(__file__).resolve().parents[2] / "experiments" / f"{name_or_path}.yaml"]
+    candidates = [Path.cwd() / "experiments" / f"{name_or_path}.yaml", builtin_suites() / f"{name_or_path}.yaml"]
     for c in candidates:
         if "/" not in name_or_path and fs.is_file(c):
             return c

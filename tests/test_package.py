@@ -1,0 +1,33 @@
+"""The built wheel carries the suites: installed from it, `peftbench list demo` works from any folder."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_ships_the_suites_and_a_version(tmp_path):
+    wheels = tmp_path / "wheels"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(wheels), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    wheel, = wheels.glob("peftbench-*.whl")
+    target = tmp_path / "site"
+    inst = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                           str(wheel)], capture_output=True, text=True, timeout=300)
+    assert inst.returncode == 0, inst.stderr
+    assert sorted(p.name for p in (target / "peftbench" / "experiments").glob("*.yaml")) == ["demo.yaml", "seed.yaml"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    code = ("import peftbench, sys; assert peftbench.__file__.startswith(sys.argv[1]), peftbench.__file__; "
+            "from peftbench.cli import main; sys.exit(main(['list', 'demo']))")
+    out = subprocess.run([sys.executable, "-c", code, str(target)], cwd=elsewhere, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("todo") == 12 and "builtin-smollm2-135m--classification--lora" in out.stdout
+    version = subprocess.run([sys.executable, "-m", "peftbench", "--version"], cwd=elsewhere, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert version.stdout.strip().startswith("peftbench 0.")
