@@ -255,3 +255,29 @@ def test_gpus_start_each_experiment_through_accelerates_launcher(tmp_path, capsy
     assert cli.main(argv + ["--device", "cpu"]) == 2
     assert "--gpus 2: 0 CUDA devices visible (--device cpu)" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_progress_lines_appear_in_a_captured_log(tmp_path, data_dir, capsys):
+    """Not a terminal: plain lines with step n/N, loss, tokens/s and an ETA, at least every 10 %."""
+    argv = ["run", "--model", "random:tiny-gpt2", "--method", "lora", "--task", "language-modeling",
+            "--dataset", f"file:{data_dir}/lm.jsonl", "--set", "train.max_steps=20", "--set", "measure.enabled=false",
+            "--set", "data.max_source_length=32", "--id", "p", "--out", str(tmp_path / "o"), "--in-process"]
+    assert cli.main(argv) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("train p: ")]
+    assert [ln.split(",")[0] for ln in lines] == [f"train p: {2 * k}/20 ({10 * k} %)" for k in range(1, 11)]
+    assert "loss=" in lines[0] and "tokens_per_s=" in lines[0] and "ETA" in lines[0] and "ETA" not in lines[-1]
+
+
+def test_line_progress_writes_every_30_seconds_between_tenths():
+    import io
+
+    from peftbench.progress import LineProgress
+
+    now = [0.0]
+    out = io.StringIO()
+    with LineProgress(total=1000, desc="x", file=out, clock=lambda: now[0]) as bar:
+        for _ in range(3):
+            now[0] += 31
+            bar.update(1)
+    assert [ln.split(",")[0] for ln in out.getvalue().splitlines()] == ["x: 1/1000 (0 %)", "x: 2/1000 (0 %)",
+                                                                       "x: 3/1000 (0 %)"]

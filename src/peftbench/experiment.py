@@ -19,14 +19,12 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from peftbench import data as data_mod
 from peftbench import methods, models, results, stats
@@ -35,6 +33,7 @@ from peftbench.measure import dir_bytes
 from peftbench.measure.inference import inference_dtype, logits_for, measure_inference
 from peftbench.measure.storage import file_sizes
 from peftbench.plan import Run
+from peftbench.progress import progress
 from peftbench.results import Result
 from peftbench.tasks import GENERATION, TASKS, mean_loss
 from peftbench.train import train
@@ -50,8 +49,7 @@ def fault_point(name: str, run_id: str) -> None:
 
 
 def _bar(**kw):
-    # disable=None: bars on a terminal, silent in logs and CI (no carriage-return noise)
-    return tqdm(leave=False, dynamic_ncols=True, file=sys.stderr, disable=None, **kw)
+    return progress(**kw)  # bars on a terminal, a plain line every 10 % / 30 s in logs and CI
 
 
 def make_accelerator(*, device: str, mixed_precision: str, grad_accum: int):
@@ -142,7 +140,8 @@ class Recipe:
             tr = train(self.model, self.features, args=exp.train, accelerator=self.accelerator,
                        pad_id=self.loaded.tokenizer.pad_token_id, learning_rate=self.resolved["learning_rate"],
                        evaluate=periodic,
-                       progress=lambda step, loss: (bar.update(step - bar.n), bar.set_postfix(loss=f"{loss:.4f}")))
+                       progress=lambda step, loss, tps: (bar.set_postfix(loss=f"{loss:.4f}", tokens_per_s=f"{tps:,.0f}"),
+                                                         bar.update(step - bar.n)))
         self.model = self.accelerator.unwrap_model(self.model)
         self._release_training_state()
         self.out["train"] = {**vars(tr), "eval_curve": curve + tr.eval_curve, "examples": len(self.features),

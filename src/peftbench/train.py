@@ -65,7 +65,7 @@ def total_steps(args: TrainArgs, n_batches: int) -> int:
 
 def train(model: torch.nn.Module, features: list[dict], *, args: TrainArgs, accelerator, pad_id: int,
           learning_rate: float, evaluate: Callable[[int], dict] | None = None,
-          progress: Callable[[int, float], None] | None = None) -> TrainResult:
+          progress: Callable[[int, float, float], None] | None = None) -> TrainResult:
     from transformers import get_scheduler
 
     random.seed(args.seed)
@@ -116,7 +116,7 @@ def train(model: torch.nn.Module, features: list[dict], *, args: TrainArgs, acce
                     result.laps.append({"step": step, "tokens": lap_tokens, "seconds": timer.lap()})
                     running_loss, running_n, lap_tokens = 0.0, 0, 0
                     if progress:
-                        progress(step, mean_loss)
+                        progress(step, mean_loss, tokens / max(timer.elapsed(), 1e-9))
                 if evaluate and args.eval_steps and (step % args.eval_steps == 0 or step == steps):
                     with timer.paused():
                         model.eval()
