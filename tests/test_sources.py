@@ -5,6 +5,7 @@ import hashlib
 import json
 import subprocess
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,13 +97,31 @@ def test_download_checks_the_sha256(tmp_path, monkeypatch):
 
 def test_failed_download_and_missing_client_are_one_line_errors(monkeypatch):
     _fake_package(None, monkeypatch)
-    fail = lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution\n")  # noqa: E731
-    with pytest.raises(SourceError, match="could not fetch fakepkg==1.0 with pip: ERROR: No matching distribution"):
-        sources.download("fakepkg", run=fail)
+    calls, waits = [], []
+    fail = lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution\n")  # noqa: E731
+    with pytest.raises(SourceError, match=r"could not fetch fakepkg==1.0 with pip \(3 attempts\): ERROR: No matching"):
+        sources.download("fakepkg", run=fail, sleep=waits.append)
+    assert len(calls) == 3 and waits == list(sources.RETRY_DELAYS)
     monkeypatch.setitem(sources.PACKAGES, "npmpkg", sources.Package("npm", "x@1", "x-1.tgz", "0" * 64))
     monkeypatch.setattr(sources.shutil, "which", lambda name: None)
     with pytest.raises(SourceError, match="npm is not installed, needed to fetch x@1"):
         sources.download("npmpkg")
+
+
+def test_a_dropped_download_is_tried_again_with_back_off(tmp_path, monkeypatch):
+    pkg = _fake_package(tmp_path, monkeypatch)  # its sha256 is that of b"payload"
+    calls, waits = [], []
+
+    def flaky(cmd, **kw):  # fails twice (a dropped connection), then serves the right bytes
+        calls.append(cmd)
+        if len(calls) < 3:
+            return subprocess.CompletedProcess(cmd, 1, "", "Connection reset by peer\n")
+        dest = Path(cmd[cmd.index("-d") + 1])
+        (dest / pkg.filename).write_bytes(b"payload")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    path = sources.download("fakepkg", run=flaky, sleep=waits.append)
+    assert path.read_bytes() == b"payload" and len(calls) == 3 and waits == [2.0, 8.0]
 
 
 def test_corrupted_cache_entry_is_converted_again(monkeypatch):

