@@ -296,3 +296,19 @@ def test_fuzzing_set_gives_exit_0_or_a_clean_exit_2(lm_file, tmp_path, capsys):
             assert code in (0, 2) and (code == 0 or len(err.splitlines()) == 1), (key, raw, err)
     check()
     assert not (tmp_path / "never").exists()
+
+
+def test_a_signal_during_a_result_write_waits_until_the_file_is_complete(tmp_path, monkeypatch):
+    """SIGINT arriving between writing and renaming: the rename still happens, then the interrupt."""
+    path = tmp_path / "results" / "x.json"
+    real_replace = os.replace
+
+    def replace_after_a_signal(src, dst):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C lands in the middle of the write
+        real_replace(src, dst)
+
+    monkeypatch.setattr(results.os, "replace", replace_after_a_signal)
+    with pytest.raises(KeyboardInterrupt):
+        results.write_json_atomic(path, {"status": "success", "n": 1})
+    assert json.loads(path.read_text()) == {"status": "success", "n": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["x.json"]  # no temp file left
