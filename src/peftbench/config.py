@@ -225,7 +225,7 @@ def _allows_none(annotation: Any) -> bool:
     return type(None) in typing.get_args(annotation)
 
 
-def _type_name(annotation: Any) -> str:
+def type_name(annotation: Any) -> str:
     return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
@@ -277,7 +277,7 @@ def _build_section(section: str, raw: Any, errors: list[str]) -> Any:
         elif key in ON_OFF_FIELDS and isinstance(value, bool):  # YAML 1.1 reads on/off as booleans
             value = "on" if value else "off"
         if not _type_ok(value, hints[key]):
-            errors.append(f"{section}.{key}: expected {_type_name(hints[key])}, got {value!r}")
+            errors.append(f"{section}.{key}: expected {type_name(hints[key])}, got {value!r}")
             continue
         kwargs[key] = value
     return cls(**kwargs)

@@ -48,10 +48,6 @@ def fault_point(name: str, run_id: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _bar(**kw):
-    return progress(**kw)  # bars on a terminal, a plain line every 10 % / 30 s in logs and CI
-
-
 def make_accelerator(*, device: str, mixed_precision: str, grad_accum: int):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -136,7 +132,7 @@ class Recipe:
                                  "examples": len(self.features), "examples_seen": 0}
             return
         steps = exp.train.max_steps if exp.train.max_steps > 0 else None
-        with _bar(total=steps, desc=f"train {self.plan.run_id}") as bar:
+        with progress(total=steps, desc=f"train {self.plan.run_id}") as bar:
             tr = train(self.model, self.features, args=exp.train, accelerator=self.accelerator,
                        pad_id=self.loaded.tokenizer.pad_token_id, learning_rate=self.resolved["learning_rate"],
                        evaluate=periodic,
@@ -193,7 +189,7 @@ class Recipe:
             self.model.save_pretrained(self.adapter_tmp, safe_serialization=True)
             # peft's auto-generated model card is not part of the adapter: count weights + config only
             (self.adapter_tmp / "README.md").unlink(missing_ok=True)
-            self.adapter_tmp.chmod(0o777 & ~_umask())
+            self.adapter_tmp.chmod(0o777 & ~results.umask())
             self.adapter_bytes, self.adapter_files = dir_bytes(self.adapter_tmp), file_sizes(self.adapter_tmp)
             fault_point("adapter-written", self.plan.run_id)
         self.train_dtype = next(self.model.parameters()).dtype
@@ -208,7 +204,7 @@ class Recipe:
             model.to(inference_dtype(exp.measure.dtype, dev))
             vocab = model.config.vocab_size if hasattr(model, "config") else len(tok)
             kw = {"family": self.loaded.family, "vocab_size": vocab, "args": exp.measure, "device": dev}
-            with _bar(desc=f"measure {self.plan.run_id}") as bar:
+            with progress(desc=f"measure {self.plan.run_id}") as bar:
                 def prog(label):
                     bar.set_postfix_str(label)
                     bar.update(1)
@@ -223,7 +219,7 @@ class Recipe:
                     m.pop("shapes", None)
                     m["max_abs_logit_diff"] = float((before - after).abs().max())
                     overhead = stats.compare([stats.samples_of(inference["latency_ms"]["samples_ms"])],
-                                             [stats.samples_of(m["latency_ms"]["samples_ms"])], "mean", relative=True)
+                                             [stats.samples_of(m["latency_ms"]["samples_ms"])], "median", relative=True)
                     m["unmerged_overhead_percent"] = round(overhead.effect, 3)
                     m["unmerged_overhead_ci95"] = [round(overhead.low, 3), round(overhead.high, 3)]
                     inference["merged"] = m
@@ -263,9 +259,7 @@ class Recipe:
         self.accelerator.free_memory()  # drops accelerate's references to optimizer and scheduler
         for p in self.model.parameters():
             p.grad = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_cached_memory()
 
     def _chat_template(self, tok) -> bool:
         wanted = self.exp.model.chat_template
@@ -281,7 +275,7 @@ class Recipe:
     def _quality(self, records, *, desc: str, limit: int | None = None) -> dict:
         exp = self.exp
         kwargs = {"limit": limit or exp.data.max_eval_samples} if self.task.name == "language-modeling" else {}
-        with _bar(total=len(records), desc=desc) as bar:
+        with progress(total=len(records), desc=desc) as bar:
             return self.task.evaluate(self.accelerator.unwrap_model(self.model), records, tok=self.loaded.tokenizer,
                                       family=self.loaded.family, args=exp.data, device=self.dev,
                                       batch_size=max(1, exp.train.batch_size), label_names=self.splits.label_names,
@@ -335,24 +329,25 @@ class Recipe:
             generation={**GENERATION, "max_new_tokens": exp.data.max_target_length}
             if self.task.name == "summarization" else None,
             inference=self.out.get("inference"),
-            started_at=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.started)), finished_at=results.now(),
+            started_at=results.timestamp(self.started), finished_at=results.now(),
             wall_seconds=round(time.time() - self.started, 3))
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 # ---------------------------------------------------------------- recording
+
+def free_cached_memory() -> None:
+    """Collect garbage and hand the CUDA allocator's cached blocks back (one run after another)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
 
 def failure(run: Run, status: str, error: str, *, started: float, device: str, attempt: str | None,
             tb: str | None = None) -> Result:
     return Result(id=run.experiment_id, run_id=run.run_id, status=status, error=error, traceback=tb,
                   config=run.exp.to_dict(), config_hash=run.config_hash, attempt=attempt, seed=run.seed,
                   env=results.capture_env(device),
-                  started_at=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)), finished_at=results.now(),
+                  started_at=results.timestamp(started), finished_at=results.now(),
                   wall_seconds=round(time.time() - started, 3))
 
 
@@ -372,9 +367,7 @@ def execute(run: Run, *, out_dir: Path, device: str, attempt: str | None = None)
         message = str(e) if isinstance(e, Diverged) else f"{type(e).__name__}: {e}".strip()
         result = failure(run, "failed", message, started=started, device=device, attempt=attempt, tb=tb)
     finally:
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_cached_memory()
     if result is None:
         return None
     results.write_result(out_dir, result)

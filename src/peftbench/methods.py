@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from peftbench.config import type_name
+
 
 @dataclass(frozen=True)
 class Method:
@@ -72,7 +74,7 @@ def check(name: str, options: dict) -> list[str]:
             problems.append(f"method.{key}: not an option of {method.config_class} "
                             f"(e.g. {', '.join(sorted(fields)[:6])}, ...)")
         elif not _fits(value, hints.get(key, typing.Any)):
-            problems.append(f"method.{key}: {value!r} is not a valid {_type_name(hints[key])} "
+            problems.append(f"method.{key}: {value!r} is not a valid {type_name(hints[key])} "
                             f"for {method.config_class}")
         elif key == "r" and value < 1:
             problems.append(f"method.r: must be >= 1, got {value}")
@@ -114,10 +116,6 @@ def _fits(value: Any, annotation: Any) -> bool:
     if origin is dict or annotation is dict:
         return isinstance(value, dict)
     return True
-
-
-def _type_name(annotation: Any) -> str:
-    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
 def _conv1d_targets(model: torch.nn.Module, targets: Any) -> bool:

@@ -93,7 +93,12 @@ class Result:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return timestamp(datetime.now(timezone.utc).timestamp())
+
+
+def timestamp(seconds: float) -> str:
+    """A Unix time as UTC ISO 8601 to the second, the form of every time in a result."""
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------- writing
@@ -120,14 +125,15 @@ def write_text_atomic(path: Path, text: str) -> None:
         try:
             with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
                 f.write(text)
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, 0o666 & ~umask())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's file-creation mask (reading it means setting it: put it straight back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -147,13 +147,30 @@ def _by_seed(a: Agg, b: Agg) -> tuple[list[dict], list[dict], bool]:
     return a.runs, b.runs, False
 
 
+def _samples(runs: list[dict], key: str) -> list[dict] | None:
+    """Each run's samples of a measure, or None when a run lacks them."""
+    out = [METRICS[key].samples(r) for r in runs]
+    return None if any(s is None or s["n"] == 0 for s in out) else out
+
+
+def _latency_ratio(a_runs: list[dict], a_key: str, b_runs: list[dict], b_key: str, *, device: str,
+                   paired_seeds: bool | None = None) -> dict | None:
+    """p50 latency of A against B in percent, with its interval; None where either lacks samples."""
+    sa, sb = _samples(a_runs, a_key), _samples(b_runs, b_key)
+    if sa is None or sb is None:
+        return None
+    c = stats.compare(sa, sb, "median", relative=True, margin=margin(METRICS[a_key], device),
+                      paired_seeds=paired_seeds)
+    return {"percent": round(c.effect, 3), "low": round(c.low, 3), "high": round(c.high, 3),
+            "significant": c.significant}
+
+
 def compare_aggs(best: Agg, other: Agg, key: str) -> stats.Comparison | None:
     """``best`` against ``other``; a positive effect means ``best`` is better (points, or percent)."""
     metric = METRICS[key]
     ra, rb, paired = _by_seed(best, other)
-    sa = [metric.samples(r) for r in ra]
-    sb = [metric.samples(r) for r in rb]
-    if any(s is None or s["n"] == 0 for s in sa + sb):
+    sa, sb = _samples(ra, key), _samples(rb, key)
+    if sa is None or sb is None:
         return None
     m = margin(metric, best.device)
     if metric.better == "max":
@@ -226,14 +243,9 @@ def against_base(aggs: list[Agg], key: str = "latency_p50_ms") -> list[dict]:
             continue
         row = {"id": a.id, "method": a.method}
         for label, k in (("unmerged", key), ("merged", "merged_p50_ms")):
-            metric = METRICS[k]
-            sa = [metric.samples(r) for r in a.runs]
-            sb = [METRICS[key].samples(r) for r in base.runs]
-            if any(s is None for s in sa + sb):
-                continue
-            c = stats.compare(sa, sb, "median", relative=True, margin=margin(metric, a.device))
-            row[label] = {"percent": round(c.effect, 3), "low": round(c.low, 3), "high": round(c.high, 3),
-                          "significant": c.significant}
+            ratio = _latency_ratio(a.runs, k, base.runs, key, device=a.device)
+            if ratio is not None:
+                row[label] = ratio
         if len(row) > 2:
             out.append(row)
     return out
@@ -243,12 +255,7 @@ def unmerged_overhead(aggs: list[Agg]) -> list[dict]:
     """Unmerged against merged latency of the same runs, in percent, with its interval."""
     out = []
     for a in aggs:
-        sa = [METRICS["latency_p50_ms"].samples(r) for r in a.runs]
-        sb = [METRICS["merged_p50_ms"].samples(r) for r in a.runs]
-        if any(s is None for s in sa + sb):
-            continue
-        c = stats.compare(sa, sb, "median", relative=True, margin=margin(METRICS["merged_p50_ms"], a.device),
-                          paired_seeds=True)
-        out.append({"id": a.id, "method": a.method, "percent": round(c.effect, 3), "low": round(c.low, 3),
-                    "high": round(c.high, 3), "significant": c.significant})
+        ratio = _latency_ratio(a.runs, "latency_p50_ms", a.runs, "merged_p50_ms", device=a.device, paired_seeds=True)
+        if ratio is not None:
+            out.append({"id": a.id, "method": a.method, **ratio})
     return out
