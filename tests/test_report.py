@@ -27,10 +27,10 @@ def correct_set(k: int) -> list[int]:
 
 def result(model, task, method, *, correct=None, trainable=0, adapter=0, p50=10.0, merged_p50=None,
            train_mem=3e9, tok_s=100.0, random_weights=False, seed=42, lr=None, exp_id=None, val=None, jitter=0.02):
-    rng = random.Random(hash((method, seed, lr, exp_id)) & 0xFFFF)
+    rng = random.Random(f"{method}|{seed}|{lr}|{exp_id}")  # str seeds are stable; hash() of str is not
     exp_id = exp_id or f"{model.replace(':', '-')}--{task}--{method}"
     run_id = exp_id + (f"--lr{lr:g}" if lr is not None else "") + f"--seed{seed}"
-    quality, samples, interval = {"rougeL": None}, None, None
+    quality, samples = {"rougeL": None}, None
     if correct is not None:
         pred = correct_set(correct)
         samples = {"n": N_TEST, "fingerprint": "same-test-set", "params": {"n_labels": 2},

@@ -20,9 +20,9 @@ import itertools
 import json
 import math
 import re
+import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -205,24 +205,32 @@ def parse_set(items: list[str] | None) -> dict:
 
 # ---------------------------------------------------------------- typed construction
 
-def _type_ok(value: Any, annotation: Any) -> bool:
+def fits(value: Any, annotation: Any) -> bool:
+    """Does a YAML value fit a type hint (a config field's, or a peft config's)? Unknown kinds of hint
+    accept anything; ints fit floats; bools fit only bool."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is typing.Any:
+        return True
     if value is None:
-        return _allows_none(annotation)
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        return any(_type_ok(value, a) for a in args if a is not type(None))
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return annotation is type(None) or type(None) in args
+    if origin in (typing.Union, types.UnionType):
+        return any(fits(value, a) for a in args if a is not type(None))
+    if origin is typing.Literal:
+        return any(value == a or (isinstance(a, str) and "[" in a and isinstance(value, str)
+                                  and value.startswith(a.split("[")[0])) for a in args)
+    if annotation is bool:
+        return isinstance(value, bool)
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if annotation in (str, bool, dict, list):
-        return isinstance(value, annotation)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, set) or annotation in (list, tuple, set):
+        return isinstance(value, list) and (not args or all(fits(v, args[0]) for v in value))
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
     return True
-
-
-def _allows_none(annotation: Any) -> bool:
-    return type(None) in typing.get_args(annotation)
 
 
 def type_name(annotation: Any) -> str:
@@ -266,7 +274,7 @@ def _build_section(section: str, raw: Any, errors: list[str]) -> Any:
         if key not in names:
             errors.append(f"{section}.{key}: unknown key (known: {', '.join(sorted(names))})")
             continue
-        numeric = _type_ok(1.5, hints[key]) and not _type_ok("", hints[key])
+        numeric = fits(1.5, hints[key]) and not fits("", hints[key])
         if numeric and isinstance(value, list):
             value = [_as_float(v) for v in value]
             if not value or not all(isinstance(v, float) for v in value):
@@ -276,7 +284,7 @@ def _build_section(section: str, raw: Any, errors: list[str]) -> Any:
             value = _as_float(value)
         elif key in ON_OFF_FIELDS and isinstance(value, bool):  # YAML 1.1 reads on/off as booleans
             value = "on" if value else "off"
-        if not _type_ok(value, hints[key]):
+        if not fits(value, hints[key]):
             errors.append(f"{section}.{key}: expected {type_name(hints[key])}, got {value!r}")
             continue
         kwargs[key] = value

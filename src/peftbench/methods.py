@@ -13,14 +13,13 @@ modules default to peft's own per-architecture mapping. Adding a method is one `
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from peftbench.config import type_name
+from peftbench.config import fits, type_name
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ def check(name: str, options: dict) -> list[str]:
         if key not in fields:
             problems.append(f"method.{key}: not an option of {method.config_class} "
                             f"(e.g. {', '.join(sorted(fields)[:6])}, ...)")
-        elif not _fits(value, hints.get(key, typing.Any)):
+        elif not fits(value, hints.get(key, typing.Any)):
             problems.append(f"method.{key}: {value!r} is not a valid {type_name(hints[key])} "
                             f"for {method.config_class}")
         elif key == "r" and value < 1:
@@ -89,33 +88,6 @@ def check(name: str, options: dict) -> list[str]:
 
 
 INTERNAL_FIELDS = {"peft_type", "task_type", "base_model_name_or_path", "revision", "auto_mapping"}
-
-
-def _fits(value: Any, annotation: Any) -> bool:
-    """Does a YAML value fit a peft config field's type hint? Unknown kinds of hint accept anything."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if annotation is typing.Any:
-        return True
-    if value is None:
-        return annotation is type(None) or type(None) in args
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, a) for a in args if a is not type(None))
-    if origin is typing.Literal:
-        return any(value == a or (isinstance(a, str) and "[" in a and isinstance(value, str)
-                                  and value.startswith(a.split("[")[0])) for a in args)
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
-    if origin in (list, tuple, set) or annotation in (list, tuple, set):
-        return isinstance(value, list) and (not args or all(_fits(v, args[0]) for v in value))
-    if origin is dict or annotation is dict:
-        return isinstance(value, dict)
-    return True
 
 
 def _conv1d_targets(model: torch.nn.Module, targets: Any) -> bool:
