@@ -210,3 +210,14 @@ def test_report_imports_and_runs_without_torch(fixture_dir):
             "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_merged_throughput_is_read_from_the_merged_measurement():
+    from peftbench.report.metrics import METRICS
+
+    def gen(ms):
+        return {"scenarios": {"generate_b1": {"new_tokens": 4, "latency_ms": {"samples_ms": [ms, ms]}}}}
+
+    r = {"inference": {"shapes": {"batch_size": 1}, **gen(100.0), "merged": gen(50.0)}}
+    assert stats.statistic(METRICS["throughput"].samples(r), "rate") == pytest.approx(40.0)  # 4 tokens / 0.1 s
+    assert stats.statistic(METRICS["merged_throughput"].samples(r), "rate") == pytest.approx(80.0)

@@ -41,21 +41,23 @@ def _deploy_samples(r: dict) -> dict | None:
     return _latency_samples("inference", "merged", "latency_ms")(r) or _latency_samples("inference", "latency_ms")(r)
 
 
-def _throughput_samples(r: dict) -> dict | None:
-    """Generated (or forward) tokens per second at the latency batch, one sample per timed call."""
-    inf = get_in(r, "inference") or {}
-    shapes = inf.get("shapes") or {}
-    b = shapes.get("batch_size")
-    gen = (inf.get("scenarios") or {}).get(f"generate_b{b}")
-    fwd = (inf.get("scenarios") or {}).get(f"forward_b{b}")
-    if gen and gen.get("latency_ms", {}).get("samples_ms"):
-        per_call, ms = b * gen["new_tokens"], gen["latency_ms"]["samples_ms"]
-    elif fwd and fwd.get("latency_ms", {}).get("samples_ms"):
-        per_call = b * (fwd["seq_len"] + (fwd.get("decoder_len") or 0))
-        ms = fwd["latency_ms"]["samples_ms"]
-    else:
-        return None
-    return stats.rate_samples([per_call] * len(ms), [m / 1000 for m in ms])
+def _throughput_samples(*path: str) -> Callable[[dict], dict | None]:
+    """Generated (or forward) tokens per second at the latency batch, one sample per timed call, of the
+    inference record at ``path`` (the model as trained, or ``inference.merged``)."""
+    def get(r: dict) -> dict | None:
+        inf = get_in(r, *path) or {}
+        b = (get_in(r, "inference", "shapes") or {}).get("batch_size")
+        gen = (inf.get("scenarios") or {}).get(f"generate_b{b}")
+        fwd = (inf.get("scenarios") or {}).get(f"forward_b{b}")
+        if gen and gen.get("latency_ms", {}).get("samples_ms"):
+            per_call, ms = b * gen["new_tokens"], gen["latency_ms"]["samples_ms"]
+        elif fwd and fwd.get("latency_ms", {}).get("samples_ms"):
+            per_call = b * (fwd["seq_len"] + (fwd.get("decoder_len") or 0))
+            ms = fwd["latency_ms"]["samples_ms"]
+        else:
+            return None
+        return stats.rate_samples([per_call] * len(ms), [m / 1000 for m in ms])
+    return get
 
 
 def _train_rate_samples(r: dict) -> dict | None:
@@ -131,7 +133,10 @@ METRICS: dict[str, Metric] = {m.key: m for m in [
     Metric("deploy_p50_ms", "deployed p50 ms", _deploy_p50, "min", "ms", kind="timing", samples=_deploy_samples,
            statistic="median", unit="ms"),
     Metric("throughput", "gen tok/s", lambda r: get_in(r, "inference", "throughput_tokens_per_second"), "max",
-           "float", kind="timing", samples=_throughput_samples, statistic="rate", unit="tokens/s"),
+           "float", kind="timing", samples=_throughput_samples("inference"), statistic="rate", unit="tokens/s"),
+    Metric("merged_throughput", "merged gen tok/s",
+           lambda r: get_in(r, "inference", "merged", "throughput_tokens_per_second"), "max", "float", kind="timing",
+           samples=_throughput_samples("inference", "merged"), statistic="rate", unit="tokens/s"),
     Metric("inference_peak_memory_bytes", "infer peak mem", lambda r: get_in(r, "inference", "peak_memory_bytes"),
            "min", "bytes", kind="memory", samples=_single(lambda r: get_in(r, "inference", "peak_memory_bytes")),
            statistic="mean", unit="bytes"),

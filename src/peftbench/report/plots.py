@@ -194,7 +194,7 @@ def plot_latency(aggs: list, path: Path, title: str) -> Path | None:
     axes[0].legend(handles=[Patch(facecolor="white", edgecolor="black", label="unmerged (as trained)"),
                             Patch(facecolor="white", edgecolor="black", hatch="//", label="merged into base")],
                    fontsize=8)
-    _paired_bars(axes[1], have, "throughput", "throughput")
+    _paired_bars(axes[1], have, "throughput", "merged_throughput")
     unit = have[0].runs[0]["inference"].get("throughput_unit", "tokens/s")
     axes[1].set_ylabel(unit)
     axes[1].set_title(f"throughput, batch {shapes['batch_size']}, {shapes['new_tokens']} new tokens", fontsize=9)
