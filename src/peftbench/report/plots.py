@@ -137,7 +137,7 @@ def plot_learning_rates(aggs: list, path: Path, title: str) -> Path | None:
     ax.set_xscale("log")
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel(swept[0].selection)
-    ax.set_title(f"Learning-rate sweep (ringed: selected on validation): {title}", fontsize=10)
+    ax.set_title(f"Learning-rate sweep: {title}\n(ringed: the rate selected on validation)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
