@@ -124,7 +124,7 @@ def test_divergence_is_a_failure_and_result_files_are_strict_json(tmp_path, data
     assert cli.main(argv) == 1
     text = (out / "results" / "hot.json").read_text()
     r = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON token {c}"))
-    assert r["status"] == "failed" and r["error"].startswith("diverged at step ")
+    assert r["status"] == "failed" and r["error"].startswith("diverged by step ")
     assert "lower train.learning_rate" in r["error"] and not (out / "adapters" / "hot").exists()
 
 

@@ -32,7 +32,9 @@ from peftbench.errors import ConfigError
 SECTIONS = ("model", "data", "method", "train", "measure")
 SUITE_KEYS = ("name", "description", "defaults", "experiments", "matrix", "seeds")
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: no trailing newline slips in
-ON_OFF_FIELDS = {"chat_template"}
+ON_OFF_FIELDS = {"chat_template", "compile", "fused_optimizer", "fused_loss", "packing"}
+SWITCH_CHOICES = ("auto", "on", "off")
+FUSED_LOSS_CHOICES = ("auto", "on", "liger", "chunked", "off")
 MAX_ID_LENGTH = 100  # result file names get run suffixes (--lr..--seed..) and must stay < 255 bytes
 
 
@@ -98,9 +100,18 @@ class TrainArgs:
     eval_steps: int = _f(0, "evaluate quality every N steps (0: only after training)")
     eval_samples: int | None = _f(None, "examples of the periodic evaluations, a seeded sample stratified by label "
                                   "(null: all validation)")
-    log_steps: int = _f(1, "record the loss every N steps")
+    log_steps: int | None = _f(None, "record the loss every N steps (each read waits for the device); "
+                                     "null: every step on CPU, every 10 on GPUs")
     seed: int = _f(42, "seed of adapter init, data order and dropout; a suite's seeds: [1, 2, 3] runs one per seed")
     mixed_precision: str = _f("auto", "auto (bf16 on GPUs that support it) | no | bf16 | fp16")
+    compile: str = _f("auto", "torch.compile the training forward: auto (on with CUDA) | on | off")
+    fused_optimizer: str = _f("auto", "fused AdamW kernel: auto (on with CUDA) | on | off")
+    fused_loss: str = _f("auto", "causal LMs: linear + cross-entropy fused so the vocabulary-sized logits are never "
+                                 "materialised, over the labelled positions only: auto (with CUDA: liger when "
+                                 "installed, else chunked) | on (liger or chunked) | liger | chunked | off")
+    packing: str = _f("auto", "causal LMs: a batch's examples packed into one row without padding (position ids "
+                              "restart per example): auto (on with CUDA) | on | off")
+    dataloader_workers: int | None = _f(None, "data loader worker processes (null: 2 with CUDA, else 0)")
 
 
 @dataclass

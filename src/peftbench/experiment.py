@@ -4,7 +4,7 @@ Usage:
     result = execute(run, out_dir=Path("runs/demo"), device="cpu", attempt="3f2a")   # writes the JSON
     result = Recipe(run, out_dir=..., device="cpu").run()                               # without recording
 
-``execute`` records whatever happens: ``success``, ``failed`` (the error, and "diverged at step N"
+``execute`` records whatever happens: ``success``, ``failed`` (the error, and "diverged by step N"
 for a NaN loss) or ``cancelled`` (then re-raises). Artefacts are committed in an order that a kill
 at any point cannot break: the adapter is written to a temp folder, the old result is removed, the
 adapter folder is swapped in, and only then the new result is written; so a ``success`` never
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from peftbench import data as data_mod
-from peftbench import methods, models, results, stats
+from peftbench import methods, models, results, sources, stats
 from peftbench.errors import Cancelled, Diverged
 from peftbench.measure import dir_bytes
 from peftbench.measure.inference import inference_dtype, logits_for, measure_inference
@@ -35,6 +35,7 @@ from peftbench.measure.storage import file_sizes
 from peftbench.plan import Run
 from peftbench.progress import progress
 from peftbench.results import Result
+from peftbench.speed import resolve as resolve_speed
 from peftbench.tasks import GENERATION, TASKS, mean_loss
 from peftbench.train import train
 
@@ -51,6 +52,7 @@ def fault_point(name: str, run_id: str) -> None:
 def make_accelerator(*, device: str, mixed_precision: str, grad_accum: int):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import DataLoaderConfiguration
 
     if AcceleratorState._shared_state:  # --in-process: one experiment after another in one process
         AcceleratorState._reset_state(reset_partial_state=False)
@@ -60,7 +62,9 @@ def make_accelerator(*, device: str, mixed_precision: str, grad_accum: int):
     if not use_cpu:
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 on by default on GPUs (DESIGN.md)
         torch.backends.cudnn.allow_tf32 = True
-    return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum)
+    # non-blocking copies of pinned batches: a blocking one would stall the host on every step
+    return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
+                       dataloader_config=DataLoaderConfiguration(non_blocking=not use_cpu))
 
 
 class Recipe:
@@ -129,13 +133,19 @@ class Recipe:
             self.out["train"] = {"steps": 0, "epochs": 0, "seconds": 0.0, "tokens": 0, "tokens_per_second": None,
                                  "samples_per_second": None, "peak_memory_bytes": None, "memory": None,
                                  "loss_curve": [], "eval_curve": curve, "laps": [], "learning_rate": None,
-                                 "examples": len(self.features), "examples_seen": 0}
+                                 "steady_tokens_per_second": None, "warmup_seconds": None, "padding_fraction": None,
+                                 "speed": None, "examples": len(self.features), "examples_seen": 0}
             return
+        speed = resolve_speed(exp.train, device_type=self.dev.type, family=self.loaded.family, task=self.task.name,
+                              model=self.model)
+        self.resolved["speed"] = speed
+        if speed["compile"]:  # compiled graphs are reused by the next run's process
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(sources.cache_dir() / "inductor"))
         steps = exp.train.max_steps if exp.train.max_steps > 0 else None
         with progress(total=steps, desc=f"train {self.plan.run_id}") as bar:
             tr = train(self.model, self.features, args=exp.train, accelerator=self.accelerator,
                        pad_id=self.loaded.tokenizer.pad_token_id, learning_rate=self.resolved["learning_rate"],
-                       evaluate=periodic,
+                       speed=speed, evaluate=periodic,
                        progress=lambda step, loss, tps: (bar.set_postfix(loss=f"{loss:.4f}", tokens_per_s=f"{tps:,.0f}"),
                                                          bar.update(step - bar.n)))
         self.model = self.accelerator.unwrap_model(self.model)

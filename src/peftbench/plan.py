@@ -15,6 +15,7 @@ so imports point one way.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from peftbench import data, fs, methods, models, tasks
-from peftbench.config import Experiment, Suite, check_numbers, config_hash, experiments_from_raw
+from peftbench.config import FUSED_LOSS_CHOICES, SWITCH_CHOICES, Experiment, Suite, check_numbers, config_hash, experiments_from_raw
 from peftbench.errors import ConfigError
 
 SHOWN_ERRORS = 8  # problems listed in the one-line message; the rest are counted
@@ -92,9 +93,17 @@ def _choices(exp: Experiment) -> list[str]:
     checks = [("model.family", exp.model.family, (None, "causal", "seq2seq")),
               ("model.dtype", exp.model.dtype, DTYPES), ("measure.dtype", exp.measure.dtype, DTYPES),
               ("model.chat_template", exp.model.chat_template, ("auto", "on", "off")),
-              ("train.mixed_precision", exp.train.mixed_precision, ("auto", "no", "bf16", "fp16"))]
-    return [f"{key}: {value!r} is not one of {', '.join(str(c) for c in choices)}"
-            for key, value, choices in checks if value not in choices]
+              ("train.mixed_precision", exp.train.mixed_precision, ("auto", "no", "bf16", "fp16")),
+              ("train.compile", exp.train.compile, SWITCH_CHOICES),
+              ("train.fused_optimizer", exp.train.fused_optimizer, SWITCH_CHOICES),
+              ("train.fused_loss", exp.train.fused_loss, FUSED_LOSS_CHOICES),
+              ("train.packing", exp.train.packing, SWITCH_CHOICES)]
+    problems = [f"{key}: {value!r} is not one of {', '.join(str(c) for c in choices)}"
+                for key, value, choices in checks if value not in choices]
+    if exp.train.fused_loss == "liger" and importlib.util.find_spec("liger_kernel") is None:
+        problems.append("train.fused_loss: liger needs liger-kernel (pip install 'peftbench[speed]'), "
+                        "or use chunked")
+    return problems
 
 
 def _ranges(exp: Experiment) -> list[str]:
@@ -102,15 +111,17 @@ def _ranges(exp: Experiment) -> list[str]:
     problems = []
     positive = {"data.max_source_length": d.max_source_length, "data.max_target_length": d.max_target_length,
                 "train.batch_size": t.batch_size, "train.gradient_accumulation_steps": t.gradient_accumulation_steps,
-                "train.log_steps": t.log_steps, "measure.iterations": m.iterations,
+                "measure.iterations": m.iterations,
                 "measure.batch_size": m.batch_size, "measure.seq_len": m.seq_len, "measure.new_tokens": m.new_tokens}
     problems += [f"{k}: must be > 0, got {v}" for k, v in positive.items() if v <= 0]
     optional = {"data.max_train_samples": d.max_train_samples, "data.max_eval_samples": d.max_eval_samples,
-                "train.eval_samples": t.eval_samples}
+                "train.eval_samples": t.eval_samples, "train.log_steps": t.log_steps}
     problems += [f"{k}: must be > 0 or null, got {v}" for k, v in optional.items() if v is not None and v <= 0]
     non_negative = {"measure.warmup": m.warmup, "train.eval_steps": t.eval_steps, "measure.min_seconds": m.min_seconds,
                     "measure.large_batch_size": m.large_batch_size, "train.weight_decay": t.weight_decay,
                     "train.max_grad_norm": t.max_grad_norm}
+    if t.dataloader_workers is not None and t.dataloader_workers < 0:
+        problems.append(f"train.dataloader_workers: must be >= 0 or null, got {t.dataloader_workers}")
     problems += [f"{k}: must be >= 0, got {v}" for k, v in non_negative.items() if v < 0]
     if t.max_steps == 0 or t.max_steps < -1:
         problems.append(f"train.max_steps: must be > 0 or -1 (epochs), got {t.max_steps}")

@@ -2,13 +2,18 @@
 
 Usage:
     out = train(model, features, args=train_args, accelerator=acc, pad_id=0, learning_rate=2e-4,
-                evaluate=lambda step: {...})
+                speed=speed.resolve(...), evaluate=lambda step: {...})
     out.loss_curve, out.eval_curve, out.laps, out.seconds, out.tokens_per_second, out.peak_memory_bytes
 
 Nothing here reads a clock: the steps run inside a ``WorkTimer`` and a ``MemoryTracker``, and
 periodic evaluations run with the timer paused, so tokens/s counts training work only. Each
-logging interval is a lap (tokens, seconds), from which the report gives tokens/s an interval.
-A NaN or infinite loss stops training at once with ``Diverged``.
+logging interval is a lap (tokens, seconds), from which the report gives tokens/s an interval;
+the first two steps are laps of their own, marked ``warmup`` (compilation, allocator warm-up), so
+the steady rate leaves them out and ``warmup_seconds`` says what they cost beyond it.
+
+The loss stays on the device and is read once per ``log_steps`` (no host sync per step); a NaN or
+infinite loss then stops training with ``Diverged``. The speed switches (``speed.resolve``) pick
+packed batches, a fused linear + cross-entropy loss, fused AdamW and ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,12 @@ from peftbench.config import TrainArgs
 from peftbench.errors import Diverged
 from peftbench.measure import MemoryTracker, Throughput, WorkTimer
 from peftbench.measure.memory import tensor_bytes
+from peftbench.speed import LossModule, loss_positions, pack_batch
 from peftbench.tasks import IGNORE, pad_batch
+
+WARMUP_STEPS = 2  # laps of their own, left out of the steady rate
+PLAIN = {"compile": False, "fused_optimizer": False, "fused_loss": "off", "packing": False,
+         "dataloader_workers": 0, "pin_memory": False}
 
 
 @dataclass
@@ -40,21 +50,41 @@ class TrainResult:
     memory: dict
     loss_curve: list[dict] = field(default_factory=list)
     eval_curve: list[dict] = field(default_factory=list)
-    laps: list[dict] = field(default_factory=list)  # per logging interval: step, tokens, seconds
+    laps: list[dict] = field(default_factory=list)  # step, tokens, seconds (and warmup: true for the first steps)
     learning_rate: float = 0.0
+    steady_tokens_per_second: float | None = None  # laps after the warm-up steps
+    warmup_seconds: float | None = None  # what the warm-up steps cost beyond the steady rate (compilation)
+    padding_fraction: float = 0.0  # share of the token slots processed that were padding
+    speed: dict = field(default_factory=dict)  # the switches as they ran
 
 
-def make_loader(features: list[dict], *, batch_size: int, pad_id: int, seed: int, multiple_of: int = 1) -> DataLoader:
+def make_loader(features: list[dict], *, batch_size: int, pad_id: int, seed: int, multiple_of: int = 1,
+                speed: dict | None = None) -> DataLoader:
+    """Shuffled batches; padded (or packed into one row) with the token counts of each batch."""
+    speed = {**PLAIN, **(speed or {})}
     g = torch.Generator().manual_seed(seed)
     seq2seq = bool(features) and "decoder" in features[0]
+    fused = speed["fused_loss"] != "off"
 
     def collate(batch):
-        out = pad_batch(batch, pad_id=pad_id, multiple_of=multiple_of)
-        # tokens processed: inputs plus, for encoder-decoders, the decoder's targets
-        out["num_tokens"] = int(out["attention_mask"].sum()) + (int((out["labels"] != IGNORE).sum()) if seq2seq else 0)
+        if speed["packing"]:
+            out = pack_batch(batch, pad_id=pad_id, multiple_of=multiple_of)
+            real = sum(len(f["input_ids"]) for f in batch)
+        else:
+            out = pad_batch(batch, pad_id=pad_id, multiple_of=multiple_of)
+            real = int(out["attention_mask"].sum())
+        slots = out["input_ids"].numel()
+        if seq2seq:  # the decoder's targets are processed tokens too
+            n_target = int((out["labels"] != IGNORE).sum())
+            real, slots = real + n_target, slots + out["labels"].numel()
+        if fused:
+            out["loss_index"], out["loss_targets"] = loss_positions(out["labels"])
+        out["num_tokens"], out["num_slots"], out["num_examples"] = real, slots, len(batch)
         return out
 
-    return DataLoader(features, batch_size=batch_size, shuffle=True, generator=g, collate_fn=collate, drop_last=False)
+    workers = speed["dataloader_workers"]
+    return DataLoader(features, batch_size=batch_size, shuffle=True, generator=g, collate_fn=collate, drop_last=False,
+                      num_workers=workers, pin_memory=speed["pin_memory"], persistent_workers=workers > 0)
 
 
 def total_steps(args: TrainArgs, n_batches: int) -> int:
@@ -63,77 +93,139 @@ def total_steps(args: TrainArgs, n_batches: int) -> int:
     return max(1, math.ceil(n_batches * args.epochs / args.gradient_accumulation_steps))
 
 
+def log_every(args: TrainArgs, device_type: str) -> int:
+    """``log_steps``, or when unset: every step on CPU, every 10 on GPUs (each read is a host sync)."""
+    return args.log_steps if args.log_steps else (10 if device_type == "cuda" else 1)
+
+
+@dataclass
+class _Tally:
+    """Counters of the loop; the loss sum stays on the device until a log step reads it."""
+    tokens: int = 0
+    slots: int = 0
+    samples: int = 0
+    micro: int = 0
+    lap_tokens: int = 0
+    loss_sum: torch.Tensor | float = 0.0
+    loss_n: int = 0
+
+
+def _optimizer(params, *, learning_rate: float, args: TrainArgs, fused: bool):
+    kw = {"fused": True} if fused else {}
+    return torch.optim.AdamW(params, lr=learning_rate, weight_decay=args.weight_decay, **kw)
+
+
 def train(model: torch.nn.Module, features: list[dict], *, args: TrainArgs, accelerator, pad_id: int,
-          learning_rate: float, evaluate: Callable[[int], dict] | None = None,
+          learning_rate: float, speed: dict | None = None, evaluate: Callable[[int], dict] | None = None,
           progress: Callable[[int, float, float], None] | None = None) -> TrainResult:
     from transformers import get_scheduler
 
+    speed = {**PLAIN, **(speed or {})}
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    multiple = 8 if accelerator.device.type == "cuda" else 1
-    loader = make_loader(features, batch_size=args.batch_size, pad_id=pad_id, seed=args.seed, multiple_of=multiple)
+    cuda = accelerator.device.type == "cuda"
+    loader = make_loader(features, batch_size=args.batch_size, pad_id=pad_id, seed=args.seed,
+                         multiple_of=8 if cuda else 1, speed=speed)
     steps = total_steps(args, len(loader))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=args.weight_decay)
+    optimizer = _optimizer(params, learning_rate=learning_rate, args=args, fused=speed["fused_optimizer"])
     scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
                               num_warmup_steps=int(args.warmup_ratio * steps), num_training_steps=steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    module = LossModule(model, fused_loss=speed["fused_loss"])
+    module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
+    varying = len({len(f["input_ids"]) for f in features}) > 1  # compiled for dynamic shapes at once, not on a recompile
+    forward = torch.compile(module, dynamic=True if varying else None) if speed["compile"] else module
     model.train()
-    timer = WorkTimer(accelerator.device)
-    result = TrainResult(0, 0.0, 0.0, 0, 0.0, 0.0, 0, {}, learning_rate=learning_rate)
-    tokens = samples = micro = lap_tokens = 0
-    running_loss, running_n = 0.0, 0
-    step = 0
-    with MemoryTracker(accelerator.device, resident_bytes=tensor_bytes(model)) as mem, timer.running():
-        while step < steps:
-            for batch in loader:
-                n_tok = batch.pop("num_tokens")
-                with accelerator.accumulate(model):
-                    loss = model(**batch).loss
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and args.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(params, args.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                tokens += n_tok
-                lap_tokens += n_tok
-                samples += batch["input_ids"].shape[0]
-                micro += 1
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise Diverged(f"diverged at step {step + 1} (loss {value}): lower train.learning_rate "
-                                   f"(was {learning_rate:g})")
-                running_loss += value
-                running_n += 1
-                if not accelerator.sync_gradients:
-                    continue
-                step += 1
-                if step % args.log_steps == 0 or step == steps:
-                    mean_loss = running_loss / running_n
-                    result.loss_curve.append({"step": step, "loss": round(mean_loss, 6),
-                                              "learning_rate": scheduler.get_last_lr()[0]})
-                    result.laps.append({"step": step, "tokens": lap_tokens, "seconds": timer.lap()})
-                    running_loss, running_n, lap_tokens = 0.0, 0, 0
-                    if progress:
-                        progress(step, mean_loss, tokens / max(timer.elapsed(), 1e-9))
-                if evaluate and args.eval_steps and (step % args.eval_steps == 0 or step == steps):
-                    with timer.paused():
-                        model.eval()
-                        result.eval_curve.append({"step": step, **evaluate(step)})
-                        model.train()
-                if step >= steps:
-                    break
-    if accelerator.num_processes > 1:  # every process trained on its own shard: add them up
-        counts = accelerator.reduce(torch.tensor([tokens, samples], device=accelerator.device), reduction="sum")
-        tokens, samples = (int(x) for x in counts.tolist())
-    result.steps = step
-    result.epochs = round(micro / max(1, len(loader)), 4)
-    result.seconds = timer.seconds
-    result.tokens = tokens
-    result.tokens_per_second = Throughput.of(volume=tokens, seconds=timer.seconds, unit="tokens/s").value
-    result.samples_per_second = Throughput.of(volume=samples, seconds=timer.seconds, unit="samples/s").value
+    loop = _Loop(args=args, accelerator=accelerator, module=module, forward=forward, optimizer=optimizer,
+                 scheduler=scheduler, params=params, steps=steps, learning_rate=learning_rate,
+                 log_steps=log_every(args, accelerator.device.type), evaluate=evaluate, progress=progress)
+    with MemoryTracker(accelerator.device, resident_bytes=tensor_bytes(model)) as mem, loop.timer.running():
+        loop.run(loader, model)
+    result = loop.finish(n_batches=len(loader))
+    result.speed = {k: v for k, v in speed.items() if k != "reasons"}
     result.peak_memory_bytes = mem.result.peak_bytes
     result.memory = mem.result.to_dict()
     model.eval()
     return result
+
+
+class _Loop:
+    """The steps of one training run, with their laps, loss curve and periodic evaluations."""
+
+    def __init__(self, *, args, accelerator, module, forward, optimizer, scheduler, params, steps, learning_rate,
+                 log_steps, evaluate, progress):
+        self.args, self.acc, self.module, self.forward = args, accelerator, module, forward
+        self.optimizer, self.scheduler, self.params = optimizer, scheduler, params
+        self.steps, self.log_steps, self.evaluate, self.progress = steps, log_steps, evaluate, progress
+        self.timer = WorkTimer(accelerator.device)
+        self.result = TrainResult(0, 0.0, 0.0, 0, 0.0, 0.0, 0, {}, learning_rate=learning_rate)
+        self.t = _Tally()
+        self.step = 0
+
+    def run(self, loader, model) -> None:
+        while self.step < self.steps:
+            for batch in loader:
+                self._micro_step(batch)
+                if not self.acc.sync_gradients:
+                    continue
+                self.step += 1
+                self._after_step(model)
+                if self.step >= self.steps:
+                    return
+
+    def _micro_step(self, batch: dict) -> None:
+        t = self.t
+        n_tok, n_slots, n_ex = batch.pop("num_tokens"), batch.pop("num_slots"), batch.pop("num_examples")
+        with self.acc.accumulate(self.module):
+            loss = self.forward(batch)
+            self.acc.backward(loss)
+            if self.acc.sync_gradients and self.args.max_grad_norm > 0:
+                self.acc.clip_grad_norm_(self.params, self.args.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        t.tokens, t.lap_tokens, t.slots = t.tokens + n_tok, t.lap_tokens + n_tok, t.slots + n_slots
+        t.samples, t.micro = t.samples + n_ex, t.micro + 1
+        t.loss_sum = t.loss_sum + loss.detach().float()
+        t.loss_n += 1
+
+    def _after_step(self, model) -> None:
+        step, args, t = self.step, self.args, self.t
+        warm = step <= WARMUP_STEPS < self.steps - 1  # compilation and first allocations: laps of their own
+        if warm or step % self.log_steps == 0 or step == self.steps:
+            mean_loss = float(t.loss_sum) / t.loss_n  # the one host sync of the interval
+            if not math.isfinite(mean_loss):
+                raise Diverged(f"diverged by step {step} (loss {mean_loss}): lower train.learning_rate "
+                               f"(was {self.result.learning_rate:g})")
+            lap = {"step": step, "tokens": t.lap_tokens, "seconds": self.timer.lap(), **({"warmup": True} if warm else {})}
+            self.result.laps.append(lap)
+            self.result.loss_curve.append({"step": step, "loss": round(mean_loss, 6),
+                                           "learning_rate": self.scheduler.get_last_lr()[0]})
+            t.loss_sum, t.loss_n, t.lap_tokens = 0.0, 0, 0
+            if self.progress:
+                self.progress(step, mean_loss, t.tokens / max(self.timer.elapsed(), 1e-9))
+        if self.evaluate and args.eval_steps and (step % args.eval_steps == 0 or step == self.steps):
+            with self.timer.paused():
+                model.eval()
+                self.result.eval_curve.append({"step": step, **self.evaluate(step)})
+                model.train()
+
+    def finish(self, *, n_batches: int) -> TrainResult:
+        r, t, acc = self.result, self.t, self.acc
+        tokens, samples, slots = t.tokens, t.samples, t.slots
+        if acc.num_processes > 1:  # every process trained on its own shard: add them up
+            counts = acc.reduce(torch.tensor([tokens, samples, slots], device=acc.device), reduction="sum")
+            tokens, samples, slots = (int(x) for x in counts.tolist())
+        r.steps, r.epochs, r.seconds, r.tokens = self.step, round(t.micro / max(1, n_batches), 4), self.timer.seconds, tokens
+        r.tokens_per_second = Throughput.of(volume=tokens, seconds=self.timer.seconds, unit="tokens/s").value
+        r.samples_per_second = Throughput.of(volume=samples, seconds=self.timer.seconds, unit="samples/s").value
+        r.padding_fraction = round(1 - tokens / slots, 6) if slots else 0.0
+        steady = [lap for lap in r.laps if not lap.get("warmup")]
+        warm = [lap for lap in r.laps if lap.get("warmup")]
+        secs = sum(lap["seconds"] for lap in steady)
+        if secs > 0:
+            rate = sum(lap["tokens"] for lap in steady) / secs * acc.num_processes
+            r.steady_tokens_per_second = round(rate, 3)
+            r.warmup_seconds = round(max(0.0, sum(lap["seconds"] for lap in warm)
+                                         - sum(lap["tokens"] for lap in warm) * acc.num_processes / rate), 4)
+        return r

@@ -61,8 +61,15 @@ def _throughput_samples(*path: str) -> Callable[[dict], dict | None]:
 
 
 def _train_rate_samples(r: dict) -> dict | None:
-    laps = get_in(r, "train", "laps") or []
+    """Training laps after the warm-up steps (compilation would otherwise widen every interval)."""
+    laps = [lap for lap in get_in(r, "train", "laps") or [] if not lap.get("warmup")]
     return stats.rate_samples([lap["tokens"] for lap in laps], [lap["seconds"] for lap in laps]) if laps else None
+
+
+def _train_rate(r: dict) -> float | None:
+    """The steady training rate (after the warm-up steps) where recorded, else all steps'."""
+    steady = get_in(r, "train", "steady_tokens_per_second")
+    return steady if steady is not None else get_in(r, "train", "tokens_per_second")
 
 
 def _single(getter: Callable[[dict], Any]) -> Callable[[dict], dict | None]:
@@ -119,7 +126,7 @@ METRICS: dict[str, Metric] = {m.key: m for m in [
     *[Metric(k, label, (lambda key: lambda r: get_in(r, "quality", key))(k), "min" if k == "perplexity" else "max",
              "float", kind="quality", samples=lambda r: r.get("quality_samples"), statistic=k,
              unit="" if k == "perplexity" else "points") for k, label in QUALITY.items()],
-    Metric("train_tokens_per_second", "train tok/s", lambda r: get_in(r, "train", "tokens_per_second"), "max", "float",
+    Metric("train_tokens_per_second", "train tok/s", _train_rate, "max", "float",
            trained_only=True, kind="timing", samples=_train_rate_samples, statistic="rate", unit="tokens/s"),
     Metric("train_peak_memory_bytes", "train peak mem", lambda r: get_in(r, "train", "peak_memory_bytes"), "min",
            "bytes", trained_only=True, kind="memory",

@@ -1,0 +1,254 @@
+"""The fast training path: what each speed switch resolves to, packed batches, and a loss that
+never materialises the vocabulary-sized logits.
+
+Usage:
+    switches = resolve(train_args, device_type="cuda", family="causal", task="classification", model=model)
+    module = LossModule(model, fused_loss=switches["fused_loss"])   # forward(batch) -> scalar loss
+    batch = pack_batch(features, pad_id=0)                          # one row, position ids restart per example
+
+Every switch is ``auto`` by default: on where it helps on CUDA, off on CPU (the CPU path stays the
+plain one the tests pin down); ``on``/``off`` force it. A switch that cannot apply (a fused loss on
+an encoder-decoder, packing on an attention that ignores position ids) resolves to ``off`` with the
+reason, and the resolved values and reasons land in the result (``resolved.speed``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+
+import torch
+
+from peftbench.tasks import IGNORE
+
+CHUNK_ROWS = 4096  # rows of logits alive at once in the chunked loss (4096 x 50k fp32 = 0.8 GB)
+ALIGN = 64  # vocabulary rows padded to a multiple of this in the chunked loss
+
+
+def liger_available() -> bool:
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def split_head(model) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
+    """(body, lm_head) of a causal LM, peft-wrapped or not, when logits are exactly ``head(body(x))``.
+
+    None when they are not: a prompt-learning method (its virtual tokens live in the peft
+    wrapper's forward), an adapted or biased head, logit soft-capping or scaling.
+    """
+    if _prompt_learning(model):
+        return None
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(hf.config, "is_encoder_decoder", False):
+        return None
+    if any(getattr(hf.config, k, None) for k in ("final_logit_softcapping", "logit_scale", "output_multiplier")):
+        return None
+    head = hf.get_output_embeddings()
+    body = getattr(hf, getattr(hf, "base_model_prefix", ""), None)
+    if type(head) is not torch.nn.Linear or head.bias is not None or not isinstance(body, torch.nn.Module):
+        return None
+    return body, head
+
+
+def resolve(args, *, device_type: str, family: str, task: str, model) -> dict:
+    """The speed switches as they will run here: {"compile": bool, ..., "reasons": {...}}."""
+    cuda = device_type == "cuda"
+    reasons: dict[str, str] = {}
+
+    def on_off(key: str) -> bool:
+        value = getattr(args, key)
+        if value == "auto":
+            reasons[key] = "auto: on with CUDA" if cuda else "auto: off on CPU"
+            return cuda
+        return value == "on"
+
+    out = {"compile": on_off("compile"), "fused_optimizer": on_off("fused_optimizer")}
+    out["fused_loss"] = _fused_loss(args.fused_loss, cuda=cuda, model=model, reasons=reasons)
+    packing = on_off("packing")
+    if packing and family != "causal":
+        packing, reasons["packing"] = False, "off: encoder-decoders are padded (T5 has no position ids)"
+    elif packing and task == "language-modeling":
+        packing, reasons["packing"] = False, "off: language-modelling blocks have no padding"
+    elif packing and not packs_correctly(model):
+        packing, reasons["packing"] = False, "off: this model's attention does not keep packed examples apart"
+    out["packing"] = packing
+    out["dataloader_workers"] = args.dataloader_workers if args.dataloader_workers is not None else (2 if cuda else 0)
+    out["pin_memory"] = cuda
+    out["reasons"] = reasons
+    return out
+
+
+def _fused_loss(value: str, *, cuda: bool, model, reasons: dict) -> str:
+    if value == "off":
+        return "off"
+    if split_head(model) is None:
+        reasons["fused_loss"] = "off: the logits are not head(body(x)) (seq2seq, prompt method, adapted head)"
+        return "off"
+    if value in ("liger", "chunked"):
+        return value
+    if value == "auto" and not cuda:
+        reasons["fused_loss"] = "auto: off on CPU"
+        return "off"
+    vocab = split_head(model)[1].weight.shape[0]
+    if vocab % ALIGN:  # Liger's GEMMs on an unaligned vocabulary run 3-4x slower than the padded chunked loss
+        reasons["fused_loss"] = f"{value}: chunked (a vocabulary of {vocab} is padded to a multiple of {ALIGN})"
+        return "chunked"
+    if liger_available() and cuda:
+        reasons["fused_loss"] = f"{value}: Liger's fused linear cross-entropy"
+        return "liger"
+    reasons["fused_loss"] = f"{value}: chunked (Liger needs CUDA and liger-kernel: pip install 'peftbench[speed]')"
+    return "chunked"
+
+
+def _prompt_learning(model) -> bool:
+    configs = getattr(model, "peft_config", None) or {}
+    return any(getattr(c, "is_prompt_learning", False) for c in configs.values())
+
+
+def packs_correctly(model) -> bool:
+    """Two short random examples, packed into one row, give the logits they give apart.
+
+    Checked on the model itself (a forward of 12 tokens), since whether position ids keep
+    examples apart depends on the architecture's attention and mask code."""
+    if _prompt_learning(model):  # virtual tokens are prepended to the row, not to each example
+        return False
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device = next(model.parameters()).device
+    vocab = hf.get_input_embeddings().num_embeddings
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randint(0, vocab, (1, 5), generator=g), torch.randint(0, vocab, (1, 7), generator=g)
+    pos = torch.tensor([[*range(5), *range(7)]])
+    was_training, tf32 = model.training, torch.backends.cuda.matmul.allow_tf32
+    model.eval()
+    torch.backends.cuda.matmul.allow_tf32 = False  # TF32 rounding would hide nothing but blur the comparison
+    try:
+        with torch.no_grad():
+            apart = torch.cat([hf(input_ids=x.to(device), use_cache=False).logits[0] for x in (a, b)]).float()
+            packed = hf(input_ids=torch.cat([a, b], 1).to(device), position_ids=pos.to(device), use_cache=False).logits[0]
+    finally:
+        model.train(was_training)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    # a leak across the boundary changes the second example's logits by O(1); rounding by far less
+    scale = float(apart.abs().max()) or 1.0
+    return bool((apart - packed.float()).abs().max() <= 1e-3 * scale)
+
+
+# ---------------------------------------------------------------- batches
+
+def pack_batch(features: Sequence[dict], *, pad_id: int, multiple_of: int = 1) -> dict:
+    """Causal features concatenated into one row: position ids restart at every example, so the
+    attention (transformers' packed-sequence masks) keeps examples apart; no padding but the
+    few tokens that round the row up to ``multiple_of``. Each example's first label is ignored, so
+    no loss crosses a boundary (the same tokens count as in the padded batch)."""
+    ids: list[int] = []
+    pos: list[int] = []
+    labels: list[int] = []
+    for f in features:
+        n = len(f["input_ids"])
+        ids += f["input_ids"]
+        pos += range(n)
+        labels += [IGNORE, *list(f["labels"])[1:]]
+    extra = -len(ids) % multiple_of
+    ids += [pad_id] * extra
+    pos += range(extra)
+    labels += [IGNORE] * extra
+    return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos]), "labels": torch.tensor([labels])}
+
+
+def loss_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices of the positions that predict a label, and those labels (the causal shift),
+    computed on the host so the device never has to answer how many there are."""
+    nxt = labels[:, 1:]
+    rows, cols = (nxt != IGNORE).nonzero(as_tuple=True)
+    return rows * labels.shape[1] + cols, nxt[rows, cols]
+
+
+# ---------------------------------------------------------------- loss
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """mean(CE(hidden @ weight.T, targets)) with the logits alive one chunk of rows at a time.
+
+    The gradients are computed in the forward pass (as Liger does) and scaled in the backward,
+    so neither pass keeps the full logits. The vocabulary is padded to a multiple of ``ALIGN``
+    rows (their logits set to -inf): GPT-2's 50,257 rows would otherwise send every matmul to
+    slow unaligned GEMM kernels."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk):
+        n, dtype = targets.numel(), hidden.dtype
+        vocab = weight.shape[0]
+        acc = torch.promote_types(dtype, torch.float32)  # softmax and sums in fp32 at least
+        w = weight.to(dtype)
+        if vocab % ALIGN:
+            w = torch.cat([w, w.new_zeros(ALIGN - vocab % ALIGN, w.shape[1])])
+        grad_h = torch.zeros_like(hidden)
+        grad_w = torch.zeros(w.shape, dtype=acc, device=weight.device) if weight.requires_grad else None
+        total = torch.zeros((), dtype=acc, device=hidden.device)
+        for s in range(0, n, chunk):
+            h, t = hidden[s:s + chunk], targets[s:s + chunk]
+            logits = (h @ w.T).to(acc)
+            logits[:, vocab:] = float("-inf")
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            g[torch.arange(len(t), device=g.device), t] -= 1.0
+            g = g.div_(max(n, 1)).to(dtype)
+            grad_h[s:s + chunk] = g @ w
+            if grad_w is not None:
+                grad_w += (g.T @ h).to(acc)
+        ctx.weight_dtype = weight.dtype
+        ctx.has_grad_w = grad_w is not None
+        ctx.save_for_backward(grad_h, grad_w[:vocab] if grad_w is not None else torch.empty(0))
+        return total / max(n, 1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        gw = (grad_w * grad_out).to(ctx.weight_dtype) if ctx.has_grad_w else None
+        return grad_h * grad_out.to(grad_h.dtype), gw, None, None
+
+
+def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                                 chunk: int = CHUNK_ROWS) -> torch.Tensor:
+    device_type = hidden.device.type
+    with torch.autocast(device_type=device_type, enabled=False):
+        return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk)
+
+
+class LossModule(torch.nn.Module):
+    """forward(batch) -> the training loss; wraps the model so DDP and torch.compile see one module.
+
+    ``fused_loss`` off: the model's own loss. ``chunked``/``liger``: the body's hidden states at
+    the positions that predict a label (``loss_index``/``loss_targets`` from the collate), then a
+    fused linear + cross-entropy against the head's weight."""
+
+    def __init__(self, model: torch.nn.Module, *, fused_loss: str = "off"):
+        super().__init__()
+        self.model = model
+        self.fused_loss = fused_loss
+        if fused_loss != "off":
+            split = split_head(model)
+            if split is None:
+                raise ValueError("train.fused_loss needs a causal LM whose logits are head(body(x))")
+            self._split = split  # a plain tuple: not registered twice as submodules
+            if fused_loss == "liger":
+                from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+                self._liger = LigerFusedLinearCrossEntropyLoss()
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        if self.fused_loss == "off":  # no cache: it costs memory, and packed rows are only detected without one
+            return self.model(**batch, use_cache=False).loss
+        body, head = self._split
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_index", "loss_targets")}
+        hidden = body(**inputs, use_cache=False).last_hidden_state
+        rows = hidden.flatten(0, 1).index_select(0, batch["loss_index"])
+        return self._loss(rows, head.weight, batch["loss_targets"])
+
+    @torch.compiler.disable
+    def _loss(self, rows: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        device_type = rows.device.type
+        if torch.is_autocast_enabled(device_type):  # the head's matmul in the compute dtype, as autocast runs it
+            rows = rows.to(torch.get_autocast_dtype(device_type))
+        if self.fused_loss == "liger":
+            return self._liger(weight.to(rows.dtype), rows, targets)
+        return chunked_linear_cross_entropy(rows, weight, targets)

@@ -1,0 +1,142 @@
+"""The fast training path on CPU: the fused loss, packed batches and the switches give the numbers
+the plain path gives (the GPU speed itself is shown by benchmarks/train_speed.py)."""
+
+import copy
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from peftbench import methods, models
+from peftbench.config import TrainArgs
+from peftbench.speed import LossModule, chunked_linear_cross_entropy, loss_positions, pack_batch, packs_correctly
+from peftbench.speed import resolve, split_head
+from peftbench.tasks import IGNORE, pad_batch
+
+
+def _features(n=12, seed=0, vocab=200, answer_only=True):
+    """Variable-length causal examples; the loss on the last 3 tokens (as classification's answer) or on all."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        ids = [rng.randrange(3, vocab) for _ in range(rng.randrange(6, 40))]
+        labels = [IGNORE] * (len(ids) - 3) + ids[-3:] if answer_only else list(ids)
+        out.append({"input_ids": ids, "labels": labels})
+    return out
+
+
+@pytest.mark.parametrize("chunk", [7, 4096])
+@pytest.mark.parametrize("weight_grad", [True, False])
+def test_chunked_cross_entropy_equals_torch_loss_and_gradients(chunk, weight_grad):
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(50, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(300, 16, generator=g, dtype=torch.float64, requires_grad=weight_grad)
+    targets = torch.randint(0, 300, (50,), generator=g)
+    ref = F.cross_entropy(hidden @ weight.T, targets)
+    ref_grads = torch.autograd.grad(ref * 3.0, [hidden, weight] if weight_grad else [hidden])
+    got = chunked_linear_cross_entropy(hidden, weight, targets, chunk=chunk)
+    got_grads = torch.autograd.grad(got * 3.0, [hidden, weight] if weight_grad else [hidden])
+    assert torch.allclose(got, ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(got_grads, ref_grads):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_loss_positions_are_the_shifted_labels():
+    labels = torch.tensor([[IGNORE, IGNORE, 5, 6], [IGNORE, 7, IGNORE, 8]])
+    index, targets = loss_positions(labels)
+    assert index.tolist() == [1, 2, 4, 6] and targets.tolist() == [5, 6, 7, 8]
+
+
+def test_packed_row_has_no_padding_and_restarts_positions():
+    feats = [{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}, {"input_ids": [4, 5], "labels": [IGNORE, 5]}]
+    b = pack_batch(feats, pad_id=0, multiple_of=4)
+    assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5, 0, 0, 0]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]
+    assert b["labels"].tolist() == [[IGNORE, 2, 3, IGNORE, 5, IGNORE, IGNORE, IGNORE]]
+
+
+@pytest.mark.parametrize("shape", ["tiny-gpt2", "tiny-llama"])
+@pytest.mark.parametrize("answer_only", [True, False])
+def test_packed_and_fused_losses_equal_the_padded_model_loss(shape, answer_only):
+    model = models.build_random(shape, seed=0).eval()
+    assert packs_correctly(model)
+    feats = _features(answer_only=answer_only)
+    padded = pad_batch(feats, pad_id=0)
+    with torch.no_grad():
+        ref = model(**padded).loss
+        packed = pack_batch(feats, pad_id=0, multiple_of=8)
+        assert torch.allclose(model(**packed, use_cache=False).loss, ref, rtol=1e-5)
+        fused = LossModule(model, fused_loss="chunked")
+        for batch in (dict(padded), dict(packed)):
+            batch["loss_index"], batch["loss_targets"] = loss_positions(batch["labels"])
+            assert torch.allclose(fused(batch), ref, rtol=1e-5)
+
+
+def test_split_head_refuses_what_is_not_head_of_body():
+    base = models.build_random("tiny-gpt2", seed=0)
+    assert split_head(base)[1] is base.lm_head
+    lora = methods.apply(name="lora", options={}, model=copy.deepcopy(base), family="causal").model
+    body, head = split_head(lora)
+    assert head is lora.get_base_model().lm_head and body is lora.get_base_model().transformer
+    on_head = methods.apply(name="lora", options={"target_modules": ["c_attn", "lm_head"]},
+                            model=copy.deepcopy(base), family="causal").model
+    assert split_head(on_head) is None
+    assert split_head(models.build_random("tiny-t5", seed=0)) is None
+    with pytest.raises(ValueError, match="head"):
+        LossModule(on_head, fused_loss="chunked")
+
+
+def test_switches_resolve_off_on_cpu_and_say_why_when_they_cannot_apply():
+    causal = models.build_random("tiny-gpt2", seed=0)
+    s = resolve(TrainArgs(), device_type="cpu", family="causal", task="classification", model=causal)
+    assert (s["compile"], s["fused_optimizer"], s["fused_loss"], s["packing"], s["dataloader_workers"]) == \
+        (False, False, "off", False, 0)
+    forced = TrainArgs(packing="on", fused_loss="on", fused_optimizer="on")
+    s = resolve(forced, device_type="cpu", family="causal", task="classification", model=causal)
+    assert (s["fused_loss"], s["packing"], s["fused_optimizer"]) == ("chunked", True, True)
+    s = resolve(forced, device_type="cpu", family="causal", task="language-modeling", model=causal)
+    assert not s["packing"] and "no padding" in s["reasons"]["packing"]
+    t5 = models.build_random("tiny-t5", seed=0)
+    s = resolve(forced, device_type="cpu", family="seq2seq", task="summarization", model=t5)
+    assert (s["fused_loss"], s["packing"]) == ("off", False)
+    assert "seq2seq" in s["reasons"]["fused_loss"] and "encoder-decoder" in s["reasons"]["packing"]
+
+
+def _run(speed, steps=12, method="lora", dropout=0.0):
+    from accelerate import Accelerator
+
+    from peftbench.train import train
+
+    base = models.build_random("tiny-gpt2", seed=0)
+    for m in base.modules():  # dropout draws its masks per layout: packed rows would draw other ones
+        if isinstance(m, torch.nn.Dropout):
+            m.p = dropout
+    model = methods.apply(name=method, options={"lora_dropout": 0.0} if method == "lora" else {}, model=base,
+                          family="causal").model
+    args = TrainArgs(max_steps=steps, batch_size=4, warmup_ratio=0.0, seed=3)
+    return train(model, _features(n=40), args=args, accelerator=Accelerator(cpu=True), pad_id=0,
+                 learning_rate=1e-2, speed=speed)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_fast_path_keeps_the_loss_curve_and_drops_the_padding(method):
+    plain = _run({}, method=method)
+    fast = _run({"fused_loss": "chunked", "packing": True, "fused_optimizer": True}, method=method)
+    a = [p["loss"] for p in plain.loss_curve]
+    b = [p["loss"] for p in fast.loss_curve]
+    assert len(a) == len(b) == 12
+    assert max(abs(x - y) / abs(x) for x, y in zip(a, b)) < 1e-4  # the same sums in another order
+    assert plain.tokens == fast.tokens
+    assert plain.padding_fraction > 0.2 and fast.padding_fraction == 0.0
+    assert fast.speed["packing"] and fast.speed["fused_loss"] == "chunked"
+
+
+def test_warmup_steps_are_laps_of_their_own_and_left_out_of_the_steady_rate():
+    r = _run({}, steps=8)
+    assert [lap["step"] for lap in r.laps] == list(range(1, 9))
+    assert [bool(lap.get("warmup")) for lap in r.laps] == [True, True] + [False] * 6
+    steady = r.laps[2:]
+    rate = sum(lap["tokens"] for lap in steady) / sum(lap["seconds"] for lap in steady)
+    assert r.steady_tokens_per_second == pytest.approx(rate, rel=1e-3)
+    assert r.warmup_seconds >= 0
