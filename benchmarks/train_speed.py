@@ -38,7 +38,7 @@ from peftbench import methods, models  # noqa: E402
 from peftbench.config import TrainArgs  # noqa: E402
 from peftbench.speed import resolve  # noqa: E402
 from peftbench.tasks import IGNORE, pad_batch  # noqa: E402
-from peftbench.train import PLAIN, make_loader  # noqa: E402
+from peftbench.train import PLAIN, make_loader, varying  # noqa: E402
 
 PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12}
 WARMUP = 10  # steps left out of the steady rate (compilation, recompilation for new shapes)
@@ -92,7 +92,7 @@ def run_peftbench(shape, method, feats, *, steps, batch, device, profile=None, o
     task, family = WORKLOADS[shape]
     args = TrainArgs(max_steps=steps, batch_size=batch, log_steps=10, seed=0, warmup_ratio=0.0, **(overrides or {}))
     acc = make_accelerator(device=device.type, mixed_precision="auto", grad_accum=1)
-    speed = resolve(args, device_type=device.type, family=family, task=task, model=model)
+    speed = resolve(args, device_type=device.type, family=family, task=task, model=model, varying=varying(feats))
     hook = profile.hook if profile else None
     r = train(model, feats, args=args, accelerator=acc, pad_id=0, learning_rate=lr, speed=speed, progress=hook)
     laps = r.laps

@@ -91,7 +91,12 @@ def test_switches_resolve_off_on_cpu_and_say_why_when_they_cannot_apply():
     causal = models.build_random("tiny-gpt2", seed=0)
     s = resolve(TrainArgs(), device_type="cpu", family="causal", task="classification", model=causal)
     assert (s["compile"], s["fused_optimizer"], s["fused_loss"], s["packing"], s["dataloader_workers"]) == \
-        (False, False, "off", False, 0)
+        ("off", False, "off", False, 0)
+    on = TrainArgs(compile="on")
+    assert resolve(on, device_type="cpu", family="causal", task="classification", model=causal,
+                   varying=True)["compile"] == "regions"
+    assert resolve(on, device_type="cpu", family="causal", task="language-modeling", model=causal,
+                   varying=False)["compile"] == "model"
     forced = TrainArgs(packing="on", fused_loss="on", fused_optimizer="on")
     s = resolve(forced, device_type="cpu", family="causal", task="classification", model=causal)
     assert (s["fused_loss"], s["packing"], s["fused_optimizer"]) == ("chunked", True, True)
@@ -140,3 +145,27 @@ def test_warmup_steps_are_laps_of_their_own_and_left_out_of_the_steady_rate():
     rate = sum(lap["tokens"] for lap in steady) / sum(lap["seconds"] for lap in steady)
     assert r.steady_tokens_per_second == pytest.approx(rate, rel=1e-3)
     assert r.warmup_seconds >= 0
+
+
+def test_compiled_regions_keep_the_loss_curve_and_hand_back_an_uncompiled_model():
+    from accelerate import Accelerator
+
+    from peftbench.train import train
+
+    plain = _run({})
+    model = methods.apply(name="lora", options={"lora_dropout": 0.0}, model=models.build_random("tiny-gpt2", seed=0),
+                          family="causal").model
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    fast = train(model, _features(n=40), args=TrainArgs(max_steps=12, batch_size=4, warmup_ratio=0.0, seed=3),
+                 accelerator=Accelerator(cpu=True), pad_id=0, learning_rate=1e-2,
+                 speed={"compile": "regions", "fused_loss": "chunked", "packing": True})
+    a, b = [p["loss"] for p in plain.loss_curve], [p["loss"] for p in fast.loss_curve]
+    assert max(abs(x - y) / abs(x) for x, y in zip(a, b)) < 1e-4
+    assert 1 <= counters["stats"]["unique_graphs"] <= 2  # one block's graph (and one for the first block's input)
+    blocks = model.get_base_model().transformer.h
+    assert len(blocks) == 2 and all(getattr(b, "_compiled_call_impl", None) is None for b in blocks)

@@ -35,6 +35,7 @@ ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: no tra
 ON_OFF_FIELDS = {"chat_template", "compile", "fused_optimizer", "fused_loss", "packing"}
 SWITCH_CHOICES = ("auto", "on", "off")
 FUSED_LOSS_CHOICES = ("auto", "on", "liger", "chunked", "off")
+COMPILE_CHOICES = ("auto", "on", "off", "model", "regions")
 MAX_ID_LENGTH = 100  # result file names get run suffixes (--lr..--seed..) and must stay < 255 bytes
 
 
@@ -104,7 +105,8 @@ class TrainArgs:
                                      "null: every step on CPU, every 10 on GPUs")
     seed: int = _f(42, "seed of adapter init, data order and dropout; a suite's seeds: [1, 2, 3] runs one per seed")
     mixed_precision: str = _f("auto", "auto (bf16 on GPUs that support it) | no | bf16 | fp16")
-    compile: str = _f("auto", "torch.compile the training forward: auto (on with CUDA) | on | off")
+    compile: str = _f("auto", "torch.compile the training forward: auto (on with CUDA) | on | off | model (one "
+                              "graph) | regions (one graph per repeated block; on picks it when lengths vary)")
     fused_optimizer: str = _f("auto", "fused AdamW kernel: auto (on with CUDA) | on | off")
     fused_loss: str = _f("auto", "causal LMs: linear + cross-entropy fused so the vocabulary-sized logits are never "
                                  "materialised, over the labelled positions only: auto (with CUDA: liger when "

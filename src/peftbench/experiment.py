@@ -37,7 +37,7 @@ from peftbench.progress import progress
 from peftbench.results import Result
 from peftbench.speed import resolve as resolve_speed
 from peftbench.tasks import GENERATION, TASKS, mean_loss
-from peftbench.train import train
+from peftbench.train import train, varying
 
 log = logging.getLogger("peftbench")
 FAULT_ENV = "PEFTBENCH_FAULT"  # tests: "POINT" or "POINT@RUN_ID" kills the process there (SIGKILL)
@@ -137,9 +137,9 @@ class Recipe:
                                  "speed": None, "examples": len(self.features), "examples_seen": 0}
             return
         speed = resolve_speed(exp.train, device_type=self.dev.type, family=self.loaded.family, task=self.task.name,
-                              model=self.model)
+                              model=self.model, varying=varying(self.features))
         self.resolved["speed"] = speed
-        if speed["compile"]:  # compiled graphs are reused by the next run's process
+        if speed["compile"] != "off":  # compiled graphs are reused by the next run's process
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(sources.cache_dir() / "inductor"))
         steps = exp.train.max_steps if exp.train.max_steps > 0 else None
         with progress(total=steps, desc=f"train {self.plan.run_id}") as bar:

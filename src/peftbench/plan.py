@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from peftbench import data, fs, methods, models, tasks
-from peftbench.config import FUSED_LOSS_CHOICES, SWITCH_CHOICES, Experiment, Suite, check_numbers, config_hash, experiments_from_raw
+from peftbench.config import COMPILE_CHOICES, FUSED_LOSS_CHOICES, SWITCH_CHOICES, Experiment, Suite, check_numbers, config_hash, experiments_from_raw
 from peftbench.errors import ConfigError
 
 SHOWN_ERRORS = 8  # problems listed in the one-line message; the rest are counted
@@ -94,7 +94,7 @@ def _choices(exp: Experiment) -> list[str]:
               ("model.dtype", exp.model.dtype, DTYPES), ("measure.dtype", exp.measure.dtype, DTYPES),
               ("model.chat_template", exp.model.chat_template, ("auto", "on", "off")),
               ("train.mixed_precision", exp.train.mixed_precision, ("auto", "no", "bf16", "fp16")),
-              ("train.compile", exp.train.compile, SWITCH_CHOICES),
+              ("train.compile", exp.train.compile, COMPILE_CHOICES),
               ("train.fused_optimizer", exp.train.fused_optimizer, SWITCH_CHOICES),
               ("train.fused_loss", exp.train.fused_loss, FUSED_LOSS_CHOICES),
               ("train.packing", exp.train.packing, SWITCH_CHOICES)]

@@ -14,6 +14,7 @@ reason, and the resolved values and reasons land in the result (``resolved.speed
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from collections.abc import Sequence
 
@@ -49,8 +50,10 @@ def split_head(model) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
     return body, head
 
 
-def resolve(args, *, device_type: str, family: str, task: str, model) -> dict:
-    """The speed switches as they will run here: {"compile": bool, ..., "reasons": {...}}."""
+def resolve(args, *, device_type: str, family: str, task: str, model, varying: bool = False) -> dict:
+    """The speed switches as they will run here: {"compile": "off" | "model" | "regions", ..., "reasons": {...}}.
+
+    ``varying``: the training examples have different lengths (batches change shape)."""
     cuda = device_type == "cuda"
     reasons: dict[str, str] = {}
 
@@ -61,7 +64,8 @@ def resolve(args, *, device_type: str, family: str, task: str, model) -> dict:
             return cuda
         return value == "on"
 
-    out = {"compile": on_off("compile"), "fused_optimizer": on_off("fused_optimizer")}
+    out = {"compile": _compile_mode(args.compile, cuda=cuda, varying=varying, reasons=reasons),
+           "fused_optimizer": on_off("fused_optimizer")}
     out["fused_loss"] = _fused_loss(args.fused_loss, cuda=cuda, model=model, reasons=reasons)
     packing = on_off("packing")
     if packing and family != "causal":
@@ -75,6 +79,22 @@ def resolve(args, *, device_type: str, family: str, task: str, model) -> dict:
     out["pin_memory"] = cuda
     out["reasons"] = reasons
     return out
+
+
+def _compile_mode(value: str, *, cuda: bool, varying: bool, reasons: dict) -> str:
+    """``model`` (one graph for the whole forward) or ``regions`` (one graph per repeated block).
+
+    On GPUs ``model`` measured fastest for fixed shapes (gpt2-medium, benchmarks/train_speed.py)
+    but a whole 30-layer model compiled for dynamic shapes took 280 s; ``regions`` compiles one
+    block, so it is the choice when batch shapes vary."""
+    if value in ("off", "model", "regions"):
+        return value
+    if value == "auto" and not cuda:
+        reasons["compile"] = "auto: off on CPU"
+        return "off"
+    mode = "regions" if varying else "model"
+    reasons["compile"] = f"{value}: {mode} ({'batch shapes vary' if varying else 'fixed batch shapes'})"
+    return mode
 
 
 def _fused_loss(value: str, *, cuda: bool, model, reasons: dict) -> str:
@@ -130,6 +150,39 @@ def packs_correctly(model) -> bool:
     # a leak across the boundary changes the second example's logits by O(1); rounding by far less
     scale = float(apart.abs().max()) or 1.0
     return bool((apart - packed.float()).abs().max() <= 1e-3 * scale)
+
+
+class CompiledRegions:
+    """Regional compilation: every repeated block (a ModuleList of one class: GPT-2's ``h``,
+    Llama's ``layers``) compiled in place, so one compilation serves all of them and compile time
+    stays that of one block however deep the model (whole-model compilation of a 30-layer model
+    with dynamic shapes took minutes). Without repeated blocks the whole module is compiled.
+    ``off()`` runs eager in between (periodic evaluations); ``undo()`` restores the model."""
+
+    def __init__(self, module: torch.nn.Module, **compile_kw):
+        taken: list[str] = []
+        for name, m in module.named_modules():
+            if any(name.startswith(t + ".") for t in taken):
+                continue
+            if isinstance(m, torch.nn.ModuleList) and len(m) > 1 and len({type(b) for b in m}) == 1:
+                taken.append(name)
+        self.blocks = [b for name in taken for b in module.get_submodule(name)] or [module]
+        for b in self.blocks:
+            b.compile(**compile_kw)
+        self._compiled = [b._compiled_call_impl for b in self.blocks]
+
+    def undo(self) -> None:
+        for b in self.blocks:
+            b._compiled_call_impl = None
+
+    @contextlib.contextmanager
+    def off(self):
+        self.undo()
+        try:
+            yield
+        finally:
+            for b, c in zip(self.blocks, self._compiled):
+                b._compiled_call_impl = c
 
 
 # ---------------------------------------------------------------- batches

@@ -18,6 +18,7 @@ packed batches, a fused linear + cross-entropy loss, fused AdamW and ``torch.com
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections.abc import Callable
@@ -30,11 +31,11 @@ from peftbench.config import TrainArgs
 from peftbench.errors import Diverged
 from peftbench.measure import MemoryTracker, Throughput, WorkTimer
 from peftbench.measure.memory import tensor_bytes
-from peftbench.speed import LossModule, loss_positions, pack_batch
+from peftbench.speed import CompiledRegions, LossModule, loss_positions, pack_batch
 from peftbench.tasks import IGNORE, pad_batch
 
 WARMUP_STEPS = 2  # laps of their own, left out of the steady rate
-PLAIN = {"compile": False, "fused_optimizer": False, "fused_loss": "off", "packing": False,
+PLAIN = {"compile": "off", "fused_optimizer": False, "fused_loss": "off", "packing": False,
          "dataloader_workers": 0, "pin_memory": False}
 
 
@@ -87,6 +88,11 @@ def make_loader(features: list[dict], *, batch_size: int, pad_id: int, seed: int
                       num_workers=workers, pin_memory=speed["pin_memory"], persistent_workers=workers > 0)
 
 
+def varying(features: list[dict]) -> bool:
+    """Whether batches change shape (examples of different lengths)."""
+    return len({len(f["input_ids"]) for f in features}) > 1
+
+
 def total_steps(args: TrainArgs, n_batches: int) -> int:
     if args.max_steps > 0:
         return args.max_steps
@@ -133,14 +139,22 @@ def train(model: torch.nn.Module, features: list[dict], *, args: TrainArgs, acce
                               num_warmup_steps=int(args.warmup_ratio * steps), num_training_steps=steps)
     module = LossModule(model, fused_loss=speed["fused_loss"])
     module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
-    varying = len({len(f["input_ids"]) for f in features}) > 1  # compiled for dynamic shapes at once, not on a recompile
-    forward = torch.compile(module, dynamic=True if varying else None) if speed["compile"] else module
+    dynamic = True if varying(features) else None  # compiled for dynamic shapes at once, not on a recompile
+    regions = None
+    if speed["compile"] == "regions":
+        regions = CompiledRegions(model, dynamic=dynamic)
+    elif speed["compile"] == "model":
+        module = torch.compile(module, dynamic=dynamic)
     model.train()
-    loop = _Loop(args=args, accelerator=accelerator, module=module, forward=forward, optimizer=optimizer,
-                 scheduler=scheduler, params=params, steps=steps, learning_rate=learning_rate,
+    loop = _Loop(args=args, accelerator=accelerator, module=module, optimizer=optimizer, scheduler=scheduler,
+                 params=params, steps=steps, learning_rate=learning_rate, regions=regions,
                  log_steps=log_every(args, accelerator.device.type), evaluate=evaluate, progress=progress)
-    with MemoryTracker(accelerator.device, resident_bytes=tensor_bytes(model)) as mem, loop.timer.running():
-        loop.run(loader, model)
+    try:
+        with MemoryTracker(accelerator.device, resident_bytes=tensor_bytes(model)) as mem, loop.timer.running():
+            loop.run(loader, model)
+    finally:
+        if regions:
+            regions.undo()  # evaluation and inference run the model as it was given
     result = loop.finish(n_batches=len(loader))
     result.speed = {k: v for k, v in speed.items() if k != "reasons"}
     result.peak_memory_bytes = mem.result.peak_bytes
@@ -152,9 +166,9 @@ def train(model: torch.nn.Module, features: list[dict], *, args: TrainArgs, acce
 class _Loop:
     """The steps of one training run, with their laps, loss curve and periodic evaluations."""
 
-    def __init__(self, *, args, accelerator, module, forward, optimizer, scheduler, params, steps, learning_rate,
-                 log_steps, evaluate, progress):
-        self.args, self.acc, self.module, self.forward = args, accelerator, module, forward
+    def __init__(self, *, args, accelerator, module, optimizer, scheduler, params, steps, learning_rate,
+                 regions, log_steps, evaluate, progress):
+        self.args, self.acc, self.module, self.regions = args, accelerator, module, regions
         self.optimizer, self.scheduler, self.params = optimizer, scheduler, params
         self.steps, self.log_steps, self.evaluate, self.progress = steps, log_steps, evaluate, progress
         self.timer = WorkTimer(accelerator.device)
@@ -177,7 +191,7 @@ class _Loop:
         t = self.t
         n_tok, n_slots, n_ex = batch.pop("num_tokens"), batch.pop("num_slots"), batch.pop("num_examples")
         with self.acc.accumulate(self.module):
-            loss = self.forward(batch)
+            loss = self.module(batch)
             self.acc.backward(loss)
             if self.acc.sync_gradients and self.args.max_grad_norm > 0:
                 self.acc.clip_grad_norm_(self.params, self.args.max_grad_norm)
@@ -205,7 +219,7 @@ class _Loop:
             if self.progress:
                 self.progress(step, mean_loss, t.tokens / max(self.timer.elapsed(), 1e-9))
         if self.evaluate and args.eval_steps and (step % args.eval_steps == 0 or step == self.steps):
-            with self.timer.paused():
+            with self.timer.paused(), self.regions.off() if self.regions else contextlib.nullcontext():
                 model.eval()
                 self.result.eval_curve.append({"step": step, **self.evaluate(step)})
                 model.train()
