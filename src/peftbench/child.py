@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
         result = execute(run, out_dir=Path(d["out_dir"]), device=d["device"], attempt=d["attempt"])
     except Cancelled as c:
         return 128 + c.signum
-    return 0 if result is None or result.status == "success" else 1
+    return 0 if result is None or result.status in ("success", "skipped") else 1
 
 
 if __name__ == "__main__":

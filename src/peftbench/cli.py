@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="the plan: run ids and whether each is done, todo or stale")
     common(ls)
+    ls.add_argument("--methods", action="store_true",
+                    help="every method name x architecture (GPT-2, Llama, T5): works, or why not")
 
     fetch = sub.add_parser("fetch", help="fill the cache with offline sources")
     fetch.add_argument("names", nargs="*", help="source names (default: all)")
@@ -127,9 +129,28 @@ def cmd_run(args) -> int:
                             in_process=args.in_process, gpus=args.gpus)
 
 
+METHOD_ARCHS = {"gpt2 (causal, Conv1D)": "random:gpt2", "llama (causal)": "random:smollm2-135m",
+                "t5 (seq2seq)": "random:t5-small"}
+
+
+def method_table() -> str:
+    """The support table as markdown: each method applied to each architecture on the meta device."""
+    from peftbench import methods
+
+    rows = methods.support_table(METHOD_ARCHS)
+    lines = ["| method | " + " | ".join(METHOD_ARCHS) + " | what it is |", "|---" * (len(METHOD_ARCHS) + 2) + "|"]
+    for r in rows:
+        cells = ["works" if r[a] == "works" else "no: " + r[a].replace("|", "/")[:110] for a in METHOD_ARCHS]
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {r['description']} |")
+    return "\n".join(lines)
+
+
 def cmd_list(args) -> int:
     from peftbench import plan, results, runner
 
+    if args.methods:
+        print(method_table())
+        return 0
     suite = _load(args)
     out = args.out or Path("runs") / suite.name
     for run in runner.select(plan.plan_runs(suite), args.only):

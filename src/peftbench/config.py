@@ -56,6 +56,8 @@ class ModelArgs:
     chat_template: str = _f("auto", "wrap prompts in the tokenizer's chat template for scoring and training: "
                             "auto (on when the tokenizer has one) | on | off")
     trust_remote_code: bool = _f(False, "allow code from the model repository (off by default)")
+    quantization: str | None = _f(None, "base weights quantised by bitsandbytes under an adapter method: nf4 | int8 "
+                                        "(needs CUDA; elsewhere the run is recorded as skipped); qlora implies nf4")
     seed: int = _f(0, "seed of random: weights; fixed across train.seed, so every seed starts from one base model")
     revision: str | None = _f(None, "hub revision (branch, tag or commit)")
 
@@ -82,8 +84,14 @@ class MethodArgs:
     """``name`` picks the method; every other key is passed to its peft config (``r``, ``lora_alpha``,
     ``target_modules``, ``lora_dropout``, ...) and validated against that config's fields."""
 
-    name: str = _f("", "none | full | lora | ia3 | dora | loha | lokr | vera | adalora")
+    name: str = _f("", "none | full | lora | ia3 | dora | rslora | pissa | olora | loftq | qlora | loha | lokr | "
+                       "vera | adalora | prompt_tuning | prefix_tuning | p_tuning | any peft method type "
+                       "(peftbench list --methods); '-' or '_'")
     options: dict = _f({}, "peft config options; in YAML and --set written as method.<option>")
+
+    def __post_init__(self):
+        if isinstance(self.name, str):  # one spelling downstream: prefix-tuning, Prefix_Tuning -> prefix_tuning
+            self.name = self.name.strip().lower().replace("-", "_")
 
 
 @dataclass
@@ -309,7 +317,7 @@ def experiment_id(d: dict) -> str:
     model = str(_get(d, "model", "spec") or "model").rstrip("/").split("/")[-1]
     model = model.replace(":", "-")
     task = _get(d, "data", "task") or "task"
-    method = _get(d, "method", "name") or "method"
+    method = str(_get(d, "method", "name") or "method").strip().lower().replace("-", "_")
     return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model}--{task}--{method}")
 
 

@@ -22,3 +22,7 @@ class Cancelled(BaseException):
     def __init__(self, signum: int):
         super().__init__(f"interrupted by signal {signum}")
         self.signum = signum
+
+
+class Skipped(Exception):
+    """The run cannot happen here (a quantised base without CUDA): recorded as ``skipped``, not failed."""

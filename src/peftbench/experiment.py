@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import gc
 import logging
+import math
 import os
 import shutil
 import signal
@@ -28,7 +29,7 @@ import torch
 
 from peftbench import data as data_mod
 from peftbench import methods, models, results, sources, stats
-from peftbench.errors import Cancelled, Diverged
+from peftbench.errors import Cancelled, Diverged, Skipped
 from peftbench.measure import dir_bytes
 from peftbench.measure.inference import inference_dtype, logits_for, measure_inference
 from peftbench.measure.storage import file_sizes
@@ -37,7 +38,7 @@ from peftbench.progress import progress
 from peftbench.results import Result
 from peftbench.speed import resolve as resolve_speed
 from peftbench.tasks import GENERATION, TASKS, mean_loss
-from peftbench.train import train, varying
+from peftbench.train import total_steps, train, varying
 
 log = logging.getLogger("peftbench")
 FAULT_ENV = "PEFTBENCH_FAULT"  # tests: "POINT" or "POINT@RUN_ID" kills the process there (SIGKILL)
@@ -102,7 +103,14 @@ class Recipe:
         self.dev = self.accelerator.device
         self.main = self.accelerator.is_main_process
         torch.manual_seed(exp.train.seed)
+        self.quantization = exp.model.quantization or methods.lookup(exp.method.name).quantization
+        if self.quantization:
+            why = models.quantization_unavailable(self.quantization, self.dev)
+            if why:
+                raise Skipped(why)
         self.loaded = models.load(exp.model, seed=exp.model.seed, device=self.dev)
+        if self.quantization:
+            self.loaded = models.quantize(self.loaded, self.quantization, self.dev)
         tok = self.loaded.tokenizer
         self.chat = self._chat_template(tok)
         self.splits = data_mod.load(exp.data)
@@ -110,15 +118,16 @@ class Recipe:
         self.features = self._encode(self.splits.train, **enc_kw)
         if not self.features:
             raise ValueError(f"no training examples after tokenisation ({exp.data.spec})")
+        n_batches = math.ceil(len(self.features) / exp.train.batch_size / self.accelerator.num_processes)
         self.applied = methods.apply(name=exp.method.name, options=exp.method.options, model=self.loaded.model,
-                                     family=self.loaded.family)
+                                     family=self.loaded.family, total_steps=total_steps(exp.train, n_batches))
         self.model = self.applied.model.to(self.dev)
         self.params = models.count_parameters(self.model)  # before merging folds adapters away
         lr = exp.train.learning_rate if exp.train.learning_rate is not None else self.applied.learning_rate
         self.resolved = {"family": self.loaded.family, "tokenizer": self.loaded.tokenizer_spec,
                          "learning_rate": lr if self.applied.trains else None, "chat_template": self.chat,
                          "mixed_precision": self.accelerator.mixed_precision, "device": str(self.dev),
-                         "num_processes": self.accelerator.num_processes}
+                         "num_processes": self.accelerator.num_processes, "quantization": self.quantization}
         self.quality_on = self.loaded.pretrained
         strat = "label" if self.task.name == "classification" else None
         self.eval_records = data_mod.sample(self.splits.validation, exp.train.eval_samples, seed=exp.data.seed,
@@ -145,7 +154,7 @@ class Recipe:
         with progress(total=steps, desc=f"train {self.plan.run_id}") as bar:
             tr = train(self.model, self.features, args=exp.train, accelerator=self.accelerator,
                        pad_id=self.loaded.tokenizer.pad_token_id, learning_rate=self.resolved["learning_rate"],
-                       speed=speed, evaluate=periodic,
+                       speed=speed, evaluate=periodic, step_hook=applied.step_hook,
                        progress=lambda step, loss, tps: (bar.set_postfix(loss=f"{loss:.4f}", tokens_per_s=f"{tps:,.0f}"),
                                                          bar.update(step - bar.n)))
         self.model = self.accelerator.unwrap_model(self.model)
@@ -220,10 +229,11 @@ class Recipe:
                     bar.update(1)
 
                 inference = measure_inference(model, pad_id=tok.pad_token_id, progress=prog, **kw)
-                inference["merged"] = None
+                inference["merged"], inference["merge_note"] = None, applied.merge_note
                 if applied.can_merge and exp.measure.merged:
                     before = logits_for(model, **kw)
-                    merged_model = model.merge_and_unload()
+                    merged_model, inference["merge_note"] = self._merge(model)
+                if merged_model is not model:
                     after = logits_for(merged_model, **kw)
                     m = measure_inference(merged_model, pad_id=tok.pad_token_id, progress=prog, **kw)
                     m.pop("shapes", None)
@@ -234,14 +244,14 @@ class Recipe:
                     m["unmerged_overhead_ci95"] = [round(overhead.low, 3), round(overhead.high, 3)]
                     inference["merged"] = m
         elif applied.can_merge:
-            merged_model = model.merge_and_unload()
+            merged_model, _ = self._merge(model)
         self.out["inference"] = inference
         if exp.method.name == "full":
             self.full_bytes = self.adapter_bytes
         else:
             merged_model.to(self.train_dtype)
             base = merged_model
-            if hasattr(merged_model, "get_base_model") and not applied.can_merge:
+            if hasattr(merged_model, "get_base_model"):  # not merged: the base model as it ships
                 base = merged_model.get_base_model()
             self.full_bytes = self._saved_bytes(base)
 
@@ -263,6 +273,14 @@ class Recipe:
         return self._result(adapter_dir=str(Path("adapters") / run_id) if self.applied.trains else None)
 
     # ------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _merge(model) -> tuple[torch.nn.Module, str | None]:
+        """The merged model, or the model itself and why it could not merge."""
+        try:
+            return model.merge_and_unload(), None
+        except (NotImplementedError, ValueError, TypeError, AttributeError, RuntimeError) as e:
+            return model, f"does not merge: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
     def _release_training_state(self) -> None:
         """Optimizer states and gradients must not count towards inference memory."""
@@ -371,6 +389,8 @@ def execute(run: Run, *, out_dir: Path, device: str, attempt: str | None = None)
         results.write_result(out_dir, failure(run, "cancelled", f"cancelled by {signal.Signals(signum).name}",
                                               started=started, device=device, attempt=attempt))
         raise Cancelled(signum) from None
+    except Skipped as e:  # cannot run on this machine: recorded as such, and the suite goes on
+        result = failure(run, "skipped", str(e), started=started, device=device, attempt=attempt)
     except Exception as e:  # recorded, and the suite goes on
         tb = traceback.format_exc(limit=20)
         log.debug("run %s failed\n%s", run.run_id, tb)

@@ -1,20 +1,26 @@
 """Method registry: name -> how to make a model trainable.
 
 Usage:
-    applied = apply(name="lora", options={"r": 16}, model=base, family="causal")
-    applied.model, applied.trains, applied.can_merge, applied.learning_rate
+    applied = apply(name="lora", options={"r": 16}, model=base, family="causal", total_steps=100)
+    applied.model, applied.trains, applied.can_merge, applied.learning_rate, applied.step_hook
     check("lora", {"r": "eight"})   # -> ["method.r: 'eight' is not a valid int for LoraConfig"]
+    lookup("prefix-tuning")          # -> Method(name="prefix_tuning", peft_type="PREFIX_TUNING", ...)
 
-``none`` trains nothing (zero-shot baseline), ``full`` trains every weight, the others wrap the
-model with ``peft.get_peft_model``. Options are the fields of the method's peft config; target
-modules default to peft's own per-architecture mapping. Adding a method is one ``Method`` line.
+``none`` trains nothing (zero-shot baseline), ``full`` trains every weight; every other name is a
+peft method: any type of the installed peft (``PEFT_TYPE_TO_CONFIG_MAPPING``), lower-case, with
+``_`` or ``-``, resolved through peft's own mapping, so a new peft method needs no code here. The
+curated entries below add defaults and sourced learning rates, and aliases for LoRA variants
+(``dora``, ``rslora``, ``pissa``, ``olora``, ``loftq``, ``qlora``). Options are the fields of the
+method's peft config, checked against their types; target modules default to peft's own
+per-architecture mapping.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,66 +31,185 @@ from peftbench.config import fits, type_name
 @dataclass(frozen=True)
 class Method:
     name: str
-    config_class: str | None  # peft config class name; None for none/full
+    peft_type: str | None  # peft's PeftType value; None for none/full
     defaults: dict  # options we set unless the user does (documented in the README)
     learning_rate: float  # default peak learning rate
     trains: bool = True
     description: str = ""
+    rate_source: str = "untuned: LoRA's rate"
+    quantization: str | None = None  # a base quantisation the method implies (qlora: nf4)
+    extra_options: dict = field(default_factory=dict)  # our options that are not config fields: name -> type
 
+
+PROMPT_DEFAULTS = {"num_virtual_tokens": 20}
+LOFTQ_OPTIONS = {"bits": int, "iterations": int}
 
 # Default peak learning rates, from published practice (a suite should still sweep them, e.g.
-# `train.learning_rate: [1e-4, 3e-4, 1e-3]`: an untuned rate per method compares rates, not methods):
-#   full   5e-5  transformers' TrainingArguments default, the usual full fine-tuning rate for GPT-2/T5
-#   lora   2e-4  LoRA paper (Hu et al. 2021), GPT-2 medium/large on E2E NLG, Table 11
-#   ia3    3e-3  T-Few (Liu et al. 2022), the (IA)3 recipe's rate (Adafactor there, AdamW here)
-#   dora, loha, lokr  2e-4: as LoRA (reparametrisations of the same low-rank update; untuned)
-#   vera   1e-3  trains only scaling vectors, like IA3: a rate between LoRA's and IA3's (untuned)
-METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("none", None, {}, 0.0, trains=False, description="zero-shot baseline: no training"),
-    Method("full", None, {}, 5e-5, description="full fine-tuning: every weight trains"),
-    Method("lora", "LoraConfig", {}, 2e-4, description="LoRA (peft defaults: r=8, alpha=8)"),
-    Method("ia3", "IA3Config", {}, 3e-3, description="IA3 (peft defaults)"),
-    Method("dora", "LoraConfig", {"use_dora": True}, 2e-4, description="DoRA: weight-decomposed LoRA"),
-    Method("loha", "LoHaConfig", {}, 2e-4, description="LoHa: low-rank Hadamard product"),
-    Method("lokr", "LoKrConfig", {}, 2e-4, description="LoKr: low-rank Kronecker product"),
-    Method("vera", "VeraConfig", {}, 1e-3, description="VeRA: shared random projections"),
+# `train.learning_rate: [1e-4, 3e-4, 1e-3]`: an untuned rate per method compares rates, not methods).
+CURATED: dict[str, Method] = {m.name: m for m in [
+    Method("none", None, {}, 0.0, trains=False, description="zero-shot baseline: no training", rate_source=""),
+    Method("full", None, {}, 5e-5, description="full fine-tuning: every weight trains",
+           rate_source="transformers' TrainingArguments default, the usual full fine-tuning rate for GPT-2/T5"),
+    Method("lora", "LORA", {}, 2e-4, description="LoRA (peft defaults: r=8, alpha=8)",
+           rate_source="LoRA paper (Hu et al. 2021), GPT-2 medium/large on E2E NLG, Table 11"),
+    Method("ia3", "IA3", {}, 3e-3, description="IA3 (peft defaults)",
+           rate_source="T-Few (Liu et al. 2022), the (IA)3 recipe's rate (Adafactor there, AdamW here)"),
+    Method("dora", "LORA", {"use_dora": True}, 2e-4, description="DoRA: weight-decomposed LoRA",
+           rate_source="as LoRA (the same low-rank update, reparametrised; untuned)"),
+    Method("rslora", "LORA", {"use_rslora": True}, 2e-4, description="rsLoRA: LoRA scaled by alpha/sqrt(r)",
+           rate_source="as LoRA (untuned)"),
+    Method("pissa", "LORA", {"init_lora_weights": "pissa"}, 2e-4,
+           description="PiSSA: LoRA initialised from the principal singular vectors", rate_source="as LoRA (untuned)"),
+    Method("olora", "LORA", {"init_lora_weights": "olora"}, 2e-4,
+           description="OLoRA: LoRA initialised by QR decomposition", rate_source="as LoRA (untuned)"),
+    Method("loftq", "LORA", {}, 2e-4,
+           description="LoftQ: LoRA initialised against the quantisation error (options bits: 4 or 8, iterations: 1)",
+           rate_source="as LoRA (untuned)", extra_options=LOFTQ_OPTIONS),
+    Method("qlora", "LORA", {}, 2e-4, description="QLoRA: LoRA on an NF4-quantised base (needs CUDA, bitsandbytes)",
+           rate_source="as LoRA (untuned)", quantization="nf4"),
+    Method("loha", "LOHA", {}, 2e-4, description="LoHa: low-rank Hadamard product", rate_source="as LoRA (untuned)"),
+    Method("lokr", "LOKR", {}, 2e-4, description="LoKr: low-rank Kronecker product", rate_source="as LoRA (untuned)"),
+    Method("vera", "VERA", {}, 1e-3, description="VeRA: shared random projections",
+           rate_source="trains only scaling vectors, like IA3: between LoRA's and IA3's (untuned)"),
+    Method("adalora", "ADALORA", {}, 2e-4, description="AdaLoRA: LoRA whose ranks are reallocated during training",
+           rate_source="as LoRA (untuned)"),
+    Method("prompt_tuning", "PROMPT_TUNING", PROMPT_DEFAULTS, 3e-2, description="prompt tuning: 20 virtual tokens",
+           rate_source="peft's prompt-tuning guide"),
+    Method("prefix_tuning", "PREFIX_TUNING", PROMPT_DEFAULTS, 1e-2,
+           description="prefix tuning: 20 virtual tokens' keys and values in every layer",
+           rate_source="peft's prefix-tuning guide"),
+    Method("p_tuning", "P_TUNING", PROMPT_DEFAULTS, 1e-3,
+           description="P-tuning: 20 virtual tokens from a prompt encoder", rate_source="peft's P-tuning guide"),
 ]}
+METHODS = CURATED  # the curated entries; ``lookup`` answers every peft type too
 
 
-def _peft_config_class(name: str):
-    import peft
+def normalise(name: str) -> str:
+    return str(name).strip().lower().replace("-", "_")
 
-    return getattr(peft, name)
+
+def peft_types() -> dict[str, Any]:
+    """Every method type of the installed peft: lower-case name -> config class."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    return {normalise(getattr(k, "value", k)): v for k, v in PEFT_TYPE_TO_CONFIG_MAPPING.items()}
+
+
+def names() -> list[str]:
+    """Every name ``method.name`` accepts: the curated ones first, then the rest of peft's types."""
+    return [*CURATED, *sorted(set(peft_types()) - set(CURATED))]
+
+
+def lookup(name: str) -> Method | None:
+    key = normalise(name)
+    if key in CURATED:
+        return CURATED[key]
+    if key in peft_types():
+        prompt = _is_prompt_learning(peft_types()[key])
+        return Method(key, key.upper(), dict(PROMPT_DEFAULTS) if prompt else {}, 3e-2 if prompt else 2e-4,
+                      description=f"peft {key}", rate_source="untuned: prompt tuning's rate" if prompt
+                      else "untuned: LoRA's rate")
+    return None
+
+
+def config_class(method: Method):
+    return peft_types()[normalise(method.peft_type)]
+
+
+def _is_prompt_learning(cls) -> bool:
+    from peft import PromptLearningConfig
+
+    return issubclass(cls, PromptLearningConfig)
 
 
 def check(name: str, options: dict) -> list[str]:
     """Config problems: unknown method, unknown option, wrong type or range, rejected by peft."""
-    if name not in METHODS:
-        return [f"method.name: unknown method {name!r} (known: {', '.join(METHODS)})"]
-    method = METHODS[name]
-    if method.config_class is None:
+    method = lookup(name)
+    if method is None:
+        return [f"method.name: unknown method {name!r} (e.g. {', '.join(list(CURATED)[:8])}, ...; every peft "
+                f"method type is accepted: peftbench list --methods)"]
+    if method.peft_type is None:
         return [f"method.{k}: {name!r} takes no options" for k in options]
-    cls = _peft_config_class(method.config_class)
+    cls = config_class(method)
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)} - INTERNAL_FIELDS
     problems = []
     for key, value in options.items():
-        if key not in fields:
-            problems.append(f"method.{key}: not an option of {method.config_class} "
+        if key in method.extra_options:
+            if not fits(value, method.extra_options[key]) or value < 1:
+                problems.append(f"method.{key}: must be a positive int, got {value!r}")
+        elif key not in fields:
+            problems.append(f"method.{key}: not an option of {cls.__name__} "
                             f"(e.g. {', '.join(sorted(fields)[:6])}, ...)")
         elif not fits(value, hints.get(key, typing.Any)):
-            problems.append(f"method.{key}: {value!r} is not a valid {type_name(hints[key])} "
-                            f"for {method.config_class}")
+            problems.append(f"method.{key}: {value!r} is not a valid {type_name(hints[key])} for {cls.__name__}")
         elif key == "r" and value < 1:
             problems.append(f"method.r: must be >= 1, got {value}")
         elif "dropout" in key and isinstance(value, (int, float)) and not 0 <= value < 1:
             problems.append(f"method.{key}: must be in [0, 1), got {value}")
-    if not problems:  # peft's own checks (__post_init__), still before anything loads
-        try:
-            cls(**{**method.defaults, **options})
-        except (ValueError, TypeError) as e:
-            problems.append(f"method: {method.config_class} rejects the options: {str(e).splitlines()[0]}")
+    if method.name == "loftq" and options.get("bits", 4) not in (4, 8):
+        problems.append(f"method.bits: LoftQ quantises to 4 (nf4) or 8 (int8) bits, got {options['bits']}")
+    if not problems:  # peft's own checks (__post_init__), for either family (the probe knows which)
+        from peft import TaskType
+
+        errors = []
+        for task_type in (TaskType.CAUSAL_LM, TaskType.SEQ_2_SEQ_LM):
+            try:
+                _config_kwargs(method, options, total_steps=1000, task_type=task_type)
+                break
+            except (ValueError, TypeError) as e:
+                errors.append(str(e).splitlines()[0])
+        else:
+            problems.append(f"method: {cls.__name__} rejects the options: {errors[0]}")
     return problems
+
+
+def probe(name: str, options: dict, *, model: torch.nn.Module, family: str) -> str | None:
+    """Why the method cannot train ``model`` (typically on the meta device: shapes, no weights), or None.
+
+    The method is applied and one forward pass run; None too when only real weights could tell
+    (an operation the meta device does not implement)."""
+    import warnings
+
+    method = lookup(name)
+    if method is None or method.peft_type is None:
+        return None
+    device = next(model.parameters()).device
+    ids = torch.zeros(1, 4, dtype=torch.long, device=device)
+    batch = {"input_ids": ids, **({"decoder_input_ids": ids} if family == "seq2seq" else {})}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            applied = apply(name=method.name, options=options, model=model, family=family, total_steps=1000)
+            if not any(p.requires_grad for p in applied.model.parameters()):
+                return "trains no parameters with these options"
+            with torch.no_grad():
+                applied.model(**batch)
+    except Exception as e:  # noqa: BLE001 - peft raises many types for "cannot apply"
+        msg = (str(e).splitlines() or [""])[0]
+        if "meta" in msg.lower() or "aten::" in msg:
+            return None
+        return f"{type(e).__name__}: {msg[:240]}"
+    return None
+
+
+def support_table(archs: dict[str, str]) -> list[dict]:
+    """Every method name x architecture (name -> model spec): "works" or why not, probed on the
+    meta device (``peftbench list --methods``)."""
+    from peftbench import models
+
+    rows = []
+    for name in names():
+        row = {"method": name, "description": lookup(name).description}
+        for arch, spec in archs.items():
+            built = models.meta_model(spec)
+            if built is None:
+                row[arch] = "unknown"
+                continue
+            why = probe(name, {}, model=built[0], family=built[1])
+            row[arch] = "works" if why is None else why
+        rows.append(row)
+    return rows
 
 
 INTERNAL_FIELDS = {"peft_type", "task_type", "base_model_name_or_path", "revision", "auto_mapping"}
@@ -106,19 +231,31 @@ def _conv1d_targets(model: torch.nn.Module, targets: Any) -> bool:
     return any(n.split(".")[-1] in set(targets) for n in names)
 
 
-def peft_config(name: str, options: dict, *, family: str, model: torch.nn.Module):
+def _config_kwargs(method: Method, options: dict, *, total_steps: int | None, task_type=None):
+    """The peft config object for a method and the user's options (our own options translated)."""
+    cls = config_class(method)
+    opts = {**method.defaults, **{k: v for k, v in options.items() if k not in method.extra_options}}
+    fields = {f.name for f in dataclasses.fields(cls)}
+    if "total_step" in fields and opts.get("total_step") is None:  # AdaLoRA's schedule needs the run's length
+        opts["total_step"] = total_steps
+    kw = {"task_type": task_type} if task_type is not None else {}
+    return cls(**kw, **opts)
+
+
+def peft_config(name: str, options: dict, *, family: str, model: torch.nn.Module, total_steps: int | None = None):
     from peft import TaskType
 
-    method = METHODS[name]
-    cls = _peft_config_class(method.config_class)
-    opts = {**method.defaults, **options}
-    task_type = TaskType.SEQ_2_SEQ_LM if family == "seq2seq" else TaskType.CAUSAL_LM
+    method = lookup(name)
+    cls = config_class(method)
+    opts = dict(options)
     field_names = {f.name for f in dataclasses.fields(cls)}
-    if "fan_in_fan_out" in field_names and "fan_in_fan_out" not in opts and _conv1d_targets(model, opts.get("target_modules")):
+    if "fan_in_fan_out" in field_names and "fan_in_fan_out" not in opts and \
+            _conv1d_targets(model, opts.get("target_modules")):
         opts["fan_in_fan_out"] = True
-    if name == "ia3" and "feedforward_modules" not in opts and "target_modules" in opts:
+    if method.peft_type == "IA3" and "feedforward_modules" not in opts and "target_modules" in opts:
         opts["feedforward_modules"] = []  # user-chosen targets: treat none as feed-forward unless told
-    return cls(task_type=task_type, **opts)
+    task_type = TaskType.SEQ_2_SEQ_LM if family == "seq2seq" else TaskType.CAUSAL_LM
+    return _config_kwargs(method, opts, total_steps=total_steps, task_type=task_type)
 
 
 @dataclass
@@ -128,22 +265,38 @@ class Applied:
     can_merge: bool
     resolved: dict  # the method's effective options (peft config as a dict, every default filled in)
     learning_rate: float
+    step_hook: Callable[[int], None] | None = None  # called after every optimizer step (AdaLoRA's rank budget)
+    merge_note: str | None = None  # why the method does not merge
 
 
-def apply(*, name: str, options: dict, model: torch.nn.Module, family: str) -> Applied:
-    method = METHODS[name]
-    if method.config_class is None:
+def apply(*, name: str, options: dict, model: torch.nn.Module, family: str,
+          total_steps: int | None = None) -> Applied:
+    method = lookup(name)
+    if method.peft_type is None:
         for p in model.parameters():
             p.requires_grad_(method.trains)
-        return Applied(model, method.trains, False, {"name": name}, method.learning_rate)
+        return Applied(model, method.trains, False, {"name": method.name}, method.learning_rate)
     from peft import get_peft_model
 
-    cfg = peft_config(name, options, family=family, model=model)
+    cfg = peft_config(method.name, options, family=family, model=model, total_steps=total_steps)
     peft_model = get_peft_model(model, cfg)
-    resolved = {"name": name, **_jsonable(cfg.to_dict())}
-    can_merge = hasattr(peft_model, "merge_and_unload") and cfg.peft_type.value not in (
-        "PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING")
-    return Applied(peft_model, True, can_merge, resolved, method.learning_rate)
+    resolved = {"name": method.name, **_jsonable(cfg.to_dict())}
+    if method.name == "loftq":  # peft's LoftQ needs CUDA and bitsandbytes: ours runs anywhere (peftbench.loftq)
+        from peftbench.loftq import init_loftq
+
+        bits, iters = options.get("bits", 4), options.get("iterations", 1)
+        init_loftq(peft_model, bits=bits, iterations=iters)
+        resolved.update(init_lora_weights="loftq", loftq_config={
+            "loftq_bits": bits, "loftq_iter": iters, "quantization": "nf4" if bits == 4 else "int8",
+            "note": "the adapter pairs with the quantised base: base + B A approximates the original weights"})
+    prompt = cfg.is_prompt_learning
+    can_merge = hasattr(peft_model, "merge_and_unload") and not prompt
+    hook = None
+    if hasattr(peft_model.base_model, "update_and_allocate"):
+        def hook(step: int) -> None:
+            peft_model.base_model.update_and_allocate(step)
+    note = "prompt methods do not merge: their virtual tokens stay in every forward" if prompt else None
+    return Applied(peft_model, True, can_merge, resolved, method.learning_rate, hook, note)
 
 
 def _jsonable(value: Any) -> Any:

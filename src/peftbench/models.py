@@ -146,6 +146,23 @@ def _known_config(spec: str) -> dict | None:
     return None
 
 
+def meta_model(spec: str) -> tuple[torch.nn.Module, str] | None:
+    """(model, family) with the spec's architecture on the meta device (no weights, no memory), when
+    its configuration is known without loading; None otherwise."""
+    from transformers import AutoConfig
+
+    cfg = dict(_known_config(spec) or {})
+    if not cfg.get("model_type"):
+        return None
+    try:
+        config = AutoConfig.for_model(cfg.pop("model_type"), **{k: v for k, v in cfg.items() if k != "auto_map"})
+        family = family_of(config)
+        with torch.device("meta"):
+            return _auto_class(family).from_config(config), family
+    except Exception:  # an architecture this transformers cannot build: the run will say so
+        return None
+
+
 def max_positions(spec: str) -> int | None:
     """The longest input the model's position embeddings allow, when known without loading; None for
     relative positions (T5) or hub ids."""
@@ -265,6 +282,40 @@ def load(args: ModelArgs, *, seed: int = 0, device: torch.device | None = None) 
         loaded = _load_pretrained(args, str(Path(args.spec).expanduser()) if _looks_local(args.spec) else args.spec, dtype)
     if loaded.family == "causal" and getattr(loaded.model.config, "pad_token_id", None) is None:
         loaded.model.config.pad_token_id = loaded.tokenizer.pad_token_id
+    return loaded
+
+
+QUANTIZATIONS = ("nf4", "int8")
+
+
+def quantization_unavailable(quant: str, device: torch.device) -> str | None:
+    """Why a bitsandbytes base cannot load here, or None."""
+    import importlib.util
+
+    if device.type != "cuda":
+        return f"{quant} quantisation needs CUDA (bitsandbytes); this run is on {device.type}"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return f"{quant} quantisation needs bitsandbytes: pip install 'peftbench[quant]'"
+    return None
+
+
+def quantize(loaded: LoadedModel, quant: str, device: torch.device) -> LoadedModel:
+    """The loaded model's weights reloaded through bitsandbytes (NF4 with bf16 compute, or int8),
+    then prepared for adapter training (peft's ``prepare_model_for_kbit_training``)."""
+    import tempfile
+
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    if quant == "nf4":
+        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                 bnb_4bit_compute_dtype=torch.bfloat16)
+    else:
+        bnb = BitsAndBytesConfig(load_in_8bit=True)
+    with tempfile.TemporaryDirectory(prefix="peftbench-quant-") as tmp:
+        loaded.model.save_pretrained(tmp, safe_serialization=True)
+        model = _auto_class(loaded.family).from_pretrained(tmp, quantization_config=bnb, device_map={"": device})
+    loaded.model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return loaded
 
 

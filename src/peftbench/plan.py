@@ -49,7 +49,8 @@ def _rate(lr: float) -> str:
 def runs_of(exp: Experiment) -> list[Run]:
     """The runs an experiment expands to: its seeds x its learning rates (methods that do not
     train take neither)."""
-    trains = methods.METHODS[exp.method.name].trains
+    method = methods.lookup(exp.method.name)
+    trains = method.trains if method else True
     lrs = exp.train.learning_rate if isinstance(exp.train.learning_rate, list) else [exp.train.learning_rate]
     if not trains:
         lrs = [None]
@@ -82,11 +83,33 @@ def validate(exp: Experiment) -> list[str]:
         problems.append(f"data.task: unknown task {exp.data.task!r} (known: {', '.join(tasks.TASKS)})")
     problems += methods.check(exp.method.name, exp.method.options)
     problems += _ranges(exp)
-    if not problems:  # lengths and data need a valid spec and task
+    if not problems:  # lengths, data and the method's fit need a valid spec, task and method
         problems += _lengths(exp)
+        problems += _applies(exp)
         if exp.data.spec.startswith("file:"):
             problems += data.check_file(exp.data)
     return [f"{exp.id}: {p}" for p in problems]
+
+
+_APPLIES: dict[tuple, str | None] = {}
+
+
+def _applies(exp: Experiment) -> list[str]:
+    """The method tried on the model's architecture on the meta device (no weights): a method that
+    cannot wrap its layers (LoHa on GPT-2's Conv1D) is an error now, not after loading."""
+    method = methods.lookup(exp.method.name)
+    if method is None or method.peft_type is None:
+        return []
+    key = (exp.model.spec, method.name, repr(sorted(exp.method.options.items())))
+    if key not in _APPLIES:
+        built = models.meta_model(exp.model.spec)
+        _APPLIES[key] = methods.probe(method.name, exp.method.options, model=built[0], family=built[1]) \
+            if built else None
+    why = _APPLIES[key]
+    if why is None:
+        return []
+    return [f"method.name: {method.name} cannot apply to {exp.model.spec} ({why}); other target_modules or "
+            f"another method may (peftbench list --methods shows what applies to which architecture)"]
 
 
 def _choices(exp: Experiment) -> list[str]:
@@ -97,9 +120,14 @@ def _choices(exp: Experiment) -> list[str]:
               ("train.compile", exp.train.compile, COMPILE_CHOICES),
               ("train.fused_optimizer", exp.train.fused_optimizer, SWITCH_CHOICES),
               ("train.fused_loss", exp.train.fused_loss, FUSED_LOSS_CHOICES),
-              ("train.packing", exp.train.packing, SWITCH_CHOICES)]
+              ("train.packing", exp.train.packing, SWITCH_CHOICES),
+              ("model.quantization", exp.model.quantization, (None, "nf4", "int8"))]
     problems = [f"{key}: {value!r} is not one of {', '.join(str(c) for c in choices)}"
                 for key, value, choices in checks if value not in choices]
+    method = methods.lookup(exp.method.name)
+    if exp.model.quantization and method is not None and method.name == "full":
+        problems.append("model.quantization: full fine-tuning cannot train a quantised base; use an adapter method "
+                        "(lora, qlora, ...) or model.quantization: null")
     if exp.train.fused_loss == "liger" and importlib.util.find_spec("liger_kernel") is None:
         problems.append("train.fused_loss: liger needs liger-kernel (pip install 'peftbench[speed]'), "
                         "or use chunked")

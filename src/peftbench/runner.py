@@ -220,6 +220,8 @@ def run_suite(suite, *, out_dir: Path, device: str = "auto", force: bool = False
                 continue
             if result.status == "success":
                 echo(f"[{i}/{len(runs)}] {run.run_id}: {_summary_line(result)}")
+            elif result.status == "skipped":
+                echo(f"[{i}/{len(runs)}] {run.run_id}: skipped: {result.error}")
             else:
                 failed += 1
                 echo(f"[{i}/{len(runs)}] {run.run_id}: FAILED {result.error}")

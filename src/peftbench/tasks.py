@@ -221,7 +221,7 @@ def sequence_logprobs(model, features: list[dict], *, tok, family, device, batch
         logits = model(**batch).logits.float()
         labels = batch["labels"]
         if family == "causal":  # token t is predicted at position t-1
-            logits, labels = logits[:, :-1], labels[:, 1:]
+            logits, labels = _input_positions(logits, labels)[:, :-1], labels[:, 1:]
         logp = torch.log_softmax(logits, dim=-1)
         mask = labels != IGNORE
         picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
@@ -250,6 +250,11 @@ def _first_token_scores(model, prompts: list[list[int]], cand: list[int], *, tok
         logits = _last_logits(model, batch)
         out += torch.log_softmax(logits, dim=-1)[:, cand].tolist()
     return out
+
+
+def _input_positions(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """The logits of the input's own positions: prompt tuning prepends its virtual tokens' logits."""
+    return logits[:, logits.shape[1] - ids.shape[1]:]
 
 
 def _last_logits(model, batch: dict) -> torch.Tensor:
@@ -362,7 +367,7 @@ def _nll(model, feats, *, tok, family, device, batch_size) -> tuple[list[float],
                        **({"labels": batch["labels"]} if family == "seq2seq" else {})).logits.float()
         labels = batch["labels"]
         if family == "causal":
-            logits, labels = logits[:, :-1], labels[:, 1:]
+            logits, labels = _input_positions(logits, labels)[:, :-1], labels[:, 1:]
         loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE,
                                                  reduction="none")
         nlls += loss.sum(-1).tolist()

@@ -123,7 +123,10 @@ def _optimizer(params, *, learning_rate: float, args: TrainArgs, fused: bool):
 
 def train(model: torch.nn.Module, features: list[dict], *, args: TrainArgs, accelerator, pad_id: int,
           learning_rate: float, speed: dict | None = None, evaluate: Callable[[int], dict] | None = None,
-          progress: Callable[[int, float, float], None] | None = None) -> TrainResult:
+          progress: Callable[[int, float, float], None] | None = None,
+          step_hook: Callable[[int], None] | None = None) -> TrainResult:
+    """Train ``model`` in place; ``step_hook(step)`` runs after each optimizer step, before the
+    gradients are cleared (AdaLoRA's rank reallocation)."""
     from transformers import get_scheduler
 
     speed = {**PLAIN, **(speed or {})}
@@ -147,7 +150,7 @@ def train(model: torch.nn.Module, features: list[dict], *, args: TrainArgs, acce
         module = torch.compile(module, dynamic=dynamic)
     model.train()
     loop = _Loop(args=args, accelerator=accelerator, module=module, optimizer=optimizer, scheduler=scheduler,
-                 params=params, steps=steps, learning_rate=learning_rate, regions=regions,
+                 params=params, steps=steps, learning_rate=learning_rate, regions=regions, step_hook=step_hook,
                  log_steps=log_every(args, accelerator.device.type), evaluate=evaluate, progress=progress)
     try:
         with MemoryTracker(accelerator.device, resident_bytes=tensor_bytes(model)) as mem, loop.timer.running():
@@ -167,8 +170,9 @@ class _Loop:
     """The steps of one training run, with their laps, loss curve and periodic evaluations."""
 
     def __init__(self, *, args, accelerator, module, optimizer, scheduler, params, steps, learning_rate,
-                 regions, log_steps, evaluate, progress):
+                 regions, log_steps, evaluate, progress, step_hook=None):
         self.args, self.acc, self.module, self.regions = args, accelerator, module, regions
+        self.step_hook = step_hook
         self.optimizer, self.scheduler, self.params = optimizer, scheduler, params
         self.steps, self.log_steps, self.evaluate, self.progress = steps, log_steps, evaluate, progress
         self.timer = WorkTimer(accelerator.device)
@@ -197,6 +201,8 @@ class _Loop:
                 self.acc.clip_grad_norm_(self.params, self.args.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
+            if self.step_hook and self.acc.sync_gradients:
+                self.step_hook(self.step + 1)
             self.optimizer.zero_grad(set_to_none=True)
         t.tokens, t.lap_tokens, t.slots = t.tokens + n_tok, t.lap_tokens + n_tok, t.slots + n_slots
         t.samples, t.micro = t.samples + n_ex, t.micro + 1

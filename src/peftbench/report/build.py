@@ -218,8 +218,10 @@ def _blocks(out_dir: Path, results: list[dict], aggs: list[Agg]) -> tuple[list[t
     ok = [r for r in results if r.get("status") == "success"]
     bad = [r for r in results if r.get("status") != "success"]
     envs = {get_in(r, "env", "gpu") or f"CPU ({get_in(r, 'env', 'cpu_count')} cores)" for r in ok}
-    n_ok, n_bad = len(ok), len(bad)
-    blocks.append(("p", f"{n_ok} run{'s' * (n_ok != 1)} succeeded, {n_bad} failed or cancelled. Hardware: "
+    n_skip = sum(r.get("status") == "skipped" for r in bad)
+    n_ok, n_bad = len(ok), len(bad) - n_skip
+    skipped = f", {n_skip} skipped (cannot run on this machine)" if n_skip else ""
+    blocks.append(("p", f"{n_ok} run{'s' * (n_ok != 1)} succeeded, {n_bad} failed or cancelled{skipped}. Hardware: "
                         f"{', '.join(sorted(str(e) for e in envs)) or 'n/a'}. Cells are means with 95 % intervals "
                         f"(Student's t over seeds, or a bootstrap over test examples / timed calls for one seed). "
                         f"Bold marks the winners of a column: one bold cell is a significant win, several are a "

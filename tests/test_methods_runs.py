@@ -1,0 +1,160 @@
+"""Methods that need the loop, end to end through the runner: AdaLoRA's rank reallocation, the
+prompt family (trained, saved, reloaded, scored, measured unmerged), LoftQ, quantised bases
+recorded as skipped on CPU, and methods refused before anything loads."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from peftbench import cli, methods, models
+from peftbench.config import TrainArgs
+from peftbench.loftq import NF4_LEVELS, nf4_roundtrip
+
+FAST = {"train": {"max_steps": 2, "batch_size": 4},
+        "data": {"max_train_samples": 16, "max_eval_samples": 4, "max_source_length": 48, "max_target_length": 4},
+        "measure": {"warmup": 0, "iterations": 2, "min_seconds": 0.0, "large_batch_size": 0, "seq_len": 16,
+                    "new_tokens": 3}}
+
+
+@pytest.fixture(scope="module")
+def tiny_pretrained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny-gpt2")
+    models.build_random("tiny-gpt2", seed=0).save_pretrained(d)
+    models.load_tokenizer("bytes").save_pretrained(d)
+    return d
+
+
+def _suite(tmp_path, experiments, name="m"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "defaults": FAST, "experiments": experiments}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def prompt_runs(tmp_path_factory, data_dir, tiny_pretrained):
+    tmp = tmp_path_factory.mktemp("prompt")
+    cls = {"model": {"spec": str(tiny_pretrained)}, "data": {"spec": f"file:{data_dir}/cls.jsonl",
+                                                              "task": "classification"}}
+    summ = {"model": {"spec": "random:tiny-t5"}, "data": {"spec": f"file:{data_dir}/summ.jsonl", "task": "summarization",
+                                                          "fields": {"source": "article", "target": "highlights"}}}
+    exps = [{"id": "pt", **cls, "method": {"name": "prompt-tuning", "num_virtual_tokens": 4}},
+            {"id": "prefix", **cls, "method": {"name": "prefix_tuning", "num_virtual_tokens": 4}},
+            {"id": "ptune-t5", **summ, "method": {"name": "p_tuning", "num_virtual_tokens": 4}},
+            {"id": "ada", **cls, "method": {"name": "adalora", "init_r": 4, "target_r": 2}},
+            {"id": "q", **cls, "method": {"name": "qlora"}}]
+    out = tmp / "out"
+    code = cli.main(["run", str(_suite(tmp, exps)), "--out", str(out), "--device", "cpu", "--in-process"])
+    res = {p.stem: json.loads(p.read_text()) for p in (out / "results").glob("*.json")}
+    return code, out, res
+
+
+def test_prompt_methods_train_save_score_and_measure_unmerged(prompt_runs):
+    from peft import PeftModel
+
+    code, out, res = prompt_runs
+    assert code == 0  # the skipped qlora run does not fail the suite
+    for rid, peft_type in (("pt", "PROMPT_TUNING"), ("prefix", "PREFIX_TUNING"), ("ptune-t5", "P_TUNING")):
+        r = res[rid]
+        assert r["status"] == "success", r.get("error")
+        assert r["method_resolved"]["peft_type"] == peft_type and r["method_resolved"]["num_virtual_tokens"] == 4
+        assert r["inference"]["merged"] is None and "do not merge" in r["inference"]["merge_note"]
+        assert r["inference"]["latency_ms"]["p50_ms"] > 0
+        assert r["params"]["trainable"] > 0 and r["storage"]["adapter_bytes"] > 0
+    r = res["pt"]
+    assert r["quality"]["accuracy"] is not None
+    reloaded = PeftModel.from_pretrained(models.build_random("tiny-gpt2", seed=0), out / r["storage"]["adapter_dir"])
+    assert reloaded.peft_config["default"].num_virtual_tokens == 4
+
+
+def test_adalora_gets_the_run_length_and_its_rank_budget_each_step(prompt_runs):
+    _, _, res = prompt_runs
+    r = res["ada"]
+    assert r["status"] == "success", r.get("error")
+    assert r["method_resolved"]["total_step"] == 2 and r["method_resolved"]["target_r"] == 2
+
+
+def test_adalora_hook_masks_ranks_down_to_the_target():
+    from accelerate import Accelerator
+
+    from peftbench.train import train
+
+    applied = methods.apply(name="adalora", options={"init_r": 6, "target_r": 1, "tinit": 1, "tfinal": 1,
+                                                      "deltaT": 1}, model=models.build_random("tiny-llama", seed=0),
+                            family="causal", total_steps=8)
+    calls = []
+
+    def hook(step):
+        calls.append(step)
+        applied.step_hook(step)
+
+    feats = [{"input_ids": list(range(5, 25)), "labels": list(range(5, 25))} for _ in range(16)]
+    train(applied.model, feats, args=TrainArgs(max_steps=8, batch_size=2), accelerator=Accelerator(cpu=True),
+          pad_id=0, learning_rate=1e-2, step_hook=hook)
+    assert calls == list(range(1, 9))
+    ranks = [int((p != 0).sum()) for n, p in applied.model.named_parameters() if "lora_E" in n]
+    assert ranks and sum(ranks) < 6 * len(ranks)  # the budget cut ranks below init_r
+
+
+def test_quantised_base_is_skipped_on_cpu_with_the_reason(prompt_runs):
+    _, out, res = prompt_runs
+    r = res["q"]
+    assert r["status"] == "skipped" and "needs CUDA" in r["error"]
+    assert "1 skipped" in (out / "report.md").read_text()
+
+
+def test_loftq_initialises_lora_for_the_quantisation_it_records():
+    base = models.build_random("tiny-llama", seed=0)
+    w0 = base.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    applied = methods.apply(name="loftq", options={"bits": 4, "iterations": 1}, model=base, family="causal")
+    loftq = applied.resolved["loftq_config"]
+    assert applied.resolved["init_lora_weights"] == "loftq" and loftq["loftq_bits"] == 4 and loftq["loftq_iter"] == 1
+    layer = applied.model.base_model.model.model.layers[0].self_attn.q_proj
+    # the base holds the NF4 reconstruction of the weight; base + B A approximates it better than the base alone
+    q = layer.base_layer.weight.detach()
+    assert torch.equal(q, nf4_roundtrip(w0))
+    ab = (layer.lora_B["default"].weight @ layer.lora_A["default"].weight) * layer.scaling["default"]
+    assert (q + ab - w0).norm() < 0.9 * (q - w0).norm()
+
+
+def test_nf4_roundtrip_keeps_the_sixteen_levels_per_block():
+    w = torch.randn(8, 128, generator=torch.Generator().manual_seed(0))
+    q = nf4_roundtrip(w)
+    for block in q.reshape(-1, 64):
+        scale = block.abs().max()
+        levels = {round(float(v), 5) for v in NF4_LEVELS * scale}
+        assert {round(float(v), 5) for v in block} <= levels
+    assert (q - w).abs().max() <= w.abs().max() * 0.2
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--model", "random:gpt2", "--method", "loha"], "loha cannot apply to random:gpt2"),
+    (["--model", "random:tiny-t5", "--method", "cpt"], "cpt cannot apply to random:tiny-t5"),
+    (["--model", "random:tiny-gpt2", "--method", "no-such-method"], "unknown method 'no_such_method'"),
+    (["--model", "random:tiny-gpt2", "--method", "full", "--set", "model.quantization=nf4"], "cannot train a quantised"),
+    (["--model", "random:tiny-gpt2", "--method", "loftq", "--set", "method.bits=3"], "4 (nf4) or 8 (int8) bits"),
+])
+def test_methods_that_cannot_run_are_refused_before_loading(argv, needle, tmp_path, capsys, data_dir):
+    code = cli.main(["run", *argv, "--task", "classification", "--dataset", f"file:{data_dir}/cls.jsonl",
+                     "--out", str(tmp_path / "o"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "results").exists()
+
+
+def test_every_peft_method_type_is_a_method_name_with_either_spelling():
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    for t in PEFT_TYPE_TO_CONFIG_MAPPING:
+        name = str(getattr(t, "value", t)).lower()
+        assert methods.lookup(name) is not None and methods.lookup(name.replace("_", "-")).name == name
+
+
+def test_list_methods_prints_the_support_table(capsys):
+    assert cli.main(["list", "--methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines[2:]}
+    assert set(rows) == set(methods.names())
+    assert "| loha | no: TypeError: Target module of type" in rows["loha"] and rows["loha"].count("works") == 2
+    assert rows["lora"].count("works") == 3
