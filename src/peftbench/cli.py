@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from peftbench import fs
+from peftbench import fs, tracking
 from peftbench.errors import Cancelled, ConfigError, SourceError
 
 
@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="run experiments in this process instead of one fresh process each (debugging)")
     run.add_argument("--gpus", type=int, default=1, metavar="N",
                      help="GPUs per experiment: N > 1 starts it with accelerate's launcher, one process per GPU")
+    run.add_argument("--log-with", action="append", metavar="TRACKER",
+                     help="experiment trackers: tensorboard, mlflow, wandb, trackio (comma-separated or repeated; "
+                          "overrides the suite's log_with; offline; pip install 'peftbench[tracking]')")
     run.add_argument("--help-config", action="store_true", help="list every config field with its default and exit")
     run.add_argument("-v", "--verbose", action="store_true", help="log details (tracebacks of failures)")
 
@@ -125,8 +128,13 @@ def cmd_run(args) -> int:
     out = args.out or Path("runs") / suite.name
     runner.select(plan.plan_runs(suite), args.only)
     plan.check_out_dir(out)
+    log_with = tracking.parse(args.log_with) or suite.log_with
+    problems = tracking.check(log_with)
+    if problems:
+        raise ConfigError("; ".join(problems))
     return runner.run_suite(suite, out_dir=out, device=args.device, force=args.force, only=args.only,
-                            in_process=args.in_process, gpus=args.gpus)
+                            in_process=args.in_process, gpus=args.gpus,
+                            tracking={"log_with": log_with, "project": suite.name} if log_with else None)
 
 
 METHOD_ARCHS = {"gpt2 (causal, Conv1D)": "random:gpt2", "llama (causal)": "random:smollm2-135m",

@@ -30,7 +30,7 @@ import yaml
 from peftbench.errors import ConfigError
 
 SECTIONS = ("model", "data", "method", "train", "measure")
-SUITE_KEYS = ("name", "description", "defaults", "experiments", "matrix", "seeds")
+SUITE_KEYS = ("name", "description", "defaults", "experiments", "matrix", "seeds", "log_with")
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: no trailing newline slips in
 ON_OFF_FIELDS = {"chat_template", "compile", "fused_optimizer", "fused_loss", "packing"}
 SWITCH_CHOICES = ("auto", "on", "off")
@@ -178,6 +178,7 @@ class Suite:
     experiments: list[Experiment]
     description: str = ""
     path: str | None = None
+    log_with: list[str] = field(default_factory=list)  # experiment trackers (peftbench.tracking)
 
 
 SECTION_TYPES = {"model": ModelArgs, "data": DataArgs, "method": MethodArgs,

@@ -38,6 +38,7 @@ from peftbench.progress import progress
 from peftbench.results import Result
 from peftbench.speed import resolve as resolve_speed
 from peftbench.tasks import GENERATION, TASKS, mean_loss
+from peftbench.tracking import Trackers
 from peftbench.train import total_steps, train, varying
 
 log = logging.getLogger("peftbench")
@@ -71,8 +72,11 @@ def make_accelerator(*, device: str, mixed_precision: str, grad_accum: int):
 class Recipe:
     """The phases of one run; ``run()`` drives them and returns the result (None off the main process)."""
 
-    def __init__(self, run: Run, *, out_dir: Path, device: str = "auto", attempt: str | None = None):
+    def __init__(self, run: Run, *, out_dir: Path, device: str = "auto", attempt: str | None = None,
+                 tracking: dict | None = None):
         self.plan, self.out_dir, self.device, self.attempt = run, Path(out_dir), device, attempt
+        self.tracking = tracking or {}
+        self.trackers: Trackers | None = None
         self.exp = copy.deepcopy(run.exp)
         self.task = TASKS[self.exp.data.task]
         self.started = time.time()
@@ -83,6 +87,7 @@ class Recipe:
         try:
             self.prepare()
             fault_point("prepared", self.plan.run_id)
+            self._start_trackers()
             self.train()
             if not self.main:  # under a multi-GPU launch, the main process evaluates, measures, records
                 return None
@@ -91,6 +96,8 @@ class Recipe:
             self.measure()
             return self.commit()
         finally:
+            if self.trackers:
+                self.trackers.finish()
             for d in self.temp_dirs:
                 shutil.rmtree(d, ignore_errors=True)
 
@@ -155,6 +162,7 @@ class Recipe:
             tr = train(self.model, self.features, args=exp.train, accelerator=self.accelerator,
                        pad_id=self.loaded.tokenizer.pad_token_id, learning_rate=self.resolved["learning_rate"],
                        speed=speed, evaluate=periodic, step_hook=applied.step_hook,
+                       on_log=self.trackers.log if self.trackers else None,
                        progress=lambda step, loss, tps: (bar.set_postfix(loss=f"{loss:.4f}", tokens_per_s=f"{tps:,.0f}"),
                                                          bar.update(step - bar.n)))
         self.model = self.accelerator.unwrap_model(self.model)
@@ -270,9 +278,35 @@ class Recipe:
             fault_point("adapter-swapped", run_id)
         else:
             shutil.rmtree(final, ignore_errors=True)  # a `none` run ships nothing
-        return self._result(adapter_dir=str(Path("adapters") / run_id) if self.applied.trains else None)
+        result = self._result(adapter_dir=str(Path("adapters") / run_id) if self.applied.trains else None)
+        self._log_final(result)
+        return result
 
     # ------------------------------------------------------------ helpers
+
+    def _start_trackers(self) -> None:
+        """One tracker run per peftbench run, on the main process: the resolved config as hyperparameters."""
+        if not self.tracking.get("log_with") or not self.main:
+            return
+        self.trackers = Trackers(self.tracking["log_with"], out_dir=self.out_dir,
+                                 project=self.tracking.get("project") or "peftbench", run_name=self.plan.run_id)
+        self.trackers.start({**self.exp.to_dict(), "resolved": {k: v for k, v in self.resolved.items()},
+                             "run_id": self.plan.run_id, "config_hash": self.plan.config_hash})
+
+    def _log_final(self, result: Result) -> None:
+        """Quality, efficiency and storage numbers as the tracker run's last step."""
+        if not self.trackers:
+            return
+        inf = result.inference or {}
+        values = {**{f"test/{k}": v for k, v in (result.quality or {}).items()},
+                  **{f"validation/{k}": v for k, v in (result.validation or {}).items()},
+                  "train/steady_tokens_per_second": result.train.get("steady_tokens_per_second"),
+                  "train/peak_memory_bytes": result.train.get("peak_memory_bytes"),
+                  "inference/p50_ms": (inf.get("latency_ms") or {}).get("p50_ms"),
+                  "inference/tokens_per_second": inf.get("throughput_tokens_per_second"),
+                  "params/trainable": result.params["trainable"], "params/total": result.params["total"],
+                  "storage/adapter_bytes": result.storage["adapter_bytes"]}
+        self.trackers.log(values, step=max(1, result.train.get("steps") or 0))
 
     @staticmethod
     def _merge(model) -> tuple[torch.nn.Module, str | None]:
@@ -379,11 +413,12 @@ def failure(run: Run, status: str, error: str, *, started: float, device: str, a
                   wall_seconds=round(time.time() - started, 3))
 
 
-def execute(run: Run, *, out_dir: Path, device: str, attempt: str | None = None) -> Result | None:
+def execute(run: Run, *, out_dir: Path, device: str, attempt: str | None = None,
+            tracking: dict | None = None) -> Result | None:
     """Run and record one run; re-raises ``Cancelled`` after recording it. None off the main process."""
     started = time.time()
     try:
-        result = Recipe(run, out_dir=out_dir, device=device, attempt=attempt).run()
+        result = Recipe(run, out_dir=out_dir, device=device, attempt=attempt, tracking=tracking).run()
     except (Cancelled, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Cancelled) else signal.SIGINT
         results.write_result(out_dir, failure(run, "cancelled", f"cancelled by {signal.Signals(signum).name}",

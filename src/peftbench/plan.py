@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from peftbench import data, fs, methods, models, tasks
+from peftbench import data, fs, methods, models, tasks, tracking
 from peftbench.config import COMPILE_CHOICES, FUSED_LOSS_CHOICES, SWITCH_CHOICES, Experiment, Suite, check_numbers, config_hash, experiments_from_raw
 from peftbench.errors import ConfigError
 
@@ -228,8 +228,10 @@ def suite_from_dict(raw, *, name: str, overrides: list[str] | None = None, seeds
             errors.append(f"{exp.id}: duplicate experiment id (give one an explicit id)")
         seen.add(exp.id)
         errors += validate(exp)
+    log_with = tracking.parse(raw.get("log_with")) if isinstance(raw, dict) else []
+    errors += tracking.check(log_with)
     _raise(errors)
-    return Suite(name=suite_name, experiments=experiments, description=description, path=path)
+    return Suite(name=suite_name, experiments=experiments, description=description, path=path, log_with=log_with)
 
 
 def builtin_suites() -> Path:

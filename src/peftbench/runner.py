@@ -115,17 +115,19 @@ def child_command(payload: Path, gpus: int) -> list[str]:
     return [sys.executable, "-m", "peftbench.child", str(payload)]
 
 
-def run_payload(run: Run, *, out_dir: Path, device: str, attempt: str) -> dict:
+def run_payload(run: Run, *, out_dir: Path, device: str, attempt: str, tracking: dict | None = None) -> dict:
     return {"exp": run.exp.to_dict(), "experiment_id": run.experiment_id, "run_id": run.run_id, "seed": run.seed,
             "sweep": run.sweep, "config_hash": run.config_hash, "out_dir": str(out_dir), "device": device,
-            "attempt": attempt, "log_level": logging.getLogger("peftbench").level}
+            "attempt": attempt, "log_level": logging.getLogger("peftbench").level, "tracking": tracking}
 
 
-def run_in_child(run: Run, *, out_dir: Path, device: str, gpus: int, guard: _Signals) -> Result:
+def run_in_child(run: Run, *, out_dir: Path, device: str, gpus: int, guard: _Signals,
+                 tracking: dict | None = None) -> Result:
     """Start the run in a fresh process and return what it recorded, or record how it died."""
     attempt = uuid.uuid4().hex[:12]
     payload = out_dir / "results" / f".{run.run_id}.payload-{attempt}.json"
-    results.write_json_atomic(payload, run_payload(run, out_dir=out_dir, device=device, attempt=attempt))
+    results.write_json_atomic(payload, run_payload(run, out_dir=out_dir, device=device, attempt=attempt,
+                                                   tracking=tracking))
     started = time.time()
     try:
         proc = subprocess.Popen(child_command(payload, gpus), start_new_session=True)  # signals come from us
@@ -176,7 +178,8 @@ def _say(*args, **kw) -> None:
 
 
 def run_suite(suite, *, out_dir: Path, device: str = "auto", force: bool = False, only: str | None = None,
-              report: bool = True, in_process: bool = False, gpus: int = 1, echo=_say) -> int:
+              report: bool = True, in_process: bool = False, gpus: int = 1, echo=_say,
+              tracking: dict | None = None) -> int:
     """Run the suite's runs; returns the exit code (0 all succeeded, 1 some failed, 128+N on signal N)."""
     device = resolve_device(device)
     runs = select(plan_runs(suite), only)
@@ -207,12 +210,12 @@ def run_suite(suite, *, out_dir: Path, device: str = "auto", force: bool = False
                 from peftbench.experiment import execute
 
                 try:
-                    result = execute(run, out_dir=out_dir, device=device)
+                    result = execute(run, out_dir=out_dir, device=device, tracking=tracking)
                 except Cancelled as c:
                     guard.received = c.signum
                     result = None
             else:
-                result = run_in_child(run, out_dir=out_dir, device=device, gpus=gpus, guard=guard)
+                result = run_in_child(run, out_dir=out_dir, device=device, gpus=gpus, guard=guard, tracking=tracking)
             if guard.received:
                 echo(f"[{i}/{len(runs)}] {run.run_id}: cancelled")
                 break

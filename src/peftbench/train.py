@@ -124,9 +124,11 @@ def _optimizer(params, *, learning_rate: float, args: TrainArgs, fused: bool):
 def train(model: torch.nn.Module, features: list[dict], *, args: TrainArgs, accelerator, pad_id: int,
           learning_rate: float, speed: dict | None = None, evaluate: Callable[[int], dict] | None = None,
           progress: Callable[[int, float, float], None] | None = None,
-          step_hook: Callable[[int], None] | None = None) -> TrainResult:
+          step_hook: Callable[[int], None] | None = None,
+          on_log: Callable[[dict, int], None] | None = None) -> TrainResult:
     """Train ``model`` in place; ``step_hook(step)`` runs after each optimizer step, before the
-    gradients are cleared (AdaLoRA's rank reallocation)."""
+    gradients are cleared (AdaLoRA's rank reallocation); ``on_log(values, step)`` gets each logged
+    loss and evaluation (experiment trackers)."""
     from transformers import get_scheduler
 
     speed = {**PLAIN, **(speed or {})}
@@ -150,7 +152,7 @@ def train(model: torch.nn.Module, features: list[dict], *, args: TrainArgs, acce
         module = torch.compile(module, dynamic=dynamic)
     model.train()
     loop = _Loop(args=args, accelerator=accelerator, module=module, optimizer=optimizer, scheduler=scheduler,
-                 params=params, steps=steps, learning_rate=learning_rate, regions=regions, step_hook=step_hook,
+                 params=params, steps=steps, learning_rate=learning_rate, regions=regions, step_hook=step_hook, on_log=on_log,
                  log_steps=log_every(args, accelerator.device.type), evaluate=evaluate, progress=progress)
     try:
         with MemoryTracker(accelerator.device, resident_bytes=tensor_bytes(model)) as mem, loop.timer.running():
@@ -170,9 +172,9 @@ class _Loop:
     """The steps of one training run, with their laps, loss curve and periodic evaluations."""
 
     def __init__(self, *, args, accelerator, module, optimizer, scheduler, params, steps, learning_rate,
-                 regions, log_steps, evaluate, progress, step_hook=None):
+                 regions, log_steps, evaluate, progress, step_hook=None, on_log=None):
         self.args, self.acc, self.module, self.regions = args, accelerator, module, regions
-        self.step_hook = step_hook
+        self.step_hook, self.on_log = step_hook, on_log
         self.optimizer, self.scheduler, self.params = optimizer, scheduler, params
         self.steps, self.log_steps, self.evaluate, self.progress = steps, log_steps, evaluate, progress
         self.timer = WorkTimer(accelerator.device)
@@ -222,13 +224,19 @@ class _Loop:
             self.result.loss_curve.append({"step": step, "loss": round(mean_loss, 6),
                                            "learning_rate": self.scheduler.get_last_lr()[0]})
             t.loss_sum, t.loss_n, t.lap_tokens = 0.0, 0, 0
+            rate = t.tokens / max(self.timer.elapsed(), 1e-9)
             if self.progress:
-                self.progress(step, mean_loss, t.tokens / max(self.timer.elapsed(), 1e-9))
+                self.progress(step, mean_loss, rate)
+            if self.on_log:
+                self.on_log({"train/loss": mean_loss, "train/learning_rate": self.scheduler.get_last_lr()[0],
+                             "train/tokens_per_second": rate}, step)
         if self.evaluate and args.eval_steps and (step % args.eval_steps == 0 or step == self.steps):
             with self.timer.paused(), self.regions.off() if self.regions else contextlib.nullcontext():
                 model.eval()
                 self.result.eval_curve.append({"step": step, **self.evaluate(step)})
                 model.train()
+            if self.on_log:
+                self.on_log({f"eval/{k}": v for k, v in self.result.eval_curve[-1].items() if k != "step"}, step)
 
     def finish(self, *, n_batches: int) -> TrainResult:
         r, t, acc = self.result, self.t, self.acc
