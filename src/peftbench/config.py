@@ -138,6 +138,8 @@ class MeasureArgs:
     merged: bool = _f(True, "also measure the merged model where the method can merge")
     dtype: str = _f("auto", "inference dtype: auto (bf16 on GPUs that support it, else fp32) | float32 | bfloat16 | float16")
     enabled: bool = _f(True, "measure inference at all")
+    optimized: str = _f("auto", "also measure generation with a static KV cache (static) and a compiled forward "
+                                "(compile): auto (compile with CUDA, off on CPU) | static | compile | off")
 
 
 @dataclass
