@@ -10,8 +10,15 @@ import torch.nn.functional as F
 
 from peftbench import methods, models
 from peftbench.config import TrainArgs
-from peftbench.speed import LossModule, chunked_linear_cross_entropy, loss_positions, pack_batch, packs_correctly
-from peftbench.speed import resolve, split_head
+from peftbench.speed import (
+    LossModule,
+    chunked_linear_cross_entropy,
+    loss_positions,
+    pack_batch,
+    packs_correctly,
+    resolve,
+    split_head,
+)
 from peftbench.tasks import IGNORE, pad_batch
 
 

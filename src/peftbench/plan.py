@@ -23,7 +23,16 @@ from pathlib import Path
 import yaml
 
 from peftbench import data, fs, methods, models, tasks, tracking
-from peftbench.config import COMPILE_CHOICES, FUSED_LOSS_CHOICES, SWITCH_CHOICES, Experiment, Suite, check_numbers, config_hash, experiments_from_raw
+from peftbench.config import (
+    COMPILE_CHOICES,
+    FUSED_LOSS_CHOICES,
+    SWITCH_CHOICES,
+    Experiment,
+    Suite,
+    check_numbers,
+    config_hash,
+    experiments_from_raw,
+)
 from peftbench.errors import ConfigError
 
 SHOWN_ERRORS = 8  # problems listed in the one-line message; the rest are counted

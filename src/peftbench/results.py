@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -93,12 +93,12 @@ class Result:
 
 
 def now() -> str:
-    return timestamp(datetime.now(timezone.utc).timestamp())
+    return timestamp(datetime.now(UTC).timestamp())
 
 
 def timestamp(seconds: float) -> str:
     """A Unix time as UTC ISO 8601 to the second, the form of every time in a result."""
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------- writing

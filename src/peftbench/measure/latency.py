@@ -44,7 +44,7 @@ class Latency:
     samples_ms: list[float] = field(default_factory=list)  # every timed call: the report's intervals
 
     @classmethod
-    def from_values(cls, seconds: list[float]) -> "Latency":
+    def from_values(cls, seconds: list[float]) -> Latency:
         ms = [s * 1000 for s in seconds]
         return cls(n=len(ms), mean_ms=statistics.fmean(ms) if ms else math.nan,
                    p50_ms=percentile(ms, 50), p90_ms=percentile(ms, 90), p95_ms=percentile(ms, 95),

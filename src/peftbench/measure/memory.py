@@ -77,7 +77,7 @@ class MemoryTracker:
         self.interval = interval
         self.result: Memory | None = None
 
-    def __enter__(self) -> "MemoryTracker":
+    def __enter__(self) -> MemoryTracker:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)

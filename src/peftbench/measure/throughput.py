@@ -25,7 +25,7 @@ class Throughput:
     seconds: float
 
     @classmethod
-    def of(cls, *, volume: float, seconds: float, unit: str) -> "Throughput":
+    def of(cls, *, volume: float, seconds: float, unit: str) -> Throughput:
         return cls(value=volume / seconds if seconds > 0 else float("nan"), unit=unit, volume=volume, seconds=seconds)
 
     def to_dict(self) -> dict:

@@ -20,8 +20,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from peftbench import stats
-from peftbench.report.metrics import (METRICS, PRIMARY_QUALITY, QUALITY, get_in, is_random, margin, method_of,
-                                      model_of, task_of, value)
+from peftbench.report.metrics import (
+    METRICS,
+    PRIMARY_QUALITY,
+    QUALITY,
+    get_in,
+    is_random,
+    margin,
+    method_of,
+    model_of,
+    task_of,
+    value,
+)
 
 VERDICT_MEASURES = ["QUALITY", "trainable", "adapter_bytes", "train_tokens_per_second", "train_peak_memory_bytes",
                     "deploy_p50_ms", "throughput", "inference_peak_memory_bytes"]

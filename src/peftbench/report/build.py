@@ -19,9 +19,8 @@ import io
 import re
 from pathlib import Path
 
-from peftbench.report.aggregate import Agg, aggregate, against_base, summarize, unmerged_overhead, verdicts
-from peftbench.report.metrics import (METRICS, PRIMARY_QUALITY, QUALITY, TABLE_COLUMNS, fmt, get_in, is_random,
-                                      method_of)
+from peftbench.report.aggregate import Agg, against_base, aggregate, summarize, unmerged_overhead, verdicts
+from peftbench.report.metrics import METRICS, PRIMARY_QUALITY, QUALITY, TABLE_COLUMNS, fmt, get_in, is_random, method_of
 from peftbench.report.plots import PARETO_AXES, pareto_sets, plot_group
 from peftbench.results import load_results, to_json, write_text_atomic
 

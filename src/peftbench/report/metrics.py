@@ -108,7 +108,7 @@ class Metric:
 MARGIN_PERCENT = {("timing", "cpu"): 25.0, ("memory", "cpu"): 20.0, ("timing", "cuda"): 10.0, ("memory", "cuda"): 3.0}
 
 
-def margin(metric: "Metric", device: str) -> float:
+def margin(metric: Metric, device: str) -> float:
     if metric.kind not in ("timing", "memory"):
         return 0.0
     return MARGIN_PERCENT[(metric.kind, "cuda" if str(device).startswith("cuda") else "cpu")]

@@ -17,8 +17,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from peftbench.report.aggregate import summarize  # noqa: E402
-from peftbench.report.metrics import (METRICS, PRIMARY_QUALITY, QUALITY, human_bytes, is_random,  # noqa: E402
-                                      pareto, value)
+from peftbench.report.metrics import METRICS, PRIMARY_QUALITY, QUALITY, human_bytes, is_random, pareto, value  # noqa: E402
 
 COLORS = {"none": "#7f7f7f", "full": "#d62728", "lora": "#1f77b4", "ia3": "#2ca02c", "dora": "#9467bd",
           "loha": "#8c564b", "lokr": "#e377c2", "vera": "#bcbd22"}
