@@ -1,5 +1,6 @@
 # make demo: set up .venv, then run the offline demo suite (CPU is fine; ~10 min on 2 cores)
 # make test: set up .venv, then run the test suite
+# make lint: ruff and the size limits (run by .ci/run before the tests)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# make lint: ruff (rules in pyproject.toml) and the house limits (functions <= 60 lines, modules <= 400)
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/python tools/check_sizes.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -123,8 +123,12 @@ def main() -> None:
                         lat = measure_latency(fns[v], device=device, warmup=0, iterations=args.block, min_seconds=0)
                         samples[v].append(lat)
                 for v in VARIANTS:
-                    stats = {"p50_ms": statistics.median(lat.p50_ms for lat in samples[v]), "mean_of_blocks_ms": statistics.fmean(
-                        [lat.mean_ms for lat in samples[v]]), "blocks": len(samples[v]), "block": args.block}
+                    stats = {
+                        "p50_ms": statistics.median(lat.p50_ms for lat in samples[v]),
+                        "mean_of_blocks_ms": statistics.fmean([lat.mean_ms for lat in samples[v]]),
+                        "blocks": len(samples[v]),
+                        "block": args.block,
+                    }
                     raw[mode][f"{b}x{n}"][v].append(stats)
                     print(f"repeat {r + 1} {mode:5s} {b}x{n} {v:14s} p50 {stats['p50_ms']:9.3f} ms", flush=True)
 
@@ -144,9 +148,14 @@ def main() -> None:
             avg = {v: statistics.median(meds[v]) for v in VARIANTS}
             spread = {v: 100 * (max(meds[v]) - min(meds[v])) / avg[v] for v in VARIANTS}
             over = {v: 100 * (avg[v] / avg["base"] - 1) for v in VARIANTS}
-            summary[mode][shape] = {"p50_ms": avg, "spread_percent": spread, "overhead_vs_base_percent": over,
-                                    "unmerged_vs_merged_percent": {
-                                        m: 100 * (avg[f"{m} unmerged"] / avg[f"{m} merged"] - 1) for m in ("lora", "ia3")}}
+            summary[mode][shape] = {
+                "p50_ms": avg,
+                "spread_percent": spread,
+                "overhead_vs_base_percent": over,
+                "unmerged_vs_merged_percent": {
+                    m: 100 * (avg[f"{m} unmerged"] / avg[f"{m} merged"] - 1) for m in ("lora", "ia3")
+                },
+            }
             cells = [f"{avg[v]:.2f} ± {spread[v]:.1f} %" + ("" if v == "base" else f" ({over[v]:+.1f} %)")
                      for v in VARIANTS]
             print(f"| {shape} | " + " | ".join(cells) + " |")
@@ -155,10 +164,23 @@ def main() -> None:
     print("max |logit difference| merged vs unmerged:", {k: f"{v:.3g}" for k, v in diffs.items()})
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"model": args.model, "dtype": str(dtype), "env": env, "iterations": args.iterations,
-                                        "block": args.block, "warmup": args.warmup, "repeats": args.repeats, "raw": raw,
-                                        "summary": summary,
-                                        "max_abs_logit_diff": diffs}, indent=1))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "dtype": str(dtype),
+                    "env": env,
+                    "iterations": args.iterations,
+                    "block": args.block,
+                    "warmup": args.warmup,
+                    "repeats": args.repeats,
+                    "raw": raw,
+                    "summary": summary,
+                    "max_abs_logit_diff": diffs,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

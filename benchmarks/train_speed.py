@@ -35,9 +35,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from peftbench import methods, models  # noqa: E402
+from peftbench.batches import IGNORE, pad_batch  # noqa: E402
 from peftbench.config import TrainArgs  # noqa: E402
 from peftbench.speed import resolve  # noqa: E402
-from peftbench.tasks import IGNORE, pad_batch  # noqa: E402
 from peftbench.train import PLAIN, make_loader, varying  # noqa: E402
 
 PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12}
@@ -170,10 +170,16 @@ def run_trainer(shape, method, feats, *, steps, batch, device) -> dict:
     out = trainer.train()
     steady = sum(counts[WARMUP:steps]) / (marks[steps] - marks[WARMUP])
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"steady_tokens_per_second": steady, "all_tokens_per_second": sum(counts[:steps]) / (marks[steps] - marks["start"]),
-            "warmup_seconds": max(0.0, marks[WARMUP] - marks["start"] - sum(counts[:WARMUP]) / steady),
-            "padding_fraction": None, "loss_curve": losses, "optim": targs.optim.value if hasattr(targs.optim, "value")
-            else str(targs.optim), "params": _params(model), "train_runtime": out.metrics.get("train_runtime")}
+    return {
+        "steady_tokens_per_second": steady,
+        "all_tokens_per_second": sum(counts[:steps]) / (marks[steps] - marks["start"]),
+        "warmup_seconds": max(0.0, marks[WARMUP] - marks["start"] - sum(counts[:WARMUP]) / steady),
+        "padding_fraction": None,
+        "loss_curve": losses,
+        "optim": targs.optim.value if hasattr(targs.optim, "value") else str(targs.optim),
+        "params": _params(model),
+        "train_runtime": out.metrics.get("train_runtime"),
+    }
 
 
 def _tens(losses):

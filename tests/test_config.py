@@ -30,9 +30,13 @@ def test_defaults_overrides_and_set_merge_in_order():
 
 
 def test_matrix_expands_cartesian_product_with_named_axes():
-    d = {"defaults": BASE["defaults"],
-         "matrix": {"model.spec": ["random:tiny-gpt2", "random:tiny-t5"],
-                    "methods": [{"method": {"name": "none"}}, {"method": {"name": "ia3"}, "train": {"learning_rate": 0.01}}]}}
+    d = {
+        "defaults": BASE["defaults"],
+        "matrix": {
+            "model.spec": ["random:tiny-gpt2", "random:tiny-t5"],
+            "methods": [{"method": {"name": "none"}}, {"method": {"name": "ia3"}, "train": {"learning_rate": 0.01}}],
+        },
+    }
     s = suite(d)
     assert [e.id for e in s.experiments] == [
         "random-tiny-gpt2--classification--none", "random-tiny-gpt2--classification--ia3",
@@ -91,7 +95,11 @@ def test_seed_suite_is_the_original_study():
     s = plan.load_suite(str(ROOT / "experiments" / "seed.yaml"))
     assert len(s.experiments) == 2 * 4 * 3
     assert {e.model.spec for e in s.experiments} == {"gpt2", "t5-small"}
-    assert {e.data.spec for e in s.experiments} == {"hf:cnn_dailymail/3.0.0", "hf:imdb", "hf:wikitext/wikitext-2-raw-v1"}
+    assert {e.data.spec for e in s.experiments} == {
+        "hf:cnn_dailymail/3.0.0",
+        "hf:imdb",
+        "hf:wikitext/wikitext-2-raw-v1",
+    }
 
 
 def test_help_text_documents_every_field():

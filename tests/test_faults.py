@@ -118,9 +118,25 @@ def test_a_second_run_into_a_locked_folder_exits_2_naming_the_holder(tmp_path, d
 
 def test_divergence_is_a_failure_and_result_files_are_strict_json(tmp_path, data_dir):
     out = tmp_path / "o"
-    argv = ["run", "--model", "random:tiny-gpt2", "--dataset", f"file:{data_dir}/lm.jsonl", *LM,
-            "--method", "full", "--set", "train.learning_rate=1e6", "--set", "train.max_steps=20", "--id", "hot", "--out", str(out),
-            "--in-process"]
+    argv = [
+        "run",
+        "--model",
+        "random:tiny-gpt2",
+        "--dataset",
+        f"file:{data_dir}/lm.jsonl",
+        *LM,
+        "--method",
+        "full",
+        "--set",
+        "train.learning_rate=1e6",
+        "--set",
+        "train.max_steps=20",
+        "--id",
+        "hot",
+        "--out",
+        str(out),
+        "--in-process",
+    ]
     assert cli.main(argv) == 1
     text = (out / "results" / "hot.json").read_text()
     r = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON token {c}"))
@@ -162,24 +178,35 @@ def _bad_files(d: Path) -> dict[str, Path]:
 CLS = ["--model", "random:tiny-gpt2", "--method", "lora", "--task", "classification"]
 
 
-@pytest.mark.parametrize("case, extra, fragment", [
-    ("empty file", ["--dataset", "file:{d}/empty.jsonl"], "the file is empty"),
-    ("bad JSON line", ["--dataset", "file:{d}/badjson.jsonl"], "line 2: invalid JSON"),
-    ("one label", ["--dataset", "file:{d}/onelabel.jsonl"], "needs at least 2 classes"),
-    ("mixed label types", ["--dataset", "file:{d}/mixed.jsonl"], "labels mix types"),
-    ("wrong field", ["--dataset", "file:{d}/nofield.jsonl"], "no column 'text' for field 'text'"),
-    ("empty text", ["--dataset", "file:{d}/emptytext.jsonl"], "row 5: field 'text'"),
-    ("non-UTF-8", ["--dataset", "file:{d}/latin1.jsonl"], "line 1: not UTF-8"),
-    ("r not an int", ["--dataset", "file:{ok}", "--set", "method.r=eight"], "method.r: 'eight' is not a valid int"),
-    ("options not a mapping", ["--dataset", "file:{ok}", "--set", "method.options=3"], "method.options: expected a mapping"),
-    ("seq_len past positions", ["--dataset", "file:{ok}", "--set", "measure.seq_len=600"], "exceeds the model's 512"),
-    ("lr inf", ["--dataset", "file:{ok}", "--set", "train.learning_rate=inf"], "must be a finite number"),
-    ("lr nan", ["--dataset", "file:{ok}", "--set", "train.learning_rate=.nan"], "must be a finite number"),
-    ("id with newline", ["--dataset", "file:{ok}", "--id", "abc\n"], "must be letters, digits"),
-    ("300-character id", ["--dataset", "file:{ok}", "--id", "a" * 300], "is 300 characters (at most 100)"),
-    ("out is a file", ["--dataset", "file:{ok}", "--out", "{d}/empty.jsonl"], "exists and is not a directory"),
-    ("batch 0", ["--dataset", "file:{ok}", "--set", "train.batch_size=0"], "train.batch_size: must be > 0"),
-])
+@pytest.mark.parametrize(
+    "case, extra, fragment",
+    [
+        ("empty file", ["--dataset", "file:{d}/empty.jsonl"], "the file is empty"),
+        ("bad JSON line", ["--dataset", "file:{d}/badjson.jsonl"], "line 2: invalid JSON"),
+        ("one label", ["--dataset", "file:{d}/onelabel.jsonl"], "needs at least 2 classes"),
+        ("mixed label types", ["--dataset", "file:{d}/mixed.jsonl"], "labels mix types"),
+        ("wrong field", ["--dataset", "file:{d}/nofield.jsonl"], "no column 'text' for field 'text'"),
+        ("empty text", ["--dataset", "file:{d}/emptytext.jsonl"], "row 5: field 'text'"),
+        ("non-UTF-8", ["--dataset", "file:{d}/latin1.jsonl"], "line 1: not UTF-8"),
+        ("r not an int", ["--dataset", "file:{ok}", "--set", "method.r=eight"], "method.r: 'eight' is not a valid int"),
+        (
+            "options not a mapping",
+            ["--dataset", "file:{ok}", "--set", "method.options=3"],
+            "method.options: expected a mapping",
+        ),
+        (
+            "seq_len past positions",
+            ["--dataset", "file:{ok}", "--set", "measure.seq_len=600"],
+            "exceeds the model's 512",
+        ),
+        ("lr inf", ["--dataset", "file:{ok}", "--set", "train.learning_rate=inf"], "must be a finite number"),
+        ("lr nan", ["--dataset", "file:{ok}", "--set", "train.learning_rate=.nan"], "must be a finite number"),
+        ("id with newline", ["--dataset", "file:{ok}", "--id", "abc\n"], "must be letters, digits"),
+        ("300-character id", ["--dataset", "file:{ok}", "--id", "a" * 300], "is 300 characters (at most 100)"),
+        ("out is a file", ["--dataset", "file:{ok}", "--out", "{d}/empty.jsonl"], "exists and is not a directory"),
+        ("batch 0", ["--dataset", "file:{ok}", "--set", "train.batch_size=0"], "train.batch_size: must be > 0"),
+    ],
+)
 def test_bad_input_is_caught_before_anything_is_written(tmp_path, data_dir, monkeypatch, capsys, case, extra,
                                                        fragment):
     d = tmp_path / "in"

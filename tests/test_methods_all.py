@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from peftbench import methods, models
-from peftbench.experiment import Recipe
 
 ARCHS = {"tiny-gpt2": "causal", "tiny-llama": "causal", "tiny-t5": "seq2seq"}
 # no adapter to save (none/full); qlora needs CUDA (tested as skipped); loftq's adapter pairs with the
@@ -68,7 +67,7 @@ def test_method_trains_saves_reloads_and_merges(name, arch, tmp_path):
         again = reloaded(**inputs).logits
     assert torch.allclose(out, again, atol=1e-5), f"{name} on {arch}: reloaded outputs differ"
     if applied.can_merge:
-        merged, note = Recipe._merge(copy.deepcopy(reloaded))
+        merged, note = methods.merge(copy.deepcopy(reloaded))
         if note:  # peft offers merging but this method refuses: the run records why and measures unmerged
             assert note.startswith("does not merge: ") and merged is not None
             return

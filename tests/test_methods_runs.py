@@ -37,8 +37,14 @@ def prompt_runs(tmp_path_factory, data_dir, tiny_pretrained):
     tmp = tmp_path_factory.mktemp("prompt")
     cls = {"model": {"spec": str(tiny_pretrained)}, "data": {"spec": f"file:{data_dir}/cls.jsonl",
                                                               "task": "classification"}}
-    summ = {"model": {"spec": "random:tiny-t5"}, "data": {"spec": f"file:{data_dir}/summ.jsonl", "task": "summarization",
-                                                          "fields": {"source": "article", "target": "highlights"}}}
+    summ = {
+        "model": {"spec": "random:tiny-t5"},
+        "data": {
+            "spec": f"file:{data_dir}/summ.jsonl",
+            "task": "summarization",
+            "fields": {"source": "article", "target": "highlights"},
+        },
+    }
     exps = [{"id": "pt", **cls, "method": {"name": "prompt-tuning", "num_virtual_tokens": 4}},
             {"id": "prefix", **cls, "method": {"name": "prefix_tuning", "num_virtual_tokens": 4}},
             {"id": "ptune-t5", **summ, "method": {"name": "p_tuning", "num_virtual_tokens": 4}},
@@ -128,13 +134,19 @@ def test_nf4_roundtrip_keeps_the_sixteen_levels_per_block():
     assert (q - w).abs().max() <= w.abs().max() * 0.2
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--model", "random:gpt2", "--method", "loha"], "loha cannot apply to random:gpt2"),
-    (["--model", "random:tiny-t5", "--method", "cpt"], "cpt cannot apply to random:tiny-t5"),
-    (["--model", "random:tiny-gpt2", "--method", "no-such-method"], "unknown method 'no_such_method'"),
-    (["--model", "random:tiny-gpt2", "--method", "full", "--set", "model.quantization=nf4"], "cannot train a quantised"),
-    (["--model", "random:tiny-gpt2", "--method", "loftq", "--set", "method.bits=3"], "4 (nf4) or 8 (int8) bits"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--model", "random:gpt2", "--method", "loha"], "loha cannot apply to random:gpt2"),
+        (["--model", "random:tiny-t5", "--method", "cpt"], "cpt cannot apply to random:tiny-t5"),
+        (["--model", "random:tiny-gpt2", "--method", "no-such-method"], "unknown method 'no_such_method'"),
+        (
+            ["--model", "random:tiny-gpt2", "--method", "full", "--set", "model.quantization=nf4"],
+            "cannot train a quantised",
+        ),
+        (["--model", "random:tiny-gpt2", "--method", "loftq", "--set", "method.bits=3"], "4 (nf4) or 8 (int8) bits"),
+    ],
+)
 def test_methods_that_cannot_run_are_refused_before_loading(argv, needle, tmp_path, capsys, data_dir):
     code = cli.main(["run", *argv, "--task", "classification", "--dataset", f"file:{data_dir}/cls.jsonl",
                      "--out", str(tmp_path / "o"), "--device", "cpu"])

@@ -174,7 +174,9 @@ def test_epochs_and_gradient_accumulation_count_optimizer_steps():
     assert total_steps(TrainArgs(max_steps=-1, epochs=2.0, gradient_accumulation_steps=2), 5) == 5
     assert total_steps(TrainArgs(max_steps=7), 5) == 7
     feats = [{"input_ids": list(range(5, 15)), "labels": list(range(5, 15))} for _ in range(16)]
-    model = methods.apply(name="lora", options={}, model=models.build_random("tiny-gpt2", seed=0), family="causal").model
+    model = methods.apply(
+        name="lora", options={}, model=models.build_random("tiny-gpt2", seed=0), family="causal"
+    ).model
     out = train(model, feats, args=TrainArgs(max_steps=-1, epochs=1.0, batch_size=4, gradient_accumulation_steps=2),
                 accelerator=Accelerator(cpu=True, gradient_accumulation_steps=2), pad_id=0, learning_rate=1e-3)
     assert (out.steps, out.epochs, out.tokens) == (2, 1.0, 16 * 10)  # 4 micro-batches, 2 per optimizer step

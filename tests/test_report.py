@@ -83,12 +83,23 @@ def fixture_dir(tmp_path):
     rs = [
         result(M, C, "none", correct=100),
         result(M, C, "full", correct=180, trainable=1000, adapter=4000, train_mem=9e9, tok_s=50),
-        result(M, C, "lora", correct=178, trainable=16, adapter=80, p50=14.0, merged_p50=10.0, train_mem=4e9, tok_s=120),
+        result(
+            M, C, "lora", correct=178, trainable=16, adapter=80, p50=14.0, merged_p50=10.0, train_mem=4e9, tok_s=120
+        ),
         result(M, C, "ia3", correct=140, trainable=4, adapter=20, p50=11.0, merged_p50=10.0, train_mem=3e9, tok_s=130),
-        result("random:gpt2", "summarization", "lora", trainable=16, adapter=80, p50=5.0, merged_p50=4.0,
-               random_weights=True),
-        result("random:gpt2", "summarization", "ia3", trainable=4, adapter=20, p50=4.5, merged_p50=4.4,
-               random_weights=True),
+        result(
+            "random:gpt2",
+            "summarization",
+            "lora",
+            trainable=16,
+            adapter=80,
+            p50=5.0,
+            merged_p50=4.0,
+            random_weights=True,
+        ),
+        result(
+            "random:gpt2", "summarization", "ia3", trainable=4, adapter=20, p50=4.5, merged_p50=4.4, random_weights=True
+        ),
     ]
     failed = {"schema": "peftbench.result/2", "id": "oops", "run_id": "oops", "config_hash": "0", "status": "failed",
               "error": "ValueError: boom",

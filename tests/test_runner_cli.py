@@ -26,14 +26,27 @@ def tiny_pretrained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def suite_run(tmp_path_factory, data_dir, tiny_pretrained):
     out = tmp_path_factory.mktemp("run")
-    raw = {"name": "tiny", "defaults": FAST, "matrix": {
-        "model_task": [
-            {"model": {"spec": str(tiny_pretrained)}, "data": {"spec": f"file:{data_dir}/cls.jsonl", "task": "classification"}},
-            {"model": {"spec": "random:tiny-t5"},
-             "data": {"spec": f"file:{data_dir}/summ.jsonl", "task": "summarization",
-                      "fields": {"source": "article", "target": "highlights"}}},
-        ],
-        "method.name": ["none", "full", "lora", "ia3"]}}
+    raw = {
+        "name": "tiny",
+        "defaults": FAST,
+        "matrix": {
+            "model_task": [
+                {
+                    "model": {"spec": str(tiny_pretrained)},
+                    "data": {"spec": f"file:{data_dir}/cls.jsonl", "task": "classification"},
+                },
+                {
+                    "model": {"spec": "random:tiny-t5"},
+                    "data": {
+                        "spec": f"file:{data_dir}/summ.jsonl",
+                        "task": "summarization",
+                        "fields": {"source": "article", "target": "highlights"},
+                    },
+                },
+            ],
+            "method.name": ["none", "full", "lora", "ia3"],
+        },
+    }
     path = out / "tiny.yaml"
     path.write_text(yaml.safe_dump(raw))
     code = cli.main(["run", str(path), "--out", str(out / "res"), "--device", "cpu", "--in-process"])
@@ -170,9 +183,13 @@ def test_single_experiment_mode_and_list(tmp_path, data_dir, capsys):
 def test_seeded_runs_are_reproducible(tmp_path, data_dir):
     from peftbench.experiment import Recipe
 
-    suite = plan.single_experiment(model="random:tiny-gpt2", method="lora", task="language-modeling",
-                                   dataset=f"file:{data_dir}/lm.jsonl",
-                                   overrides=["train.max_steps=3", "measure.enabled=false", "data.max_source_length=32"])
+    suite = plan.single_experiment(
+        model="random:tiny-gpt2",
+        method="lora",
+        task="language-modeling",
+        dataset=f"file:{data_dir}/lm.jsonl",
+        overrides=["train.max_steps=3", "measure.enabled=false", "data.max_source_length=32"],
+    )
     run = plan.plan_runs(suite)[0]
     a = Recipe(run, out_dir=tmp_path / "a", device="cpu").run()
     b = Recipe(run, out_dir=tmp_path / "b", device="cpu").run()

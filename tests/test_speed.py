@@ -9,17 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from peftbench import methods, models
+from peftbench.batches import IGNORE, loss_positions, pack_batch, pad_batch
 from peftbench.config import TrainArgs
-from peftbench.speed import (
-    LossModule,
-    chunked_linear_cross_entropy,
-    loss_positions,
-    pack_batch,
-    packs_correctly,
-    resolve,
-    split_head,
-)
-from peftbench.tasks import IGNORE, pad_batch
+from peftbench.speed import LossModule, chunked_linear_cross_entropy, packs_correctly, resolve, split_head
 
 
 def _features(n=12, seed=0, vocab=200, answer_only=True):

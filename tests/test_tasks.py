@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from peftbench import models, tasks
+from peftbench import batches, models, tasks
 from peftbench.config import DataArgs, ModelArgs
 
 IGNORE = -100
@@ -48,11 +48,11 @@ def test_causal_classification_scores_only_the_label_word(tok):
 
 def test_pad_batch_pads_dynamically_and_masks_labels():
     feats = [{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8], "labels": [8]}]
-    b = tasks.pad_batch(feats, pad_id=0)
+    b = batches.pad_batch(feats, pad_id=0)
     assert b["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert b["labels"].tolist() == [[5, 6, 7], [8, IGNORE, IGNORE]]
-    left = tasks.pad_batch([{"input_ids": [5, 6]}, {"input_ids": [7]}], pad_id=0, side="left", multiple_of=4)
+    left = batches.pad_batch([{"input_ids": [5, 6]}, {"input_ids": [7]}], pad_id=0, side="left", multiple_of=4)
     assert left["input_ids"].tolist() == [[0, 0, 5, 6], [0, 0, 0, 7]]
 
 
@@ -65,7 +65,9 @@ def test_classification_metrics_known_values():
 
 def test_summarization_metrics_perfect_and_disjoint():
     perfect = tasks.summarization_scores(["the cat sat on the mat"], ["the cat sat on the mat"])
-    assert perfect["rouge1"] == perfect["rouge2"] == perfect["rougeL"] == 100.0 and perfect["bleu"] == pytest.approx(100)
+    assert perfect["rouge1"] == perfect["rouge2"] == perfect["rougeL"] == 100.0 and perfect["bleu"] == pytest.approx(
+        100
+    )
     none = tasks.summarization_scores(["dogs bark"], ["the cat sat on the mat"])
     assert none["rouge1"] == 0.0 and none["bleu"] == 0.0
 
@@ -119,8 +121,15 @@ def test_generation_on_tiny_models_returns_one_text_per_prompt(tok):
     for spec in ("random:tiny-gpt2", "random:tiny-t5"):
         lm = models.load(ModelArgs(spec=spec), seed=0)
         args = DataArgs(spec="x", task="summarization", max_source_length=32, max_target_length=4)
-        m = tasks.evaluate_summarization(lm.model.eval(), [{"source": "hello world", "target": "hi"}] * 3, tok=lm.tokenizer,
-                                         family=lm.family, args=args, device="cpu", batch_size=2)
+        m = tasks.evaluate_summarization(
+            lm.model.eval(),
+            [{"source": "hello world", "target": "hi"}] * 3,
+            tok=lm.tokenizer,
+            family=lm.family,
+            args=args,
+            device="cpu",
+            batch_size=2,
+        )
         assert len(m["examples"]) == 3 and all(math.isfinite(m[k]) for k in ("rouge1", "bleu"))
 
 

@@ -32,7 +32,7 @@ def _cancel(signum, frame):
 
 def main(argv: list[str]) -> int:
     from peftbench.cli import quiet_libraries
-    from peftbench.experiment import execute
+    from peftbench.record import execute
     from peftbench.runner import read_payload
 
     _die_with_parent()

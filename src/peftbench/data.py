@@ -207,9 +207,10 @@ def _load_file(rest: str, args: DataArgs) -> tuple[dict[str, list[dict]], dict]:
 
 def _load_builtin(rest: str, args: DataArgs) -> tuple[dict[str, list[dict]], dict]:
     from peftbench import sources
+    from peftbench.converters import SPLITS
 
     meta = sources.load_meta(rest)
-    return ({s: sources.load_split(rest, s) for s in sources.SPLITS},
+    return ({s: sources.load_split(rest, s) for s in SPLITS},
             {"label_names": meta.get("label_names"), "fields": dict(args.fields), "source": meta.get("description"),
              "source_task": meta.get("task")})
 
@@ -229,10 +230,12 @@ LOADERS: dict[str, Callable[[str, DataArgs], tuple[dict[str, list[dict]], dict]]
 
 # ---------------------------------------------------------------- canonicalisation
 
-def to_canonical(rows: list[dict], *, task: str, mapping: dict, label_names: list[str] | None) -> tuple[list[dict], list[str] | None]:
+def to_canonical(
+    rows: list[dict], *, task: str, mapping: dict, label_names: list[str] | None
+) -> tuple[list[dict], list[str] | None]:
     fields = TASKS[task].fields
     out = []
-    for i, r in enumerate(rows):
+    for r in rows:
         rec = {}
         for f in fields:
             col = mapping.get(f, f)
@@ -326,3 +329,15 @@ def load(args: DataArgs) -> Splits:
     if not splits.train or not splits.test:
         raise ConfigError(f"data.spec: {args.spec} has no usable {args.task} rows in train or test")
     return splits
+
+
+def baselines(splits) -> dict:
+    """What classification accuracy needs to beat: always answering the training majority, and chance."""
+    names = splits.label_names
+    train_labels = [r["label"] for r in splits.train]
+    majority = max(range(len(names)), key=lambda c: (train_labels.count(c), -c))
+    test = [r["label"] for r in splits.test]
+    return {"majority_class": names[majority],
+            "majority_accuracy": round(100 * test.count(majority) / len(test), 4),
+            "chance_accuracy": round(100 / len(names), 4),
+            "note": "majority: always answer the most frequent training label"}

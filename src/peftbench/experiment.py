@@ -1,11 +1,9 @@
 """One run as a recipe: prepare -> train -> evaluate -> save -> measure -> commit.
 
 Usage:
-    result = execute(run, out_dir=Path("runs/demo"), device="cpu", attempt="3f2a")   # writes the JSON
-    result = Recipe(run, out_dir=..., device="cpu").run()                               # without recording
+    result = Recipe(run, out_dir=Path("runs/demo"), device="cpu").run()   # peftbench.record.execute writes it
 
-``execute`` records whatever happens: ``success``, ``failed`` (the error, and "diverged by step N"
-for a NaN loss) or ``cancelled`` (then re-raises). Artefacts are committed in an order that a kill
+Artefacts are committed in an order that a kill
 at any point cannot break: the adapter is written to a temp folder, the old result is removed, the
 adapter folder is swapped in, and only then the new result is written; so a ``success`` never
 exists without its adapter, and temp folders left by a kill are cleaned by the next run.
@@ -14,43 +12,33 @@ exists without its adapter, and temp folders left by a kill are cleaned by the n
 from __future__ import annotations
 
 import copy
-import gc
 import logging
 import math
 import os
 import shutil
-import signal
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import torch
 
 from peftbench import data as data_mod
 from peftbench import methods, models, results, sources, stats
-from peftbench.errors import Cancelled, Diverged, Skipped
+from peftbench.errors import Skipped
+from peftbench.faults import fault_point
 from peftbench.measure import dir_bytes
 from peftbench.measure.inference import inference_dtype, logits_for, measure_inference
+from peftbench.measure.memory import free_cached_memory
 from peftbench.measure.storage import file_sizes
 from peftbench.plan import Run
 from peftbench.progress import progress
 from peftbench.results import Result
 from peftbench.speed import resolve as resolve_speed
 from peftbench.tasks import GENERATION, TASKS, mean_loss
-from peftbench.tracking import Trackers
+from peftbench.tracking import Trackers, final_values
 from peftbench.train import total_steps, train, varying
 
 log = logging.getLogger("peftbench")
-FAULT_ENV = "PEFTBENCH_FAULT"  # tests: "POINT" or "POINT@RUN_ID" kills the process there (SIGKILL)
-
-
-def fault_point(name: str, run_id: str) -> None:
-    """Die here as a kill -9 would, when the fault-injection tests ask for it."""
-    if os.environ.get(FAULT_ENV) in (name, f"{name}@{run_id}"):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def make_accelerator(*, device: str, mixed_precision: str, grad_accum: int):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -159,12 +147,22 @@ class Recipe:
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(sources.cache_dir() / "inductor"))
         steps = exp.train.max_steps if exp.train.max_steps > 0 else None
         with progress(total=steps, desc=f"train {self.plan.run_id}") as bar:
-            tr = train(self.model, self.features, args=exp.train, accelerator=self.accelerator,
-                       pad_id=self.loaded.tokenizer.pad_token_id, learning_rate=self.resolved["learning_rate"],
-                       speed=speed, evaluate=periodic, step_hook=applied.step_hook,
-                       on_log=self.trackers.log if self.trackers else None,
-                       progress=lambda step, loss, tps: (bar.set_postfix(loss=f"{loss:.4f}", tokens_per_s=f"{tps:,.0f}"),
-                                                         bar.update(step - bar.n)))
+            tr = train(
+                self.model,
+                self.features,
+                args=exp.train,
+                accelerator=self.accelerator,
+                pad_id=self.loaded.tokenizer.pad_token_id,
+                learning_rate=self.resolved["learning_rate"],
+                speed=speed,
+                evaluate=periodic,
+                step_hook=applied.step_hook,
+                on_log=self.trackers.log if self.trackers else None,
+                progress=lambda step, loss, tps: (
+                    bar.set_postfix(loss=f"{loss:.4f}", tokens_per_s=f"{tps:,.0f}"),
+                    bar.update(step - bar.n),
+                ),
+            )
         self.model = self.accelerator.unwrap_model(self.model)
         self._release_training_state()
         self.out["train"] = {**vars(tr), "eval_curve": curve + tr.eval_curve, "examples": len(self.features),
@@ -203,7 +201,7 @@ class Recipe:
                                                "method": f"bootstrap over {samples['n']} test examples, "
                                                          f"{stats.RESAMPLES} resamples"}
         if self.task.name == "classification":
-            self.out["quality_baselines"] = self._baselines()
+            self.out["quality_baselines"] = data_mod.baselines(self.splits)
 
     def save(self) -> None:
         """The adapter (or full checkpoint) to a temp folder beside its final place."""
@@ -240,7 +238,7 @@ class Recipe:
                 inference["merged"], inference["merge_note"] = None, applied.merge_note
                 if applied.can_merge and exp.measure.merged:
                     before = logits_for(model, **kw)
-                    merged_model, inference["merge_note"] = self._merge(model)
+                    merged_model, inference["merge_note"] = methods.merge(model)
                 if merged_model is not model:
                     after = logits_for(merged_model, **kw)
                     m = measure_inference(merged_model, pad_id=tok.pad_token_id, progress=prog, **kw)
@@ -252,7 +250,7 @@ class Recipe:
                     m["unmerged_overhead_ci95"] = [round(overhead.low, 3), round(overhead.high, 3)]
                     inference["merged"] = m
         elif applied.can_merge:
-            merged_model, _ = self._merge(model)
+            merged_model, _ = methods.merge(model)
         self.out["inference"] = inference
         if exp.method.name == "full":
             self.full_bytes = self.adapter_bytes
@@ -295,26 +293,8 @@ class Recipe:
 
     def _log_final(self, result: Result) -> None:
         """Quality, efficiency and storage numbers as the tracker run's last step."""
-        if not self.trackers:
-            return
-        inf = result.inference or {}
-        values = {**{f"test/{k}": v for k, v in (result.quality or {}).items()},
-                  **{f"validation/{k}": v for k, v in (result.validation or {}).items()},
-                  "train/steady_tokens_per_second": result.train.get("steady_tokens_per_second"),
-                  "train/peak_memory_bytes": result.train.get("peak_memory_bytes"),
-                  "inference/p50_ms": (inf.get("latency_ms") or {}).get("p50_ms"),
-                  "inference/tokens_per_second": inf.get("throughput_tokens_per_second"),
-                  "params/trainable": result.params["trainable"], "params/total": result.params["total"],
-                  "storage/adapter_bytes": result.storage["adapter_bytes"]}
-        self.trackers.log(values, step=max(1, result.train.get("steps") or 0))
-
-    @staticmethod
-    def _merge(model) -> tuple[torch.nn.Module, str | None]:
-        """The merged model, or the model itself and why it could not merge."""
-        try:
-            return model.merge_and_unload(), None
-        except (NotImplementedError, ValueError, TypeError, AttributeError, RuntimeError) as e:
-            return model, f"does not merge: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        if self.trackers:
+            self.trackers.log(final_values(result), step=max(1, result.train.get("steps") or 0))
 
     def _release_training_state(self) -> None:
         """Optimizer states and gradients must not count towards inference memory."""
@@ -327,7 +307,9 @@ class Recipe:
         wanted = self.exp.model.chat_template
         has = bool(getattr(tok, "chat_template", None))
         if wanted == "on" and not has:
-            raise ValueError(f"model.chat_template: on, but the tokenizer of {self.exp.model.spec} has no chat template")
+            raise ValueError(
+                f"model.chat_template: on, but the tokenizer of {self.exp.model.spec} has no chat template"
+            )
         return self.loaded.family == "causal" and (wanted == "on" or (wanted == "auto" and has))
 
     def _encode(self, records, **kw) -> list[dict]:
@@ -347,21 +329,17 @@ class Recipe:
         q = self._quality(self.eval_records, desc=f"eval@{step}", limit=self.exp.train.eval_samples)
         return {k: v for k, v in q.items() if isinstance(v, (int, float))}
 
-    def _baselines(self) -> dict:
-        names = self.splits.label_names
-        train_labels = [r["label"] for r in self.splits.train]
-        majority = max(range(len(names)), key=lambda c: (train_labels.count(c), -c))
-        test = [r["label"] for r in self.splits.test]
-        return {"majority_class": names[majority],
-                "majority_accuracy": round(100 * test.count(majority) / len(test), 4),
-                "chance_accuracy": round(100 / len(names), 4),
-                "note": "majority: always answer the most frequent training label"}
-
     def _saved_bytes(self, model) -> int:
         target = Path(tempfile.mkdtemp(prefix=".full-", dir=self.out_dir / "adapters"))
         self.temp_dirs.append(target)
         model.save_pretrained(target, safe_serialization=True)
         return dir_bytes(target)
+
+    def _storage(self, adapter_dir: str | None) -> dict:
+        return {"adapter_bytes": self.adapter_bytes, "adapter_files": self.adapter_files, "adapter_dir": adapter_dir,
+                "full_model_bytes": self.full_bytes,
+                "ratio_to_full": round(self.adapter_bytes / self.full_bytes, 8) if self.full_bytes else None,
+                "dtype": str(self.train_dtype).replace("torch.", "")}
 
     def _result(self, *, adapter_dir: str | None) -> Result:
         exp, loaded, splits = self.exp, self.loaded, self.splits
@@ -371,71 +349,50 @@ class Recipe:
         config["train"].update(learning_rate=self.resolved["learning_rate"],
                                mixed_precision=self.resolved["mixed_precision"])
         return Result(
-            id=self.plan.experiment_id, run_id=self.plan.run_id, status="success", config=config,
-            config_hash=self.plan.config_hash, attempt=self.attempt, seed=exp.train.seed, resolved=self.resolved,
-            env=results.capture_env(str(self.dev)), method_resolved=self.applied.resolved,
-            model={"spec": loaded.spec, "family": loaded.family, "tokenizer": loaded.tokenizer_spec,
-                   "pretrained": loaded.pretrained, "vocab_size": len(loaded.tokenizer)},
-            data={"train_examples": len(self.features), "test_examples": len(splits.test),
-                  "validation_examples": len(splits.validation), "label_names": splits.label_names, **splits.info},
-            params={"total": total, "trainable": trainable,
-                    "trainable_percent": round(100 * trainable / total, 6) if total else None},
-            storage={"adapter_bytes": self.adapter_bytes, "adapter_files": self.adapter_files, "adapter_dir": adapter_dir,
-                     "full_model_bytes": self.full_bytes,
-                     "ratio_to_full": round(self.adapter_bytes / self.full_bytes, 8) if self.full_bytes else None,
-                     "dtype": str(self.train_dtype).replace("torch.", "")},
-            train=self.out["train"], validation=self.out.get("validation"), quality=self.out.get("quality"),
-            quality_interval=self.out.get("quality_interval"), quality_samples=self.out.get("quality_samples"),
-            quality_baselines=self.out.get("quality_baselines"), quality_note=loaded.quality_note,
-            quality_split="test" if self.quality_on else None, quality_details=self.out.get("quality_details") or {},
+            id=self.plan.experiment_id,
+            run_id=self.plan.run_id,
+            status="success",
+            config=config,
+            config_hash=self.plan.config_hash,
+            attempt=self.attempt,
+            seed=exp.train.seed,
+            resolved=self.resolved,
+            env=results.capture_env(str(self.dev)),
+            method_resolved=self.applied.resolved,
+            model={
+                "spec": loaded.spec,
+                "family": loaded.family,
+                "tokenizer": loaded.tokenizer_spec,
+                "pretrained": loaded.pretrained,
+                "vocab_size": len(loaded.tokenizer),
+            },
+            data={
+                "train_examples": len(self.features),
+                "test_examples": len(splits.test),
+                "validation_examples": len(splits.validation),
+                "label_names": splits.label_names,
+                **splits.info,
+            },
+            params={
+                "total": total,
+                "trainable": trainable,
+                "trainable_percent": round(100 * trainable / total, 6) if total else None,
+            },
+            storage=self._storage(adapter_dir),
+            train=self.out["train"],
+            validation=self.out.get("validation"),
+            quality=self.out.get("quality"),
+            quality_interval=self.out.get("quality_interval"),
+            quality_samples=self.out.get("quality_samples"),
+            quality_baselines=self.out.get("quality_baselines"),
+            quality_note=loaded.quality_note,
+            quality_split="test" if self.quality_on else None,
+            quality_details=self.out.get("quality_details") or {},
             generation={**GENERATION, "max_new_tokens": exp.data.max_target_length}
-            if self.task.name == "summarization" else None,
+            if self.task.name == "summarization"
+            else None,
             inference=self.out.get("inference"),
-            started_at=results.timestamp(self.started), finished_at=results.now(),
-            wall_seconds=round(time.time() - self.started, 3))
-
-
-# ---------------------------------------------------------------- recording
-
-def free_cached_memory() -> None:
-    """Collect garbage and hand the CUDA allocator's cached blocks back (one run after another)."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def failure(run: Run, status: str, error: str, *, started: float, device: str, attempt: str | None,
-            tb: str | None = None) -> Result:
-    return Result(id=run.experiment_id, run_id=run.run_id, status=status, error=error, traceback=tb,
-                  config=run.exp.to_dict(), config_hash=run.config_hash, attempt=attempt, seed=run.seed,
-                  env=results.capture_env(device),
-                  started_at=results.timestamp(started), finished_at=results.now(),
-                  wall_seconds=round(time.time() - started, 3))
-
-
-def execute(run: Run, *, out_dir: Path, device: str, attempt: str | None = None,
-            tracking: dict | None = None) -> Result | None:
-    """Run and record one run; re-raises ``Cancelled`` after recording it. None off the main process."""
-    started = time.time()
-    try:
-        result = Recipe(run, out_dir=out_dir, device=device, attempt=attempt, tracking=tracking).run()
-    except (Cancelled, KeyboardInterrupt) as e:
-        signum = e.signum if isinstance(e, Cancelled) else signal.SIGINT
-        results.write_result(out_dir, failure(run, "cancelled", f"cancelled by {signal.Signals(signum).name}",
-                                              started=started, device=device, attempt=attempt))
-        raise Cancelled(signum) from None
-    except Skipped as e:  # cannot run on this machine: recorded as such, and the suite goes on
-        result = failure(run, "skipped", str(e), started=started, device=device, attempt=attempt)
-    except Exception as e:  # recorded, and the suite goes on
-        tb = traceback.format_exc(limit=20)
-        log.debug("run %s failed\n%s", run.run_id, tb)
-        message = str(e) if isinstance(e, Diverged) else f"{type(e).__name__}: {e}".strip()
-        result = failure(run, "failed", message, started=started, device=device, attempt=attempt, tb=tb)
-    finally:
-        free_cached_memory()
-    if result is None:
-        return None
-    results.write_result(out_dir, result)
-    fault_point("result-written", run.run_id)
-    return result
-
+            started_at=results.timestamp(self.started),
+            finished_at=results.now(),
+            wall_seconds=round(time.time() - self.started, 3),
+        )

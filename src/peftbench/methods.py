@@ -299,6 +299,15 @@ def apply(*, name: str, options: dict, model: torch.nn.Module, family: str,
     return Applied(peft_model, True, can_merge, resolved, method.learning_rate, hook, note)
 
 
+def merge(model) -> tuple[torch.nn.Module, str | None]:
+    """The merged model, or the model itself and why it could not merge (peft offers merging for
+    methods that then refuse, e.g. a bias adapter on a layer without bias)."""
+    try:
+        return model.merge_and_unload(), None
+    except (NotImplementedError, ValueError, TypeError, AttributeError, RuntimeError) as e:
+        return model, f"does not merge: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}

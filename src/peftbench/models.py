@@ -279,7 +279,9 @@ def load(args: ModelArgs, *, seed: int = 0, device: torch.device | None = None) 
     if sep and prefix in SOURCES:
         loaded = SOURCES[prefix](args, name, seed, dtype)
     else:
-        loaded = _load_pretrained(args, str(Path(args.spec).expanduser()) if _looks_local(args.spec) else args.spec, dtype)
+        loaded = _load_pretrained(
+            args, str(Path(args.spec).expanduser()) if _looks_local(args.spec) else args.spec, dtype
+        )
     if loaded.family == "causal" and getattr(loaded.model.config, "pad_token_id", None) is None:
         loaded.model.config.pad_token_id = loaded.tokenizer.pad_token_id
     return loaded

@@ -31,9 +31,9 @@ from peftbench.config import (
     Suite,
     check_numbers,
     config_hash,
-    experiments_from_raw,
 )
 from peftbench.errors import ConfigError
+from peftbench.suites import experiments_from_raw
 
 SHOWN_ERRORS = 8  # problems listed in the one-line message; the rest are counted
 DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -139,7 +139,7 @@ def run_in_child(run: Run, *, out_dir: Path, device: str, gpus: int, guard: _Sig
     recorded = results.read_result(results.result_path(out_dir, run.run_id))
     if recorded is not None and recorded.attempt == attempt:
         return recorded
-    from peftbench.experiment import failure  # torch: only when a child died without a record
+    from peftbench.record import failure
 
     if guard.received:
         status, why = "cancelled", f"cancelled by {signal.Signals(guard.received).name}"
@@ -207,7 +207,7 @@ def run_suite(suite, *, out_dir: Path, device: str = "auto", force: bool = False
                 continue
             echo(f"[{i}/{len(runs)}] {run.run_id}: running" + (" (config changed)" if state == "stale" else ""))
             if in_process:
-                from peftbench.experiment import execute
+                from peftbench.record import execute
 
                 try:
                     result = execute(run, out_dir=out_dir, device=device, tracking=tracking)

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from collections.abc import Sequence
 
 import torch
-
-from peftbench.tasks import IGNORE
 
 CHUNK_ROWS = 4096  # rows of logits alive at once in the chunked loss (4096 x 50k fp32 = 0.8 GB)
 ALIGN = 64  # vocabulary rows padded to a multiple of this in the chunked loss
@@ -143,7 +140,9 @@ def packs_correctly(model) -> bool:
     try:
         with torch.no_grad():
             apart = torch.cat([hf(input_ids=x.to(device), use_cache=False).logits[0] for x in (a, b)]).float()
-            packed = hf(input_ids=torch.cat([a, b], 1).to(device), position_ids=pos.to(device), use_cache=False).logits[0]
+            packed = hf(input_ids=torch.cat([a, b], 1).to(device), position_ids=pos.to(device), use_cache=False).logits[
+                0
+            ]
     finally:
         model.train(was_training)
         torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -183,36 +182,6 @@ class CompiledRegions:
         finally:
             for b, c in zip(self.blocks, self._compiled):
                 b._compiled_call_impl = c
-
-
-# ---------------------------------------------------------------- batches
-
-def pack_batch(features: Sequence[dict], *, pad_id: int, multiple_of: int = 1) -> dict:
-    """Causal features concatenated into one row: position ids restart at every example, so the
-    attention (transformers' packed-sequence masks) keeps examples apart; no padding but the
-    few tokens that round the row up to ``multiple_of``. Each example's first label is ignored, so
-    no loss crosses a boundary (the same tokens count as in the padded batch)."""
-    ids: list[int] = []
-    pos: list[int] = []
-    labels: list[int] = []
-    for f in features:
-        n = len(f["input_ids"])
-        ids += f["input_ids"]
-        pos += range(n)
-        labels += [IGNORE, *list(f["labels"])[1:]]
-    extra = -len(ids) % multiple_of
-    ids += [pad_id] * extra
-    pos += range(extra)
-    labels += [IGNORE] * extra
-    return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos]), "labels": torch.tensor([labels])}
-
-
-def loss_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat indices of the positions that predict a label, and those labels (the causal shift),
-    computed on the host so the device never has to answer how many there are."""
-    nxt = labels[:, 1:]
-    rows, cols = (nxt != IGNORE).nonzero(as_tuple=True)
-    return rows * labels.shape[1] + cols, nxt[rows, cols]
 
 
 # ---------------------------------------------------------------- loss

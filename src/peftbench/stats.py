@@ -7,7 +7,8 @@ Usage:
     c.effect, c.low, c.high, c.p_value, c.significant
 
 A run's per-example ``samples`` are ``{"n": N, "fingerprint": ..., "params": {...}, "columns":
-{name: [N values]}, "block": L}`` (L > 1: a series resampled in contiguous blocks); each quality metric is a statistic of some columns (``STATISTICS``), so
+{name: [N values]}, "block": L}`` (L > 1: a series resampled in contiguous blocks);
+each quality metric is a statistic of some columns (``STATISTICS``), so
 the report recomputes any metric on a resample without torch. ``compare`` resamples examples
 with the same indices for both sides when they were scored on the same examples (paired), and
 resamples seeds (paired by seed when both sides ran the same seeds): a two-level bootstrap whose

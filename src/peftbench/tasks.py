@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-IGNORE = -100
+from peftbench.batches import IGNORE, pad_batch
+
 SUMMARY_PROMPT = " TL;DR:"
 T5_SUMMARY_PREFIX = "summarize: "
 CHAT_SUMMARY_SUFFIX = "\n\nSummarize the text above in one line."
@@ -61,39 +62,6 @@ def _chat_prompt(tok, body: str, suffix: str, max_len: int) -> list[int]:
         body = tok.decode(ids[:budget])
     return _chat_ids(tok, body + suffix)
 
-
-def pad_batch(features: Sequence[dict], *, pad_id: int, side: str = "right", multiple_of: int = 1) -> dict:
-    """Pad to the longest in the batch (dynamic padding); labels are padded with -100."""
-    longest = max(len(f["input_ids"]) for f in features)
-    longest = -(-longest // multiple_of) * multiple_of
-    out: dict[str, list] = {"input_ids": [], "attention_mask": []}
-    has_labels = "labels" in features[0]
-    label_len = 0
-    if has_labels:
-        label_len = max(len(f["labels"]) for f in features)
-        if "decoder" in features[0]:  # seq2seq: labels have their own length
-            label_len = -(-label_len // multiple_of) * multiple_of
-        else:
-            label_len = longest
-        out["labels"] = []
-    for f in features:
-        n = len(f["input_ids"])
-        pad = [pad_id] * (longest - n)
-        mask = [1] * n
-        if side == "left":
-            out["input_ids"].append(pad + list(f["input_ids"]))
-            out["attention_mask"].append([0] * len(pad) + mask)
-        else:
-            out["input_ids"].append(list(f["input_ids"]) + pad)
-            out["attention_mask"].append(mask + [0] * len(pad))
-        if has_labels:
-            lab = list(f["labels"])
-            lpad = [IGNORE] * (label_len - len(lab))
-            out["labels"].append(lpad + lab if side == "left" and "decoder" not in f else lab + lpad)
-    return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
-
-
-# ---------------------------------------------------------------- summarisation
 
 def encode_summarization(records, *, tok, family, args, label_names=None, chat=False) -> list[dict]:
     out = []
@@ -241,7 +209,9 @@ def classification_scores(preds: Sequence[int], golds: Sequence[int], n_labels: 
 
 
 @torch.no_grad()
-def _first_token_scores(model, prompts: list[list[int]], cand: list[int], *, tok, device, batch_size) -> list[list[float]]:
+def _first_token_scores(
+    model, prompts: list[list[int]], cand: list[int], *, tok, device, batch_size
+) -> list[list[float]]:
     """Causal LM, every label one token: one forward per prompt, read the next-token log-probs."""
     out: list[list[float]] = []
     for i in range(0, len(prompts), batch_size):
@@ -332,7 +302,8 @@ def evaluate_language_modeling(model, records, *, tok, family, args, device, bat
     if family == "seq2seq":
         feats = encode_language_modeling(records, tok=tok, family=family, args=args, limit=limit)
         nlls, counts = _nll(model, feats, tok=tok, family=family, device=device, batch_size=batch_size)
-        note = f"seq2seq: perplexity of the second {block - block // 2} tokens of each {block}-token block given the first half"
+        note = (f"seq2seq: perplexity of the second {block - block // 2} tokens of each {block}-token block "
+                "given the first half")
     else:
         stream: list[int] = []
         for r in records:

@@ -68,6 +68,19 @@ def numbers(d: dict) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
+def final_values(result) -> dict[str, Any]:
+    """A result's quality, efficiency and storage numbers, as logged at a tracker run's last step."""
+    inf = result.inference or {}
+    return {**{f"test/{k}": v for k, v in (result.quality or {}).items()},
+            **{f"validation/{k}": v for k, v in (result.validation or {}).items()},
+            "train/steady_tokens_per_second": result.train.get("steady_tokens_per_second"),
+            "train/peak_memory_bytes": result.train.get("peak_memory_bytes"),
+            "inference/p50_ms": (inf.get("latency_ms") or {}).get("p50_ms"),
+            "inference/tokens_per_second": inf.get("throughput_tokens_per_second"),
+            "params/trainable": result.params["trainable"], "params/total": result.params["total"],
+            "storage/adapter_bytes": result.storage["adapter_bytes"]}
+
+
 class Trackers:
     def __init__(self, names: list[str], *, out_dir: Path, project: str, run_name: str):
         self.names, self.trackers = names, []

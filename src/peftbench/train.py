@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader
 
+from peftbench.batches import IGNORE, loss_positions, pack_batch, pad_batch
 from peftbench.config import TrainArgs
 from peftbench.errors import Diverged
 from peftbench.measure import MemoryTracker, Throughput, WorkTimer
 from peftbench.measure.memory import tensor_bytes
-from peftbench.speed import CompiledRegions, LossModule, loss_positions, pack_batch
-from peftbench.tasks import IGNORE, pad_batch
+from peftbench.speed import CompiledRegions, LossModule
 
 WARMUP_STEPS = 2  # laps of their own, left out of the steady rate
 PLAIN = {"compile": "off", "fused_optimizer": False, "fused_loss": "off", "packing": False,
@@ -151,9 +151,22 @@ def train(model: torch.nn.Module, features: list[dict], *, args: TrainArgs, acce
     elif speed["compile"] == "model":
         module = torch.compile(module, dynamic=dynamic)
     model.train()
-    loop = _Loop(args=args, accelerator=accelerator, module=module, optimizer=optimizer, scheduler=scheduler,
-                 params=params, steps=steps, learning_rate=learning_rate, regions=regions, step_hook=step_hook, on_log=on_log,
-                 log_steps=log_every(args, accelerator.device.type), evaluate=evaluate, progress=progress)
+    loop = _Loop(
+        args=args,
+        accelerator=accelerator,
+        module=module,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        params=params,
+        steps=steps,
+        learning_rate=learning_rate,
+        regions=regions,
+        step_hook=step_hook,
+        on_log=on_log,
+        log_steps=log_every(args, accelerator.device.type),
+        evaluate=evaluate,
+        progress=progress,
+    )
     try:
         with MemoryTracker(accelerator.device, resident_bytes=tensor_bytes(model)) as mem, loop.timer.running():
             loop.run(loader, model)
@@ -219,7 +232,12 @@ class _Loop:
             if not math.isfinite(mean_loss):
                 raise Diverged(f"diverged by step {step} (loss {mean_loss}): lower train.learning_rate "
                                f"(was {self.result.learning_rate:g})")
-            lap = {"step": step, "tokens": t.lap_tokens, "seconds": self.timer.lap(), **({"warmup": True} if warm else {})}
+            lap = {
+                "step": step,
+                "tokens": t.lap_tokens,
+                "seconds": self.timer.lap(),
+                **({"warmup": True} if warm else {}),
+            }
             self.result.laps.append(lap)
             self.result.loss_curve.append({"step": step, "loss": round(mean_loss, 6),
                                            "learning_rate": self.scheduler.get_last_lr()[0]})
@@ -244,7 +262,12 @@ class _Loop:
         if acc.num_processes > 1:  # every process trained on its own shard: add them up
             counts = acc.reduce(torch.tensor([tokens, samples, slots], device=acc.device), reduction="sum")
             tokens, samples, slots = (int(x) for x in counts.tolist())
-        r.steps, r.epochs, r.seconds, r.tokens = self.step, round(t.micro / max(1, n_batches), 4), self.timer.seconds, tokens
+        r.steps, r.epochs, r.seconds, r.tokens = (
+            self.step,
+            round(t.micro / max(1, n_batches), 4),
+            self.timer.seconds,
+            tokens,
+        )
         r.tokens_per_second = Throughput.of(volume=tokens, seconds=self.timer.seconds, unit="tokens/s").value
         r.samples_per_second = Throughput.of(volume=samples, seconds=self.timer.seconds, unit="samples/s").value
         r.padding_fraction = round(1 - tokens / slots, 6) if slots else 0.0

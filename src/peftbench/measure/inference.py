@@ -63,7 +63,9 @@ def _optimized_generation(model, gen_inputs: dict, *, b: int, args: MeasureArgs,
     try:
         if compile_:
             hf.forward = torch.compile(original, mode="reduce-overhead")
-        total = measure_latency(lambda: model.generate(**gen_inputs, **kw), **{**timing, "warmup": max(2, timing["warmup"])})
+        total = measure_latency(
+            lambda: model.generate(**gen_inputs, **kw), **{**timing, "warmup": max(2, timing["warmup"])}
+        )
     except Exception as e:  # noqa: BLE001 - a model or method without static-cache support: say so, keep eager
         return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     finally:
@@ -74,6 +76,30 @@ def _optimized_generation(model, gen_inputs: dict, *, b: int, args: MeasureArgs,
             "speedup_vs_eager": round(tps / eager["tokens_per_second"], 4)}
 
 
+def _generation(model, inputs: dict, *, b: int, args: MeasureArgs, timing: dict, pad_id, optimized: str | None,
+                progress) -> dict[str, dict]:
+    """The generation scenarios of one batch size: eager (time to first token, per-token time) and,
+    when asked, optimised."""
+    gen_inputs = {k: v for k, v in inputs.items() if k != "decoder_input_ids"}
+    if progress:
+        progress(f"generate b={b}")
+    first = measure_latency(lambda: model.generate(**gen_inputs, **_gen_kwargs(1, pad_id)), **timing)
+    total = measure_latency(lambda: model.generate(**gen_inputs, **_gen_kwargs(args.new_tokens, pad_id)), **timing)
+    per_token = (total.mean_ms - first.mean_ms) / max(1, args.new_tokens - 1)
+    eager = {"batch_size": b, "seq_len": args.seq_len, "new_tokens": args.new_tokens,
+             "time_to_first_token_ms": first.to_dict(), "latency_ms": total.to_dict(),
+             "time_per_output_token_ms": round(per_token, 4),
+             "tokens_per_second": round(b * args.new_tokens / (total.mean_ms / 1000), 3)}
+    out = {f"generate_b{b}": eager}
+    if optimized:
+        if progress:
+            progress(f"generate b={b}, static cache" + (" + compile" if optimized == "compile" else ""))
+        out[f"generate_b{b}_optimized"] = _optimized_generation(
+            model, gen_inputs, b=b, args=args, timing=timing, pad_id=pad_id, compile_=optimized == "compile",
+            eager=eager)
+    return out
+
+
 @torch.inference_mode()
 def measure_inference(model, *, family: str, vocab_size: int, args: MeasureArgs, device: torch.device,
                       pad_id: int | None = 0, progress: Callable[[str], None] | None = None) -> dict:
@@ -81,7 +107,9 @@ def measure_inference(model, *, family: str, vocab_size: int, args: MeasureArgs,
     optimized = optimized_mode(args.optimized, device)
     decoder_len = args.decoder_len or args.seq_len
     timing = {"device": device, "warmup": args.warmup, "iterations": args.iterations, "min_seconds": args.min_seconds}
-    batches = [args.batch_size] + ([args.large_batch_size] if args.large_batch_size and args.large_batch_size != args.batch_size else [])
+    batches = [args.batch_size] + (
+        [args.large_batch_size] if args.large_batch_size and args.large_batch_size != args.batch_size else []
+    )
     scenarios: dict[str, dict] = {}
     with MemoryTracker(device, resident_bytes=tensor_bytes(model)) as mem:
         for b in batches:
@@ -89,46 +117,38 @@ def measure_inference(model, *, family: str, vocab_size: int, args: MeasureArgs,
                                  decoder_len=decoder_len, device=device)
             if progress:
                 progress(f"forward b={b}")
-            lat = measure_latency(lambda: model(**inputs), **timing)
+            lat = measure_latency(lambda inputs=inputs: model(**inputs), **timing)
             tokens = b * (args.seq_len + (decoder_len if family == "seq2seq" else 0))
             scenarios[f"forward_b{b}"] = {"batch_size": b, "seq_len": args.seq_len,
                                           "decoder_len": decoder_len if family == "seq2seq" else None,
                                           "latency_ms": lat.to_dict(),
                                           "tokens_per_second": round(tokens / (lat.mean_ms / 1000), 3)}
-            if not args.generate:
-                continue
-            gen_inputs = {k: v for k, v in inputs.items() if k != "decoder_input_ids"}
-            if progress:
-                progress(f"generate b={b}")
-            first = measure_latency(lambda: model.generate(**gen_inputs, **_gen_kwargs(1, pad_id)), **timing)
-            total = measure_latency(lambda: model.generate(**gen_inputs, **_gen_kwargs(args.new_tokens, pad_id)), **timing)
-            per_token = (total.mean_ms - first.mean_ms) / max(1, args.new_tokens - 1)
-            scenarios[f"generate_b{b}"] = {
-                "batch_size": b, "seq_len": args.seq_len, "new_tokens": args.new_tokens,
-                "time_to_first_token_ms": first.to_dict(), "latency_ms": total.to_dict(),
-                "time_per_output_token_ms": round(per_token, 4),
-                "tokens_per_second": round(b * args.new_tokens / (total.mean_ms / 1000), 3)}
-            if optimized:
-                if progress:
-                    progress(f"generate b={b}, static cache" + (" + compile" if optimized == "compile" else ""))
-                scenarios[f"generate_b{b}_optimized"] = _optimized_generation(
-                    model, gen_inputs, b=b, args=args, timing=timing, pad_id=pad_id, compile_=optimized == "compile",
-                    eager=scenarios[f"generate_b{b}"])
+            if args.generate:
+                scenarios.update(_generation(model, inputs, b=b, args=args, timing=timing, pad_id=pad_id,
+                                             optimized=optimized, progress=progress))
     head_fwd = scenarios[f"forward_b{args.batch_size}"]
     head_gen = scenarios.get(f"generate_b{args.batch_size}")
     large_gen = scenarios.get(f"generate_b{args.large_batch_size}")
     return {
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "shapes": {"batch_size": args.batch_size, "large_batch_size": args.large_batch_size, "seq_len": args.seq_len,
-                   "decoder_len": decoder_len if family == "seq2seq" else None, "new_tokens": args.new_tokens},
+        "shapes": {
+            "batch_size": args.batch_size,
+            "large_batch_size": args.large_batch_size,
+            "seq_len": args.seq_len,
+            "decoder_len": decoder_len if family == "seq2seq" else None,
+            "new_tokens": args.new_tokens,
+        },
         "latency_ms": head_fwd["latency_ms"],
         "throughput_tokens_per_second": (head_gen or head_fwd)["tokens_per_second"],
         "throughput_unit": "generated tokens/s" if head_gen else "forward tokens/s",
-        "throughput_large_batch_tokens_per_second": (large_gen or scenarios.get(f"forward_b{args.large_batch_size}") or {}).get("tokens_per_second"),
+        "throughput_large_batch_tokens_per_second": (
+            large_gen or scenarios.get(f"forward_b{args.large_batch_size}") or {}
+        ).get("tokens_per_second"),
         "time_to_first_token_ms": head_gen["time_to_first_token_ms"] if head_gen else None,
         "time_per_output_token_ms": head_gen["time_per_output_token_ms"] if head_gen else None,
-        "optimized_throughput_tokens_per_second": (scenarios.get(f"generate_b{args.batch_size}_optimized") or {})
-        .get("tokens_per_second"),
+        "optimized_throughput_tokens_per_second": (scenarios.get(f"generate_b{args.batch_size}_optimized") or {}).get(
+            "tokens_per_second"
+        ),
         "peak_memory_bytes": mem.result.peak_bytes,
         "memory": mem.result.to_dict(),
         "scenarios": scenarios,

@@ -123,3 +123,12 @@ def tensor_bytes(module: torch.nn.Module) -> int:
         seen.add(t.data_ptr())
         total += t.numel() * t.element_size()
     return total
+
+
+def free_cached_memory() -> None:
+    """Collect garbage and hand the CUDA allocator's cached blocks back (one run after another)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -315,11 +315,21 @@ def _csv_rows(results: list[dict], aggs: list[Agg]) -> list[dict]:
     rows = []
     for a in sorted(aggs, key=lambda a: a.id):
         r = a.runs[0]
-        row = {"id": a.id, "status": "success", "model": a.model, "task": a.task,
-               "dataset": get_in(r, "config", "data", "spec"), "method": a.method, "learning_rate": a.selected_lr,
-               "selected_by": a.selection, "n_seeds": len(a.runs), "seeds": " ".join(str(x) for x in a.seeds),
-               "total_params": get_in(r, "params", "total"), "full_model_bytes": get_in(r, "storage", "full_model_bytes"),
-               "device": get_in(r, "env", "gpu") or get_in(r, "env", "device")}
+        row = {
+            "id": a.id,
+            "status": "success",
+            "model": a.model,
+            "task": a.task,
+            "dataset": get_in(r, "config", "data", "spec"),
+            "method": a.method,
+            "learning_rate": a.selected_lr,
+            "selected_by": a.selection,
+            "n_seeds": len(a.runs),
+            "seeds": " ".join(str(x) for x in a.seeds),
+            "total_params": get_in(r, "params", "total"),
+            "full_model_bytes": get_in(r, "storage", "full_model_bytes"),
+            "device": get_in(r, "env", "gpu") or get_in(r, "env", "device"),
+        }
         for key in CSV_METRICS:
             s = summarize(a, key)
             row.update({f"{key}_mean": None if s is None else s["mean"],

@@ -1,0 +1,67 @@
+"""Recording one run: ``execute`` runs its recipe and writes whatever happened.
+
+Usage:
+    result = execute(run, out_dir=Path("runs/demo"), device="cpu", attempt="3f2a")   # writes the JSON
+    result = failure(run, "failed", "killed by signal 9", started=t0, device="cpu", attempt="3f2a")
+
+``execute`` records ``success``, ``failed`` (the error, and "diverged by step N" for a NaN loss),
+``skipped`` (a run this machine cannot do) or ``cancelled`` (then re-raises). ``failure`` needs no
+torch: the suite process uses it for a child that died without recording.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+import traceback
+from pathlib import Path
+
+from peftbench import results
+from peftbench.errors import Cancelled, Diverged, Skipped
+from peftbench.faults import fault_point
+from peftbench.plan import Run
+from peftbench.results import Result
+
+log = logging.getLogger("peftbench")
+
+
+def failure(run: Run, status: str, error: str, *, started: float, device: str, attempt: str | None,
+            tb: str | None = None) -> Result:
+    return Result(id=run.experiment_id, run_id=run.run_id, status=status, error=error, traceback=tb,
+                  config=run.exp.to_dict(), config_hash=run.config_hash, attempt=attempt, seed=run.seed,
+                  env=results.capture_env(device),
+                  started_at=results.timestamp(started), finished_at=results.now(),
+                  wall_seconds=round(time.time() - started, 3))
+
+
+def execute(run: Run, *, out_dir: Path, device: str, attempt: str | None = None,
+            tracking: dict | None = None) -> Result | None:
+    """Run and record one run; re-raises ``Cancelled`` after recording it. None off the main process."""
+    started = time.time()
+    try:
+        from peftbench.experiment import Recipe  # torch and the rest: only where a run happens
+
+        result = Recipe(run, out_dir=out_dir, device=device, attempt=attempt, tracking=tracking).run()
+    except (Cancelled, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, Cancelled) else signal.SIGINT
+        results.write_result(out_dir, failure(run, "cancelled", f"cancelled by {signal.Signals(signum).name}",
+                                              started=started, device=device, attempt=attempt))
+        raise Cancelled(signum) from None
+    except Skipped as e:  # cannot run on this machine: recorded as such, and the suite goes on
+        result = failure(run, "skipped", str(e), started=started, device=device, attempt=attempt)
+    except Exception as e:  # recorded, and the suite goes on
+        tb = traceback.format_exc(limit=20)
+        log.debug("run %s failed\n%s", run.run_id, tb)
+        message = str(e) if isinstance(e, Diverged) else f"{type(e).__name__}: {e}".strip()
+        result = failure(run, "failed", message, started=started, device=device, attempt=attempt, tb=tb)
+    finally:
+        from peftbench.measure.memory import free_cached_memory
+
+        free_cached_memory()
+    if result is None:
+        return None
+    results.write_result(out_dir, result)
+    fault_point("result-written", run.run_id)
+    return result
+
