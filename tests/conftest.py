@@ -53,3 +53,14 @@ def data_dir(tmp_path_factory):
     lm = [{"text": " ".join(rng.choice(WORDS) for _ in range(60))} for _ in range(30)]
     _write_jsonl(d / "lm.jsonl", lm)
     return d
+
+
+def save_tiny(tmp_path_factory, shape: str):
+    """A tiny random model and the byte tokenizer saved to a folder: it loads like a pretrained model,
+    so quality is scored."""
+    from peftbench import models
+
+    d = tmp_path_factory.mktemp(shape)
+    models.build_random(shape, seed=0).save_pretrained(d)
+    models.load_tokenizer("bytes").save_pretrained(d)
+    return d

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import yaml
+from conftest import save_tiny
 
 from peftbench import cli, methods, models
 from peftbench.config import TrainArgs
@@ -20,10 +21,7 @@ FAST = {"train": {"max_steps": 2, "batch_size": 4},
 
 @pytest.fixture(scope="module")
 def tiny_pretrained(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-gpt2")
-    models.build_random("tiny-gpt2", seed=0).save_pretrained(d)
-    models.load_tokenizer("bytes").save_pretrained(d)
-    return d
+    return save_tiny(tmp_path_factory, "tiny-gpt2")
 
 
 def _suite(tmp_path, experiments, name="m"):

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 import yaml
+from conftest import save_tiny
 
 from peftbench import cli, config, models, plan, results, runner
 
@@ -16,11 +17,7 @@ FAST = {"train": {"max_steps": 2, "batch_size": 4, "eval_steps": 1},
 
 @pytest.fixture(scope="module")
 def tiny_pretrained(tmp_path_factory):
-    """A tiny causal LM saved to a directory: loads like a pretrained model, so quality is scored."""
-    d = tmp_path_factory.mktemp("tiny-llama")
-    models.build_random("tiny-llama", seed=0).save_pretrained(d)
-    models.load_tokenizer("bytes").save_pretrained(d)
-    return d
+    return save_tiny(tmp_path_factory, "tiny-llama")
 
 
 @pytest.fixture(scope="module")
