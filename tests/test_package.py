@@ -1,5 +1,6 @@
 """The built wheel carries the suites: installed from it, `peftbench list demo` works from any folder."""
 
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +30,17 @@ def test_wheel_ships_the_suites_and_a_version(tmp_path):
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("todo") == 12 and "builtin-smollm2-135m--classification--lora" in out.stdout
+    suite = tmp_path / "tiny.yaml"  # the installed package runs a suite too (torch etc. from this environment)
+    data = tmp_path / "lm.jsonl"
+    data.write_text("".join('{"text": "%s"}\n' % ("word " * 40) for _ in range(12)))
+    suite.write_text(f"name: tiny\nexperiments:\n  - {{id: t, model: {{spec: 'random:tiny-gpt2'}},"
+                     f" method: {{name: lora}}, data: {{spec: 'file:{data}', task: language-modeling,"
+                     f" max_source_length: 16}},"
+                     f" train: {{max_steps: 1, batch_size: 2}}, measure: {{enabled: false}}}}\n")
+    run = subprocess.run([sys.executable, "-m", "peftbench", "run", str(suite), "--out", str(tmp_path / "o"),
+                          "--device", "cpu"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads((tmp_path / "o" / "results" / "t.json").read_text())["status"] == "success"
     version = subprocess.run([sys.executable, "-m", "peftbench", "--version"], cwd=elsewhere, env=env,
                              capture_output=True, text=True, timeout=300)
     assert version.stdout.strip().startswith("peftbench 0.")

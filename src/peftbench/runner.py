@@ -250,7 +250,9 @@ def _summary_line(r: Result) -> str:
     q = {k: v for k, v in (r.quality or {}).items() if v is not None}
     qs = ", ".join(f"{k}={v:.4g}" for k, v in q.items()) or f"quality n/a ({r.quality_note})"
     lat = ((r.inference or {}).get("latency_ms") or {}).get("p50_ms")
-    parts = [qs, f"trainable={r.params['trainable']:,}", f"adapter={r.storage['adapter_bytes']:,} B"]
+    from peftbench.report.metrics import human_bytes  # the report's own formatting, so both read alike
+
+    parts = [qs, f"trainable={r.params['trainable']:,}", f"adapter={human_bytes(r.storage['adapter_bytes'])}"]
     if lat is not None:
         parts.append(f"p50={lat:.2f} ms")
     return "; ".join(parts)
