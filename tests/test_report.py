@@ -9,6 +9,7 @@ import random
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +81,11 @@ M, C = "builtin:m", "classification"
 
 @pytest.fixture
 def fixture_dir(tmp_path):
+    return _fixture(tmp_path)
+
+
+def _fixture(folder):
+    folder.mkdir(parents=True, exist_ok=True)
     rs = [
         result(M, C, "none", correct=100),
         result(M, C, "full", correct=180, trainable=1000, adapter=4000, train_mem=9e9, tok_s=50),
@@ -104,9 +110,9 @@ def fixture_dir(tmp_path):
     failed = {"schema": "peftbench.result/2", "id": "oops", "run_id": "oops", "config_hash": "0", "status": "failed",
               "error": "ValueError: boom",
               "config": {"model": {"spec": "x"}, "data": {"task": "classification"}, "method": {"name": "lora"}}}
-    write(tmp_path, rs + [failed])
-    (tmp_path / "results" / "notes.json").write_text('{"not": "a result"}')  # ignored
-    return tmp_path
+    write(folder, rs + [failed])
+    (folder / "results" / "notes.json").write_text('{"not": "a result"}')  # ignored
+    return folder
 
 
 def group_verdicts(folder, model=M, task=C):
@@ -232,3 +238,26 @@ def test_merged_throughput_is_read_from_the_merged_measurement():
     r = {"inference": {"shapes": {"batch_size": 1}, **gen(100.0), "merged": gen(50.0)}}
     assert stats.statistic(METRICS["throughput"].samples(r), "rate") == pytest.approx(40.0)  # 4 tokens / 0.1 s
     assert stats.statistic(METRICS["merged_throughput"].samples(r), "rate") == pytest.approx(80.0)
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def test_report_text_is_byte_identical_to_the_golden_one(tmp_path):
+    """Refactors must not change a report: the fixture's report.md, summary.csv and verdict.json equal the
+    committed ones byte for byte (regenerate with PEFTBENCH_UPDATE_GOLDEN=1 only for an intended change)."""
+    import os
+    import shutil
+
+    folder = _fixture(tmp_path / "golden-run")  # the folder's name is in the report's title
+    paths = build.build_report(folder)
+    for key in ("md", "csv"):
+        name = paths[key].name
+        if os.environ.get("PEFTBENCH_UPDATE_GOLDEN"):
+            GOLDEN.mkdir(exist_ok=True)
+            shutil.copy(paths[key], GOLDEN / name)
+        assert paths[key].read_bytes() == (GOLDEN / name).read_bytes(), f"{name} changed"
+    verdict = folder / "verdict.json"
+    if os.environ.get("PEFTBENCH_UPDATE_GOLDEN"):
+        shutil.copy(verdict, GOLDEN / "verdict.json")
+    assert verdict.read_bytes() == (GOLDEN / "verdict.json").read_bytes()

@@ -21,9 +21,10 @@ import dataclasses
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch only where a model is touched: the report reads this registry without it
+    import torch
 
 from peftbench.config import fits, type_name
 
@@ -170,6 +171,8 @@ def probe(name: str, options: dict, *, model: torch.nn.Module, family: str) -> s
     The method is applied and one forward pass run; None too when only real weights could tell
     (an operation the meta device does not implement)."""
     import warnings
+
+    import torch
 
     method = lookup(name)
     if method is None or method.peft_type is None:

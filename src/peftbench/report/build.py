@@ -19,12 +19,13 @@ import io
 import re
 from pathlib import Path
 
+from peftbench.methods import CURATED
 from peftbench.report.aggregate import Agg, against_base, aggregate, summarize, unmerged_overhead, verdicts
 from peftbench.report.metrics import METRICS, PRIMARY_QUALITY, QUALITY, TABLE_COLUMNS, fmt, get_in, is_random, method_of
 from peftbench.report.plots import PARETO_AXES, pareto_sets, plot_group
 from peftbench.results import load_results, to_json, write_text_atomic
 
-METHOD_ORDER = ["none", "full", "lora", "ia3", "dora", "loha", "lokr", "vera"]
+METHOD_ORDER = list(CURATED)  # baseline first, then the curated methods in the registry's order
 VERDICT_SCHEMA = "peftbench.verdict/1"
 CSV_METRICS = ["trainable", "adapter_bytes", *QUALITY, "train_tokens_per_second", "train_peak_memory_bytes",
                "latency_p50_ms", "merged_p50_ms", "deploy_p50_ms", "throughput", "inference_peak_memory_bytes"]
