@@ -19,7 +19,7 @@ from pathlib import Path
 from peftbench import fs
 from peftbench.config import DataArgs
 from peftbench.errors import ConfigError
-from peftbench.tasks import TASKS
+from peftbench.taskspecs import SPECS
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 # Column names of well-known hub datasets, so their specs work without a field mapping.
@@ -133,7 +133,7 @@ def _parse_rows(path: Path, text: str, raw: bytes) -> tuple[list[dict], str | No
 
 
 def _check_rows(rows: list[dict], args: DataArgs) -> list[str]:
-    fields = TASKS[args.task].fields if args.task in TASKS else ()
+    fields = SPECS[args.task].fields if args.task in SPECS else ()
     if len(rows) < MIN_FILE_ROWS:
         return [f"{len(rows)} rows; at least {MIN_FILE_ROWS} are needed to carve train, validation and test"]
     for f in fields:
@@ -233,7 +233,7 @@ LOADERS: dict[str, Callable[[str, DataArgs], tuple[dict[str, list[dict]], dict]]
 def to_canonical(
     rows: list[dict], *, task: str, mapping: dict, label_names: list[str] | None
 ) -> tuple[list[dict], list[str] | None]:
-    fields = TASKS[task].fields
+    fields = SPECS[task].fields
     out = []
     for r in rows:
         rec = {}
@@ -244,7 +244,7 @@ def to_canonical(
                                   f"(columns: {', '.join(map(str, r))}); set data.fields.{f}")
             rec[f] = r[col]
         out.append(rec)
-    if task == "classification":
+    if SPECS[task].label_field:
         values = [r["label"] for r in out]
         if label_names is None:
             if all(isinstance(v, str) for v in values):
@@ -317,15 +317,15 @@ def load(args: DataArgs) -> Splits:
     info["sizes_before_cap"] = {"train": len(train), "validation": len(validation), "test": len(test)}
     if meta.get("source"):
         info["source"] = meta["source"]
-    lm = args.task == "language-modeling"  # LM caps count blocks, applied after tokenisation
-    strat = "label" if args.task == "classification" else None
+    lm = SPECS[args.task].blocks  # LM caps count blocks, applied after tokenisation
+    strat = SPECS[args.task].label_field
     if lm:  # blocks are cut from the texts in this order: shuffle so a cap is a sample, not a prefix
         train, validation, test = (_shuffled(rows, seed) for rows in (train, validation, test))
     splits = Splits(
         train=train if lm else sample(train, args.max_train_samples, seed=seed, stratify=strat),
         validation=validation if lm else sample(validation, args.max_eval_samples, seed=seed, stratify=strat),
         test=test if lm else sample(test, args.max_eval_samples, seed=seed, stratify=strat),
-        label_names=label_names if args.task == "classification" else None, info=info)
+        label_names=label_names if strat else None, info=info)
     if not splits.train or not splits.test:
         raise ConfigError(f"data.spec: {args.spec} has no usable {args.task} rows in train or test")
     return splits

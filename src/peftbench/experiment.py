@@ -109,7 +109,7 @@ class Recipe:
         tok = self.loaded.tokenizer
         self.chat = self._chat_template(tok)
         self.splits = data_mod.load(exp.data)
-        enc_kw = {"limit": exp.data.max_train_samples} if self.task.name == "language-modeling" else {}
+        enc_kw = {"limit": exp.data.max_train_samples} if self.task.blocks else {}
         self.features = self._encode(self.splits.train, **enc_kw)
         if not self.features:
             raise ValueError(f"no training examples after tokenisation ({exp.data.spec})")
@@ -124,7 +124,7 @@ class Recipe:
                          "mixed_precision": self.accelerator.mixed_precision, "device": str(self.dev),
                          "num_processes": self.accelerator.num_processes, "quantization": self.quantization}
         self.quality_on = self.loaded.pretrained
-        strat = "label" if self.task.name == "classification" else None
+        strat = self.task.label_field
         self.eval_records = data_mod.sample(self.splits.validation, exp.train.eval_samples, seed=exp.data.seed,
                                             stratify=strat)
 
@@ -172,7 +172,7 @@ class Recipe:
     def evaluate(self) -> None:
         """Validation (loss always; quality when a sweep selects on it) and test quality with intervals."""
         exp, splits = self.exp, self.splits
-        lm = self.task.name == "language-modeling"
+        lm = self.task.blocks
         # the periodic-evaluation sample when one is set (cheaper), else the capped validation split
         val_records = splits.validation if lm else self.eval_records
         val_feats = self._encode(val_records, **({"limit": exp.train.eval_samples or exp.data.max_eval_samples}
@@ -200,7 +200,7 @@ class Recipe:
             self.out["quality_interval"][k] = {"low": round(lo, 4), "high": round(hi, 4), "level": stats.LEVEL,
                                                "method": f"bootstrap over {samples['n']} test examples, "
                                                          f"{stats.RESAMPLES} resamples"}
-        if self.task.name == "classification":
+        if self.task.label_field:
             self.out["quality_baselines"] = data_mod.baselines(self.splits)
 
     def save(self) -> None:
@@ -318,7 +318,7 @@ class Recipe:
 
     def _quality(self, records, *, desc: str, limit: int | None = None) -> dict:
         exp = self.exp
-        kwargs = {"limit": limit or exp.data.max_eval_samples} if self.task.name == "language-modeling" else {}
+        kwargs = {"limit": limit or exp.data.max_eval_samples} if self.task.blocks else {}
         with progress(total=len(records), desc=desc) as bar:
             return self.task.evaluate(self.accelerator.unwrap_model(self.model), records, tok=self.loaded.tokenizer,
                                       family=self.loaded.family, args=exp.data, device=self.dev,
@@ -389,7 +389,7 @@ class Recipe:
             quality_split="test" if self.quality_on else None,
             quality_details=self.out.get("quality_details") or {},
             generation={**GENERATION, "max_new_tokens": exp.data.max_target_length}
-            if self.task.name == "summarization"
+            if self.task.generates
             else None,
             inference=self.out.get("inference"),
             started_at=results.timestamp(self.started),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from peftbench import data, fs, methods, models, tasks, tracking
+from peftbench import data, fs, methods, models, tracking
 from peftbench.config import (
     COMPILE_CHOICES,
     FUSED_LOSS_CHOICES,
@@ -34,6 +34,7 @@ from peftbench.config import (
 )
 from peftbench.errors import ConfigError
 from peftbench.suites import experiments_from_raw
+from peftbench.taskspecs import SPECS
 
 SHOWN_ERRORS = 8  # problems listed in the one-line message; the rest are counted
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -88,8 +89,8 @@ def validate(exp: Experiment) -> list[str]:
         problems += models.check_tokenizer_spec(exp.model.tokenizer)
     problems += _choices(exp)
     problems += data.check_spec(exp.data.spec)
-    if exp.data.task not in tasks.TASKS:
-        problems.append(f"data.task: unknown task {exp.data.task!r} (known: {', '.join(tasks.TASKS)})")
+    if exp.data.task not in SPECS:
+        problems.append(f"data.task: unknown task {exp.data.task!r} (known: {', '.join(SPECS)})")
     problems += methods.check(exp.method.name, exp.method.options)
     problems += _ranges(exp)
     if not problems:  # lengths, data and the method's fit need a valid spec, task and method
@@ -175,7 +176,7 @@ def _ranges(exp: Experiment) -> list[str]:
     for key in ("validation_fraction", "test_fraction"):
         if not 0 < getattr(d, key) < 0.5:
             problems.append(f"data.{key}: must be in (0, 0.5), got {getattr(d, key)}")
-    if d.task == "language-modeling" and d.max_source_length < 2:
+    if d.task in SPECS and SPECS[d.task].blocks and d.max_source_length < 2:
         problems.append(f"data.max_source_length: language modelling needs blocks of >= 2 tokens, got "
                         f"{d.max_source_length}")
     return problems
@@ -188,9 +189,10 @@ def _lengths(exp: Experiment) -> list[str]:
         return []
     d, m = exp.data, exp.measure
     problems = []
-    train_len = d.max_source_length + (d.max_target_length + 1 if d.task == "summarization" else 0)
+    joined = SPECS[d.task].target_in_input
+    train_len = d.max_source_length + (d.max_target_length + 1 if joined else 0)
     if train_len > limit:
-        what = "max_source_length + max_target_length + 1" if d.task == "summarization" else "max_source_length"
+        what = "max_source_length + max_target_length + 1" if joined else "max_source_length"
         problems.append(f"data.{what} = {train_len} exceeds the model's {limit} positions")
     gen = m.new_tokens if m.generate else 0
     if m.seq_len + gen > limit:

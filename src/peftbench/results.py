@@ -105,15 +105,23 @@ def timestamp(seconds: float) -> str:
 
 @contextlib.contextmanager
 def signals_deferred():
-    """Hold SIGINT/SIGTERM until the block ends, so a file write and its rename finish together."""
+    """Hold SIGINT/SIGTERM until the block ends, so a file write and its rename finish together.
+
+    Python-level handlers that only note the signal, then the old handlers and the signal again: a
+    thread mask would not do, since the kernel hands a process signal to any thread that does not
+    block it (torch's worker threads), and Python then runs the handler in the main thread anyway."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    received: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in old.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        for s in dict.fromkeys(received):
+            signal.raise_signal(s)  # now handled as it would have been
 
 
 def write_text_atomic(path: Path, text: str) -> None:

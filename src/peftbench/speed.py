@@ -19,6 +19,8 @@ import importlib.util
 
 import torch
 
+from peftbench.taskspecs import SPECS
+
 CHUNK_ROWS = 4096  # rows of logits alive at once in the chunked loss (4096 x 50k fp32 = 0.8 GB)
 ALIGN = 64  # vocabulary rows padded to a multiple of this in the chunked loss
 
@@ -67,7 +69,7 @@ def resolve(args, *, device_type: str, family: str, task: str, model, varying: b
     packing = on_off("packing")
     if packing and family != "causal":
         packing, reasons["packing"] = False, "off: encoder-decoders are padded (T5 has no position ids)"
-    elif packing and task == "language-modeling":
+    elif packing and SPECS[task].blocks:
         packing, reasons["packing"] = False, "off: language-modelling blocks have no padding"
     elif packing and not packs_correctly(model):
         packing, reasons["packing"] = False, "off: this model's attention does not keep packed examples apart"

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from peftbench.batches import IGNORE, pad_batch
+from peftbench.taskspecs import SPECS, TaskSpec
 
 SUMMARY_PROMPT = " TL;DR:"
 T5_SUMMARY_PREFIX = "summarize: "
@@ -356,18 +357,18 @@ def mean_loss(model, feats, *, tok, family, device, batch_size) -> float:
 
 @dataclass(frozen=True)
 class Task:
-    name: str
-    fields: tuple[str, ...]
+    """A task's declaration (``taskspecs.SPECS``) with its behaviour attached."""
+
+    spec: TaskSpec
     encode: Callable[..., list[dict]]
     evaluate: Callable[..., dict]
-    metrics: tuple[str, ...]  # headline quality metrics, in report order
+
+    def __getattr__(self, key: str):  # name, fields, metrics, primary, label_field, blocks, ...
+        return getattr(self.spec, key)
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("summarization", ("source", "target"), encode_summarization, evaluate_summarization,
-         ("rouge1", "rouge2", "rougeL", "bleu")),
-    Task("classification", ("text", "label"), encode_classification, evaluate_classification,
-         ("accuracy", "macro_f1")),
-    Task("language-modeling", ("text",), encode_language_modeling, evaluate_language_modeling,
-         ("perplexity",)),
+    Task(SPECS["summarization"], encode_summarization, evaluate_summarization),
+    Task(SPECS["classification"], encode_classification, evaluate_classification),
+    Task(SPECS["language-modeling"], encode_language_modeling, evaluate_language_modeling),
 ]}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from peftbench import stats
+from peftbench.taskspecs import SPECS
 
 
 def get_in(d: Any, *path: str) -> Any:
@@ -116,14 +117,15 @@ def margin(metric: Metric, device: str) -> float:
 
 QUALITY = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "BLEU",
            "accuracy": "accuracy", "macro_f1": "macro-F1", "perplexity": "perplexity"}
-PRIMARY_QUALITY = {"summarization": "rougeL", "classification": "accuracy", "language-modeling": "perplexity"}
+PRIMARY_QUALITY = {name: spec.primary for name, spec in SPECS.items()}
+LOWER_IS_BETTER = frozenset().union(*(spec.lower_is_better for spec in SPECS.values()))
 
 METRICS: dict[str, Metric] = {m.key: m for m in [
     Metric("trainable", "trainable params", lambda r: get_in(r, "params", "trainable"), "min", "int",
            trained_only=True, kind="exact", unit="parameters"),
     Metric("adapter_bytes", "storage", lambda r: get_in(r, "storage", "adapter_bytes"), "min", "bytes",
            trained_only=True, kind="exact", unit="bytes"),
-    *[Metric(k, label, (lambda key: lambda r: get_in(r, "quality", key))(k), "min" if k == "perplexity" else "max",
+    *[Metric(k, label, (lambda key: lambda r: get_in(r, "quality", key))(k), "min" if k in LOWER_IS_BETTER else "max",
              "float", kind="quality", samples=lambda r: r.get("quality_samples"), statistic=k,
              unit="" if k == "perplexity" else "points") for k, label in QUALITY.items()],
     Metric("train_tokens_per_second", "train tok/s", _train_rate, "max", "float",
