@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from peftbench import methods, models  # noqa: E402
 from peftbench.measure import measure_latency  # noqa: E402
-from peftbench.measure.inference import inference_dtype, make_inputs  # noqa: E402
+from peftbench.measure.inference import make_inputs  # noqa: E402
+from peftbench.models import resolve_dtype  # noqa: E402
 from peftbench.results import capture_env  # noqa: E402
 
 VARIANTS = ["base", "lora merged", "lora unmerged", "ia3 merged", "ia3 unmerged"]
@@ -96,7 +97,7 @@ def main() -> None:
     args = ap.parse_args()
 
     device = torch.device(args.device)
-    dtype = inference_dtype(args.dtype, device)
+    dtype = resolve_dtype(args.dtype, device, inference=True)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]

@@ -180,3 +180,11 @@ def test_epochs_and_gradient_accumulation_count_optimizer_steps():
     out = train(model, feats, args=TrainArgs(max_steps=-1, epochs=1.0, batch_size=4, gradient_accumulation_steps=2),
                 accelerator=Accelerator(cpu=True, gradient_accumulation_steps=2), pad_id=0, learning_rate=1e-3)
     assert (out.steps, out.epochs, out.tokens) == (2, 1.0, 16 * 10)  # 4 micro-batches, 2 per optimizer step
+
+
+def test_one_dtype_resolver_for_weights_and_inference():
+    cpu = torch.device("cpu")
+    assert models.resolve_dtype("auto", cpu) is torch.float32  # weights: fp32, autocast does the bf16
+    assert models.resolve_dtype("auto", cpu, inference=True) is torch.float32  # no bf16 inference on CPU
+    assert models.resolve_dtype("bfloat16", cpu) is torch.bfloat16
+    assert models.resolve_dtype("float16", cpu, inference=True) is torch.float16

@@ -32,6 +32,7 @@ SECTIONS = ("model", "data", "method", "train", "measure")
 SUITE_KEYS = ("name", "description", "defaults", "experiments", "matrix", "seeds", "log_with")
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: no trailing newline slips in
 ON_OFF_FIELDS = {"chat_template", "compile", "fused_optimizer", "fused_loss", "packing"}
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # model.dtype and measure.dtype (torch.<name>)
 SWITCH_CHOICES = ("auto", "on", "off")
 FUSED_LOSS_CHOICES = ("auto", "on", "liger", "chunked", "off")
 COMPILE_CHOICES = ("auto", "on", "off", "model", "regions")

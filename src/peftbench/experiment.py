@@ -27,7 +27,7 @@ from peftbench import methods, models, results, sources, stats
 from peftbench.errors import Skipped
 from peftbench.faults import fault_point
 from peftbench.measure import dir_bytes
-from peftbench.measure.inference import inference_dtype, logits_for, measure_inference
+from peftbench.measure.inference import logits_for, measure_inference
 from peftbench.measure.memory import free_cached_memory
 from peftbench.measure.storage import file_sizes
 from peftbench.plan import Run
@@ -226,7 +226,7 @@ class Recipe:
         model = merged_model = self.model
         inference = None
         if exp.measure.enabled:
-            model.to(inference_dtype(exp.measure.dtype, dev))
+            model.to(models.resolve_dtype(exp.measure.dtype, dev, inference=True))
             vocab = model.config.vocab_size if hasattr(model, "config") else len(tok)
             kw = {"family": self.loaded.family, "vocab_size": vocab, "args": exp.measure, "device": dev}
             with progress(desc=f"measure {self.plan.run_id}") as bar:

@@ -191,10 +191,14 @@ def check_tokenizer_spec(spec: str) -> list[str]:
 
 # ---------------------------------------------------------------- loading
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.float32  # weights stay fp32; mixed precision is autocast (train.mixed_precision)
-    return getattr(torch, name)
+def resolve_dtype(name: str, device: torch.device, *, inference: bool = False) -> torch.dtype:
+    """A ``DTYPE_CHOICES`` name as a torch dtype. ``auto``: fp32 weights for training (bf16 compute
+    comes from train.mixed_precision's autocast); for inference bf16 on GPUs that support it."""
+    if name != "auto":
+        return getattr(torch, name)
+    if inference and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
 
 
 def load_tokenizer(spec: str, *, trust_remote_code: bool = False, revision: str | None = None):

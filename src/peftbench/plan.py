@@ -25,6 +25,7 @@ import yaml
 from peftbench import data, fs, methods, models, tracking
 from peftbench.config import (
     COMPILE_CHOICES,
+    DTYPE_CHOICES,
     FUSED_LOSS_CHOICES,
     SWITCH_CHOICES,
     Experiment,
@@ -37,7 +38,6 @@ from peftbench.suites import experiments_from_raw
 from peftbench.taskspecs import SPECS
 
 SHOWN_ERRORS = 8  # problems listed in the one-line message; the rest are counted
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -124,7 +124,7 @@ def _applies(exp: Experiment) -> list[str]:
 
 def _choices(exp: Experiment) -> list[str]:
     checks = [("model.family", exp.model.family, (None, "causal", "seq2seq")),
-              ("model.dtype", exp.model.dtype, DTYPES), ("measure.dtype", exp.measure.dtype, DTYPES),
+              ("model.dtype", exp.model.dtype, DTYPE_CHOICES), ("measure.dtype", exp.measure.dtype, DTYPE_CHOICES),
               ("model.chat_template", exp.model.chat_template, ("auto", "on", "off")),
               ("train.mixed_precision", exp.train.mixed_precision, ("auto", "no", "bf16", "fp16")),
               ("train.compile", exp.train.compile, COMPILE_CHOICES),

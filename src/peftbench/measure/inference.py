@@ -19,14 +19,6 @@ from peftbench.measure.latency import measure_latency
 from peftbench.measure.memory import MemoryTracker, tensor_bytes
 
 
-def inference_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return getattr(torch, name)
-
-
 def make_inputs(*, family: str, vocab_size: int, batch: int, seq_len: int, decoder_len: int,
                 device: torch.device, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
