@@ -110,3 +110,12 @@ def test_static_cache_generation_gives_the_eager_tokens_and_is_reported_beside_i
                             args=MeasureArgs(warmup=0, iterations=2, min_seconds=0.0, large_batch_size=0, seq_len=8,
                                              new_tokens=3), device=torch.device("cpu"))
     assert "generate_b1_optimized" not in off["scenarios"]  # auto: off on CPU
+
+
+def test_optimized_generation_mode_follows_the_setting():
+    from peftbench.measure.inference import optimized_mode
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert optimized_mode("auto", cuda) == "compile" and optimized_mode("auto", cpu) is None
+    assert optimized_mode("static", cuda) == "static" and optimized_mode("static", cpu) == "static"
+    assert optimized_mode("compile", cpu) == "compile" and optimized_mode("off", cuda) is None

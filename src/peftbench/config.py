@@ -36,7 +36,14 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # model.dtype and me
 SWITCH_CHOICES = ("auto", "on", "off")
 FUSED_LOSS_CHOICES = ("auto", "on", "liger", "chunked", "off")
 COMPILE_CHOICES = ("auto", "on", "off", "model", "regions")
+QUANTIZATION_CHOICES = (None, "nf4", "int8")  # model.quantization (bitsandbytes)
+OPTIMIZED_CHOICES = ("auto", "static", "compile", "off")  # measure.optimized
 MAX_ID_LENGTH = 100  # result file names get run suffixes (--lr..--seed..) and must stay < 255 bytes
+
+
+def method_name(name: Any) -> str:
+    """The one spelling of a method name: ``Prefix-Tuning`` -> ``prefix_tuning``."""
+    return str(name).strip().lower().replace("-", "_")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -90,8 +97,8 @@ class MethodArgs:
     options: dict = _f({}, "peft config options; in YAML and --set written as method.<option>")
 
     def __post_init__(self):
-        if isinstance(self.name, str):  # one spelling downstream: prefix-tuning, Prefix_Tuning -> prefix_tuning
-            self.name = self.name.strip().lower().replace("-", "_")
+        if isinstance(self.name, str):  # one spelling downstream
+            self.name = method_name(self.name)
 
 
 @dataclass
@@ -322,7 +329,7 @@ def experiment_id(d: dict) -> str:
     model = str(_get(d, "model", "spec") or "model").rstrip("/").split("/")[-1]
     model = model.replace(":", "-")
     task = _get(d, "data", "task") or "task"
-    method = str(_get(d, "method", "name") or "method").strip().lower().replace("-", "_")
+    method = method_name(_get(d, "method", "name") or "method")
     return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model}--{task}--{method}")
 
 

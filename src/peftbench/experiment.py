@@ -39,6 +39,8 @@ from peftbench.tracking import Trackers, final_values
 from peftbench.train import total_steps, train, varying
 
 log = logging.getLogger("peftbench")
+
+
 def make_accelerator(*, device: str, mixed_precision: str, grad_accum: int):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -288,7 +290,7 @@ class Recipe:
             return
         self.trackers = Trackers(self.tracking["log_with"], out_dir=self.out_dir,
                                  project=self.tracking.get("project") or "peftbench", run_name=self.plan.run_id)
-        self.trackers.start({**self.exp.to_dict(), "resolved": {k: v for k, v in self.resolved.items()},
+        self.trackers.start({**self.exp.to_dict(), "resolved": dict(self.resolved),
                              "run_id": self.plan.run_id, "config_hash": self.plan.config_hash})
 
     def _log_final(self, result: Result) -> None:

@@ -18,6 +18,7 @@ per-architecture mapping.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch only where a model is touched: the report reads this registry without it
     import torch
 
-from peftbench.config import fits, type_name
+from peftbench.config import fits, method_name, type_name
 
 
 @dataclass(frozen=True)
@@ -85,15 +86,12 @@ CURATED: dict[str, Method] = {m.name: m for m in [
 METHODS = CURATED  # the curated entries; ``lookup`` answers every peft type too
 
 
-def normalise(name: str) -> str:
-    return str(name).strip().lower().replace("-", "_")
-
-
+@functools.cache
 def peft_types() -> dict[str, Any]:
     """Every method type of the installed peft: lower-case name -> config class."""
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
-    return {normalise(getattr(k, "value", k)): v for k, v in PEFT_TYPE_TO_CONFIG_MAPPING.items()}
+    return {method_name(getattr(k, "value", k)): v for k, v in PEFT_TYPE_TO_CONFIG_MAPPING.items()}
 
 
 def names() -> list[str]:
@@ -102,7 +100,7 @@ def names() -> list[str]:
 
 
 def lookup(name: str) -> Method | None:
-    key = normalise(name)
+    key = method_name(name)
     if key in CURATED:
         return CURATED[key]
     if key in peft_types():
@@ -114,7 +112,7 @@ def lookup(name: str) -> Method | None:
 
 
 def config_class(method: Method):
-    return peft_types()[normalise(method.peft_type)]
+    return peft_types()[method_name(method.peft_type)]
 
 
 def _is_prompt_learning(cls) -> bool:

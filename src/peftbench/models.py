@@ -291,9 +291,6 @@ def load(args: ModelArgs, *, seed: int = 0, device: torch.device | None = None) 
     return loaded
 
 
-QUANTIZATIONS = ("nf4", "int8")
-
-
 def quantization_unavailable(quant: str, device: torch.device) -> str | None:
     """Why a bitsandbytes base cannot load here, or None."""
     import importlib.util

@@ -27,6 +27,8 @@ from peftbench.config import (
     COMPILE_CHOICES,
     DTYPE_CHOICES,
     FUSED_LOSS_CHOICES,
+    OPTIMIZED_CHOICES,
+    QUANTIZATION_CHOICES,
     SWITCH_CHOICES,
     Experiment,
     Suite,
@@ -131,8 +133,8 @@ def _choices(exp: Experiment) -> list[str]:
               ("train.fused_optimizer", exp.train.fused_optimizer, SWITCH_CHOICES),
               ("train.fused_loss", exp.train.fused_loss, FUSED_LOSS_CHOICES),
               ("train.packing", exp.train.packing, SWITCH_CHOICES),
-              ("model.quantization", exp.model.quantization, (None, "nf4", "int8")),
-              ("measure.optimized", exp.measure.optimized, ("auto", "static", "compile", "off"))]
+              ("model.quantization", exp.model.quantization, QUANTIZATION_CHOICES),
+              ("measure.optimized", exp.measure.optimized, OPTIMIZED_CHOICES)]
     problems = [f"{key}: {value!r} is not one of {', '.join(str(c) for c in choices)}"
                 for key, value, choices in checks if value not in choices]
     method = methods.lookup(exp.method.name)

@@ -6,7 +6,7 @@ Usage:
 
 ``execute`` records ``success``, ``failed`` (the error, and "diverged by step N" for a NaN loss),
 ``skipped`` (a run this machine cannot do) or ``cancelled`` (then re-raises). ``failure`` needs no
-torch: the suite process uses it for a child that died without recording.
+recipe: the suite process uses it for a child that died without recording.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def execute(run: Run, *, out_dir: Path, device: str, attempt: str | None = None,
     """Run and record one run; re-raises ``Cancelled`` after recording it. None off the main process."""
     started = time.time()
     try:
-        from peftbench.experiment import Recipe  # torch and the rest: only where a run happens
+        from peftbench.experiment import Recipe  # models, data, training: only where a run happens
 
         result = Recipe(run, out_dir=out_dir, device=device, attempt=attempt, tracking=tracking).run()
     except (Cancelled, KeyboardInterrupt) as e:

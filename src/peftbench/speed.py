@@ -99,7 +99,8 @@ def _compile_mode(value: str, *, cuda: bool, varying: bool, reasons: dict) -> st
 def _fused_loss(value: str, *, cuda: bool, model, reasons: dict) -> str:
     if value == "off":
         return "off"
-    if split_head(model) is None:
+    split = split_head(model)
+    if split is None:
         reasons["fused_loss"] = "off: the logits are not head(body(x)) (seq2seq, prompt method, adapted head)"
         return "off"
     if value in ("liger", "chunked"):
@@ -107,7 +108,7 @@ def _fused_loss(value: str, *, cuda: bool, model, reasons: dict) -> str:
     if value == "auto" and not cuda:
         reasons["fused_loss"] = "auto: off on CPU"
         return "off"
-    vocab = split_head(model)[1].weight.shape[0]
+    vocab = split[1].weight.shape[0]
     if vocab % ALIGN:  # Liger's GEMMs on an unaligned vocabulary run 3-4x slower than the padded chunked loss
         reasons["fused_loss"] = f"{value}: chunked (a vocabulary of {vocab} is padded to a multiple of {ALIGN})"
         return "chunked"

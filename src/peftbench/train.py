@@ -239,15 +239,15 @@ class _Loop:
                 **({"warmup": True} if warm else {}),
             }
             self.result.laps.append(lap)
-            self.result.loss_curve.append({"step": step, "loss": round(mean_loss, 6),
-                                           "learning_rate": self.scheduler.get_last_lr()[0]})
+            lr = self.scheduler.get_last_lr()[0]
+            self.result.loss_curve.append({"step": step, "loss": round(mean_loss, 6), "learning_rate": lr})
             t.loss_sum, t.loss_n, t.lap_tokens = 0.0, 0, 0
             rate = t.tokens / max(self.timer.elapsed(), 1e-9)
             if self.progress:
                 self.progress(step, mean_loss, rate)
             if self.on_log:
-                self.on_log({"train/loss": mean_loss, "train/learning_rate": self.scheduler.get_last_lr()[0],
-                             "train/tokens_per_second": rate}, step)
+                self.on_log({"train/loss": mean_loss, "train/learning_rate": lr, "train/tokens_per_second": rate},
+                            step)
         if self.evaluate and args.eval_steps and (step % args.eval_steps == 0 or step == self.steps):
             with self.timer.paused(), self.regions.off() if self.regions else contextlib.nullcontext():
                 model.eval()

@@ -40,9 +40,11 @@ def _gen_kwargs(n: int, pad_id: int | None) -> dict:
 def optimized_mode(value: str, device: torch.device) -> str | None:
     """measure.optimized -> None (off), "static" (static KV cache) or "compile" (static cache and a
     compiled forward; the default with CUDA, where CUDA graphs remove the per-token launch cost)."""
-    if value == "off" or (value == "auto" and device.type != "cuda"):
-        return None
-    return "compile" if device.type == "cuda" or value == "compile" else "static"
+    if value in ("static", "compile"):
+        return value
+    if value == "auto" and device.type == "cuda":
+        return "compile"
+    return None
 
 
 def _optimized_generation(model, gen_inputs: dict, *, b: int, args: MeasureArgs, timing: dict, pad_id, compile_: bool,
