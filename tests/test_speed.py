@@ -9,9 +9,16 @@ import torch
 import torch.nn.functional as F
 
 from peftbench import methods, models
-from peftbench.batches import IGNORE, loss_positions, pack_batch, pad_batch
+from peftbench.batches import IGNORE, loss_positions, pack_batch, pack_seq2seq, pad_batch, segment_masks
 from peftbench.config import TrainArgs
-from peftbench.speed import LossModule, chunked_linear_cross_entropy, packs_correctly, resolve, split_head
+from peftbench.speed import (
+    LossModule,
+    chunked_linear_cross_entropy,
+    packs_correctly,
+    resolve,
+    seq2seq_packs_correctly,
+    split_head,
+)
 
 
 def _features(n=12, seed=0, vocab=200, answer_only=True):
@@ -72,6 +79,56 @@ def test_packed_and_fused_losses_equal_the_padded_model_loss(shape, answer_only)
             assert torch.allclose(fused(batch), ref, rtol=1e-5)
 
 
+def _pairs(n=16, seed=0, vocab=300):
+    rng = random.Random(seed)
+    return [{"input_ids": [rng.randrange(3, vocab) for _ in range(rng.randint(5, 40))],
+             "labels": [rng.randrange(3, vocab) for _ in range(rng.randint(2, 12))], "decoder": True}
+            for _ in range(n)]
+
+
+def test_seq2seq_packing_shifts_targets_per_example_and_masks_each_pair_apart():
+    feats = [{"input_ids": [5, 6, 7], "labels": [8, 9], "decoder": True},
+             {"input_ids": [10, 11], "labels": [12, 13, 14], "decoder": True}]
+    b = pack_seq2seq(feats, pad_id=0, start_id=2, max_padding=1.0)  # one row for two examples
+    assert b["input_ids"].tolist() == [[5, 6, 7, 10, 11]]
+    assert b["encoder_segments"].tolist() == [[1, 1, 1, 2, 2]]
+    assert b["decoder_input_ids"].tolist() == [[2, 8, 2, 12, 13]]  # each target behind its own start token
+    assert b["labels"].tolist() == [[8, 9, 12, 13, 14]]
+    enc, dec, cross = (m[0, 0] == 0 for m in segment_masks(b["encoder_segments"], b["decoder_segments"]))
+    assert enc.tolist()[0] == [True, True, True, False, False] and enc.tolist()[4] == [False, False, False, True, True]
+    assert dec.tolist()[3] == [False, False, True, True, False]  # causal, within the second target
+    assert cross.tolist()[1] == [True, True, True, False, False] and cross.tolist()[2] == [False] * 3 + [True] * 2
+
+
+def test_seq2seq_packing_keeps_padding_under_five_percent_and_every_token_once():
+    for seed in range(5):
+        feats = _pairs(seed=seed)
+        b = pack_seq2seq(feats, pad_id=0, start_id=0, multiple_of=8)
+        real = sum(len(f["input_ids"]) + len(f["labels"]) for f in feats)
+        assert 1 - real / (b["input_ids"].numel() + b["labels"].numel()) <= 0.05
+        assert sorted(b["input_ids"][b["encoder_segments"] > 0].tolist()) == \
+            sorted(t for f in feats for t in f["input_ids"])
+        assert int((b["labels"] != IGNORE).sum()) == sum(len(f["labels"]) for f in feats)
+    padded = pad_batch(feats, pad_id=0, multiple_of=8)
+    assert 1 - real / (padded["input_ids"].numel() + padded["labels"].numel()) > 0.2  # what packing saves
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "ia3"])
+def test_packed_seq2seq_loss_and_gradients_equal_the_padded_ones(method):
+    base = models.build_random("tiny-t5", seed=0)
+    model = methods.apply(name=method, options={}, model=base, family="seq2seq").model.eval()
+    assert seq2seq_packs_correctly(model)
+    feats = _pairs()
+    module = LossModule(model)
+    padded = module.model(**pad_batch(feats, pad_id=0), use_cache=False).loss
+    ref = torch.autograd.grad(padded, [p for p in model.parameters() if p.requires_grad])
+    packed = module(pack_seq2seq(feats, pad_id=0, start_id=model.config.decoder_start_token_id))
+    got = torch.autograd.grad(packed, [p for p in model.parameters() if p.requires_grad])
+    assert torch.allclose(packed, padded, rtol=1e-5)
+    for a, b in zip(got, ref):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_split_head_refuses_what_is_not_head_of_body():
     base = models.build_random("tiny-gpt2", seed=0)
     assert split_head(base)[1] is base.lm_head
@@ -103,8 +160,11 @@ def test_switches_resolve_off_on_cpu_and_say_why_when_they_cannot_apply():
     assert not s["packing"] and "no padding" in s["reasons"]["packing"]
     t5 = models.build_random("tiny-t5", seed=0)
     s = resolve(forced, device_type="cpu", family="seq2seq", task="summarization", model=t5)
-    assert (s["fused_loss"], s["packing"]) == ("off", False)
-    assert "seq2seq" in s["reasons"]["fused_loss"] and "encoder-decoder" in s["reasons"]["packing"]
+    assert (s["fused_loss"], s["packing"]) == ("off", True)
+    assert "seq2seq" in s["reasons"]["fused_loss"]
+    prompt = methods.apply(name="prompt_tuning", options={}, model=t5, family="seq2seq").model
+    s = resolve(forced, device_type="cpu", family="seq2seq", task="summarization", model=prompt)
+    assert not s["packing"] and "encoder-decoder" in s["reasons"]["packing"]
 
 
 def _run(speed, steps=12, method="lora", dropout=0.0):

@@ -72,6 +72,95 @@ def pack_batch(features: Sequence[dict], *, pad_id: int, multiple_of: int = 1) -
     return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos]), "labels": torch.tensor([labels])}
 
 
+MAX_PACKED_PADDING = 0.05  # pack_seq2seq uses the most rows whose padding stays under this share
+EXAMPLES_PER_ROW = 4  # ... starting from this many examples per row
+
+
+def pack_seq2seq(features: Sequence[dict], *, pad_id: int, start_id: int, multiple_of: int = 1,
+                 max_padding: float = MAX_PACKED_PADDING) -> dict:
+    """Encoder-decoder features packed into a few rows: each row holds several examples' sources
+    (encoder) and, in the same order, their targets (decoder). ``encoder_segments`` and
+    ``decoder_segments`` number the examples of a row from 1 (0: padding); ``segment_masks`` turns
+    them into block-diagonal self-attention, causal within a target, and cross-attention from each
+    target to its own source only. Relative position biases (T5) only see distances, so offsets
+    within a row change nothing.
+
+    Rows trade padding against attention work (longer rows: more of it), so the examples are spread
+    over the most rows (from ``len/EXAMPLES_PER_ROW`` down to one) whose padding stays under
+    ``max_padding``. The decoder inputs are each target shifted right behind ``start_id``, built
+    per example, so no target sees the one before it."""
+    sizes = [(len(f["input_ids"]), len(f["labels"])) for f in features]
+    real = sum(a + b for a, b in sizes)
+    for n_rows in range(max(1, -(-len(features) // EXAMPLES_PER_ROW)), 0, -1):
+        rows = _balance(sizes, n_rows)
+        src_len = _round(max(sum(sizes[i][0] for i in r) for r in rows), multiple_of)
+        tgt_len = _round(max(sum(sizes[i][1] for i in r) for r in rows), multiple_of)
+        if 1 - real / (n_rows * (src_len + tgt_len)) <= max_padding:
+            break
+    out: dict[str, list] = {k: [] for k in ("input_ids", "encoder_segments", "decoder_input_ids", "labels",
+                                            "decoder_segments")}
+    for r in rows:
+        ids, eseg, dec, lab, dseg = [], [], [], [], []
+        for k, i in enumerate(r, 1):
+            f = features[i]
+            target = list(f["labels"])
+            ids += f["input_ids"]
+            eseg += [k] * len(f["input_ids"])
+            dec += [start_id] + [pad_id if t == IGNORE else t for t in target[:-1]]
+            lab += target
+            dseg += [k] * len(target)
+        out["input_ids"].append(ids + [pad_id] * (src_len - len(ids)))
+        out["encoder_segments"].append(eseg + [0] * (src_len - len(eseg)))
+        out["decoder_input_ids"].append(dec + [pad_id] * (tgt_len - len(dec)))
+        out["labels"].append(lab + [IGNORE] * (tgt_len - len(lab)))
+        out["decoder_segments"].append(dseg + [0] * (tgt_len - len(dseg)))
+    return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
+
+
+def _round(n: int, multiple_of: int) -> int:
+    return -(-n // multiple_of) * multiple_of
+
+
+def _balance(sizes: list[tuple[int, int]], n_rows: int) -> list[list[int]]:
+    """Examples spread over ``n_rows`` so that the longest source row and the longest target row
+    stay short: largest first, each to the row it lengthens least (relative to the totals)."""
+    src_total = sum(a for a, _ in sizes) or 1
+    tgt_total = sum(b for _, b in sizes) or 1
+    loads = [[0, 0] for _ in range(n_rows)]
+    rows: list[list[int]] = [[] for _ in range(n_rows)]
+    order = sorted(range(len(sizes)), key=lambda i: -(sizes[i][0] / src_total + sizes[i][1] / tgt_total))
+    for i in order:
+        a, b = sizes[i]
+        best = min(range(n_rows), key=lambda r: max((loads[r][0] + a) / src_total, (loads[r][1] + b) / tgt_total))
+        loads[best][0] += a
+        loads[best][1] += b
+        rows[best].append(i)
+    for r in rows:
+        r.sort()  # the data order within a row
+    return [r for r in rows if r]
+
+
+def segment_masks(encoder_segments: torch.Tensor, decoder_segments: torch.Tensor,
+                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+    """Additive 4D masks (rows, 1, queries, keys) for a ``pack_seq2seq`` batch: encoder
+    self-attention, decoder self-attention (causal) and decoder-to-encoder cross-attention, each
+    within one example. Padding attends to itself, so no row of a softmax is empty."""
+    blocked = torch.finfo(dtype).min
+
+    def additive(allowed: torch.Tensor) -> torch.Tensor:
+        zero = torch.zeros((), dtype=dtype, device=allowed.device)
+        return torch.where(allowed, zero, torch.full((), blocked, dtype=dtype, device=allowed.device))[:, None]
+
+    e, d = encoder_segments, decoder_segments
+    eye_e = torch.eye(e.shape[1], dtype=torch.bool, device=e.device)
+    eye_d = torch.eye(d.shape[1], dtype=torch.bool, device=d.device)
+    enc = ((e[:, :, None] == e[:, None, :]) & (e[:, None, :] > 0)) | eye_e
+    causal = torch.ones(d.shape[1], d.shape[1], dtype=torch.bool, device=d.device).tril()
+    dec = ((d[:, :, None] == d[:, None, :]) & (d[:, None, :] > 0) & causal) | eye_d
+    cross = (d[:, :, None] == e[:, None, :]) & (e[:, None, :] > 0)
+    return additive(enc), additive(dec), additive(cross)
+
+
 def loss_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat indices of the positions that predict a label, and those labels (the causal shift),
     computed on the host so the device never has to answer how many there are."""

@@ -5,10 +5,11 @@ Usage:
     switches = resolve(train_args, device_type="cuda", family="causal", task="classification", model=model)
     module = LossModule(model, fused_loss=switches["fused_loss"])   # forward(batch) -> scalar loss
     batch = pack_batch(features, pad_id=0)                          # one row, position ids restart per example
+    batch = pack_seq2seq(features, pad_id=0, start_id=0)            # encoder-decoders: segment masks, few rows
 
 Every switch is ``auto`` by default: on where it helps on CUDA, off on CPU (the CPU path stays the
 plain one the tests pin down); ``on``/``off`` force it. A switch that cannot apply (a fused loss on
-an encoder-decoder, packing on an attention that ignores position ids) resolves to ``off`` with the
+an encoder-decoder, packing on an attention that does not keep packed examples apart) resolves to ``off`` with the
 reason, and the resolved values and reasons land in the result (``resolved.speed``).
 """
 
@@ -19,6 +20,7 @@ import importlib.util
 
 import torch
 
+from peftbench.batches import pack_seq2seq, segment_masks
 from peftbench.taskspecs import SPECS
 
 CHUNK_ROWS = 4096  # rows of logits alive at once in the chunked loss (4096 x 50k fp32 = 0.8 GB)
@@ -67,11 +69,11 @@ def resolve(args, *, device_type: str, family: str, task: str, model, varying: b
            "fused_optimizer": on_off("fused_optimizer")}
     out["fused_loss"] = _fused_loss(args.fused_loss, cuda=cuda, model=model, reasons=reasons)
     packing = on_off("packing")
-    if packing and family != "causal":
-        packing, reasons["packing"] = False, "off: encoder-decoders are padded (T5 has no position ids)"
-    elif packing and SPECS[task].blocks:
+    if packing and SPECS[task].blocks:
         packing, reasons["packing"] = False, "off: language-modelling blocks have no padding"
-    elif packing and not packs_correctly(model):
+    elif packing and family != "causal" and not seq2seq_packs_correctly(model):
+        packing, reasons["packing"] = False, "off: this encoder-decoder's attention does not keep packed examples apart"
+    elif packing and family == "causal" and not packs_correctly(model):
         packing, reasons["packing"] = False, "off: this model's attention does not keep packed examples apart"
     out["packing"] = packing
     out["dataloader_workers"] = args.dataloader_workers if args.dataloader_workers is not None else (2 if cuda else 0)
@@ -152,6 +154,49 @@ def packs_correctly(model) -> bool:
     # a leak across the boundary changes the second example's logits by O(1); rounding by far less
     scale = float(apart.abs().max()) or 1.0
     return bool((apart - packed.float()).abs().max() <= 1e-3 * scale)
+
+
+def seq2seq_packed_forward(model, batch: dict, **kw):
+    """An encoder-decoder's forward over a ``pack_seq2seq`` batch: the encoder runs with its
+    block-diagonal mask first, since the model would otherwise give the encoder the decoder's
+    cross-attention mask (both travel as ``attention_mask``)."""
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    enc_mask, dec_mask, cross_mask = segment_masks(batch["encoder_segments"], batch["decoder_segments"], dtype)
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    encoded = hf.get_encoder()(input_ids=batch["input_ids"], attention_mask=enc_mask)
+    return model(encoder_outputs=encoded, attention_mask=cross_mask, decoder_input_ids=batch["decoder_input_ids"],
+                 decoder_attention_mask=dec_mask, labels=batch.get("labels"), use_cache=False, **kw)
+
+
+def seq2seq_packs_correctly(model) -> bool:
+    """Two random source/target pairs, packed into one row, give the decoder logits they give apart."""
+    if _prompt_learning(model):
+        return False
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device = next(model.parameters()).device
+    vocab = hf.get_input_embeddings().num_embeddings
+    start = hf.config.decoder_start_token_id or 0
+    g = torch.Generator().manual_seed(0)
+    feats = [{"input_ids": torch.randint(2, vocab, (n,), generator=g).tolist(),
+              "labels": torch.randint(2, vocab, (m,), generator=g).tolist()} for n, m in ((5, 3), (7, 4))]
+    packed = pack_seq2seq(feats, pad_id=0, start_id=start, max_padding=1.0)
+    if len(packed["input_ids"]) != 1:
+        packed = pack_seq2seq(feats, pad_id=0, start_id=start, max_padding=0.0)
+    was_training, tf32 = model.training, torch.backends.cuda.matmul.allow_tf32
+    model.eval()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            apart = torch.cat([hf(input_ids=torch.tensor([f["input_ids"]], device=device),
+                                  labels=torch.tensor([f["labels"]], device=device), use_cache=False).logits[0]
+                               for f in feats]).float()
+            together = seq2seq_packed_forward(hf, {k: v.to(device) for k, v in packed.items() if k != "labels"})
+            together = together.logits[0].float()
+    finally:
+        model.train(was_training)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    scale = float(apart.abs().max()) or 1.0
+    return together.shape == apart.shape and bool((apart - together).abs().max() <= 1e-3 * scale)
 
 
 class CompiledRegions:
@@ -261,6 +306,8 @@ class LossModule(torch.nn.Module):
                 self._liger = LigerFusedLinearCrossEntropyLoss()
 
     def forward(self, batch: dict) -> torch.Tensor:
+        if "encoder_segments" in batch:
+            return seq2seq_packed_forward(self.model, batch).loss
         if self.fused_loss == "off":  # no cache: it costs memory, and packed rows are only detected without one
             return self.model(**batch, use_cache=False).loss
         body, head = self._split

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader
 
-from peftbench.batches import IGNORE, loss_positions, pack_batch, pad_batch
+from peftbench.batches import IGNORE, loss_positions, pack_batch, pack_seq2seq, pad_batch
 from peftbench.config import TrainArgs
 from peftbench.errors import Diverged
 from peftbench.measure import MemoryTracker, Throughput, WorkTimer
@@ -60,15 +60,19 @@ class TrainResult:
 
 
 def make_loader(features: list[dict], *, batch_size: int, pad_id: int, seed: int, multiple_of: int = 1,
-                speed: dict | None = None) -> DataLoader:
-    """Shuffled batches; padded (or packed into one row) with the token counts of each batch."""
+                speed: dict | None = None, start_id: int = 0) -> DataLoader:
+    """Shuffled batches; padded (or packed) with the token counts of each batch. ``start_id``: an
+    encoder-decoder's decoder start token (packed targets are shifted per example)."""
     speed = {**PLAIN, **(speed or {})}
     g = torch.Generator().manual_seed(seed)
     seq2seq = bool(features) and "decoder" in features[0]
     fused = speed["fused_loss"] != "off"
 
     def collate(batch):
-        if speed["packing"]:
+        if speed["packing"] and seq2seq:
+            out = pack_seq2seq(batch, pad_id=pad_id, start_id=start_id, multiple_of=multiple_of)
+            real = sum(len(f["input_ids"]) for f in batch)
+        elif speed["packing"]:
             out = pack_batch(batch, pad_id=pad_id, multiple_of=multiple_of)
             real = sum(len(f["input_ids"]) for f in batch)
         else:
@@ -135,8 +139,9 @@ def train(model: torch.nn.Module, features: list[dict], *, args: TrainArgs, acce
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     cuda = accelerator.device.type == "cuda"
+    start_id = getattr(getattr(model, "config", None), "decoder_start_token_id", None) or 0
     loader = make_loader(features, batch_size=args.batch_size, pad_id=pad_id, seed=args.seed,
-                         multiple_of=8 if cuda else 1, speed=speed)
+                         multiple_of=8 if cuda else 1, speed=speed, start_id=start_id)
     steps = total_steps(args, len(loader))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(params, learning_rate=learning_rate, args=args, fused=speed["fused_optimizer"])
