@@ -85,7 +85,7 @@ def sync(device):
 # ---------------------------------------------------------------- the three loops
 
 def run_peftbench(shape, method, feats, *, steps, batch, device, profile=None, overrides=None) -> dict:
-    from peftbench.experiment import make_accelerator
+    from peftbench.distributed import make_accelerator
     from peftbench.train import train
 
     model, lr = build(shape, method, device)

@@ -38,6 +38,7 @@ FUSED_LOSS_CHOICES = ("auto", "on", "liger", "chunked", "off")
 COMPILE_CHOICES = ("auto", "on", "off", "model", "regions")
 QUANTIZATION_CHOICES = (None, "nf4", "int8")  # model.quantization (bitsandbytes)
 OPTIMIZED_CHOICES = ("auto", "static", "compile", "off")  # measure.optimized
+DISTRIBUTED_CHOICES = ("auto", "ddp", "fsdp")  # train.distributed
 MAX_ID_LENGTH = 100  # result file names get run suffixes (--lr..--seed..) and must stay < 255 bytes
 
 
@@ -129,6 +130,10 @@ class TrainArgs:
     packing: str = _f("auto", "causal LMs: a batch's examples packed into one row without padding (position ids "
                               "restart per example): auto (on with CUDA) | on | off")
     dataloader_workers: int | None = _f(None, "data loader worker processes (null: 2 with CUDA, else 0)")
+    distributed: str = _f("auto", "several processes (--gpus N, accelerate launch): ddp (a whole model per GPU) | "
+                                  "fsdp (weights, gradients and optimizer states sharded; FSDP2) | auto (ddp)")
+    gradient_checkpointing: bool = _f(False, "recompute each block's activations in the backward pass: less "
+                                             "memory, about a third more compute")
 
 
 @dataclass

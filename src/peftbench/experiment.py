@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from peftbench import data as data_mod
-from peftbench import methods, models, results, sources, stats
+from peftbench import distributed, methods, models, results, sources, stats
 from peftbench.errors import Skipped
 from peftbench.faults import fault_point
 from peftbench.measure import dir_bytes
@@ -39,24 +39,6 @@ from peftbench.tracking import Trackers, final_values
 from peftbench.train import total_steps, train, varying
 
 log = logging.getLogger("peftbench")
-
-
-def make_accelerator(*, device: str, mixed_precision: str, grad_accum: int):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DataLoaderConfiguration
-
-    if AcceleratorState._shared_state:  # --in-process: one experiment after another in one process
-        AcceleratorState._reset_state(reset_partial_state=False)
-    use_cpu = device == "cpu" or not torch.cuda.is_available()
-    if mixed_precision == "auto":
-        mixed_precision = "bf16" if not use_cpu and torch.cuda.is_bf16_supported() else "no"
-    if not use_cpu:
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 on by default on GPUs (DESIGN.md)
-        torch.backends.cudnn.allow_tf32 = True
-    # non-blocking copies of pinned batches: a blocking one would stall the host on every step
-    return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
-                       dataloader_config=DataLoaderConfiguration(non_blocking=not use_cpu))
 
 
 class Recipe:
@@ -95,8 +77,10 @@ class Recipe:
 
     def prepare(self) -> None:
         exp = self.exp
-        self.accelerator = make_accelerator(device=self.device, mixed_precision=exp.train.mixed_precision,
-                                            grad_accum=exp.train.gradient_accumulation_steps)
+        self.strategy = distributed.strategy(exp.train, world_size=distributed.world_size())
+        self.accelerator = distributed.make_accelerator(device=self.device, mixed_precision=exp.train.mixed_precision,
+                                                        grad_accum=exp.train.gradient_accumulation_steps,
+                                                        strategy=self.strategy)
         self.dev = self.accelerator.device
         self.main = self.accelerator.is_main_process
         torch.manual_seed(exp.train.seed)
@@ -124,7 +108,9 @@ class Recipe:
         self.resolved = {"family": self.loaded.family, "tokenizer": self.loaded.tokenizer_spec,
                          "learning_rate": lr if self.applied.trains else None, "chat_template": self.chat,
                          "mixed_precision": self.accelerator.mixed_precision, "device": str(self.dev),
-                         "num_processes": self.accelerator.num_processes, "quantization": self.quantization}
+                         "num_processes": self.accelerator.num_processes, "quantization": self.quantization,
+                         "distributed": {"strategy": self.strategy, "world_size": self.accelerator.num_processes,
+                                         "gradient_checkpointing": exp.train.gradient_checkpointing}}
         self.quality_on = self.loaded.pretrained
         strat = self.task.label_field
         self.eval_records = data_mod.sample(self.splits.validation, exp.train.eval_samples, seed=exp.data.seed,
@@ -143,7 +129,9 @@ class Recipe:
                                  "speed": None, "examples": len(self.features), "examples_seen": 0}
             return
         speed = resolve_speed(exp.train, device_type=self.dev.type, family=self.loaded.family, task=self.task.name,
-                              model=self.model, varying=varying(self.features))
+                              model=self.model, varying=varying(self.features), sharded=self.strategy == "fsdp")
+        if exp.train.gradient_checkpointing:
+            models.enable_checkpointing(self.model)
         self.resolved["speed"] = speed
         if speed["compile"] != "off":  # compiled graphs are reused by the next run's process
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(sources.cache_dir() / "inductor"))
@@ -167,6 +155,8 @@ class Recipe:
             )
         self.model = self.accelerator.unwrap_model(self.model)
         self._release_training_state()
+        if self.strategy == "fsdp":
+            self._unshard()
         self.out["train"] = {**vars(tr), "eval_curve": curve + tr.eval_curve, "examples": len(self.features),
                              "examples_seen": tr.steps * exp.train.batch_size * exp.train.gradient_accumulation_steps
                              * self.accelerator.num_processes}
@@ -297,6 +287,16 @@ class Recipe:
         """Quality, efficiency and storage numbers as the tracker run's last step."""
         if self.trackers:
             self.trackers.log(final_values(result), step=max(1, result.train.get("steps") or 0))
+
+    def _unshard(self) -> None:
+        """FSDP: the full weights gathered into a model rebuilt on the main process (a plain model from here)."""
+        exp, full = self.exp, distributed.gather_full_state(self.model, main=self.main)
+        if self.main:
+            loaded = models.load(exp.model, seed=exp.model.seed, device=self.dev)
+            self.applied = methods.apply(name=exp.method.name, options=exp.method.options, model=loaded.model,
+                                         family=loaded.family, total_steps=max(1, exp.train.max_steps))
+            self.applied.model.load_state_dict(full)
+            self.model = self.applied.model.to(self.dev)
 
     def _release_training_state(self) -> None:
         """Optimizer states and gradients must not count towards inference memory."""

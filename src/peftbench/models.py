@@ -31,6 +31,11 @@ GPT2_BASE = dict(model_type="gpt2", vocab_size=50257, n_positions=1024, activati
 T5_BASE = dict(model_type="t5", vocab_size=32128, relative_attention_num_buckets=32, dropout_rate=0.1,
                feed_forward_proj="relu", tie_word_embeddings=True, is_encoder_decoder=True,
                pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, layer_norm_epsilon=1e-6)
+LLAMA3 = dict(model_type="llama", vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0,
+              rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                            "original_max_position_embeddings": 8192},
+              rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001,
+              hidden_act="silu")
 BYTES_VOCAB = 384  # ByT5's byte tokenizer: 3 specials + 256 bytes + 125 extra ids
 
 RANDOM_CONFIGS: dict[str, dict[str, Any]] = {
@@ -38,12 +43,23 @@ RANDOM_CONFIGS: dict[str, dict[str, Any]] = {
     "gpt2-medium": {**GPT2_BASE, "n_embd": 1024, "n_layer": 24, "n_head": 16},
     "gpt2-large": {**GPT2_BASE, "n_embd": 1280, "n_layer": 36, "n_head": 20},
     "gpt2-xl": {**GPT2_BASE, "n_embd": 1600, "n_layer": 48, "n_head": 25},
+    "t5-large": {**T5_BASE, "d_model": 1024, "d_kv": 64, "d_ff": 4096, "num_layers": 24, "num_heads": 16},
+    "t5-3b": {**T5_BASE, "d_model": 1024, "d_kv": 128, "d_ff": 16384, "num_layers": 24, "num_heads": 32},
     "t5-small": {**T5_BASE, "d_model": 512, "d_kv": 64, "d_ff": 2048, "num_layers": 6, "num_heads": 8},
     "t5-base": {**T5_BASE, "d_model": 768, "d_kv": 64, "d_ff": 3072, "num_layers": 12, "num_heads": 12},
     "smollm2-135m": dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
                          num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                          max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
                          tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, hidden_act="silu"),
+    # decoders fine-tuned today, with their real vocabularies (Llama 3's 128,256, Qwen2.5's 152,064)
+    "llama-3.2-1b": {**LLAMA3, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+                     "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64},
+    "llama-3.2-3b": {**LLAMA3, "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 28,
+                     "num_attention_heads": 24, "num_key_value_heads": 8, "head_dim": 128},
+    "qwen2.5-7b": dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                       num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                       max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                       tie_word_embeddings=False, bos_token_id=151643, eos_token_id=151643, hidden_act="silu"),
     # tiny shapes for tests and smoke runs (byte tokenizer, so no files are needed)
     "tiny-gpt2": {**GPT2_BASE, "vocab_size": BYTES_VOCAB, "n_positions": 512, "n_embd": 64, "n_layer": 2,
                   "n_head": 4, "bos_token_id": 1, "eos_token_id": 1},
@@ -227,20 +243,28 @@ def _auto_class(family: str):
     return AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
 
 
-def build_random(name: str, *, seed: int, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """The published architecture with seeded random weights (same seed -> same weights)."""
+def random_config(name: str):
     from transformers import AutoConfig
 
     cfg = dict(RANDOM_CONFIGS[name])
-    config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+
+
+def build_random(name: str, *, seed: int, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None) -> torch.nn.Module:
+    """The published architecture with seeded random weights (same seed and device -> same weights).
+
+    ``device``: where the weights are created and initialised (a 7B shape is built on its GPU, never
+    in host memory first); ``"meta"`` gives shapes without storage (parameter counts, plans)."""
+    config = random_config(name)
     torch.manual_seed(seed)
-    model = _auto_class(family_of(config)).from_config(config, dtype=dtype)
-    return model
+    with torch.device(device or "cpu"):
+        return _auto_class(family_of(config)).from_config(config, dtype=dtype)
 
 
-def _load_random(args: ModelArgs, name: str, seed: int, dtype: torch.dtype) -> LoadedModel:
+def _load_random(args: ModelArgs, name: str, seed: int, dtype: torch.dtype, device=None) -> LoadedModel:
     tok_spec = args.tokenizer or RANDOM_TOKENIZERS.get(name, "bytes")
-    model = build_random(name, seed=seed, dtype=dtype)
+    model = build_random(name, seed=seed, dtype=dtype, device=device)
     tok = load_tokenizer(tok_spec)
     if len(tok) > model.config.vocab_size:
         raise ConfigError(f"model.tokenizer: {tok_spec} has {len(tok)} tokens, more than {args.spec}'s "
@@ -271,8 +295,8 @@ def _load_builtin(args: ModelArgs, name: str, dtype: torch.dtype) -> LoadedModel
 
 
 SOURCES: dict[str, Callable[..., LoadedModel]] = {
-    "random": lambda args, name, seed, dtype: _load_random(args, name, seed, dtype),
-    "builtin": lambda args, name, seed, dtype: _load_builtin(args, name, dtype),
+    "random": lambda args, name, seed, dtype, device: _load_random(args, name, seed, dtype, device),
+    "builtin": lambda args, name, seed, dtype, device: _load_builtin(args, name, dtype),
 }
 
 
@@ -281,7 +305,7 @@ def load(args: ModelArgs, *, seed: int = 0, device: torch.device | None = None) 
     dtype = resolve_dtype(args.dtype, device)
     prefix, sep, name = args.spec.partition(":")
     if sep and prefix in SOURCES:
-        loaded = SOURCES[prefix](args, name, seed, dtype)
+        loaded = SOURCES[prefix](args, name, seed, dtype, device)
     else:
         loaded = _load_pretrained(
             args, str(Path(args.spec).expanduser()) if _looks_local(args.spec) else args.spec, dtype
@@ -320,6 +344,14 @@ def quantize(loaded: LoadedModel, quant: str, device: torch.device) -> LoadedMod
         model = _auto_class(loaded.family).from_pretrained(tmp, quantization_config=bnb, device_map={"": device})
     loaded.model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return loaded
+
+
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """Activation checkpointing of every block (transformers' own, non-reentrant: frozen inputs need
+    no gradient hooks, which adapters on a frozen base would otherwise require)."""
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    hf.config.use_cache = False
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

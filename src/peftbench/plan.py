@@ -25,6 +25,7 @@ import yaml
 from peftbench import data, fs, methods, models, tracking
 from peftbench.config import (
     COMPILE_CHOICES,
+    DISTRIBUTED_CHOICES,
     DTYPE_CHOICES,
     FUSED_LOSS_CHOICES,
     OPTIMIZED_CHOICES,
@@ -134,6 +135,7 @@ def _choices(exp: Experiment) -> list[str]:
               ("train.fused_loss", exp.train.fused_loss, FUSED_LOSS_CHOICES),
               ("train.packing", exp.train.packing, SWITCH_CHOICES),
               ("model.quantization", exp.model.quantization, QUANTIZATION_CHOICES),
+              ("train.distributed", exp.train.distributed, DISTRIBUTED_CHOICES),
               ("measure.optimized", exp.measure.optimized, OPTIMIZED_CHOICES)]
     problems = [f"{key}: {value!r} is not one of {', '.join(str(c) for c in choices)}"
                 for key, value, choices in checks if value not in choices]
@@ -141,6 +143,9 @@ def _choices(exp: Experiment) -> list[str]:
     if exp.model.quantization and method is not None and method.name == "full":
         problems.append("model.quantization: full fine-tuning cannot train a quantised base; use an adapter method "
                         "(lora, qlora, ...) or model.quantization: null")
+    if exp.train.distributed == "fsdp" and (exp.model.quantization or (method and method.quantization)):
+        problems.append("train.distributed: fsdp does not shard a quantised base here; use ddp (the base is "
+                        "small already) or an unquantised base")
     if exp.train.fused_loss == "liger" and importlib.util.find_spec("liger_kernel") is None:
         problems.append("train.fused_loss: liger needs liger-kernel (pip install 'peftbench[speed]'), "
                         "or use chunked")

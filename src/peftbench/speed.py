@@ -51,10 +51,12 @@ def split_head(model) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
     return body, head
 
 
-def resolve(args, *, device_type: str, family: str, task: str, model, varying: bool = False) -> dict:
+def resolve(args, *, device_type: str, family: str, task: str, model, varying: bool = False,
+            sharded: bool = False) -> dict:
     """The speed switches as they will run here: {"compile": "off" | "model" | "regions", ..., "reasons": {...}}.
 
-    ``varying``: the training examples have different lengths (batches change shape)."""
+    ``varying``: the training examples have different lengths (batches change shape); ``sharded``:
+    FSDP trains the model (compilation around its sharding hooks is not validated: off)."""
     cuda = device_type == "cuda"
     reasons: dict[str, str] = {}
 
@@ -65,7 +67,10 @@ def resolve(args, *, device_type: str, family: str, task: str, model, varying: b
             return cuda
         return value == "on"
 
-    out = {"compile": _compile_mode(args.compile, cuda=cuda, varying=varying, reasons=reasons),
+    compile_mode = _compile_mode(args.compile, cuda=cuda, varying=varying, reasons=reasons)
+    if sharded and compile_mode != "off":
+        compile_mode, reasons["compile"] = "off", "off: not validated with FSDP's sharding hooks (train.distributed)"
+    out = {"compile": compile_mode,
            "fused_optimizer": on_off("fused_optimizer")}
     out["fused_loss"] = _fused_loss(args.fused_loss, cuda=cuda, model=model, reasons=reasons)
     packing = on_off("packing")
@@ -295,6 +300,8 @@ class LossModule(torch.nn.Module):
         super().__init__()
         self.model = model
         self.fused_loss = fused_loss
+        hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._no_split_modules = list(getattr(hf, "_no_split_modules", None) or [])  # FSDP's units
         if fused_loss != "off":
             split = split_head(model)
             if split is None:

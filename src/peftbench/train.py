@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from peftbench.batches import IGNORE, loss_positions, pack_batch, pack_seq2seq, pad_batch
 from peftbench.config import TrainArgs
+from peftbench.distributed import peak_per_process
 from peftbench.errors import Diverged
 from peftbench.measure import MemoryTracker, Throughput, WorkTimer
 from peftbench.measure.memory import tensor_bytes
@@ -182,6 +183,7 @@ def train(model: torch.nn.Module, features: list[dict], *, args: TrainArgs, acce
     result.speed = {k: v for k, v in speed.items() if k != "reasons"}
     result.peak_memory_bytes = mem.result.peak_bytes
     result.memory = mem.result.to_dict()
+    result.memory["per_process_peak_bytes"] = peak_per_process(accelerator, mem.result.peak_bytes)
     model.eval()
     return result
 

@@ -1,0 +1,99 @@
+"""Scale: published large shapes built without host memory, and training over several processes
+(FSDP against DDP, two CPU processes over gloo, started by torchrun as a user would)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from peftbench import cli, models
+from peftbench.config import TrainArgs
+from peftbench.distributed import strategy
+
+# Published parameter counts (the model cards'), from shapes alone: tied embeddings counted once.
+PUBLISHED = {"gpt2-large": 774_030_080, "gpt2-xl": 1_557_611_200, "t5-large": 737_668_096,
+             "t5-3b": 2_851_598_336, "llama-3.2-1b": 1_235_814_400, "llama-3.2-3b": 3_212_749_824,
+             "qwen2.5-7b": 7_615_616_512}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_large_shapes_build_on_the_meta_device_with_their_published_counts(name):
+    model = models.build_random(name, seed=0, device="meta")
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert models.count_parameters(model) == (PUBLISHED[name], PUBLISHED[name])
+
+
+def test_random_weights_are_created_where_asked_and_equal_for_equal_seeds():
+    a = models.build_random("tiny-llama", seed=3, device="cpu")
+    b = models.build_random("tiny-llama", seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    c = models.build_random("tiny-llama", seed=4)
+    assert not torch.equal(a.lm_head.weight, c.lm_head.weight)
+
+
+def test_strategy_is_single_with_one_process_and_ddp_by_default():
+    assert strategy(TrainArgs(distributed="fsdp"), world_size=1) == "single"
+    assert strategy(TrainArgs(), world_size=2) == "ddp"
+    assert strategy(TrainArgs(distributed="fsdp"), world_size=4) == "fsdp"
+
+
+@pytest.mark.parametrize("setting, fragment", [
+    ("train.distributed=zero3", "train.distributed: 'zero3' is not one of auto, ddp, fsdp"),
+    ("method.name=qlora", "train.distributed: fsdp does not shard a quantised base"),
+])
+def test_bad_distributed_settings_exit_2(tmp_path, monkeypatch, capsys, setting, fragment):
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--model", "random:tiny-llama", "--method", "lora", "--task", "classification",
+            "--dataset", "hf:imdb", "--set", "train.distributed=fsdp", "--set", setting, "--out", str(tmp_path / "o")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def _torchrun(tmp_path, data_dir, name: str, distributed: str) -> dict:
+    suite = tmp_path / f"{name}.yaml"
+    suite.write_text(
+        f"name: {name}\n"
+        f"defaults:\n"
+        f"  data: {{spec: 'file:{data_dir}/lm.jsonl', task: language-modeling, max_source_length: 16}}\n"
+        f"  train: {{max_steps: 3, batch_size: 2, distributed: {distributed}, gradient_checkpointing: true,"
+        f" max_grad_norm: 0.0, learning_rate: 0.01}}\n"
+        f"  measure: {{enabled: false}}\n"
+        f"experiments:\n"
+        f"  - {{id: full, model: {{spec: 'random:tiny-llama'}}, method: {{name: full}}}}\n"
+        f"  - {{id: lora, model: {{spec: 'random:tiny-llama'}}, method: {{name: lora}}}}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    out = tmp_path / name
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "peftbench", "run", str(suite), "--out", str(out),
+                           "--device", "cpu"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {k: json.loads((out / "results" / f"{k}.json").read_text()) | {"dir": out / "adapters" / k}
+            for k in ("full", "lora")}
+
+
+def test_fsdp_trains_what_ddp_trains_and_ships_a_plain_model(tmp_path, data_dir):
+    from safetensors.torch import load_file
+
+    ddp = _torchrun(tmp_path, data_dir, "ddp", "ddp")
+    fsdp = _torchrun(tmp_path, data_dir, "fsdp", "fsdp")
+    for key, weights in (("full", "model.safetensors"), ("lora", "adapter_model.safetensors")):
+        a, b = ddp[key], fsdp[key]
+        assert a["status"] == b["status"] == "success"
+        assert b["resolved"]["distributed"] == {"strategy": "fsdp", "world_size": 2, "gradient_checkpointing": True}
+        assert a["resolved"]["distributed"]["strategy"] == "ddp"
+        assert len(b["train"]["memory"]["per_process_peak_bytes"]) == 2
+        assert a["train"]["tokens"] == b["train"]["tokens"] > 0  # both processes' tokens counted
+        assert a["params"] == b["params"]
+        wa, wb = load_file(a["dir"] / weights), load_file(b["dir"] / weights)
+        assert wa.keys() == wb.keys()
+        moved = max(float((wa[k] - models.build_random("tiny-llama", seed=0).state_dict().get(
+            k, torch.zeros_like(wa[k]))).abs().max()) for k in wa) if key == "full" else 1.0
+        assert moved > 1e-3  # training changed the weights, so equality below says something
+        for k in wa:
+            assert torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-5), k
