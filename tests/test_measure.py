@@ -84,6 +84,21 @@ def test_storage_is_the_sum_of_file_sizes(tmp_path):
     assert dir_bytes(tmp_path / "a.bin") == 1234
 
 
+def test_saved_bytes_are_written_once_per_architecture_and_dtype(tmp_path):
+    from peftbench.measure.storage import saved_bytes
+
+    cache = tmp_path / "cache.json"
+    a, b = models.build_random("tiny-gpt2", seed=0), models.build_random("tiny-gpt2", seed=1)
+    size = saved_bytes(a, scratch=tmp_path, cache=cache)
+    a.save_pretrained(tmp_path / "ref", safe_serialization=True)
+    assert size == dir_bytes(tmp_path / "ref")  # what save_pretrained writes
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".full-")] == []
+    cache.write_text(cache.read_text().replace(str(size), str(size + 1)))  # a cached value is used, not rewritten
+    assert saved_bytes(b, scratch=tmp_path, cache=cache) == size + 1  # other values, same shapes: same bytes
+    half = saved_bytes(a.to(torch.bfloat16), scratch=tmp_path, cache=cache)
+    assert half < size  # another dtype: measured again
+
+
 @pytest.mark.parametrize("shape,family", [("tiny-gpt2", "causal"), ("tiny-t5", "seq2seq")])
 def test_static_cache_generation_gives_the_eager_tokens_and_is_reported_beside_it(shape, family):
     from peftbench.config import MeasureArgs

@@ -29,7 +29,7 @@ from peftbench.faults import fault_point
 from peftbench.measure import dir_bytes
 from peftbench.measure.inference import logits_for, measure_inference
 from peftbench.measure.memory import free_cached_memory
-from peftbench.measure.storage import file_sizes
+from peftbench.measure.storage import file_sizes, saved_bytes
 from peftbench.plan import Run
 from peftbench.progress import progress
 from peftbench.results import Result
@@ -332,10 +332,8 @@ class Recipe:
         return {k: v for k, v in q.items() if isinstance(v, (int, float))}
 
     def _saved_bytes(self, model) -> int:
-        target = Path(tempfile.mkdtemp(prefix=".full-", dir=self.out_dir / "adapters"))
-        self.temp_dirs.append(target)
-        model.save_pretrained(target, safe_serialization=True)
-        return dir_bytes(target)
+        cache = sources.cache_dir() / "full-model-bytes.json"
+        return saved_bytes(model, scratch=self.out_dir / "adapters", cache=cache)
 
     def _storage(self, adapter_dir: str | None) -> dict:
         return {"adapter_bytes": self.adapter_bytes, "adapter_files": self.adapter_files, "adapter_dir": adapter_dir,
