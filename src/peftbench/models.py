@@ -13,6 +13,7 @@ Specs are resolved through ``SOURCES``, a registry of prefix -> builder:
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -258,7 +259,7 @@ def build_random(name: str, *, seed: int, dtype: torch.dtype = torch.float32,
     in host memory first); ``"meta"`` gives shapes without storage (parameter counts, plans)."""
     config = random_config(name)
     torch.manual_seed(seed)
-    with torch.device(device or "cpu"):
+    with torch.device(device) if device is not None else contextlib.nullcontext():  # None: the caller's default
         return _auto_class(family_of(config)).from_config(config, dtype=dtype)
 
 

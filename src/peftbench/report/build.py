@@ -23,6 +23,7 @@ from peftbench.methods import CURATED
 from peftbench.report.aggregate import Agg, against_base, aggregate, summarize, unmerged_overhead, verdicts
 from peftbench.report.metrics import METRICS, PRIMARY_QUALITY, QUALITY, TABLE_COLUMNS, fmt, get_in, is_random, method_of
 from peftbench.report.plots import PARETO_AXES, pareto_sets, plot_group
+from peftbench.report.scaling import scaling_blocks
 from peftbench.results import load_results, to_json, write_text_atomic
 
 METHOD_ORDER = list(CURATED)  # baseline first, then the curated methods in the registry's order
@@ -251,6 +252,7 @@ def _blocks(out_dir: Path, results: list[dict], aggs: list[Agg]) -> tuple[list[t
                                "unmerged_overhead": unmerged_overhead(gaggs),
                                "learning_rates": {a.id: {"selected": a.selected_lr, "selected_by": a.selection,
                                                          "sweep": a.sweep} for a in gaggs}})
+    blocks += scaling_blocks(results, plots_dir)
     if bad:
         blocks.append(("h2", "Failed or cancelled"))
         blocks.append(("table", ["run", "status", "error"],
