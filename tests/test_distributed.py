@@ -62,11 +62,13 @@ def _torchrun(tmp_path, data_dir, name: str, distributed: str) -> dict:
         f"defaults:\n"
         f"  data: {{spec: 'file:{data_dir}/lm.jsonl', task: language-modeling, max_source_length: 16}}\n"
         f"  train: {{max_steps: 3, batch_size: 2, distributed: {distributed}, gradient_checkpointing: true,"
-        f" max_grad_norm: 0.0, learning_rate: 0.01}}\n"
+        f" learning_rate: 0.01}}\n"
         f"  measure: {{enabled: false}}\n"
         f"experiments:\n"
         f"  - {{id: full, model: {{spec: 'random:tiny-llama'}}, method: {{name: full}}}}\n"
-        f"  - {{id: lora, model: {{spec: 'random:tiny-llama'}}, method: {{name: lora}}}}\n")
+        f"  - {{id: lora, model: {{spec: 'random:tiny-llama'}}, method: {{name: lora}}}}\n"
+        f"  - {{id: after, model: {{spec: 'random:tiny-llama'}}, method: {{name: lora}},"
+        f" train: {{distributed: ddp}}}}\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
     out = tmp_path / name
@@ -74,7 +76,7 @@ def _torchrun(tmp_path, data_dir, name: str, distributed: str) -> dict:
                            "--device", "cpu"], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {k: json.loads((out / "results" / f"{k}.json").read_text()) | {"dir": out / "adapters" / k}
-            for k in ("full", "lora")}
+            for k in ("full", "lora", "after")}
 
 
 def test_fsdp_trains_what_ddp_trains_and_ships_a_plain_model(tmp_path, data_dir):
@@ -82,11 +84,14 @@ def test_fsdp_trains_what_ddp_trains_and_ships_a_plain_model(tmp_path, data_dir)
 
     ddp = _torchrun(tmp_path, data_dir, "ddp", "ddp")
     fsdp = _torchrun(tmp_path, data_dir, "fsdp", "fsdp")
+    # an FSDP run leaves nothing behind in the process: the next experiment is plain data parallel again
+    assert fsdp["after"]["status"] == "success" and not fsdp["after"]["train"]["speed"]["sharded"]
     for key, weights in (("full", "model.safetensors"), ("lora", "adapter_model.safetensors")):
         a, b = ddp[key], fsdp[key]
         assert a["status"] == b["status"] == "success"
         assert b["resolved"]["distributed"] == {"strategy": "fsdp", "world_size": 2, "gradient_checkpointing": True}
         assert a["resolved"]["distributed"]["strategy"] == "ddp"
+        assert b["train"]["speed"]["sharded"] == ["LlamaDecoderLayer"] and not a["train"]["speed"]["sharded"]
         assert len(b["train"]["memory"]["per_process_peak_bytes"]) == 2
         assert a["train"]["tokens"] == b["train"]["tokens"] > 0  # both processes' tokens counted
         assert a["params"] == b["params"]

@@ -79,8 +79,7 @@ class Recipe:
         exp = self.exp
         self.strategy = distributed.strategy(exp.train, world_size=distributed.world_size())
         self.accelerator = distributed.make_accelerator(device=self.device, mixed_precision=exp.train.mixed_precision,
-                                                        grad_accum=exp.train.gradient_accumulation_steps,
-                                                        strategy=self.strategy)
+                                                        grad_accum=exp.train.gradient_accumulation_steps)
         self.dev = self.accelerator.device
         self.main = self.accelerator.is_main_process
         torch.manual_seed(exp.train.seed)

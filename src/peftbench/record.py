@@ -12,6 +12,7 @@ recipe: the suite process uses it for a child that died without recording.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 import traceback
@@ -59,7 +60,7 @@ def execute(run: Run, *, out_dir: Path, device: str, attempt: str | None = None,
         from peftbench.measure.memory import free_cached_memory
 
         free_cached_memory()
-    if result is None:
+    if result is None or int(os.environ.get("RANK", "0") or 0) != 0:  # one process records (the main one)
         return None
     results.write_result(out_dir, result)
     fault_point("result-written", run.run_id)

@@ -81,6 +81,7 @@ def resolve(args, *, device_type: str, family: str, task: str, model, varying: b
     elif packing and family == "causal" and not packs_correctly(model):
         packing, reasons["packing"] = False, "off: this model's attention does not keep packed examples apart"
     out["packing"] = packing
+    out["sharded"] = sharded
     out["dataloader_workers"] = args.dataloader_workers if args.dataloader_workers is not None else (2 if cuda else 0)
     out["pin_memory"] = cuda
     out["reasons"] = reasons

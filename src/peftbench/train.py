@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from peftbench.batches import IGNORE, loss_positions, pack_batch, pack_seq2seq, pad_batch
 from peftbench.config import TrainArgs
-from peftbench.distributed import peak_per_process
+from peftbench.distributed import peak_per_process, shard
 from peftbench.errors import Diverged
 from peftbench.measure import MemoryTracker, Throughput, WorkTimer
 from peftbench.measure.memory import tensor_bytes
@@ -37,7 +37,7 @@ from peftbench.speed import CompiledRegions, LossModule
 
 WARMUP_STEPS = 2  # laps of their own, left out of the steady rate
 PLAIN = {"compile": "off", "fused_optimizer": False, "fused_loss": "off", "packing": False,
-         "dataloader_workers": 0, "pin_memory": False}
+         "dataloader_workers": 0, "pin_memory": False, "sharded": False}
 
 
 @dataclass
@@ -126,15 +126,31 @@ def _optimizer(params, *, learning_rate: float, args: TrainArgs, fused: bool):
     return torch.optim.AdamW(params, lr=learning_rate, weight_decay=args.weight_decay, **kw)
 
 
+def _prepare(model, loader, *, args, accelerator, speed: dict, learning_rate: float, steps: int):
+    """The loss module, optimizer, loader and schedule, placed by accelerate (or sharded: FSDP2)."""
+    from transformers import get_scheduler
+
+    module = LossModule(model, fused_loss=speed["fused_loss"])
+    if speed["sharded"]:  # FSDP2 replaces the parameters with shards: the optimizer is built on those
+        speed["sharded"] = shard(module, mixed_precision=accelerator.mixed_precision) or True
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _optimizer(params, learning_rate=learning_rate, args=args, fused=speed["fused_optimizer"])
+    scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
+                              num_warmup_steps=int(args.warmup_ratio * steps), num_training_steps=steps)
+    if speed["sharded"]:  # not wrapped again (DDP): the loop's autocast gives the mixed precision
+        optimizer, loader, scheduler = accelerator.prepare(optimizer, loader, scheduler)
+    else:
+        module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
+    return module, optimizer, loader, scheduler, params
+
+
 def train(model: torch.nn.Module, features: list[dict], *, args: TrainArgs, accelerator, pad_id: int,
           learning_rate: float, speed: dict | None = None, evaluate: Callable[[int], dict] | None = None,
-          progress: Callable[[int, float, float], None] | None = None,
-          step_hook: Callable[[int], None] | None = None,
+          progress: Callable[[int, float, float], None] | None = None, step_hook: Callable[[int], None] | None = None,
           on_log: Callable[[dict, int], None] | None = None) -> TrainResult:
     """Train ``model`` in place; ``step_hook(step)`` runs after each optimizer step, before the
     gradients are cleared (AdaLoRA's rank reallocation); ``on_log(values, step)`` gets each logged
     loss and evaluation (experiment trackers)."""
-    from transformers import get_scheduler
 
     speed = {**PLAIN, **(speed or {})}
     random.seed(args.seed)
@@ -144,12 +160,8 @@ def train(model: torch.nn.Module, features: list[dict], *, args: TrainArgs, acce
     loader = make_loader(features, batch_size=args.batch_size, pad_id=pad_id, seed=args.seed,
                          multiple_of=8 if cuda else 1, speed=speed, start_id=start_id)
     steps = total_steps(args, len(loader))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _optimizer(params, learning_rate=learning_rate, args=args, fused=speed["fused_optimizer"])
-    scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
-                              num_warmup_steps=int(args.warmup_ratio * steps), num_training_steps=steps)
-    module = LossModule(model, fused_loss=speed["fused_loss"])
-    module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
+    module, optimizer, loader, scheduler, params = _prepare(model, loader, args=args, accelerator=accelerator,
+                                                            speed=speed, learning_rate=learning_rate, steps=steps)
     dynamic = True if varying(features) else None  # compiled for dynamic shapes at once, not on a recompile
     regions = None
     if speed["compile"] == "regions":
@@ -217,7 +229,8 @@ class _Loop:
         t = self.t
         n_tok, n_slots, n_ex = batch.pop("num_tokens"), batch.pop("num_slots"), batch.pop("num_examples")
         with self.acc.accumulate(self.module):
-            loss = self.module(batch)
+            with self.acc.autocast():  # a prepared module autocasts itself; a sharded one is not prepared
+                loss = self.module(batch)
             self.acc.backward(loss)
             if self.acc.sync_gradients and self.args.max_grad_norm > 0:
                 self.acc.clip_grad_norm_(self.params, self.args.max_grad_norm)
