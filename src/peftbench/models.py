@@ -14,6 +14,7 @@ Specs are resolved through ``SOURCES``, a registry of prefix -> builder:
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -356,14 +357,17 @@ def enable_checkpointing(model: torch.nn.Module) -> None:
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(total, trainable), counting tied weights once."""
+    """(total, trainable), counting tied weights once and a 4-bit weight (bitsandbytes packs two
+    values a byte) by the shape it stands for."""
     seen: set[int] = set()
     total = trainable = 0
     for p in model.parameters():
         if id(p) in seen:
             continue
         seen.add(id(p))
-        total += p.numel()
+        shape = getattr(getattr(p, "quant_state", None), "shape", None)
+        n = math.prod(shape) if shape is not None else p.numel()
+        total += n
         if p.requires_grad:
-            trainable += p.numel()
+            trainable += n
     return total, trainable
