@@ -95,7 +95,8 @@ def slim(r: dict, *, gpus: int) -> dict:
     cfg = r["config"]
     return {"id": r.get("id"), "status": r.get("status"), "error": error,
             "config": {"model": {"spec": cfg["model"]["spec"]}, "method": {"name": cfg["method"]["name"]}},
-            "params": r.get("params"), "gpus": gpus,
+            "params": r.get("params") or {"total": params_of(cfg["model"]["spec"].split(":", 1)[1])},
+            "gpus": gpus,
             "resolved": {"distributed": (r.get("resolved") or {}).get("distributed"),
                          "mixed_precision": (r.get("resolved") or {}).get("mixed_precision")},
             "train": {k: train.get(k) for k in ("steady_tokens_per_second", "tokens_per_second", "peak_memory_bytes",
@@ -139,7 +140,8 @@ def markdown(rows: list[dict], device: str) -> str:
     lines = [f"# Scaling study ({device})", "",
              "`python benchmarks/scaling.py --gpus N --out benchmarks/results/scaling_h200` (benchmarks/scaling.yaml: "
              "language modelling, 8 x 512 tokens per GPU per step, 30 steps, compile off, bf16 autocast). "
-             "MFU counts 6 x parameters per token for full fine-tuning and 4 x for adapters.", "",
+             "MFU counts 6 x parameters per token for full fine-tuning and 4 x for adapters. Rows with a "
+             "`note` or `source` in the JSON were completed by hand from the run's log or rule (see there).", "",
              "| model | params | method | GPUs | strategy | status | steady tok/s | MFU | per-GPU peak GiB | "
              "adapter MB | p50 latency ms |", "|---|---:|---|---:|---|---|---:|---:|---:|---:|---:|"]
     for r in sorted(ok, key=lambda r: (r["params"]["total"], r["config"]["method"]["name"], r["gpus"])):
@@ -148,12 +150,14 @@ def markdown(rows: list[dict], device: str) -> str:
         d = (r.get("resolved") or {}).get("distributed") or {}
         m = mfu(r)
         status = r["status"] if r["status"] == "success" else f"{r['status']}: {r['error'][:60]}"
+        rate = t.get("steady_tokens_per_second")
+        adapter = r["storage"].get("adapter_bytes")
         lines.append(f"| {r['config']['model']['spec']} | {r['params']['total'] / 1e9:.2f} B | "
                      f"{r['config']['method']['name']} | {r['gpus']} | {d.get('strategy', '')}"
                      f"{' + ckpt' if d.get('gradient_checkpointing') else ''} | {status} | "
-                     f"{t.get('steady_tokens_per_second') or 0:,.0f} | {f'{m:.1%}' if m else ''} | "
+                     f"{f'{rate:,.0f}' if rate else ''} | {f'{m:.1%}' if m else ''} | "
                      f"{_gib(max(p for p in peaks if p) if any(peaks) else None)} | "
-                     f"{(r['storage'].get('adapter_bytes') or 0) / 1e6:,.1f} | "
+                     f"{f'{adapter / 1e6:,.1f}' if adapter else ''} | "
                      f"{((r.get('inference') or {}).get('latency_ms') or {}).get('p50_ms') or ''} |")
     lines += ["", "## Data-parallel efficiency (tokens/s on N GPUs / N x one GPU, same per-GPU batch)", "",
               "| model | method | GPUs | strategy | efficiency | 95 % interval |", "|---|---|---:|---|---:|---|"]

@@ -29,6 +29,17 @@ def test_defaults_overrides_and_set_merge_in_order():
     assert e.id == "random-tiny-gpt2--classification--lora"
 
 
+def test_on_and_off_mean_the_words_not_yaml_booleans():
+    keys = ["train.compile", "train.fused_optimizer", "train.fused_loss", "train.packing", "measure.optimized",
+            "model.chat_template"]
+    for word in ("off", "on"):
+        if word == "on":  # optimized has no "on"; the others do
+            keys = keys[:4] + keys[5:]
+        e = suite(BASE, overrides=[f"{k}={word}" for k in keys]).experiments[0]
+        assert all(getattr(getattr(e, k.split(".")[0]), k.split(".")[1]) == word for k in keys)
+    assert suite(BASE, overrides=["train.mixed_precision=no"]).experiments[0].train.mixed_precision == "no"
+
+
 def test_matrix_expands_cartesian_product_with_named_axes():
     d = {
         "defaults": BASE["defaults"],

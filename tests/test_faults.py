@@ -142,6 +142,8 @@ def test_divergence_is_a_failure_and_result_files_are_strict_json(tmp_path, data
     r = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON token {c}"))
     assert r["status"] == "failed" and r["error"].startswith("diverged by step ")
     assert "lower train.learning_rate" in r["error"] and not (out / "adapters" / "hot").exists()
+    # what the run had established stays: its size and how it trained (an out-of-memory row needs both)
+    assert r["params"]["total"] == r["params"]["trainable"] > 0 and r["resolved"]["distributed"]["strategy"] == "single"
 
 
 def test_strict_json_replaces_non_finite_numbers():

@@ -136,7 +136,10 @@ def test_nf4_roundtrip_keeps_the_sixteen_levels_per_block():
     "argv,needle",
     [
         (["--model", "random:gpt2", "--method", "loha"], "loha cannot apply to random:gpt2"),
-        (["--model", "random:tiny-t5", "--method", "cpt"], "cpt cannot apply to random:tiny-t5"),
+        (["--model", "random:tiny-t5", "--method", "cpt", "--set", "method.cpt_token_ids=[1,2]"],
+         "cpt cannot apply to random:tiny-t5"),
+        (["--model", "random:tiny-gpt2", "--method", "cpt"], "method.cpt_token_ids: cpt needs it"),
+        (["--model", "random:tiny-gpt2", "--method", "trainable_tokens"], "method.token_indices: trainable_tokens"),
         (["--model", "random:tiny-gpt2", "--method", "no-such-method"], "unknown method 'no_such_method'"),
         (
             ["--model", "random:tiny-gpt2", "--method", "full", "--set", "model.quantization=nf4"],

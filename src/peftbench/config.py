@@ -31,7 +31,7 @@ from peftbench.errors import ConfigError
 SECTIONS = ("model", "data", "method", "train", "measure")
 SUITE_KEYS = ("name", "description", "defaults", "experiments", "matrix", "seeds", "log_with")
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: no trailing newline slips in
-ON_OFF_FIELDS = {"chat_template", "compile", "fused_optimizer", "fused_loss", "packing"}
+ON_OFF_FIELDS = {"chat_template", "compile", "fused_optimizer", "fused_loss", "packing", "optimized"}
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # model.dtype and measure.dtype (torch.<name>)
 SWITCH_CHOICES = ("auto", "on", "off")
 FUSED_LOSS_CHOICES = ("auto", "on", "liger", "chunked", "off")
@@ -322,6 +322,8 @@ def _build_section(section: str, raw: Any, errors: list[str]) -> Any:
             value = _as_float(value)
         elif key in ON_OFF_FIELDS and isinstance(value, bool):  # YAML 1.1 reads on/off as booleans
             value = "on" if value else "off"
+        elif key == "mixed_precision" and value is False:  # ... and no as false
+            value = "no"
         if not fits(value, hints[key]):
             errors.append(f"{section}.{key}: expected {type_name(hints[key])}, got {value!r}")
             continue

@@ -217,7 +217,7 @@ class Recipe:
         model = merged_model = self.model
         inference = None
         if exp.measure.enabled:
-            model.to(models.resolve_dtype(exp.measure.dtype, dev, inference=True))
+            self._cast(model, models.resolve_dtype(exp.measure.dtype, dev, inference=True))
             vocab = model.config.vocab_size if hasattr(model, "config") else len(tok)
             kw = {"family": self.loaded.family, "vocab_size": vocab, "args": exp.measure, "device": dev}
             with progress(desc=f"measure {self.plan.run_id}") as bar:
@@ -246,11 +246,12 @@ class Recipe:
         if exp.method.name == "full":
             self.full_bytes = self.adapter_bytes
         else:
-            merged_model.to(self.train_dtype)
+            self._cast(merged_model, self.train_dtype)
             base = merged_model
             if hasattr(merged_model, "get_base_model"):  # not merged: the base model as it ships
                 base = merged_model.get_base_model()
-            self.full_bytes = self._saved_bytes(base)
+            self.full_bytes = saved_bytes(base, scratch=self.out_dir / "adapters",
+                                          cache=sources.cache_dir() / "full-model-bytes.json")
 
     def commit(self) -> Result:
         """Remove the old result, swap the adapter in, and return the new result (the caller writes it)."""
@@ -330,9 +331,10 @@ class Recipe:
         q = self._quality(self.eval_records, desc=f"eval@{step}", limit=self.exp.train.eval_samples)
         return {k: v for k, v in q.items() if isinstance(v, (int, float))}
 
-    def _saved_bytes(self, model) -> int:
-        cache = sources.cache_dir() / "full-model-bytes.json"
-        return saved_bytes(model, scratch=self.out_dir / "adapters", cache=cache)
+    def _cast(self, model, dtype) -> None:
+        """A bitsandbytes base keeps the dtypes it was quantised with (transformers refuses a cast)."""
+        if not self.quantization:
+            model.to(dtype)
 
     def _storage(self, adapter_dir: str | None) -> dict:
         return {"adapter_bytes": self.adapter_bytes, "adapter_files": self.adapter_files, "adapter_dir": adapter_dir,

@@ -44,6 +44,12 @@ class Method:
 
 
 PROMPT_DEFAULTS = {"num_virtual_tokens": 20}
+# Options without which a method trains nothing useful (peft's defaults are placeholders there).
+REQUIRED = {
+    "trainable_tokens": ("token_indices", "the token ids whose embeddings train (peft's default trains none)"),
+    "cpt": ("cpt_token_ids", "the in-context examples' token ids, with cpt_mask and cpt_tokens_type_mask (with "
+                             "peft's defaults the loss is not a number)"),
+}
 LOFTQ_OPTIONS = {"bits": int, "iterations": int}
 
 # Default peak learning rates, from published practice (a suite should still sweep them, e.g.
@@ -129,6 +135,9 @@ def check(name: str, options: dict) -> list[str]:
                 f"method type is accepted: peftbench list --methods)"]
     if method.peft_type is None:
         return [f"method.{k}: {name!r} takes no options" for k in options]
+    if method.name in REQUIRED and REQUIRED[method.name][0] not in options:
+        key, why = REQUIRED[method.name]
+        return [f"method.{key}: {method.name} needs it: {why}"]
     cls = config_class(method)
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)} - INTERNAL_FIELDS
@@ -175,6 +184,8 @@ def probe(name: str, options: dict, *, model: torch.nn.Module, family: str) -> s
     method = lookup(name)
     if method is None or method.peft_type is None:
         return None
+    if method.name in REQUIRED and REQUIRED[method.name][0] not in options:
+        return f"needs method.{REQUIRED[method.name][0]}"
     device = next(model.parameters()).device
     ids = torch.zeros(1, 4, dtype=torch.long, device=device)
     batch = {"input_ids": ids, **({"decoder_input_ids": ids} if family == "seq2seq" else {})}
@@ -182,7 +193,7 @@ def probe(name: str, options: dict, *, model: torch.nn.Module, family: str) -> s
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             applied = apply(name=method.name, options=options, model=model, family=family, total_steps=1000)
-            if not any(p.requires_grad for p in applied.model.parameters()):
+            if not sum(p.numel() for p in applied.model.parameters() if p.requires_grad):
                 return "trains no parameters with these options"
             with torch.no_grad():
                 applied.model(**batch)

@@ -36,14 +36,27 @@ def failure(run: Run, status: str, error: str, *, started: float, device: str, a
                   wall_seconds=round(time.time() - started, 3))
 
 
+def _known_so_far(result: Result, recipe) -> None:
+    """What a failed run had established (its size, where and how it trained): an out-of-memory
+    failure says which model did not fit."""
+    if getattr(recipe, "params", None):
+        total, trainable = recipe.params
+        result.params = {"total": total, "trainable": trainable}
+    if getattr(recipe, "resolved", None):
+        result.resolved = {k: v for k, v in recipe.resolved.items() if k in ("device", "num_processes", "distributed",
+                                                                             "quantization", "mixed_precision")}
+
+
 def execute(run: Run, *, out_dir: Path, device: str, attempt: str | None = None,
             tracking: dict | None = None) -> Result | None:
     """Run and record one run; re-raises ``Cancelled`` after recording it. None off the main process."""
     started = time.time()
+    recipe = None
     try:
         from peftbench.experiment import Recipe  # models, data, training: only where a run happens
 
-        result = Recipe(run, out_dir=out_dir, device=device, attempt=attempt, tracking=tracking).run()
+        recipe = Recipe(run, out_dir=out_dir, device=device, attempt=attempt, tracking=tracking)
+        result = recipe.run()
     except (Cancelled, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Cancelled) else signal.SIGINT
         results.write_result(out_dir, failure(run, "cancelled", f"cancelled by {signal.Signals(signum).name}",
@@ -56,6 +69,7 @@ def execute(run: Run, *, out_dir: Path, device: str, attempt: str | None = None,
         log.debug("run %s failed\n%s", run.run_id, tb)
         message = str(e) if isinstance(e, Diverged) else f"{type(e).__name__}: {e}".strip()
         result = failure(run, "failed", message, started=started, device=device, attempt=attempt, tb=tb)
+        _known_so_far(result, recipe)
     finally:
         from peftbench.measure.memory import free_cached_memory
 

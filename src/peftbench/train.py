@@ -249,6 +249,9 @@ class _Loop:
         warm = step <= WARMUP_STEPS < self.steps - 1  # compilation and first allocations: laps of their own
         if warm or step % self.log_steps == 0 or step == self.steps:
             mean_loss = float(t.loss_sum) / t.loss_n  # the one host sync of the interval
+            if not math.isfinite(mean_loss) and step == 1:  # before any update: not the learning rate
+                raise Diverged(f"the loss was {mean_loss} at the first step, before any update: the method's options "
+                               f"or the data give no finite loss")
             if not math.isfinite(mean_loss):
                 raise Diverged(f"diverged by step {step} (loss {mean_loss}): lower train.learning_rate "
                                f"(was {self.result.learning_rate:g})")
