@@ -161,3 +161,33 @@ def test_chat_prompt_cuts_the_body_to_fit(chat_tok):
     ids = tasks.summary_prompt(chat_tok, "word " * 100, 60, chat=True)
     text = chat_tok.decode(ids)
     assert len(ids) <= 60 and text.startswith("<u>word word") and text.endswith("one line.</u><a>")
+
+
+def test_scoring_paths_of_one_family_agree(tok):
+    """The causal fast path (one forward, next-token log-probs) and teacher-forced log-likelihood give the
+    same numbers; both families' log-likelihood is minus their summed NLL; seq2seq windows are the
+    training halves."""
+    from peftbench.scoring import scorer
+
+    causal = models.load(ModelArgs(spec="random:tiny-gpt2"), seed=0).model.eval()
+    s = scorer(causal, tok, family="causal", device=torch.device("cpu"), batch_size=3)
+    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in ("one two", "three")]
+    cands = [[5], [9], [17]]
+    fast = s.next_token_logprobs(prompts, cands)
+    slow = s.loglikelihood([s.pair(p, c) for p in prompts for c in cands])
+    assert torch.allclose(torch.tensor(fast).flatten(), torch.tensor(slow), atol=1e-5)
+    assert s.next_token_logprobs(prompts, [[5, 6], [9]]) is None  # a two-token candidate: no fast path
+    for family, spec in (("causal", "random:tiny-gpt2"), ("seq2seq", "random:tiny-t5")):
+        m = models.load(ModelArgs(spec=spec), seed=0).model.eval()
+        sc = scorer(m, tok, family=family, device=torch.device("cpu"), batch_size=2)
+        feats = [sc.pair(p, c) for p in prompts for c in ([5, 6], [9])]
+        nlls, counts = sc.nll(feats)
+        assert torch.allclose(torch.tensor(sc.loglikelihood(feats)), -torch.tensor(nlls), atol=1e-4)
+        assert counts == [2, 1, 2, 1]
+    args = DataArgs(spec="x", task="language-modeling", max_source_length=10)
+    recs = [{"text": "abcdefghijklmnopqrstuvwxyz"}]
+    stream = tok(recs[0]["text"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    from peftbench.scoring import Seq2SeqScorer
+
+    windows, _ = Seq2SeqScorer.windows(stream, block=10, stride=5, limit=None)
+    assert windows == tasks.encode_language_modeling(recs, tok=tok, family="seq2seq", args=args)

@@ -33,8 +33,9 @@ from peftbench.measure.storage import file_sizes, saved_bytes
 from peftbench.plan import Run
 from peftbench.progress import progress
 from peftbench.results import Result
+from peftbench.scoring import GENERATION
 from peftbench.speed import resolve as resolve_speed
-from peftbench.tasks import GENERATION, TASKS, mean_loss
+from peftbench.tasks import TASKS, mean_loss
 from peftbench.tracking import Trackers, final_values
 from peftbench.train import total_steps, train, varying
 
@@ -291,6 +292,8 @@ class Recipe:
     def _unshard(self) -> None:
         """FSDP: the full weights gathered into a model rebuilt on the main process (a plain model from here)."""
         exp, full = self.exp, distributed.gather_full_state(self.model, main=self.main)
+        self.model = self.applied.model = self.loaded.model = None  # the shards go before the full model comes
+        free_cached_memory()
         if self.main:
             loaded = models.load(exp.model, seed=exp.model.seed, device=self.dev)
             self.applied = methods.apply(name=exp.method.name, options=exp.method.options, model=loaded.model,
@@ -301,8 +304,7 @@ class Recipe:
     def _release_training_state(self) -> None:
         """Optimizer states and gradients must not count towards inference memory."""
         self.accelerator.free_memory()  # drops accelerate's references to optimizer and scheduler
-        for p in self.model.parameters():
-            p.grad = None
+        self.model.zero_grad(set_to_none=True)
         free_cached_memory()
 
     def _chat_template(self, tok) -> bool:
@@ -389,9 +391,7 @@ class Recipe:
             quality_note=loaded.quality_note,
             quality_split="test" if self.quality_on else None,
             quality_details=self.out.get("quality_details") or {},
-            generation={**GENERATION, "max_new_tokens": exp.data.max_target_length}
-            if self.task.generates
-            else None,
+            generation={**GENERATION, "max_new_tokens": exp.data.max_target_length} if self.task.generates else None,
             inference=self.out.get("inference"),
             started_at=results.timestamp(self.started),
             finished_at=results.now(),

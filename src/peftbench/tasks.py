@@ -20,13 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
-from peftbench.batches import IGNORE, pad_batch
+from peftbench.scoring import SCORERS, scorer
 from peftbench.taskspecs import SPECS, TaskSpec
 
 SUMMARY_PROMPT = " TL;DR:"
 T5_SUMMARY_PREFIX = "summarize: "
 CHAT_SUMMARY_SUFFIX = "\n\nSummarize the text above in one line."
-GENERATION = {"do_sample": False, "num_beams": 1}  # greedy: reproducible, and what the study used
 
 
 # ---------------------------------------------------------------- tokenization helpers
@@ -68,13 +67,13 @@ def encode_summarization(records, *, tok, family, args, label_names=None, chat=F
     out = []
     for r in records:
         if family == "seq2seq":
-            src = tok(T5_SUMMARY_PREFIX + r["source"], truncation=True, max_length=args.max_source_length)["input_ids"]
+            prompt = tok(T5_SUMMARY_PREFIX + r["source"], truncation=True, max_length=args.max_source_length)
             tgt = tok(r["target"], truncation=True, max_length=args.max_target_length)["input_ids"]
-            out.append({"input_ids": src, "labels": tgt, "decoder": True})
+            out.append(SCORERS[family].pair(prompt["input_ids"], tgt))
         else:
             prompt = summary_prompt(tok, r["source"], args.max_source_length, chat=chat)
             tgt = _ids(tok, ("" if chat else " ") + r["target"])[: args.max_target_length] + _eos(tok)
-            out.append({"input_ids": prompt + tgt, "labels": [IGNORE] * len(prompt) + tgt})
+            out.append(SCORERS[family].pair(prompt, tgt))
     return out
 
 
@@ -85,24 +84,6 @@ def summary_prompt(tok, source: str, max_len: int, *, chat: bool = False) -> lis
     head = _bos(tok)
     body = _ids(tok, source)[: max(1, max_len - len(suffix) - len(head))]
     return head + body + suffix
-
-
-@torch.no_grad()
-def generate_texts(model, prompts: list[list[int]], *, tok, family, max_new_tokens: int, batch_size: int,
-                   device, progress: Callable[[int], None] | None = None) -> list[str]:
-    outs: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        chunk = [{"input_ids": p} for p in prompts[i:i + batch_size]]
-        batch = pad_batch(chunk, pad_id=tok.pad_token_id, side="left" if family == "causal" else "right")
-        batch = {k: v.to(device) for k, v in batch.items()}
-        gen = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                             eos_token_id=tok.eos_token_id, **GENERATION)
-        if family == "causal":
-            gen = gen[:, batch["input_ids"].shape[1]:]
-        outs += [t.strip() for t in tok.batch_decode(gen, skip_special_tokens=True)]
-        if progress:
-            progress(len(chunk))
-    return outs
 
 
 def summarization_scores(predictions: list[str], references: list[str]) -> dict:
@@ -136,8 +117,8 @@ def evaluate_summarization(model, records, *, tok, family, args, device, batch_s
                    for r in records]
     else:
         prompts = [summary_prompt(tok, r["source"], args.max_source_length, chat=chat) for r in records]
-    preds = generate_texts(model, prompts, tok=tok, family=family, max_new_tokens=args.max_target_length,
-                           batch_size=batch_size, device=device, progress=progress)
+    preds = scorer(model, tok, family=family, device=device, batch_size=batch_size).generate(
+        prompts, max_new_tokens=args.max_target_length, progress=progress)
     metrics = summarization_scores(preds, [r["target"] for r in records])
     metrics["examples"] = [{"target": r["target"], "prediction": p} for r, p in list(zip(records, preds))[:3]]
     return metrics
@@ -171,31 +152,10 @@ def encode_classification(records, *, tok, family, args, label_names, chat=False
     for r in records:
         prompt = class_prompt(tok, r["text"], label_names, family, args.max_source_length, chat=chat)
         target = label_ids(tok, label_names[r["label"]], family, chat=chat)
-        if family == "seq2seq":
-            out.append({"input_ids": prompt, "labels": target, "decoder": True})
-        else:
+        if family == "causal":  # the trained answer ends, so generation stops after it
             target = target + _eos(tok)
-            out.append({"input_ids": prompt + target, "labels": [IGNORE] * len(prompt) + target})
+        out.append(SCORERS[family].pair(prompt, target))
     return out
-
-
-@torch.no_grad()
-def sequence_logprobs(model, features: list[dict], *, tok, family, device, batch_size) -> list[float]:
-    """Sum of log p(label tokens | prompt) for each feature (labels -100 where not scored)."""
-    scores: list[float] = []
-    for i in range(0, len(features), batch_size):
-        chunk = features[i:i + batch_size]
-        batch = pad_batch(chunk, pad_id=tok.pad_token_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(**batch).logits.float()
-        labels = batch["labels"]
-        if family == "causal":  # token t is predicted at position t-1
-            logits, labels = _input_positions(logits, labels)[:, :-1], labels[:, 1:]
-        logp = torch.log_softmax(logits, dim=-1)
-        mask = labels != IGNORE
-        picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        scores += (picked * mask).sum(-1).tolist()
-    return scores
 
 
 def classification_scores(preds: Sequence[int], golds: Sequence[int], n_labels: int) -> dict:
@@ -209,60 +169,19 @@ def classification_scores(preds: Sequence[int], golds: Sequence[int], n_labels: 
             "macro_f1": round(stats.statistic(samples, "macro_f1"), 4), "samples": samples}
 
 
-@torch.no_grad()
-def _first_token_scores(
-    model, prompts: list[list[int]], cand: list[int], *, tok, device, batch_size
-) -> list[list[float]]:
-    """Causal LM, every label one token: one forward per prompt, read the next-token log-probs."""
-    out: list[list[float]] = []
-    for i in range(0, len(prompts), batch_size):
-        batch = pad_batch([{"input_ids": p} for p in prompts[i:i + batch_size]], pad_id=tok.pad_token_id, side="left")
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = _last_logits(model, batch)
-        out += torch.log_softmax(logits, dim=-1)[:, cand].tolist()
-    return out
-
-
-def _input_positions(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """The logits of the input's own positions: prompt tuning prepends its virtual tokens' logits."""
-    return logits[:, logits.shape[1] - ids.shape[1]:]
-
-
-def _last_logits(model, batch: dict) -> torch.Tensor:
-    """Next-token logits at the last position; ``logits_to_keep=1`` skips the vocabulary projection
-    of every other position (a fifth of the forward pass for a 49k-token vocabulary)."""
-    try:
-        return model(**batch, logits_to_keep=1).logits[:, -1].float()
-    except TypeError:  # architectures whose forward does not take it
-        return model(**batch).logits[:, -1].float()
-
-
 def evaluate_classification(model, records, *, tok, family, args, device, batch_size, label_names,
                             progress=None, chat=False) -> dict:
     k = len(label_names)
     golds = [r["label"] for r in records]
-    if family == "causal":
-        cands = [label_ids(tok, name, family, chat=chat) for name in label_names]
-        if all(len(c) == 1 for c in cands) and len({c[0] for c in cands}) == k:
-            prompts = [class_prompt(tok, r["text"], label_names, family, args.max_source_length, chat=chat)
-                       for r in records]
-            scores = _first_token_scores(model, prompts, [c[0] for c in cands], tok=tok, device=device,
-                                         batch_size=batch_size)
-            preds = [max(range(k), key=lambda j: row[j]) for row in scores]
-            if progress:
-                progress(len(records))
-            return classification_scores(preds, golds, k)
-    feats = []
-    for r in records:
-        prompt = class_prompt(tok, r["text"], label_names, family, args.max_source_length, chat=chat)
-        for name in label_names:
-            target = label_ids(tok, name, family, chat=chat)
-            if family == "seq2seq":
-                feats.append({"input_ids": prompt, "labels": target, "decoder": True})
-            else:
-                feats.append({"input_ids": prompt + target, "labels": [IGNORE] * len(prompt) + target})
-    scores = sequence_logprobs(model, feats, tok=tok, family=family, device=device, batch_size=batch_size)
-    preds = [max(range(k), key=lambda j: scores[i * k + j]) for i in range(len(records))]
+    s = scorer(model, tok, family=family, device=device, batch_size=batch_size)
+    prompts = [class_prompt(tok, r["text"], label_names, family, args.max_source_length, chat=chat) for r in records]
+    cands = [label_ids(tok, name, family, chat=chat) for name in label_names]
+    rows = s.next_token_logprobs(prompts, cands)  # one forward per prompt, where the family allows it
+    if rows is not None:
+        preds = [max(range(k), key=lambda j: row[j]) for row in rows]
+    else:
+        scores = s.loglikelihood([s.pair(p, c) for p in prompts for c in cands])
+        preds = [max(range(k), key=lambda j: scores[i * k + j]) for i in range(len(records))]
     if progress:
         progress(len(records))
     return classification_scores(preds, golds, k)
@@ -288,7 +207,7 @@ def encode_language_modeling(records, *, tok, family, args, label_names=None, li
     blocks = lm_blocks(records, tok=tok, block=args.max_source_length, limit=limit)
     if family == "seq2seq":  # T5: continue the second half of a block from its first half
         half = args.max_source_length // 2
-        return [{"input_ids": b[:half], "labels": b[half:], "decoder": True} for b in blocks]
+        return [SCORERS[family].pair(b[:half], b[half:]) for b in blocks]
     return [{"input_ids": b, "labels": list(b)} for b in blocks]
 
 
@@ -300,26 +219,12 @@ def evaluate_language_modeling(model, records, *, tok, family, args, device, bat
     each block given the first half."""
     block = args.max_source_length
     stride = args.lm_stride or max(1, block // 2)
-    if family == "seq2seq":
-        feats = encode_language_modeling(records, tok=tok, family=family, args=args, limit=limit)
-        nlls, counts = _nll(model, feats, tok=tok, family=family, device=device, batch_size=batch_size)
-        note = (f"seq2seq: perplexity of the second {block - block // 2} tokens of each {block}-token block "
-                "given the first half")
-    else:
-        stream: list[int] = []
-        for r in records:
-            stream += _ids(tok, r["text"]) + _eos(tok)
-        feats, prev_end = [], 0
-        for begin in range(0, max(1, len(stream) - 1), stride):
-            end = min(begin + block, len(stream))
-            ids = stream[begin:end]
-            new = end - prev_end  # score only tokens not scored by the previous window
-            feats.append({"input_ids": ids, "labels": [IGNORE] * (len(ids) - new) + ids[-new:]})
-            prev_end = end
-            if end == len(stream) or (limit is not None and len(feats) >= limit):
-                break
-        nlls, counts = _nll(model, feats, tok=tok, family=family, device=device, batch_size=batch_size)
-        note = f"causal: sliding window of {block} tokens, stride {stride}"
+    s = scorer(model, tok, family=family, device=device, batch_size=batch_size)
+    stream: list[int] = []
+    for r in records:
+        stream += _ids(tok, r["text"]) + _eos(tok)
+    feats, note = s.windows(stream, block=block, stride=stride, limit=limit)
+    nlls, counts = s.nll(feats)
     if progress:
         progress(len(records))
     nll, count = sum(nlls), sum(counts)
@@ -328,28 +233,9 @@ def evaluate_language_modeling(model, records, *, tok, family, args, device, bat
     return {"perplexity": round(ppl, 4), "eval_tokens": count, "perplexity_protocol": note, "samples": samples}
 
 
-def _nll(model, feats, *, tok, family, device, batch_size) -> tuple[list[float], list[int]]:
-    """Summed negative log-likelihood and scored-token count of each feature."""
-    nlls: list[float] = []
-    counts: list[int] = []
-    for i in range(0, len(feats), batch_size):
-        batch = pad_batch(feats[i:i + batch_size], pad_id=tok.pad_token_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       **({"labels": batch["labels"]} if family == "seq2seq" else {})).logits.float()
-        labels = batch["labels"]
-        if family == "causal":
-            logits, labels = _input_positions(logits, labels)[:, :-1], labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE,
-                                                 reduction="none")
-        nlls += loss.sum(-1).tolist()
-        counts += (labels != IGNORE).sum(-1).tolist()
-    return nlls, counts
-
-
 def mean_loss(model, feats, *, tok, family, device, batch_size) -> float:
     """Mean token loss of teacher-forced features (validation loss, for any model)."""
-    nlls, counts = _nll(model, feats, tok=tok, family=family, device=device, batch_size=batch_size)
+    nlls, counts = scorer(model, tok, family=family, device=device, batch_size=batch_size).nll(feats)
     return sum(nlls) / sum(counts) if sum(counts) else float("nan")
 
 
