@@ -1,6 +1,6 @@
 # make demo: set up .venv, then run the offline demo suite (CPU is fine; ~10 min on 2 cores)
 # make test: set up .venv, then run the test suite
-# make lint: ruff and the size limits (run by .ci/run before the tests)
+# make lint: ruff check, ruff format --check and the size limits (run by .ci/run before the tests)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -27,9 +27,10 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# make lint: ruff (rules in pyproject.toml) and the house limits (functions <= 60 lines, modules <= 400)
+# make lint: ruff (rules and format in pyproject.toml) and the house limits (functions <= 60 lines, modules <= 400)
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python tools/check_sizes.py
 
 clean:

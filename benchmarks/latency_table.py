@@ -136,8 +136,10 @@ def main() -> None:
     env = capture_env(str(device))
     summary: dict = {}
     for mode in modes:
-        print(f"\n{args.model}, {dtype}, {env.get('gpu') or 'CPU'}, {mode}; forward pass, p50 over "
-              f"{args.iterations} iterations per repeat (blocks of {args.block}, round robin), {args.repeats} repeats")
+        print(
+            f"\n{args.model}, {dtype}, {env.get('gpu') or 'CPU'}, {mode}; forward pass, p50 over "
+            f"{args.iterations} iterations per repeat (blocks of {args.block}, round robin), {args.repeats} repeats"
+        )
         print("| batch x length | " + " | ".join(VARIANTS) + " |")
         print("|---" * (len(VARIANTS) + 1) + "|")
         summary[mode] = {}
@@ -157,11 +159,14 @@ def main() -> None:
                     m: 100 * (avg[f"{m} unmerged"] / avg[f"{m} merged"] - 1) for m in ("lora", "ia3")
                 },
             }
-            cells = [f"{avg[v]:.2f} ± {spread[v]:.1f} %" + ("" if v == "base" else f" ({over[v]:+.1f} %)")
-                     for v in VARIANTS]
+            cells = [
+                f"{avg[v]:.2f} ± {spread[v]:.1f} %" + ("" if v == "base" else f" ({over[v]:+.1f} %)") for v in VARIANTS
+            ]
             print(f"| {shape} | " + " | ".join(cells) + " |")
-    print("\ncells: median over the repeats of each repeat's p50 (ms) ± spread (max - min of the repeats, % of the"
-          " median) (overhead vs base)")
+    print(
+        "\ncells: median over the repeats of each repeat's p50 (ms) ± spread (max - min of the repeats, % of the"
+        " median) (overhead vs base)"
+    )
     print("max |logit difference| merged vs unmerged:", {k: f"{v:.3g}" for k, v in diffs.items()})
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-WORDS = ("the of and to in is was for on that with as by at from his her it an be this which or are "
-         "whale ship sea captain crew boat harpoon voyage deck ocean wind storm sail night").split()
+WORDS = (
+    "the of and to in is was for on that with as by at from his her it an be this which or are "
+    "whale ship sea captain crew boat harpoon voyage deck ocean wind storm sail night"
+).split()
 
 
 def main(out: Path) -> None:

@@ -27,11 +27,13 @@ def row(r: dict) -> str:
     peak = train.get("peak_memory_bytes")
     status = r["status"] if r["status"] == "success" else f"{r['status']}: {(r.get('error') or '')[:90]}"
     note = "" if merged or r["status"] != "success" else (inf.get("merge_note") or "")
-    return (f"| {cfg.get('method', {}).get('name', r['id'])} | {status} | "
-            f"{(r.get('params') or {}).get('trainable', '') if r['status'] == 'success' else ''} | "
-            f"{_mb((r.get('storage') or {}).get('adapter_bytes'))} | {f'{rate:,.0f}' if rate else ''} | "
-            f"{f'{peak / 2**30:.1f}' if peak else ''} | {f'{unmerged:.2f}' if unmerged else ''} | "
-            f"{f'{merged:.2f}' if merged else note[:60]} |")
+    return (
+        f"| {cfg.get('method', {}).get('name', r['id'])} | {status} | "
+        f"{(r.get('params') or {}).get('trainable', '') if r['status'] == 'success' else ''} | "
+        f"{_mb((r.get('storage') or {}).get('adapter_bytes'))} | {f'{rate:,.0f}' if rate else ''} | "
+        f"{f'{peak / 2**30:.1f}' if peak else ''} | {f'{unmerged:.2f}' if unmerged else ''} | "
+        f"{f'{merged:.2f}' if merged else note[:60]} |"
+    )
 
 
 def main() -> None:
@@ -47,9 +49,13 @@ def main() -> None:
         group = [r for r in runs if r["config"]["model"]["spec"] == model]
         task = group[0]["config"]["data"]["task"]
         ok = sum(r["status"] == "success" for r in group)
-        lines += [f"## {model} · {task} ({ok} of {len(group)} ran)", "",
-                  "| method | status | trainable | adapter MB | train tok/s | train peak GiB | p50 ms | "
-                  "merged p50 ms (or why not) |", "|---|---|---:|---:|---:|---:|---:|---|"]
+        lines += [
+            f"## {model} · {task} ({ok} of {len(group)} ran)",
+            "",
+            "| method | status | trainable | adapter MB | train tok/s | train peak GiB | p50 ms | "
+            "merged p50 ms (or why not) |",
+            "|---|---|---:|---:|---:|---:|---:|---|",
+        ]
         lines += [row(r) for r in group]
         lines.append("")
     Path(a.out).write_text("\n".join(lines) + "\n")

@@ -52,8 +52,14 @@ def suite_for(study: dict, model: str, methods: list[str], gpus: int) -> dict:
             train["gradient_checkpointing"] = True
         if gpus > 1 and method == "full" and n >= float(study.get("fsdp_from_parameters", 1e30)):
             train["distributed"] = "fsdp"
-        experiments.append({"id": f"{model}--{method}--g{gpus}", "model": {"spec": f"random:{model}"},
-                            "method": {"name": method}, "train": train})
+        experiments.append(
+            {
+                "id": f"{model}--{method}--g{gpus}",
+                "model": {"spec": f"random:{model}"},
+                "method": {"name": method},
+                "train": train,
+            }
+        )
     return {"name": f"scaling-{model}-g{gpus}", "defaults": study["defaults"], "experiments": experiments}
 
 
@@ -62,12 +68,11 @@ def run_group(suite: dict, *, gpus: int, work: Path, device: str, timeout: int) 
     path = work / f"{suite['name']}.yaml"
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
     out = work / suite["name"]
-    if gpus > 1:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
-               "-m", "peftbench", "run", str(path), "--out", str(out), "--device", device, "--force"]
+    run = ["-m", "peftbench", "run", str(path), "--out", str(out), "--device", device, "--force"]
+    if gpus > 1:  # one launch for the model's runs: under a launcher they run in its processes
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus), *run]
     else:
-        cmd = [sys.executable, "-m", "peftbench", "run", str(path), "--out", str(out), "--device", device,
-               "--in-process", "--force"]
+        cmd = [sys.executable, *run, "--in-process"]
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     started = time.time()
     try:
@@ -80,8 +85,15 @@ def run_group(suite: dict, *, gpus: int, work: Path, device: str, timeout: int) 
         if f.exists():
             rows.append(slim(json.loads(f.read_text()), gpus=gpus))
         else:
-            rows.append({"id": exp["id"], "status": "failed", "error": "no result (the group timed out or crashed)",
-                         "config": {"model": exp["model"], "method": exp["method"]}, "gpus": gpus})
+            rows.append(
+                {
+                    "id": exp["id"],
+                    "status": "failed",
+                    "error": "no result (the group timed out or crashed)",
+                    "config": {"model": exp["model"], "method": exp["method"]},
+                    "gpus": gpus,
+                }
+            )
     print(f"{suite['name']}: {time.time() - started:.0f} s", flush=True)
     shutil.rmtree(out, ignore_errors=True)  # checkpoints of 7B shapes are tens of GB
     return rows
@@ -93,18 +105,35 @@ def slim(r: dict, *, gpus: int) -> dict:
     inf = r.get("inference") or {}
     error = (str(r.get("error") or "").splitlines() or [""])[0]
     cfg = r["config"]
-    return {"id": r.get("id"), "status": r.get("status"), "error": error,
-            "config": {"model": {"spec": cfg["model"]["spec"]}, "method": {"name": cfg["method"]["name"]}},
-            "params": r.get("params") or {"total": params_of(cfg["model"]["spec"].split(":", 1)[1])},
-            "gpus": gpus,
-            "resolved": {"distributed": (r.get("resolved") or {}).get("distributed"),
-                         "mixed_precision": (r.get("resolved") or {}).get("mixed_precision")},
-            "train": {k: train.get(k) for k in ("steady_tokens_per_second", "tokens_per_second", "peak_memory_bytes",
-                                                "warmup_seconds", "seconds", "steps", "laps")}
-            | {"memory": {"per_process_peak_bytes": (train.get("memory") or {}).get("per_process_peak_bytes")}},
-            "storage": {k: (r.get("storage") or {}).get(k) for k in ("adapter_bytes", "full_model_bytes")},
-            "inference": {"latency_ms": {"p50_ms": (inf.get("latency_ms") or {}).get("p50_ms")}} if inf else None,
-            "env": {"gpu": (r.get("env") or {}).get("gpu")}}
+    return {
+        "id": r.get("id"),
+        "status": r.get("status"),
+        "error": error,
+        "config": {"model": {"spec": cfg["model"]["spec"]}, "method": {"name": cfg["method"]["name"]}},
+        "params": r.get("params") or {"total": params_of(cfg["model"]["spec"].split(":", 1)[1])},
+        "gpus": gpus,
+        "resolved": {
+            "distributed": (r.get("resolved") or {}).get("distributed"),
+            "mixed_precision": (r.get("resolved") or {}).get("mixed_precision"),
+        },
+        "train": {
+            k: train.get(k)
+            for k in (
+                "steady_tokens_per_second",
+                "tokens_per_second",
+                "peak_memory_bytes",
+                "warmup_seconds",
+                "seconds",
+                "steps",
+                "laps",
+            )
+        }
+        | {"memory": {"per_process_peak_bytes": (train.get("memory") or {}).get("per_process_peak_bytes")}},
+        "storage": {k: (r.get("storage") or {}).get(k) for k in ("adapter_bytes", "full_model_bytes")},
+        "inference": {"latency_ms": {"p50_ms": (inf.get("latency_ms") or {}).get("p50_ms")}} if inf else None,
+        "env": {"gpu": (r.get("env") or {}).get("gpu")},
+        "traceback": (r.get("traceback") or "")[-3000:] or None,  # where an out-of-memory failure struck
+    }
 
 
 def mfu(row: dict) -> float | None:
@@ -119,6 +148,7 @@ def mfu(row: dict) -> float | None:
 
 def efficiency(one: dict, many: dict) -> tuple[float, float, float] | None:
     """tokens/s on N GPUs / (N x one GPU's), with a 95 % interval from the steady laps of both runs."""
+
     def samples(row, scale):
         laps = [lap for lap in row["train"].get("laps") or [] if not lap.get("warmup")]
         return stats.rate_samples([lap["tokens"] * scale for lap in laps], [lap["seconds"] for lap in laps])
@@ -137,13 +167,18 @@ def _gib(x):
 
 def markdown(rows: list[dict], device: str) -> str:
     ok = [r for r in rows if r.get("params")]
-    lines = [f"# Scaling study ({device})", "",
-             "`python benchmarks/scaling.py --gpus N --out benchmarks/results/scaling_h200` (benchmarks/scaling.yaml: "
-             "language modelling, 8 x 512 tokens per GPU per step, 30 steps, compile off, bf16 autocast). "
-             "MFU counts 6 x parameters per token for full fine-tuning and 4 x for adapters. Rows with a "
-             "`note` or `source` in the JSON were completed by hand from the run's log or rule (see there).", "",
-             "| model | params | method | GPUs | strategy | status | steady tok/s | MFU | per-GPU peak GiB | "
-             "adapter MB | p50 latency ms |", "|---|---:|---|---:|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Scaling study ({device})",
+        "",
+        "`python benchmarks/scaling.py --gpus N --out benchmarks/results/scaling_h200` (benchmarks/scaling.yaml: "
+        "language modelling, 8 x 512 tokens per GPU per step, 30 steps, compile off, bf16 autocast). "
+        "MFU counts 6 x parameters per token for full fine-tuning and 4 x for adapters. Rows with a "
+        "`note` or `source` in the JSON were completed by hand from the run's log or rule (see there).",
+        "",
+        "| model | params | method | GPUs | strategy | status | steady tok/s | MFU | per-GPU peak GiB | "
+        "adapter MB | p50 latency ms |",
+        "|---|---:|---|---:|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in sorted(ok, key=lambda r: (r["params"]["total"], r["config"]["method"]["name"], r["gpus"])):
         t = r["train"]
         peaks = (t.get("memory") or {}).get("per_process_peak_bytes") or [t.get("peak_memory_bytes")]
@@ -152,17 +187,27 @@ def markdown(rows: list[dict], device: str) -> str:
         status = r["status"] if r["status"] == "success" else f"{r['status']}: {r['error'][:60]}"
         rate = t.get("steady_tokens_per_second")
         adapter = r["storage"].get("adapter_bytes")
-        lines.append(f"| {r['config']['model']['spec']} | {r['params']['total'] / 1e9:.2f} B | "
-                     f"{r['config']['method']['name']} | {r['gpus']} | {d.get('strategy', '')}"
-                     f"{' + ckpt' if d.get('gradient_checkpointing') else ''} | {status} | "
-                     f"{f'{rate:,.0f}' if rate else ''} | {f'{m:.1%}' if m else ''} | "
-                     f"{_gib(max(p for p in peaks if p) if any(peaks) else None)} | "
-                     f"{f'{adapter / 1e6:,.1f}' if adapter else ''} | "
-                     f"{((r.get('inference') or {}).get('latency_ms') or {}).get('p50_ms') or ''} |")
-    lines += ["", "## Data-parallel efficiency (tokens/s on N GPUs / N x one GPU, same per-GPU batch)", "",
-              "| model | method | GPUs | strategy | efficiency | 95 % interval |", "|---|---|---:|---|---:|---|"]
-    single = {(r["config"]["model"]["spec"], r["config"]["method"]["name"]): r for r in ok
-              if r["gpus"] == 1 and r["status"] == "success"}
+        lines.append(
+            f"| {r['config']['model']['spec']} | {r['params']['total'] / 1e9:.2f} B | "
+            f"{r['config']['method']['name']} | {r['gpus']} | {d.get('strategy', '')}"
+            f"{' + ckpt' if d.get('gradient_checkpointing') else ''} | {status} | "
+            f"{f'{rate:,.0f}' if rate else ''} | {f'{m:.1%}' if m else ''} | "
+            f"{_gib(max(p for p in peaks if p) if any(peaks) else None)} | "
+            f"{f'{adapter / 1e6:,.1f}' if adapter else ''} | "
+            f"{((r.get('inference') or {}).get('latency_ms') or {}).get('p50_ms') or ''} |"
+        )
+    lines += [
+        "",
+        "## Data-parallel efficiency (tokens/s on N GPUs / N x one GPU, same per-GPU batch)",
+        "",
+        "| model | method | GPUs | strategy | efficiency | 95 % interval |",
+        "|---|---|---:|---|---:|---|",
+    ]
+    single = {
+        (r["config"]["model"]["spec"], r["config"]["method"]["name"]): r
+        for r in ok
+        if r["gpus"] == 1 and r["status"] == "success"
+    }
     for r in ok:
         key = (r["config"]["model"]["spec"], r["config"]["method"]["name"])
         if r["gpus"] > 1 and r["status"] == "success" and key in single:
@@ -171,8 +216,9 @@ def markdown(rows: list[dict], device: str) -> str:
                 strat = ((r.get("resolved") or {}).get("distributed") or {}).get("strategy", "")
                 lines.append(f"| {key[0]} | {key[1]} | {r['gpus']} | {strat} | {e[0]:.1%} | {e[1]:.1%} to {e[2]:.1%} |")
     header, body = fits_table(scaling_rows(ok))
-    lines += ["", "## Largest model that fits", "", "| " + " | ".join(header) + " |",
-              "|" + "---|" * len(header)] + ["| " + " | ".join(b) + " |" for b in body]
+    lines += ["", "## Largest model that fits", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(b) + " |" for b in body
+    ]
     lines += ["", "## Fitted exponents (least squares on log-log axes)", ""]
     lines += [f"- {x}" for x in fits_lines(scaling_rows(ok))] or ["- fewer than three sizes per series"]
     return "\n".join(lines) + "\n"
@@ -183,8 +229,10 @@ def write(out: Path, rows: list[dict], device: str) -> None:
     out.with_suffix(".json").write_text(json.dumps({"device": device, "rows": rows}, indent=1))
     out.with_suffix(".md").write_text(markdown(rows, device))
     srows = scaling_rows([r for r in rows if r.get("params")])
-    for key, name, label in (("peak_gpu_bytes", "memory", "per-GPU peak training memory (bytes)"),
-                             ("tokens_per_second", "speed", "training tokens/s (all GPUs)")):
+    for key, name, label in (
+        ("peak_gpu_bytes", "memory", "per-GPU peak training memory (bytes)"),
+        ("tokens_per_second", "speed", "training tokens/s (all GPUs)"),
+    ):
         try:
             plot_scaling(srows, out.with_name(f"{out.name}_{name}.png"), key, label)
         except ImportError as e:  # a GPU image without matplotlib: `--replot` draws them from OUT.json elsewhere
@@ -200,8 +248,13 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--work", default="/tmp/peftbench-scaling", help="scratch folder for the runs")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per (model, GPU count) group")
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                    help="override a default of the study, e.g. train.max_steps=10")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a default of the study, e.g. train.max_steps=10",
+    )
     ap.add_argument("--replot", action="store_true", help="only rewrite OUT.md and the plots from OUT.json")
     ap.add_argument("--out", required=True, help="write OUT.json, OUT.md and OUT_{memory,speed}.png (rows appended)")
     a = ap.parse_args()

@@ -43,9 +43,12 @@ from peftbench.train import PLAIN, make_loader, varying  # noqa: E402
 PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12}
 WARMUP = 10  # steps left out of the steady rate (compilation, recompilation for new shapes)
 WORKLOADS = {
-    "gpt2-medium": ("language-modeling", "causal"), "tiny-gpt2": ("language-modeling", "causal"),
-    "t5-base": ("summarization", "seq2seq"), "tiny-t5": ("summarization", "seq2seq"),
-    "smollm2-135m": ("classification", "causal"), "tiny-llama": ("classification", "causal"),
+    "gpt2-medium": ("language-modeling", "causal"),
+    "tiny-gpt2": ("language-modeling", "causal"),
+    "t5-base": ("summarization", "seq2seq"),
+    "tiny-t5": ("summarization", "seq2seq"),
+    "smollm2-135m": ("classification", "causal"),
+    "tiny-llama": ("classification", "causal"),
 }
 
 
@@ -84,6 +87,7 @@ def sync(device):
 
 # ---------------------------------------------------------------- the three loops
 
+
 def run_peftbench(shape, method, feats, *, steps, batch, device, profile=None, overrides=None) -> dict:
     from peftbench.distributed import make_accelerator
     from peftbench.train import train
@@ -98,10 +102,15 @@ def run_peftbench(shape, method, feats, *, steps, batch, device, profile=None, o
     laps = r.laps
     steady_laps = [lap for lap in laps if lap["step"] > WARMUP and lap["step"] - 10 >= WARMUP]
     steady = sum(x["tokens"] for x in steady_laps) / sum(x["seconds"] for x in steady_laps)
-    return {"steady_tokens_per_second": steady, "all_tokens_per_second": r.tokens / r.seconds,
-            "warmup_seconds": r.warmup_seconds, "padding_fraction": r.padding_fraction,
-            "loss_curve": [p["loss"] for p in r.loss_curve if p["step"] % 10 == 0],
-            "speed": speed, "params": _params(model)}
+    return {
+        "steady_tokens_per_second": steady,
+        "all_tokens_per_second": r.tokens / r.seconds,
+        "warmup_seconds": r.warmup_seconds,
+        "padding_fraction": r.padding_fraction,
+        "loss_curve": [p["loss"] for p in r.loss_curve if p["step"] % 10 == 0],
+        "speed": speed,
+        "params": _params(model),
+    }
 
 
 def run_eager(shape, method, feats, *, steps, batch, device) -> dict:
@@ -133,9 +142,14 @@ def run_eager(shape, method, feats, *, steps, batch, device) -> dict:
     sync(device)
     end = time.perf_counter()
     steady = sum(tokens[WARMUP:]) / (end - marks["warm"])
-    return {"steady_tokens_per_second": steady, "all_tokens_per_second": sum(tokens) / (end - t0),
-            "warmup_seconds": max(0.0, marks["warm"] - t0 - sum(tokens[:WARMUP]) / steady),
-            "padding_fraction": None, "loss_curve": _tens(losses), "params": _params(model)}
+    return {
+        "steady_tokens_per_second": steady,
+        "all_tokens_per_second": sum(tokens) / (end - t0),
+        "warmup_seconds": max(0.0, marks["warm"] - t0 - sum(tokens[:WARMUP]) / steady),
+        "padding_fraction": None,
+        "loss_curve": _tens(losses),
+        "params": _params(model),
+    }
 
 
 def run_trainer(shape, method, feats, *, steps, batch, device) -> dict:
@@ -144,6 +158,7 @@ def run_trainer(shape, method, feats, *, steps, batch, device) -> dict:
     model, lr = build(shape, method, device)
     counts: list[int] = []
     seq2seq = WORKLOADS[shape][1] == "seq2seq"
+
     def collate(rows):  # what DataCollatorForSeq2Seq(padding="longest") gives
         out = pad_batch(rows, pad_id=0)
         counts.append(int(out["attention_mask"].sum()) + (int((out["labels"] != IGNORE).sum()) if seq2seq else 0))
@@ -162,10 +177,22 @@ def run_trainer(shape, method, feats, *, steps, batch, device) -> dict:
                 sync(device)
                 marks[state.global_step] = time.perf_counter()
 
-    targs = TrainingArguments(output_dir="/tmp/pb-trainer", per_device_train_batch_size=batch, max_steps=steps,
-                              learning_rate=lr, bf16=device.type == "cuda", logging_steps=10, report_to=[],
-                              save_strategy="no", use_cpu=device.type == "cpu", seed=0, lr_scheduler_type="linear",
-                              warmup_steps=0, disable_tqdm=True, remove_unused_columns=False)
+    targs = TrainingArguments(
+        output_dir="/tmp/pb-trainer",
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        learning_rate=lr,
+        bf16=device.type == "cuda",
+        logging_steps=10,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=device.type == "cpu",
+        seed=0,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+    )
     trainer = Trainer(model=model, args=targs, train_dataset=feats, data_collator=collate, callbacks=[Clock()])
     out = trainer.train()
     steady = sum(counts[WARMUP:steps]) / (marks[steps] - marks[WARMUP])
@@ -183,7 +210,7 @@ def run_trainer(shape, method, feats, *, steps, batch, device) -> dict:
 
 
 def _tens(losses):
-    return [round(sum(losses[i:i + 10]) / len(losses[i:i + 10]), 6) for i in range(0, len(losses) - 9, 10)]
+    return [round(sum(losses[i : i + 10]) / len(losses[i : i + 10]), 6) for i in range(0, len(losses) - 9, 10)]
 
 
 def _params(model) -> int:
@@ -191,6 +218,7 @@ def _params(model) -> int:
 
 
 # ---------------------------------------------------------------- profiler
+
 
 class Profile:
     """Starts torch.profiler at the 20th step's log call, stops at the 40th, keeps a summary."""
@@ -223,16 +251,27 @@ def summarize(prof, wall: float) -> dict:
         return cpu[name].cpu_time_total / 1000 if name in cpu else None
 
     optim = sum(e.self_device_time_total for e in kernels if "adam" in e.key.lower() or "foreach" in e.key.lower())
-    return {"window_wall_ms": round(wall * 1000, 1), "gpu_busy_ms": round(total / 1000, 1),
-            "gpu_idle_share": round(max(0.0, 1 - total / 1e6 / wall), 4),
-            "optimizer_kernel_share": round(optim / total, 4),
-            "dataloader_cpu_ms": cpu_ms("enumerate(DataLoader)#_MultiProcessingDataLoaderIter.__next__")
-            or cpu_ms("enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__"),
-            "top_kernels": [{"name": e.key[:90], "ms": round(e.self_device_time_total / 1000, 2),
-                             "share": round(e.self_device_time_total / total, 4), "calls": e.count} for e in top]}
+    return {
+        "window_wall_ms": round(wall * 1000, 1),
+        "gpu_busy_ms": round(total / 1000, 1),
+        "gpu_idle_share": round(max(0.0, 1 - total / 1e6 / wall), 4),
+        "optimizer_kernel_share": round(optim / total, 4),
+        "dataloader_cpu_ms": cpu_ms("enumerate(DataLoader)#_MultiProcessingDataLoaderIter.__next__")
+        or cpu_ms("enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__"),
+        "top_kernels": [
+            {
+                "name": e.key[:90],
+                "ms": round(e.self_device_time_total / 1000, 2),
+                "share": round(e.self_device_time_total / total, 4),
+                "calls": e.count,
+            }
+            for e in top
+        ],
+    }
 
 
 # ---------------------------------------------------------------- driver
+
 
 def one(shape, method, loop, *, steps, batch, device, profile=None, overrides=None) -> dict:
     gc.collect()
@@ -245,8 +284,7 @@ def one(shape, method, loop, *, steps, batch, device, profile=None, overrides=No
     feats = features(shape, n, vocab)
     fn = {"peftbench": run_peftbench, "trainer": run_trainer, "eager": run_eager}[loop.split(" ")[0]]
     kw = {"profile": profile, "overrides": overrides} if loop.startswith("peftbench") else {}
-    row = {"model": shape, "task": WORKLOADS[shape][0], "method": method, "loop": loop, "batch": batch,
-           "steps": steps}
+    row = {"model": shape, "task": WORKLOADS[shape][0], "method": method, "loop": loop, "batch": batch, "steps": steps}
     try:
         row.update(fn(shape, method, feats, steps=steps, batch=batch, device=device, **kw))
     except Exception as e:  # one row fails, the table goes on
@@ -259,19 +297,29 @@ def one(shape, method, loop, *, steps, batch, device, profile=None, overrides=No
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| model | method | loop | steady tok/s | all-steps tok/s | ratio vs Trainer | MFU | peak GiB | "
-            "mem vs Trainer | warm-up s | padding |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    head = (
+        "| model | method | loop | steady tok/s | all-steps tok/s | ratio vs Trainer | MFU | peak GiB | "
+        "mem vs Trainer | warm-up s | padding |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
     lines = [head]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['method']} | {r['loop']} | failed: {r['error'][:80]} |||||||")
             continue
         pk, mfu, pad = r.get("peak_memory_bytes"), r.get("mfu"), r.get("padding_fraction")
-        cells = [r["model"], r["method"], r["loop"], f"{r['steady_tokens_per_second']:,.0f}",
-                 f"{r['all_tokens_per_second']:,.0f}", _x(r.get("ratio_vs_trainer")),
-                 "" if mfu is None else f"{100 * mfu:.1f} %", "" if pk is None else f"{pk / 2**30:.1f}",
-                 _x(r.get("memory_vs_trainer")), f"{r.get('warmup_seconds') or 0:.1f}",
-                 "" if pad is None else f"{100 * pad:.1f} %"]
+        cells = [
+            r["model"],
+            r["method"],
+            r["loop"],
+            f"{r['steady_tokens_per_second']:,.0f}",
+            f"{r['all_tokens_per_second']:,.0f}",
+            _x(r.get("ratio_vs_trainer")),
+            "" if mfu is None else f"{100 * mfu:.1f} %",
+            "" if pk is None else f"{pk / 2**30:.1f}",
+            _x(r.get("memory_vs_trainer")),
+            f"{r.get('warmup_seconds') or 0:.1f}",
+            "" if pad is None else f"{100 * pad:.1f} %",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -282,15 +330,33 @@ def _x(v):
 
 def add_ratios(rows):
     for r in rows:
-        ref = next((x for x in rows if x["model"] == r["model"] and x["method"] == r["method"]
-                    and x["loop"] == "trainer" and "error" not in x), None)
+        ref = next(
+            (
+                x
+                for x in rows
+                if x["model"] == r["model"]
+                and x["method"] == r["method"]
+                and x["loop"] == "trainer"
+                and "error" not in x
+            ),
+            None,
+        )
         if ref and "error" not in r:
             r["ratio_vs_trainer"] = round(r["steady_tokens_per_second"] / ref["steady_tokens_per_second"], 3)
             if r.get("peak_memory_bytes") and ref.get("peak_memory_bytes"):
                 r["memory_vs_trainer"] = round(r["peak_memory_bytes"] / ref["peak_memory_bytes"], 3)
         if r["loop"].startswith("peftbench") and "error" not in r:
-            eager = next((x for x in rows if x["model"] == r["model"] and x["method"] == r["method"]
-                          and x["loop"] == "eager" and "error" not in x), None)
+            eager = next(
+                (
+                    x
+                    for x in rows
+                    if x["model"] == r["model"]
+                    and x["method"] == r["method"]
+                    and x["loop"] == "eager"
+                    and "error" not in x
+                ),
+                None,
+            )
             if eager and eager["loss_curve"]:
                 pairs = list(zip(r["loss_curve"], eager["loss_curve"]))
                 r["loss_vs_eager_max_rel"] = round(max(abs(a - b) / abs(b) for a, b in pairs), 5) if pairs else None
@@ -304,8 +370,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--profile", action="store_true",
-                    help="profile steps 20-40 of peftbench's full fine-tuning of the first model (a run of its own)")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile steps 20-40 of peftbench's full fine-tuning of the first model (a run of its own)",
+    )
     ap.add_argument("--variants", default="", help="extra peftbench rows: MODEL:METHOD:key=value[;key=value],...")
     ap.add_argument("--out", help="write OUT.json and OUT.md (rows are appended to an existing OUT.json)")
     a = ap.parse_args()
@@ -315,8 +384,14 @@ def main() -> None:
     out = Path(a.out) if a.out else None
     rows = json.loads(out.with_suffix(".json").read_text())["rows"] if out and out.with_suffix(".json").exists() else []
     profile_summary = None
-    jobs = [(shape, method, loop, None) for shape in a.models.split(",") if shape
-            for method in a.methods.split(",") for loop in a.loops.split(",") if loop]
+    jobs = [
+        (shape, method, loop, None)
+        for shape in a.models.split(",")
+        if shape
+        for method in a.methods.split(",")
+        for loop in a.loops.split(",")
+        if loop
+    ]
     for v in filter(None, a.variants.split(",")):
         shape, method, kv = v.split(":")
         overrides = {k: _value(x) for k, x in (item.split("=") for item in kv.split(";"))}
@@ -349,13 +424,18 @@ def _value(x: str):
 
 def write(out: Path, rows: list[dict], profile_summary: dict | None, device: torch.device) -> None:
     add_ratios(rows)
-    env = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-           "transformers": __import__("transformers").__version__, "peft": __import__("peft").__version__}
+    env = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "peft": __import__("peft").__version__,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
     profile_summary = profile_summary or old.get("profile")
-    out.with_suffix(".json").write_text(json.dumps({"env": env, "rows": rows, "profile": profile_summary},
-                                                   indent=1) + "\n")
+    out.with_suffix(".json").write_text(
+        json.dumps({"env": env, "rows": rows, "profile": profile_summary}, indent=1) + "\n"
+    )
     out.with_suffix(".md").write_text(f"# Training speed ({env['device']})\n\n`{json.dumps(env)}`\n\n{table(rows)}\n")
 
 

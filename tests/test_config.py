@@ -14,13 +14,18 @@ def suite(d, overrides=None):
     return plan.suite_from_dict(d, name="t", overrides=overrides)
 
 
-BASE = {"defaults": {"model": {"spec": "random:tiny-gpt2"}, "data": {"spec": "hf:imdb", "task": "classification"}},
-        "experiments": [{"method": {"name": "lora"}}]}
+BASE = {
+    "defaults": {"model": {"spec": "random:tiny-gpt2"}, "data": {"spec": "hf:imdb", "task": "classification"}},
+    "experiments": [{"method": {"name": "lora"}}],
+}
 
 
 def test_defaults_overrides_and_set_merge_in_order():
-    d = {**BASE, "defaults": {**BASE["defaults"], "train": {"max_steps": 7, "batch_size": 2}},
-         "experiments": [{"method": {"name": "lora", "r": 4}, "train": {"max_steps": 9}}]}
+    d = {
+        **BASE,
+        "defaults": {**BASE["defaults"], "train": {"max_steps": 7, "batch_size": 2}},
+        "experiments": [{"method": {"name": "lora", "r": 4}, "train": {"max_steps": 9}}],
+    }
     s = suite(d, overrides=["train.batch_size=3", "method.target_modules=[c_attn]", "train.learning_rate=1e-3"])
     e = s.experiments[0]
     assert (e.train.max_steps, e.train.batch_size, e.train.learning_rate) == (9, 3, 1e-3)
@@ -30,8 +35,14 @@ def test_defaults_overrides_and_set_merge_in_order():
 
 
 def test_on_and_off_mean_the_words_not_yaml_booleans():
-    keys = ["train.compile", "train.fused_optimizer", "train.fused_loss", "train.packing", "measure.optimized",
-            "model.chat_template"]
+    keys = [
+        "train.compile",
+        "train.fused_optimizer",
+        "train.fused_loss",
+        "train.packing",
+        "measure.optimized",
+        "model.chat_template",
+    ]
     for word in ("off", "on"):
         if word == "on":  # optimized has no "on"; the others do
             keys = keys[:4] + keys[5:]
@@ -50,24 +61,30 @@ def test_matrix_expands_cartesian_product_with_named_axes():
     }
     s = suite(d)
     assert [e.id for e in s.experiments] == [
-        "random-tiny-gpt2--classification--none", "random-tiny-gpt2--classification--ia3",
-        "random-tiny-t5--classification--none", "random-tiny-t5--classification--ia3"]
+        "random-tiny-gpt2--classification--none",
+        "random-tiny-gpt2--classification--ia3",
+        "random-tiny-t5--classification--none",
+        "random-tiny-t5--classification--ia3",
+    ]
     assert s.experiments[1].train.learning_rate == 0.01 and s.experiments[0].train.learning_rate is None
 
 
-@pytest.mark.parametrize("override, message", [
-    (["train.max_stepz=3"], "train.max_stepz: unknown key"),
-    (["train.max_steps=abc"], "train.max_steps: expected int"),
-    (["train.batch_size=0"], "train.batch_size: must be > 0"),
-    (["model.spec=random:gpt3"], "unknown random model 'gpt3'"),
-    (["data.spec=s3://bucket/x"], "data.spec: 's3://bucket/x' must start with one of"),
-    (["data.spec=file:/nonexistent/x.jsonl"], "file '/nonexistent/x.jsonl' not found"),
-    (["data.task=translation"], "unknown task 'translation'"),
-    (["method.name=lorax"], "unknown method 'lorax'"),
-    (["method.rank=8"], "method.rank: not an option of LoraConfig"),
-    (["train.warmup_ratio=1.5"], "train.warmup_ratio: must be in [0, 1)"),
-    (["foo.bar=1"], "key must be section.field"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["train.max_stepz=3"], "train.max_stepz: unknown key"),
+        (["train.max_steps=abc"], "train.max_steps: expected int"),
+        (["train.batch_size=0"], "train.batch_size: must be > 0"),
+        (["model.spec=random:gpt3"], "unknown random model 'gpt3'"),
+        (["data.spec=s3://bucket/x"], "data.spec: 's3://bucket/x' must start with one of"),
+        (["data.spec=file:/nonexistent/x.jsonl"], "file '/nonexistent/x.jsonl' not found"),
+        (["data.task=translation"], "unknown task 'translation'"),
+        (["method.name=lorax"], "unknown method 'lorax'"),
+        (["method.rank=8"], "method.rank: not an option of LoraConfig"),
+        (["train.warmup_ratio=1.5"], "train.warmup_ratio: must be in [0, 1)"),
+        (["foo.bar=1"], "key must be section.field"),
+    ],
+)
 def test_bad_values_are_one_line_errors(override, message):
     with pytest.raises(ConfigError) as e:
         suite(BASE, overrides=override)

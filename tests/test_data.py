@@ -16,8 +16,13 @@ def args(path, task, **kw):
 
 
 def test_jsonl_with_field_mapping_and_carved_splits(data_dir):
-    a = args(data_dir / "summ.jsonl", "summarization", fields={"source": "article", "target": "highlights"},
-             max_train_samples=None, max_eval_samples=None)
+    a = args(
+        data_dir / "summ.jsonl",
+        "summarization",
+        fields={"source": "article", "target": "highlights"},
+        max_train_samples=None,
+        max_eval_samples=None,
+    )
     a.seed = 1
     s = data.load(a)
     assert set(s.train[0]) == {"source", "target"}
@@ -59,10 +64,16 @@ def test_missing_column_names_the_field(tmp_path):
         data.load(args(tmp_path / "x.jsonl", "classification"))
 
 
-@pytest.mark.parametrize("spec, fragment", [
-    ("", "missing"), ("imdb", "must start with one of"), ("hf:", "names no dataset"),
-    ("file:/tmp/x.txt", "file type must be one of"), ("builtin:nope", "unknown builtin dataset"),
-])
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("", "missing"),
+        ("imdb", "must start with one of"),
+        ("hf:", "names no dataset"),
+        ("file:/tmp/x.txt", "file type must be one of"),
+        ("builtin:nope", "unknown builtin dataset"),
+    ],
+)
 def test_bad_dataset_specs(spec, fragment):
     problems = data.check_spec(spec)
     assert len(problems) == 1 and fragment in problems[0]
@@ -74,11 +85,15 @@ def test_hf_spec_uses_load_dataset_with_config_label_names_and_carving(monkeypat
     calls = []
     feats = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
     rows = lambda n, lab: {"text": [f"review {lab} {i}" for i in range(n)], "label": [lab] * n}  # noqa: E731
-    fake = datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict({"text": rows(20, 0)["text"] + rows(20, 1)["text"],
-                                             "label": [0] * 20 + [1] * 20}, features=feats),
-        "test": datasets.Dataset.from_dict(rows(6, 1), features=feats),
-        "unsupervised": datasets.Dataset.from_dict(rows(5, 0), features=feats)})
+    fake = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(
+                {"text": rows(20, 0)["text"] + rows(20, 1)["text"], "label": [0] * 20 + [1] * 20}, features=feats
+            ),
+            "test": datasets.Dataset.from_dict(rows(6, 1), features=feats),
+            "unsupervised": datasets.Dataset.from_dict(rows(5, 0), features=feats),
+        }
+    )
 
     def load_dataset(name, config=None):
         calls.append((name, config))

@@ -15,9 +15,15 @@ from peftbench.config import TrainArgs
 from peftbench.distributed import strategy
 
 # Published parameter counts (the model cards'), from shapes alone: tied embeddings counted once.
-PUBLISHED = {"gpt2-large": 774_030_080, "gpt2-xl": 1_557_611_200, "t5-large": 737_668_096,
-             "t5-3b": 2_851_598_336, "llama-3.2-1b": 1_235_814_400, "llama-3.2-3b": 3_212_749_824,
-             "qwen2.5-7b": 7_615_616_512}
+PUBLISHED = {
+    "gpt2-large": 774_030_080,
+    "gpt2-xl": 1_557_611_200,
+    "t5-large": 737_668_096,
+    "t5-3b": 2_851_598_336,
+    "llama-3.2-1b": 1_235_814_400,
+    "llama-3.2-3b": 3_212_749_824,
+    "qwen2.5-7b": 7_615_616_512,
+}
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
@@ -41,14 +47,32 @@ def test_strategy_is_single_with_one_process_and_ddp_by_default():
     assert strategy(TrainArgs(distributed="fsdp"), world_size=4) == "fsdp"
 
 
-@pytest.mark.parametrize("setting, fragment", [
-    ("train.distributed=zero3", "train.distributed: 'zero3' is not one of auto, ddp, fsdp"),
-    ("method.name=qlora", "train.distributed: fsdp does not shard a quantised base"),
-])
+@pytest.mark.parametrize(
+    "setting, fragment",
+    [
+        ("train.distributed=zero3", "train.distributed: 'zero3' is not one of auto, ddp, fsdp"),
+        ("method.name=qlora", "train.distributed: fsdp does not shard a quantised base"),
+    ],
+)
 def test_bad_distributed_settings_exit_2(tmp_path, monkeypatch, capsys, setting, fragment):
     monkeypatch.chdir(tmp_path)
-    argv = ["run", "--model", "random:tiny-llama", "--method", "lora", "--task", "classification",
-            "--dataset", "hf:imdb", "--set", "train.distributed=fsdp", "--set", setting, "--out", str(tmp_path / "o")]
+    argv = [
+        "run",
+        "--model",
+        "random:tiny-llama",
+        "--method",
+        "lora",
+        "--task",
+        "classification",
+        "--dataset",
+        "hf:imdb",
+        "--set",
+        "train.distributed=fsdp",
+        "--set",
+        setting,
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert fragment in err and len(err.splitlines()) == 1
@@ -68,15 +92,23 @@ def _torchrun(tmp_path, data_dir, name: str, distributed: str) -> dict:
         f"  - {{id: full, model: {{spec: 'random:tiny-llama'}}, method: {{name: full}}}}\n"
         f"  - {{id: lora, model: {{spec: 'random:tiny-llama'}}, method: {{name: lora}}}}\n"
         f"  - {{id: after, model: {{spec: 'random:tiny-llama'}}, method: {{name: lora}},"
-        f" train: {{distributed: ddp}}}}\n")
+        f" train: {{distributed: ddp}}}}\n"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
     out = tmp_path / name
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "peftbench", "run", str(suite), "--out", str(out),
-                           "--device", "cpu"], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "-m", "peftbench", "run", str(suite), "--out", str(out), "--device", "cpu"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {k: json.loads((out / "results" / f"{k}.json").read_text()) | {"dir": out / "adapters" / k}
-            for k in ("full", "lora", "after")}
+    return {
+        k: json.loads((out / "results" / f"{k}.json").read_text()) | {"dir": out / "adapters" / k}
+        for k in ("full", "lora", "after")
+    }
 
 
 def test_fsdp_trains_what_ddp_trains_and_ships_a_plain_model(tmp_path, data_dir):
@@ -97,8 +129,18 @@ def test_fsdp_trains_what_ddp_trains_and_ships_a_plain_model(tmp_path, data_dir)
         assert a["params"] == b["params"]
         wa, wb = load_file(a["dir"] / weights), load_file(b["dir"] / weights)
         assert wa.keys() == wb.keys()
-        moved = max(float((wa[k] - models.build_random("tiny-llama", seed=0).state_dict().get(
-            k, torch.zeros_like(wa[k]))).abs().max()) for k in wa) if key == "full" else 1.0
+        moved = (
+            max(
+                float(
+                    (wa[k] - models.build_random("tiny-llama", seed=0).state_dict().get(k, torch.zeros_like(wa[k])))
+                    .abs()
+                    .max()
+                )
+                for k in wa
+            )
+            if key == "full"
+            else 1.0
+        )
         assert moved > 1e-3  # training changed the weights, so equality below says something
         for k in wa:
             assert torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-5), k

@@ -15,16 +15,33 @@ import yaml
 from peftbench import cli, data, plan, results
 from peftbench.config import DataArgs
 
-LM = ["--method", "lora", "--task", "language-modeling", "--set", "data.max_source_length=32",
-      "--set", "train.max_steps=2", "--set", "measure.enabled=false", "--device", "cpu"]
+LM = [
+    "--method",
+    "lora",
+    "--task",
+    "language-modeling",
+    "--set",
+    "data.max_source_length=32",
+    "--set",
+    "train.max_steps=2",
+    "--set",
+    "measure.enabled=false",
+    "--device",
+    "cpu",
+]
 
 
 def lm_suite(tmp_path, data_dir, ids=("first", "second"), **train):
-    raw = {"name": "faults", "defaults": {"model": {"spec": "random:tiny-gpt2"},
-                                          "data": {"spec": f"file:{data_dir}/lm.jsonl", "task": "language-modeling",
-                                                   "max_source_length": 32},
-                                          "train": {"max_steps": 2, **train}, "measure": {"enabled": False}},
-           "experiments": [{"id": i, "method": {"name": "lora"}} for i in ids]}
+    raw = {
+        "name": "faults",
+        "defaults": {
+            "model": {"spec": "random:tiny-gpt2"},
+            "data": {"spec": f"file:{data_dir}/lm.jsonl", "task": "language-modeling", "max_source_length": 32},
+            "train": {"max_steps": 2, **train},
+            "measure": {"enabled": False},
+        },
+        "experiments": [{"id": i, "method": {"name": "lora"}} for i in ids],
+    }
     path = tmp_path / "faults.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -33,8 +50,14 @@ def lm_suite(tmp_path, data_dir, ids=("first", "second"), **train):
 def peftbench(*args, env=None, **kw):
     """The real command line in a new process (so signals and process deaths are real)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "peftbench", *map(str, args)], capture_output=True, text=True,
-                          env=full_env, timeout=300, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "peftbench", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=300,
+        **kw,
+    )
 
 
 def temp_leftovers(out: Path) -> list[str]:
@@ -43,8 +66,9 @@ def temp_leftovers(out: Path) -> list[str]:
 
 def test_killed_child_is_recorded_failed_and_the_suite_goes_on(tmp_path, data_dir):
     out = tmp_path / "o"
-    proc = peftbench("run", lm_suite(tmp_path, data_dir), "--out", out, "--device", "cpu",
-                     env={"PEFTBENCH_FAULT": "prepared@first"})
+    proc = peftbench(
+        "run", lm_suite(tmp_path, data_dir), "--out", out, "--device", "cpu", env={"PEFTBENCH_FAULT": "prepared@first"}
+    )
     assert proc.returncode == 1, proc.stderr
     first = results.read_result(out / "results" / "first.json")
     assert first.status == "failed" and "killed by signal 9 (SIGKILL)" in first.error
@@ -55,10 +79,22 @@ def test_killed_child_is_recorded_failed_and_the_suite_goes_on(tmp_path, data_di
 def test_sigterm_cancels_the_running_experiment_and_exits_143(tmp_path, data_dir):
     out = tmp_path / "o"
     suite = lm_suite(tmp_path, data_dir, ids=("long",))
-    cmd = [sys.executable, "-m", "peftbench", "run", str(suite), "--out", str(out), "--device", "cpu",
-           "--set", "train.max_steps=100000"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "peftbench",
+        "run",
+        str(suite),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--set",
+        "train.max_steps=100000",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     assert "long: running" in proc.stdout.readline()
     time.sleep(6)  # the child imports torch and starts its 100,000 steps
     proc.send_signal(signal.SIGTERM)
@@ -97,8 +133,12 @@ def test_changed_config_reruns_same_config_skips_and_list_says_stale(tmp_path, d
     assert "x: done, skipped" in capsys.readouterr().out
     assert cli.main(["list", str(suite), "--out", str(out), "--set", "train.max_steps=3"]) == 0
     assert capsys.readouterr().out.split()[0] == "stale"
-    assert cli.main(["run", str(suite), "--out", str(out), "--in-process", "--device", "cpu",
-                     "--set", "train.max_steps=3"]) == 0
+    assert (
+        cli.main(
+            ["run", str(suite), "--out", str(out), "--in-process", "--device", "cpu", "--set", "train.max_steps=3"]
+        )
+        == 0
+    )
     assert "x: running (config changed)" in capsys.readouterr().out
     second = results.read_result(out / "results" / "x.json")
     assert second.config_hash != first.config_hash and second.train["steps"] == 3
@@ -161,13 +201,18 @@ def test_validation_subset_of_a_label_sorted_file_holds_every_class_in_proportio
 
 # ---------------------------------------------------------------- bad input: exit 2, one line, nothing written
 
+
 def _bad_files(d: Path) -> dict[str, Path]:
-    files = {"empty.jsonl": "", "badjson.jsonl": '{"text": "a", "label": 0}\n{"text": "b", "label": \n',
-             "onelabel.jsonl": "".join(json.dumps({"text": f"t{i}", "label": "x"}) + "\n" for i in range(6)),
-             "mixed.jsonl": "".join(json.dumps({"text": f"t{i}", "label": [0, "one"][i % 2]}) + "\n" for i in range(6)),
-             "nofield.jsonl": "".join(json.dumps({"body": f"t{i}", "label": i % 2}) + "\n" for i in range(6)),
-             "emptytext.jsonl": "".join(json.dumps({"text": "" if i == 4 else f"t{i}", "label": i % 2}) + "\n"
-                                        for i in range(6))}
+    files = {
+        "empty.jsonl": "",
+        "badjson.jsonl": '{"text": "a", "label": 0}\n{"text": "b", "label": \n',
+        "onelabel.jsonl": "".join(json.dumps({"text": f"t{i}", "label": "x"}) + "\n" for i in range(6)),
+        "mixed.jsonl": "".join(json.dumps({"text": f"t{i}", "label": [0, "one"][i % 2]}) + "\n" for i in range(6)),
+        "nofield.jsonl": "".join(json.dumps({"body": f"t{i}", "label": i % 2}) + "\n" for i in range(6)),
+        "emptytext.jsonl": "".join(
+            json.dumps({"text": "" if i == 4 else f"t{i}", "label": i % 2}) + "\n" for i in range(6)
+        ),
+    }
     out = {}
     for name, text in files.items():
         (d / name).write_text(text)
@@ -209,8 +254,7 @@ CLS = ["--model", "random:tiny-gpt2", "--method", "lora", "--task", "classificat
         ("batch 0", ["--dataset", "file:{ok}", "--set", "train.batch_size=0"], "train.batch_size: must be > 0"),
     ],
 )
-def test_bad_input_is_caught_before_anything_is_written(tmp_path, data_dir, monkeypatch, capsys, case, extra,
-                                                       fragment):
+def test_bad_input_is_caught_before_anything_is_written(tmp_path, data_dir, monkeypatch, capsys, case, extra, fragment):
     d = tmp_path / "in"
     d.mkdir()
     _bad_files(d)
@@ -228,8 +272,19 @@ def test_bad_input_is_caught_before_anything_is_written(tmp_path, data_dir, monk
 
 
 def test_lm_blocks_of_one_token_are_rejected(data_dir, capsys):
-    argv = ["list", "--model", "random:tiny-gpt2", "--method", "lora", "--task", "language-modeling",
-            "--dataset", f"file:{data_dir}/lm.jsonl", "--set", "data.max_source_length=1"]
+    argv = [
+        "list",
+        "--model",
+        "random:tiny-gpt2",
+        "--method",
+        "lora",
+        "--task",
+        "language-modeling",
+        "--dataset",
+        f"file:{data_dir}/lm.jsonl",
+        "--set",
+        "data.max_source_length=1",
+    ]
     assert cli.main(argv) == 2
     assert "language modelling needs blocks of >= 2 tokens" in capsys.readouterr().err
 
@@ -252,15 +307,34 @@ def _model_dir(tmp_path, name, files, config=None):
     return d
 
 
-@pytest.mark.parametrize("name, files, config, fragment", [
-    ("pickle", ["pytorch_model.bin"], None, "holds only pickle weights (pytorch_model.bin)"),
-    ("custom", ["model.safetensors"], {"model_type": "x", "auto_map": {"AutoModel": "m.M"}}, "asks for custom code"),
-    ("noweights", [], None, "has no *.safetensors weights"),
-])
+@pytest.mark.parametrize(
+    "name, files, config, fragment",
+    [
+        ("pickle", ["pytorch_model.bin"], None, "holds only pickle weights (pytorch_model.bin)"),
+        (
+            "custom",
+            ["model.safetensors"],
+            {"model_type": "x", "auto_map": {"AutoModel": "m.M"}},
+            "asks for custom code",
+        ),
+        ("noweights", [], None, "has no *.safetensors weights"),
+    ],
+)
 def test_model_folders_are_refused_before_running(tmp_path, data_dir, capsys, name, files, config, fragment):
     d = _model_dir(tmp_path, name, files, config)
-    argv = ["run", "--model", str(d), "--method", "lora", "--task", "language-modeling",
-            "--dataset", f"file:{data_dir}/lm.jsonl", "--out", str(tmp_path / "out")]
+    argv = [
+        "run",
+        "--model",
+        str(d),
+        "--method",
+        "lora",
+        "--task",
+        "language-modeling",
+        "--dataset",
+        f"file:{data_dir}/lm.jsonl",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert cli.main(argv) == 2
     assert fragment in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -269,14 +343,30 @@ def test_model_folders_are_refused_before_running(tmp_path, data_dir, capsys, na
 def test_data_validation_reads_files_not_the_hub():
     # hf: specs cannot be checked offline: they pass validation and fail (recorded) at load time
     assert data.check_spec("hf:imdb") == []
-    assert plan.validate(plan.suite_from_dict(
-        {"experiments": [{"model": {"spec": "random:tiny-gpt2"}, "method": {"name": "none"},
-                          "data": {"spec": "hf:imdb", "task": "classification"}}]}, name="t").experiments[0]) == []
+    assert (
+        plan.validate(
+            plan.suite_from_dict(
+                {
+                    "experiments": [
+                        {
+                            "model": {"spec": "random:tiny-gpt2"},
+                            "method": {"name": "none"},
+                            "data": {"spec": "hf:imdb", "task": "classification"},
+                        }
+                    ]
+                },
+                name="t",
+            ).experiments[0]
+        )
+        == []
+    )
     assert data.check_file(DataArgs(spec="file:/nonexistent.jsonl", task="classification"))[0].startswith(
-        "data.spec: nonexistent.jsonl: cannot be read")
+        "data.spec: nonexistent.jsonl: cannot be read"
+    )
 
 
 # ---------------------------------------------------------------- fuzzing --set (hypothesis)
+
 
 def _documented_keys() -> list[str]:
     import dataclasses
@@ -287,9 +377,40 @@ def _documented_keys() -> list[str]:
     return keys + ["method.r", "method.lora_alpha", "method.lora_dropout", "method.target_modules", "method.bias"]
 
 
-ODD_VALUES = ["", "[", "{a: ", "1e-3", "-1", "0", ".nan", ".inf", "-.inf", "~", "null", "abc\n", "a" * 300, "[]",
-              "{}", "[1, 2]", "[1e-4, 1e-4]", "{x: 1}", "true", "1e400", "2147483648", "file:\0x", "file:", "hf:",
-              "random:", "builtin:", "../../etc", "/dev/null", "file:/dev/null.jsonl", "0x10", "1_000", "3.5"]
+ODD_VALUES = [
+    "",
+    "[",
+    "{a: ",
+    "1e-3",
+    "-1",
+    "0",
+    ".nan",
+    ".inf",
+    "-.inf",
+    "~",
+    "null",
+    "abc\n",
+    "a" * 300,
+    "[]",
+    "{}",
+    "[1, 2]",
+    "[1e-4, 1e-4]",
+    "{x: 1}",
+    "true",
+    "1e400",
+    "2147483648",
+    "file:\0x",
+    "file:",
+    "hf:",
+    "random:",
+    "builtin:",
+    "../../etc",
+    "/dev/null",
+    "file:/dev/null.jsonl",
+    "0x10",
+    "1_000",
+    "3.5",
+]
 
 
 @pytest.fixture(scope="module")
@@ -303,11 +424,25 @@ def test_fuzzing_set_gives_exit_0_or_a_clean_exit_2(lm_file, tmp_path, capsys):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    raw_values = st.one_of(st.sampled_from(ODD_VALUES), st.text(max_size=30),
-                           st.integers(-10**12, 10**12).map(str),
-                           st.floats(allow_nan=True, allow_infinity=True).map(repr))
-    base = ["list", "--model", "random:tiny-gpt2", "--method", "lora", "--task", "language-modeling",
-            "--dataset", f"file:{lm_file}", "--out", str(tmp_path / "never")]
+    raw_values = st.one_of(
+        st.sampled_from(ODD_VALUES),
+        st.text(max_size=30),
+        st.integers(-(10**12), 10**12).map(str),
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    )
+    base = [
+        "list",
+        "--model",
+        "random:tiny-gpt2",
+        "--method",
+        "lora",
+        "--task",
+        "language-modeling",
+        "--dataset",
+        f"file:{lm_file}",
+        "--out",
+        str(tmp_path / "never"),
+    ]
 
     @given(key=st.sampled_from(_documented_keys()), raw=raw_values)
     @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), database=None)

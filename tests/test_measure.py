@@ -105,25 +105,33 @@ def test_static_cache_generation_gives_the_eager_tokens_and_is_reported_beside_i
     from peftbench.measure.inference import _gen_kwargs, make_inputs, measure_inference
 
     model = models.build_random(shape, seed=0).eval()
-    inputs = make_inputs(family=family, vocab_size=model.config.vocab_size, batch=2, seq_len=8, decoder_len=8,
-                         device=torch.device("cpu"))
+    inputs = make_inputs(
+        family=family, vocab_size=model.config.vocab_size, batch=2, seq_len=8, decoder_len=8, device=torch.device("cpu")
+    )
     inputs.pop("decoder_input_ids", None)
     with torch.no_grad():
         eager = model.generate(**inputs, **_gen_kwargs(5, 0))
         static = model.generate(**inputs, **_gen_kwargs(5, 0), cache_implementation="static")
     assert torch.equal(eager, static)
-    args = MeasureArgs(warmup=0, iterations=2, min_seconds=0.0, large_batch_size=0, seq_len=8, new_tokens=3,
-                       optimized="static")
-    out = measure_inference(model, family=family, vocab_size=model.config.vocab_size, args=args,
-                            device=torch.device("cpu"))
+    args = MeasureArgs(
+        warmup=0, iterations=2, min_seconds=0.0, large_batch_size=0, seq_len=8, new_tokens=3, optimized="static"
+    )
+    out = measure_inference(
+        model, family=family, vocab_size=model.config.vocab_size, args=args, device=torch.device("cpu")
+    )
     opt = out["scenarios"]["generate_b1_optimized"]
     assert opt["cache"] == "static" and not opt["compiled"] and opt["latency_ms"]["n"] >= 2
-    assert opt["speedup_vs_eager"] == pytest.approx(opt["tokens_per_second"] /
-                                                    out["scenarios"]["generate_b1"]["tokens_per_second"], rel=1e-3)
+    assert opt["speedup_vs_eager"] == pytest.approx(
+        opt["tokens_per_second"] / out["scenarios"]["generate_b1"]["tokens_per_second"], rel=1e-3
+    )
     assert out["optimized_throughput_tokens_per_second"] == opt["tokens_per_second"]
-    off = measure_inference(model, family=family, vocab_size=model.config.vocab_size,
-                            args=MeasureArgs(warmup=0, iterations=2, min_seconds=0.0, large_batch_size=0, seq_len=8,
-                                             new_tokens=3), device=torch.device("cpu"))
+    off = measure_inference(
+        model,
+        family=family,
+        vocab_size=model.config.vocab_size,
+        args=MeasureArgs(warmup=0, iterations=2, min_seconds=0.0, large_batch_size=0, seq_len=8, new_tokens=3),
+        device=torch.device("cpu"),
+    )
     assert "generate_b1_optimized" not in off["scenarios"]  # auto: off on CPU
 
 

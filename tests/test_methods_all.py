@@ -22,8 +22,9 @@ def _table():
             continue
         for arch, family in ARCHS.items():
             why = methods.probe(name, {}, model=models.build_random(arch, seed=0), family=family)
-            pairs.append(pytest.param(name, arch, marks=() if why is None else pytest.mark.skip(reason=why),
-                                      id=f"{name}-{arch}"))
+            pairs.append(
+                pytest.param(name, arch, marks=() if why is None else pytest.mark.skip(reason=why), id=f"{name}-{arch}")
+            )
     return pairs
 
 
@@ -41,8 +42,9 @@ def test_method_trains_saves_reloads_and_merges(name, arch, tmp_path):
 
     family = ARCHS[arch]
     warnings.simplefilter("ignore")
-    applied = methods.apply(name=name, options={}, model=models.build_random(arch, seed=0), family=family,
-                            total_steps=10)
+    applied = methods.apply(
+        name=name, options={}, model=models.build_random(arch, seed=0), family=family, total_steps=10
+    )
     model = applied.model
     batch = _batch(family)
     params = [p for p in model.parameters() if p.requires_grad]

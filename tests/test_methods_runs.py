@@ -13,10 +13,18 @@ from peftbench import cli, methods, models
 from peftbench.config import TrainArgs
 from peftbench.loftq import NF4_LEVELS, nf4_roundtrip
 
-FAST = {"train": {"max_steps": 2, "batch_size": 4},
-        "data": {"max_train_samples": 16, "max_eval_samples": 4, "max_source_length": 48, "max_target_length": 4},
-        "measure": {"warmup": 0, "iterations": 2, "min_seconds": 0.0, "large_batch_size": 0, "seq_len": 16,
-                    "new_tokens": 3}}
+FAST = {
+    "train": {"max_steps": 2, "batch_size": 4},
+    "data": {"max_train_samples": 16, "max_eval_samples": 4, "max_source_length": 48, "max_target_length": 4},
+    "measure": {
+        "warmup": 0,
+        "iterations": 2,
+        "min_seconds": 0.0,
+        "large_batch_size": 0,
+        "seq_len": 16,
+        "new_tokens": 3,
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +41,10 @@ def _suite(tmp_path, experiments, name="m"):
 @pytest.fixture(scope="module")
 def prompt_runs(tmp_path_factory, data_dir, tiny_pretrained):
     tmp = tmp_path_factory.mktemp("prompt")
-    cls = {"model": {"spec": str(tiny_pretrained)}, "data": {"spec": f"file:{data_dir}/cls.jsonl",
-                                                              "task": "classification"}}
+    cls = {
+        "model": {"spec": str(tiny_pretrained)},
+        "data": {"spec": f"file:{data_dir}/cls.jsonl", "task": "classification"},
+    }
     summ = {
         "model": {"spec": "random:tiny-t5"},
         "data": {
@@ -43,11 +53,13 @@ def prompt_runs(tmp_path_factory, data_dir, tiny_pretrained):
             "fields": {"source": "article", "target": "highlights"},
         },
     }
-    exps = [{"id": "pt", **cls, "method": {"name": "prompt-tuning", "num_virtual_tokens": 4}},
-            {"id": "prefix", **cls, "method": {"name": "prefix_tuning", "num_virtual_tokens": 4}},
-            {"id": "ptune-t5", **summ, "method": {"name": "p_tuning", "num_virtual_tokens": 4}},
-            {"id": "ada", **cls, "method": {"name": "adalora", "init_r": 4, "target_r": 2}},
-            {"id": "q", **cls, "method": {"name": "qlora"}}]
+    exps = [
+        {"id": "pt", **cls, "method": {"name": "prompt-tuning", "num_virtual_tokens": 4}},
+        {"id": "prefix", **cls, "method": {"name": "prefix_tuning", "num_virtual_tokens": 4}},
+        {"id": "ptune-t5", **summ, "method": {"name": "p_tuning", "num_virtual_tokens": 4}},
+        {"id": "ada", **cls, "method": {"name": "adalora", "init_r": 4, "target_r": 2}},
+        {"id": "q", **cls, "method": {"name": "qlora"}},
+    ]
     out = tmp / "out"
     code = cli.main(["run", str(_suite(tmp, exps)), "--out", str(out), "--device", "cpu", "--in-process"])
     res = {p.stem: json.loads(p.read_text()) for p in (out / "results").glob("*.json")}
@@ -84,9 +96,13 @@ def test_adalora_hook_masks_ranks_down_to_the_target():
 
     from peftbench.train import train
 
-    applied = methods.apply(name="adalora", options={"init_r": 6, "target_r": 1, "tinit": 1, "tfinal": 1,
-                                                      "deltaT": 1}, model=models.build_random("tiny-llama", seed=0),
-                            family="causal", total_steps=8)
+    applied = methods.apply(
+        name="adalora",
+        options={"init_r": 6, "target_r": 1, "tinit": 1, "tfinal": 1, "deltaT": 1},
+        model=models.build_random("tiny-llama", seed=0),
+        family="causal",
+        total_steps=8,
+    )
     calls = []
 
     def hook(step):
@@ -94,8 +110,15 @@ def test_adalora_hook_masks_ranks_down_to_the_target():
         applied.step_hook(step)
 
     feats = [{"input_ids": list(range(5, 25)), "labels": list(range(5, 25))} for _ in range(16)]
-    train(applied.model, feats, args=TrainArgs(max_steps=8, batch_size=2), accelerator=Accelerator(cpu=True),
-          pad_id=0, learning_rate=1e-2, step_hook=hook)
+    train(
+        applied.model,
+        feats,
+        args=TrainArgs(max_steps=8, batch_size=2),
+        accelerator=Accelerator(cpu=True),
+        pad_id=0,
+        learning_rate=1e-2,
+        step_hook=hook,
+    )
     assert calls == list(range(1, 9))
     ranks = [int((p != 0).sum()) for n, p in applied.model.named_parameters() if "lora_E" in n]
     assert ranks and sum(ranks) < 6 * len(ranks)  # the budget cut ranks below init_r
@@ -136,8 +159,10 @@ def test_nf4_roundtrip_keeps_the_sixteen_levels_per_block():
     "argv,needle",
     [
         (["--model", "random:gpt2", "--method", "loha"], "loha cannot apply to random:gpt2"),
-        (["--model", "random:tiny-t5", "--method", "cpt", "--set", "method.cpt_token_ids=[1,2]"],
-         "cpt cannot apply to random:tiny-t5"),
+        (
+            ["--model", "random:tiny-t5", "--method", "cpt", "--set", "method.cpt_token_ids=[1,2]"],
+            "cpt cannot apply to random:tiny-t5",
+        ),
         (["--model", "random:tiny-gpt2", "--method", "cpt"], "method.cpt_token_ids: cpt needs it"),
         (["--model", "random:tiny-gpt2", "--method", "trainable_tokens"], "method.token_indices: trainable_tokens"),
         (["--model", "random:tiny-gpt2", "--method", "no-such-method"], "unknown method 'no_such_method'"),
@@ -149,8 +174,20 @@ def test_nf4_roundtrip_keeps_the_sixteen_levels_per_block():
     ],
 )
 def test_methods_that_cannot_run_are_refused_before_loading(argv, needle, tmp_path, capsys, data_dir):
-    code = cli.main(["run", *argv, "--task", "classification", "--dataset", f"file:{data_dir}/cls.jsonl",
-                     "--out", str(tmp_path / "o"), "--device", "cpu"])
+    code = cli.main(
+        [
+            "run",
+            *argv,
+            "--task",
+            "classification",
+            "--dataset",
+            f"file:{data_dir}/cls.jsonl",
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o" / "results").exists()

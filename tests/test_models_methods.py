@@ -127,8 +127,12 @@ def test_adapter_round_trip_gives_identical_logits(tmp_path, method):
 
 
 def test_lora_merge_equals_w_plus_scaled_ba():
-    applied = methods.apply(name="lora", options={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]},
-                            model=models.build_random("tiny-llama", seed=0), family="causal")
+    applied = methods.apply(
+        name="lora",
+        options={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]},
+        model=models.build_random("tiny-llama", seed=0),
+        family="causal",
+    )
     layer = applied.model.base_model.model.model.layers[0].self_attn.q_proj
     torch.nn.init.normal_(layer.lora_B["default"].weight)  # B starts at zero: make the update visible
     w = layer.base_layer.weight.detach().clone()
@@ -145,17 +149,25 @@ def test_gpt2_conv1d_gets_fan_in_fan_out():
 
 
 def test_resolved_options_record_peft_defaults():
-    applied = methods.apply(name="lora", options={"r": 16}, model=models.build_random("tiny-t5", seed=0),
-                            family="seq2seq")
+    applied = methods.apply(
+        name="lora", options={"r": 16}, model=models.build_random("tiny-t5", seed=0), family="seq2seq"
+    )
     assert applied.resolved["r"] == 16 and applied.resolved["lora_alpha"] == 8
     assert sorted(applied.resolved["target_modules"]) == ["q", "v"]
     assert applied.can_merge
 
 
-@pytest.mark.parametrize("spec, fragment", [
-    ("", "missing"), ("random:gpt5", "unknown random model"), ("builtin:llama", "unknown builtin model"),
-    ("ftp:model", "unknown prefix"), ("./no/such/dir", "not found"), ("a b c", "is not a hub id"),
-])
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("", "missing"),
+        ("random:gpt5", "unknown random model"),
+        ("builtin:llama", "unknown builtin model"),
+        ("ftp:model", "unknown prefix"),
+        ("./no/such/dir", "not found"),
+        ("a b c", "is not a hub id"),
+    ],
+)
 def test_bad_model_specs(spec, fragment):
     problems = models.check_spec(spec)
     assert len(problems) == 1 and fragment in problems[0]
@@ -177,8 +189,14 @@ def test_epochs_and_gradient_accumulation_count_optimizer_steps():
     model = methods.apply(
         name="lora", options={}, model=models.build_random("tiny-gpt2", seed=0), family="causal"
     ).model
-    out = train(model, feats, args=TrainArgs(max_steps=-1, epochs=1.0, batch_size=4, gradient_accumulation_steps=2),
-                accelerator=Accelerator(cpu=True, gradient_accumulation_steps=2), pad_id=0, learning_rate=1e-3)
+    out = train(
+        model,
+        feats,
+        args=TrainArgs(max_steps=-1, epochs=1.0, batch_size=4, gradient_accumulation_steps=2),
+        accelerator=Accelerator(cpu=True, gradient_accumulation_steps=2),
+        pad_id=0,
+        learning_rate=1e-3,
+    )
     assert (out.steps, out.epochs, out.tokens) == (2, 1.0, 16 * 10)  # 4 micro-batches, 2 per optimizer step
 
 

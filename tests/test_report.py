@@ -26,46 +26,93 @@ def correct_set(k: int) -> list[int]:
     return [0] * k + [1] * (N_TEST - k)
 
 
-def result(model, task, method, *, correct=None, trainable=0, adapter=0, p50=10.0, merged_p50=None,
-           train_mem=3e9, tok_s=100.0, random_weights=False, seed=42, lr=None, exp_id=None, val=None, jitter=0.02):
+def result(
+    model,
+    task,
+    method,
+    *,
+    correct=None,
+    trainable=0,
+    adapter=0,
+    p50=10.0,
+    merged_p50=None,
+    train_mem=3e9,
+    tok_s=100.0,
+    random_weights=False,
+    seed=42,
+    lr=None,
+    exp_id=None,
+    val=None,
+    jitter=0.02,
+):
     rng = random.Random(f"{method}|{seed}|{lr}|{exp_id}")  # str seeds are stable; hash() of str is not
     exp_id = exp_id or f"{model.replace(':', '-')}--{task}--{method}"
     run_id = exp_id + (f"--lr{lr:g}" if lr is not None else "") + f"--seed{seed}"
     quality, samples = {"rougeL": None}, None
     if correct is not None:
         pred = correct_set(correct)
-        samples = {"n": N_TEST, "fingerprint": "same-test-set", "params": {"n_labels": 2},
-                   "columns": {"pred": pred, "gold": [0] * N_TEST}}
+        samples = {
+            "n": N_TEST,
+            "fingerprint": "same-test-set",
+            "params": {"n_labels": 2},
+            "columns": {"pred": pred, "gold": [0] * N_TEST},
+        }
         quality = {"accuracy": stats.statistic(samples, "accuracy"), "macro_f1": stats.statistic(samples, "macro_f1")}
     lat = [p50 * (1 + rng.uniform(-jitter, jitter)) for _ in range(40)]
     mlat = None if merged_p50 is None else [merged_p50 * (1 + rng.uniform(-jitter, jitter)) for _ in range(40)]
     trained = method != "none"
     return {
-        "schema": "peftbench.result/2", "id": exp_id, "run_id": run_id, "config_hash": "0", "status": "success",
-        "seed": seed, "error": None,
-        "config": {"model": {"spec": model}, "data": {"spec": "builtin:x", "task": task},
-                   "method": {"name": method},
-                   "train": {"max_steps": 10, "batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate": lr}},
-        "env": {"cpu_count": 2, "device": "cpu"}, "model": {"pretrained": not random_weights},
+        "schema": "peftbench.result/2",
+        "id": exp_id,
+        "run_id": run_id,
+        "config_hash": "0",
+        "status": "success",
+        "seed": seed,
+        "error": None,
+        "config": {
+            "model": {"spec": model},
+            "data": {"spec": "builtin:x", "task": task},
+            "method": {"name": method},
+            "train": {"max_steps": 10, "batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate": lr},
+        },
+        "env": {"cpu_count": 2, "device": "cpu"},
+        "model": {"pretrained": not random_weights},
         "data": {"train_examples": 100, "test_examples": N_TEST},
         "params": {"total": 1000, "trainable": trainable},
         "storage": {"adapter_bytes": adapter, "full_model_bytes": 4000},
-        "train": {"tokens_per_second": tok_s if trained else None, "peak_memory_bytes": train_mem if trained else None,
-                  "laps": [{"step": s, "tokens": 100, "seconds": 100 / tok_s * (1 + rng.uniform(-jitter, jitter))}
-                           for s in range(1, 11)] if trained else [],
-                  "loss_curve": [{"step": s, "loss": 3.0 / s} for s in (1, 2, 3)] if trained else [],
-                  "eval_curve": [], "examples_seen": 40 if trained else 0},
+        "train": {
+            "tokens_per_second": tok_s if trained else None,
+            "peak_memory_bytes": train_mem if trained else None,
+            "laps": [
+                {"step": s, "tokens": 100, "seconds": 100 / tok_s * (1 + rng.uniform(-jitter, jitter))}
+                for s in range(1, 11)
+            ]
+            if trained
+            else [],
+            "loss_curve": [{"step": s, "loss": 3.0 / s} for s in (1, 2, 3)] if trained else [],
+            "eval_curve": [],
+            "examples_seen": 40 if trained else 0,
+        },
         "validation": {"loss": 1.0, **(val or {})},
-        "quality": quality, "quality_samples": samples, "quality_note": "random weights" if random_weights else None,
+        "quality": quality,
+        "quality_samples": samples,
+        "quality_note": "random weights" if random_weights else None,
         "quality_baselines": {"majority_class": "a", "majority_accuracy": 40.0, "chance_accuracy": 50.0}
-        if correct is not None else None,
-        "inference": {"shapes": {"batch_size": 1, "seq_len": 32, "new_tokens": 4},
-                      "latency_ms": {"p50_ms": sorted(lat)[20], "p95_ms": max(lat), "samples_ms": lat},
-                      "throughput_tokens_per_second": 1000 / p50, "throughput_unit": "generated tokens/s",
-                      "peak_memory_bytes": 1e9,
-                      "merged": None if mlat is None else {
-                          "latency_ms": {"p50_ms": sorted(mlat)[20], "samples_ms": mlat},
-                          "unmerged_overhead_percent": 100 * (p50 / merged_p50 - 1)}},
+        if correct is not None
+        else None,
+        "inference": {
+            "shapes": {"batch_size": 1, "seq_len": 32, "new_tokens": 4},
+            "latency_ms": {"p50_ms": sorted(lat)[20], "p95_ms": max(lat), "samples_ms": lat},
+            "throughput_tokens_per_second": 1000 / p50,
+            "throughput_unit": "generated tokens/s",
+            "peak_memory_bytes": 1e9,
+            "merged": None
+            if mlat is None
+            else {
+                "latency_ms": {"p50_ms": sorted(mlat)[20], "samples_ms": mlat},
+                "unmerged_overhead_percent": 100 * (p50 / merged_p50 - 1),
+            },
+        },
     }
 
 
@@ -107,9 +154,15 @@ def _fixture(folder):
             "random:gpt2", "summarization", "ia3", trainable=4, adapter=20, p50=4.5, merged_p50=4.4, random_weights=True
         ),
     ]
-    failed = {"schema": "peftbench.result/2", "id": "oops", "run_id": "oops", "config_hash": "0", "status": "failed",
-              "error": "ValueError: boom",
-              "config": {"model": {"spec": "x"}, "data": {"task": "classification"}, "method": {"name": "lora"}}}
+    failed = {
+        "schema": "peftbench.result/2",
+        "id": "oops",
+        "run_id": "oops",
+        "config_hash": "0",
+        "status": "failed",
+        "error": "ValueError: boom",
+        "config": {"model": {"spec": "x"}, "data": {"task": "classification"}, "method": {"name": "lora"}},
+    }
     write(folder, rs + [failed])
     (folder / "results" / "notes.json").write_text('{"not": "a result"}')  # ignored
     return folder
@@ -147,8 +200,11 @@ def test_a_difference_inside_the_noise_is_a_tie_and_a_clear_one_a_win(fixture_di
 def test_verdict_lines_carry_units_intervals_and_latency_against_base(fixture_dir):
     _, aggs = group_verdicts(fixture_dir)
     lines = "\n".join(build.verdict_lines(aggs, C, aggregate.verdicts(aggs, C)))
-    assert re.search(r"accuracy \(higher is better\): a tie between full, lora \(90 best\); 20\.00 points above "
-                     r"ia3 \(95 % interval [0-9.]+ to [0-9.]+\)\.", lines)
+    assert re.search(
+        r"accuracy \(higher is better\): a tie between full, lora \(90 best\); 20\.00 points above "
+        r"ia3 \(95 % interval [0-9.]+ to [0-9.]+\)\.",
+        lines,
+    )
     assert re.search(r"full: unmerged [+-]\d+\.\d % \([^)]*\), a tie", lines)  # same architecture as the base
     assert re.search(r"lora: unmerged \+(3[5-9]|4[0-5])\.\d % \([^)]*\); merged", lines)  # 14 vs 10 ms: not a tie
 
@@ -163,8 +219,11 @@ def test_identical_configurations_tie_on_every_measure(tmp_path):
 
 
 def test_seeds_aggregate_with_a_t_interval_and_pair_by_seed(tmp_path):
-    rs = [result(M, C, m, correct=k + d, seed=s) for m, k in (("lora", 150), ("ia3", 120))
-          for s, d in ((1, 0), (2, 4), (3, -2))]
+    rs = [
+        result(M, C, m, correct=k + d, seed=s)
+        for m, k in (("lora", 150), ("ia3", 120))
+        for s, d in ((1, 0), (2, 4), (3, -2))
+    ]
     _, aggs = group_verdicts(write(tmp_path, rs))
     lora = next(a for a in aggs if a.method == "lora")
     s = aggregate.summarize(lora, "accuracy")
@@ -221,10 +280,12 @@ def test_report_files_verdict_json_and_summary_csv(fixture_dir):
 
 
 def test_report_imports_and_runs_without_torch(fixture_dir):
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "from peftbench.report import build_report\n"
-            f"build_report(__import__('pathlib').Path({str(fixture_dir)!r}))\n"
-            "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from peftbench.report import build_report\n"
+        f"build_report(__import__('pathlib').Path({str(fixture_dir)!r}))\n"
+        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 

@@ -9,10 +9,18 @@ from conftest import save_tiny
 
 from peftbench import cli, config, models, plan, results, runner
 
-FAST = {"train": {"max_steps": 2, "batch_size": 4, "eval_steps": 1},
-        "data": {"max_train_samples": 16, "max_eval_samples": 4, "max_source_length": 48, "max_target_length": 4},
-        "measure": {"warmup": 0, "iterations": 2, "min_seconds": 0.0, "large_batch_size": 2, "seq_len": 16,
-                    "new_tokens": 3}}
+FAST = {
+    "train": {"max_steps": 2, "batch_size": 4, "eval_steps": 1},
+    "data": {"max_train_samples": 16, "max_eval_samples": 4, "max_source_length": 48, "max_target_length": 4},
+    "measure": {
+        "warmup": 0,
+        "iterations": 2,
+        "min_seconds": 0.0,
+        "large_batch_size": 2,
+        "seq_len": 16,
+        "new_tokens": 3,
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +136,23 @@ def test_failed_experiment_is_recorded_and_suite_goes_on(tmp_path, data_dir):
     empty.mkdir()
     (empty / "config.json").write_text("{}")
     (empty / "model.safetensors").write_bytes(b"broken")
-    raw = {"defaults": FAST, "experiments": [
-        {"id": "broken", "model": {"spec": str(empty)}, "method": {"name": "lora"},
-         "data": {"spec": f"file:{data_dir}/lm.jsonl", "task": "language-modeling"}},
-        {"id": "works", "model": {"spec": "random:tiny-gpt2"}, "method": {"name": "ia3"},
-         "data": {"spec": f"file:{data_dir}/lm.jsonl", "task": "language-modeling"}}]}
+    raw = {
+        "defaults": FAST,
+        "experiments": [
+            {
+                "id": "broken",
+                "model": {"spec": str(empty)},
+                "method": {"name": "lora"},
+                "data": {"spec": f"file:{data_dir}/lm.jsonl", "task": "language-modeling"},
+            },
+            {
+                "id": "works",
+                "model": {"spec": "random:tiny-gpt2"},
+                "method": {"name": "ia3"},
+                "data": {"spec": f"file:{data_dir}/lm.jsonl", "task": "language-modeling"},
+            },
+        ],
+    }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
     code = cli.main(["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o"), "--device", "cpu", "--in-process"])
     assert code == 1
@@ -145,18 +165,51 @@ def test_failed_experiment_is_recorded_and_suite_goes_on(tmp_path, data_dir):
     assert "Failed or cancelled" in md and "broken" in md
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["run", "nosuchsuite"], "unknown suite 'nosuchsuite'"),
-    (["run", "--model", "random:tiny-gpt2", "--method", "lora", "--task", "classification"], "needs --dataset"),
-    (["run", "--model", "random:gpt9", "--method", "lora", "--task", "classification", "--dataset", "hf:imdb"],
-     "unknown random model 'gpt9'"),
-    (["run", "--model", "random:tiny-gpt2", "--method", "lora", "--task", "classification", "--dataset", "hf:imdb",
-      "--set", "train.max_steps=-5"], "train.max_steps: must be > 0 or -1"),
-    (["run", "--model", "random:tiny-gpt2", "--method", "lora", "--task", "classification", "--dataset", "hf:imdb",
-      "--set", "method.alpha=3"], "method.alpha: not an option of LoraConfig"),
-    (["fetch", "imagenet"], "unknown source imagenet"),
-    (["report", "/nonexistent/dir"], "is not a directory"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["run", "nosuchsuite"], "unknown suite 'nosuchsuite'"),
+        (["run", "--model", "random:tiny-gpt2", "--method", "lora", "--task", "classification"], "needs --dataset"),
+        (
+            ["run", "--model", "random:gpt9", "--method", "lora", "--task", "classification", "--dataset", "hf:imdb"],
+            "unknown random model 'gpt9'",
+        ),
+        (
+            [
+                "run",
+                "--model",
+                "random:tiny-gpt2",
+                "--method",
+                "lora",
+                "--task",
+                "classification",
+                "--dataset",
+                "hf:imdb",
+                "--set",
+                "train.max_steps=-5",
+            ],
+            "train.max_steps: must be > 0 or -1",
+        ),
+        (
+            [
+                "run",
+                "--model",
+                "random:tiny-gpt2",
+                "--method",
+                "lora",
+                "--task",
+                "classification",
+                "--dataset",
+                "hf:imdb",
+                "--set",
+                "method.alpha=3",
+            ],
+            "method.alpha: not an option of LoraConfig",
+        ),
+        (["fetch", "imagenet"], "unknown source imagenet"),
+        (["report", "/nonexistent/dir"], "is not a directory"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, argv, fragment):
     monkeypatch.chdir(tmp_path)
     assert cli.main(argv + (["--out", str(tmp_path / "out")] if argv[0] == "run" else [])) == 2
@@ -167,9 +220,24 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatc
 
 def test_single_experiment_mode_and_list(tmp_path, data_dir, capsys):
     out = tmp_path / "single"
-    argv = ["--model", "random:tiny-gpt2", "--method", "full", "--task", "language-modeling",
-            "--dataset", f"file:{data_dir}/lm.jsonl", "--set", "train.max_steps=1", "--set", "measure.enabled=false",
-            "--set", "data.max_source_length=32", "--out", str(out)]
+    argv = [
+        "--model",
+        "random:tiny-gpt2",
+        "--method",
+        "full",
+        "--task",
+        "language-modeling",
+        "--dataset",
+        f"file:{data_dir}/lm.jsonl",
+        "--set",
+        "train.max_steps=1",
+        "--set",
+        "measure.enabled=false",
+        "--set",
+        "data.max_source_length=32",
+        "--out",
+        str(out),
+    ]
     assert cli.main(["run", *argv, "--device", "cpu"]) == 0
     r = json.loads((out / "results" / "random-tiny-gpt2--language-modeling--full.json").read_text())
     assert r["inference"] is None and r["params"]["trainable"] == r["params"]["total"]
@@ -205,8 +273,22 @@ def test_interrupt_records_cancelled_and_exits_130(tmp_path, data_dir, monkeypat
         raise KeyboardInterrupt
 
     monkeypatch.setattr(experiment.Recipe, "run", interrupted)
-    argv = ["run", "--model", "random:tiny-gpt2", "--method", "lora", "--task", "language-modeling",
-            "--dataset", f"file:{data_dir}/lm.jsonl", "--id", "stopped", "--out", str(tmp_path / "o"), "--in-process"]
+    argv = [
+        "run",
+        "--model",
+        "random:tiny-gpt2",
+        "--method",
+        "lora",
+        "--task",
+        "language-modeling",
+        "--dataset",
+        f"file:{data_dir}/lm.jsonl",
+        "--id",
+        "stopped",
+        "--out",
+        str(tmp_path / "o"),
+        "--in-process",
+    ]
     assert cli.main(argv) == 130
     r = results.read_result(tmp_path / "o" / "results" / "stopped.json")
     assert r.status == "cancelled" and r.config["method"]["name"] == "lora"
@@ -218,11 +300,21 @@ def test_identical_configurations_tie_on_every_measure_end_to_end(tmp_path, data
     # one intra-op thread per child: with two threads on a 2-core box, contention with the test process
     # made one child's generation 28 % faster than the other's in about one run of four
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    raw = {"name": "aa", "defaults": {**FAST, "model": {"spec": str(tiny_pretrained)},
-                                      "data": {**FAST["data"], "spec": f"file:{data_dir}/cls.jsonl",
-                                               "task": "classification", "max_eval_samples": 12},
-                                      "measure": {**FAST["measure"], "iterations": 30, "min_seconds": 0.2}},
-           "experiments": [{"id": "a", "method": {"name": "lora"}}, {"id": "b", "method": {"name": "lora"}}]}
+    raw = {
+        "name": "aa",
+        "defaults": {
+            **FAST,
+            "model": {"spec": str(tiny_pretrained)},
+            "data": {
+                **FAST["data"],
+                "spec": f"file:{data_dir}/cls.jsonl",
+                "task": "classification",
+                "max_eval_samples": 12,
+            },
+            "measure": {**FAST["measure"], "iterations": 30, "min_seconds": 0.2},
+        },
+        "experiments": [{"id": "a", "method": {"name": "lora"}}, {"id": "b", "method": {"name": "lora"}}],
+    }
     (tmp_path / "aa.yaml").write_text(yaml.safe_dump(raw))
     out = tmp_path / "out"
     assert cli.main(["run", str(tmp_path / "aa.yaml"), "--out", str(out), "--device", "cpu"]) == 0
@@ -236,17 +328,30 @@ def test_identical_configurations_tie_on_every_measure_end_to_end(tmp_path, data
 
 
 def test_seeds_and_a_rate_sweep_run_aggregate_and_select_on_validation(tmp_path, data_dir, tiny_pretrained):
-    raw = {"name": "sweep", "seeds": [1, 2],
-           "defaults": {**FAST, "model": {"spec": str(tiny_pretrained)}, "measure": {"enabled": False},
-                        "data": {**FAST["data"], "spec": f"file:{data_dir}/cls.jsonl", "task": "classification"},
-                        "train": {**FAST["train"], "eval_steps": 0, "learning_rate": [1e-3, 3e-2]}},
-           "experiments": [{"id": "lora", "method": {"name": "lora"}}, {"id": "zero", "method": {"name": "none"}}]}
+    raw = {
+        "name": "sweep",
+        "seeds": [1, 2],
+        "defaults": {
+            **FAST,
+            "model": {"spec": str(tiny_pretrained)},
+            "measure": {"enabled": False},
+            "data": {**FAST["data"], "spec": f"file:{data_dir}/cls.jsonl", "task": "classification"},
+            "train": {**FAST["train"], "eval_steps": 0, "learning_rate": [1e-3, 3e-2]},
+        },
+        "experiments": [{"id": "lora", "method": {"name": "lora"}}, {"id": "zero", "method": {"name": "none"}}],
+    }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
     out = tmp_path / "out"
     assert cli.main(["run", str(tmp_path / "s.yaml"), "--out", str(out), "--device", "cpu", "--in-process"]) == 0
     names = sorted(p.stem for p in (out / "results").glob("*.json"))
-    assert names == ["lora--lr0.001--seed1", "lora--lr0.001--seed2", "lora--lr0.03--seed1", "lora--lr0.03--seed2",
-                     "zero--seed1", "zero--seed2"]
+    assert names == [
+        "lora--lr0.001--seed1",
+        "lora--lr0.001--seed2",
+        "lora--lr0.03--seed1",
+        "lora--lr0.03--seed2",
+        "zero--seed1",
+        "zero--seed2",
+    ]
     runs = {n: results.read_result(out / "results" / f"{n}.json") for n in names}
     # the split stays fixed across seeds and rates: every run is scored on the same test examples
     assert len({r.quality_samples["fingerprint"] for r in runs.values()}) == 1
@@ -264,11 +369,31 @@ def test_seeds_and_a_rate_sweep_run_aggregate_and_select_on_validation(tmp_path,
 
 def test_gpus_start_each_experiment_through_accelerates_launcher(tmp_path, capsys):
     cmd = runner.child_command(tmp_path / "p.json", 4)
-    assert cmd[1:8] == ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "4", "-m",
-                        "peftbench.child"]
+    assert cmd[1:8] == [
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "4",
+        "-m",
+        "peftbench.child",
+    ]
     assert runner.child_command(tmp_path / "p.json", 1)[1:3] == ["-m", "peftbench.child"]
-    argv = ["run", "--model", "random:tiny-gpt2", "--method", "lora", "--task", "language-modeling",
-            "--dataset", "hf:x", "--gpus", "2", "--out", str(tmp_path / "o")]
+    argv = [
+        "run",
+        "--model",
+        "random:tiny-gpt2",
+        "--method",
+        "lora",
+        "--task",
+        "language-modeling",
+        "--dataset",
+        "hf:x",
+        "--gpus",
+        "2",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert cli.main(argv + ["--device", "cpu"]) == 2
     assert "--gpus 2: 0 CUDA devices visible (--device cpu)" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
@@ -276,9 +401,28 @@ def test_gpus_start_each_experiment_through_accelerates_launcher(tmp_path, capsy
 
 def test_progress_lines_appear_in_a_captured_log(tmp_path, data_dir, capsys):
     """Not a terminal: plain lines with step n/N, loss, tokens/s and an ETA, at least every 10 %."""
-    argv = ["run", "--model", "random:tiny-gpt2", "--method", "lora", "--task", "language-modeling",
-            "--dataset", f"file:{data_dir}/lm.jsonl", "--set", "train.max_steps=20", "--set", "measure.enabled=false",
-            "--set", "data.max_source_length=32", "--id", "p", "--out", str(tmp_path / "o"), "--in-process"]
+    argv = [
+        "run",
+        "--model",
+        "random:tiny-gpt2",
+        "--method",
+        "lora",
+        "--task",
+        "language-modeling",
+        "--dataset",
+        f"file:{data_dir}/lm.jsonl",
+        "--set",
+        "train.max_steps=20",
+        "--set",
+        "measure.enabled=false",
+        "--set",
+        "data.max_source_length=32",
+        "--id",
+        "p",
+        "--out",
+        str(tmp_path / "o"),
+        "--in-process",
+    ]
     assert cli.main(argv) == 0
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("train p: ")]
     assert [ln.split(",")[0] for ln in lines] == [f"train p: {2 * k}/20 ({10 * k} %)" for k in range(1, 11)]
@@ -296,5 +440,8 @@ def test_line_progress_writes_every_30_seconds_between_tenths():
         for _ in range(3):
             now[0] += 31
             bar.update(1)
-    assert [ln.split(",")[0] for ln in out.getvalue().splitlines()] == ["x: 1/1000 (0 %)", "x: 2/1000 (0 %)",
-                                                                       "x: 3/1000 (0 %)"]
+    assert [ln.split(",")[0] for ln in out.getvalue().splitlines()] == [
+        "x: 1/1000 (0 %)",
+        "x: 2/1000 (0 %)",
+        "x: 3/1000 (0 %)",
+    ]

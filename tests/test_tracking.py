@@ -7,19 +7,41 @@ import yaml
 
 from peftbench import cli
 
-FAST = {"train": {"max_steps": 4, "batch_size": 4, "log_steps": 1, "eval_steps": 2},
-        "data": {"max_train_samples": 16, "max_eval_samples": 4, "max_source_length": 32},
-        "measure": {"warmup": 0, "iterations": 2, "min_seconds": 0.0, "large_batch_size": 0, "seq_len": 16,
-                    "new_tokens": 2}}
+FAST = {
+    "train": {"max_steps": 4, "batch_size": 4, "log_steps": 1, "eval_steps": 2},
+    "data": {"max_train_samples": 16, "max_eval_samples": 4, "max_source_length": 32},
+    "measure": {
+        "warmup": 0,
+        "iterations": 2,
+        "min_seconds": 0.0,
+        "large_batch_size": 0,
+        "seq_len": 16,
+        "new_tokens": 2,
+    },
+}
 
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory, data_dir):
     tmp = tmp_path_factory.mktemp("tracked")
     suite = tmp / "tracked.yaml"
-    suite.write_text(yaml.safe_dump({"name": "tracked", "defaults": FAST, "log_with": ["tensorboard"], "experiments": [
-        {"id": "lm-lora", "model": {"spec": "random:tiny-gpt2"}, "method": {"name": "lora"},
-         "data": {"spec": f"file:{data_dir}/lm.jsonl", "task": "language-modeling"}}]}))
+    suite.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tracked",
+                "defaults": FAST,
+                "log_with": ["tensorboard"],
+                "experiments": [
+                    {
+                        "id": "lm-lora",
+                        "model": {"spec": "random:tiny-gpt2"},
+                        "method": {"name": "lora"},
+                        "data": {"spec": f"file:{data_dir}/lm.jsonl", "task": "language-modeling"},
+                    }
+                ],
+            }
+        )
+    )
     out = tmp / "out"
     code = cli.main(["run", str(suite), "--out", str(out), "--device", "cpu", "--log-with", "tensorboard,mlflow"])
     result = json.loads((out / "results" / "lm-lora.json").read_text())
@@ -57,10 +79,27 @@ def test_mlflow_file_store_holds_the_params_and_metrics(tracked, monkeypatch):
     assert run.data.metrics["validation/loss"] == pytest.approx(result["validation"]["loss"])
 
 
-@pytest.mark.parametrize("flag,needle", [("wandb", "wandb is not installed (pip install 'peftbench[tracking]')"),
-                                         ("neptune", "unknown tracker 'neptune'")])
+@pytest.mark.parametrize(
+    "flag,needle",
+    [("wandb", "wandb is not installed (pip install 'peftbench[tracking]')"), ("neptune", "unknown tracker 'neptune'")],
+)
 def test_a_tracker_that_cannot_run_is_refused_before_anything_runs(flag, needle, tmp_path, capsys, data_dir):
-    code = cli.main(["run", "--model", "random:tiny-gpt2", "--method", "lora", "--task", "language-modeling",
-                     "--dataset", f"file:{data_dir}/lm.jsonl", "--out", str(tmp_path / "o"), "--log-with", flag])
+    code = cli.main(
+        [
+            "run",
+            "--model",
+            "random:tiny-gpt2",
+            "--method",
+            "lora",
+            "--task",
+            "language-modeling",
+            "--dataset",
+            f"file:{data_dir}/lm.jsonl",
+            "--out",
+            str(tmp_path / "o"),
+            "--log-with",
+            flag,
+        ]
+    )
     assert code == 2 and needle in capsys.readouterr().err
     assert not (tmp_path / "o" / "results").exists()

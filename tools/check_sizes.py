@@ -1,6 +1,6 @@
 """House limits that ruff does not check: functions at most 60 lines, modules at most 400 (src/ only).
 
-    python tools/check_sizes.py        # exit 1 naming every function or module over its limit
+python tools/check_sizes.py        # exit 1 naming every function or module over its limit
 """
 
 from __future__ import annotations

@@ -76,8 +76,14 @@ MAX_PACKED_PADDING = 0.05  # pack_seq2seq uses the most rows whose padding stays
 EXAMPLES_PER_ROW = 4  # ... starting from this many examples per row
 
 
-def pack_seq2seq(features: Sequence[dict], *, pad_id: int, start_id: int, multiple_of: int = 1,
-                 max_padding: float = MAX_PACKED_PADDING) -> dict:
+def pack_seq2seq(
+    features: Sequence[dict],
+    *,
+    pad_id: int,
+    start_id: int,
+    multiple_of: int = 1,
+    max_padding: float = MAX_PACKED_PADDING,
+) -> dict:
     """Encoder-decoder features packed into a few rows: each row holds several examples' sources
     (encoder) and, in the same order, their targets (decoder). ``encoder_segments`` and
     ``decoder_segments`` number the examples of a row from 1 (0: padding); ``segment_masks`` turns
@@ -97,8 +103,9 @@ def pack_seq2seq(features: Sequence[dict], *, pad_id: int, start_id: int, multip
         tgt_len = _round(max(sum(sizes[i][1] for i in r) for r in rows), multiple_of)
         if 1 - real / (n_rows * (src_len + tgt_len)) <= max_padding:
             break
-    out: dict[str, list] = {k: [] for k in ("input_ids", "encoder_segments", "decoder_input_ids", "labels",
-                                            "decoder_segments")}
+    out: dict[str, list] = {
+        k: [] for k in ("input_ids", "encoder_segments", "decoder_input_ids", "labels", "decoder_segments")
+    }
     for r in rows:
         ids, eseg, dec, lab, dseg = [], [], [], [], []
         for k, i in enumerate(r, 1):
@@ -140,8 +147,9 @@ def _balance(sizes: list[tuple[int, int]], n_rows: int) -> list[list[int]]:
     return [r for r in rows if r]
 
 
-def segment_masks(encoder_segments: torch.Tensor, decoder_segments: torch.Tensor,
-                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+def segment_masks(
+    encoder_segments: torch.Tensor, decoder_segments: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, ...]:
     """Additive 4D masks (rows, 1, queries, keys) for a ``pack_seq2seq`` batch: encoder
     self-attention, decoder self-attention (causal) and decoder-to-encoder cross-attention, each
     within one example. Padding attends to itself, so no row of a softmax is empty."""

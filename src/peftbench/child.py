@@ -43,8 +43,9 @@ def main(argv: list[str]) -> int:
     logging.getLogger("peftbench").setLevel(d.get("log_level") or logging.INFO)
     quiet_libraries()
     try:
-        result = execute(run, out_dir=Path(d["out_dir"]), device=d["device"], attempt=d["attempt"],
-                         tracking=d.get("tracking"))
+        result = execute(
+            run, out_dir=Path(d["out_dir"]), device=d["device"], attempt=d["attempt"], tracking=d.get("tracking")
+        )
     except Cancelled as c:
         return 128 + c.signum
     return 0 if result is None or result.status in ("success", "skipped") else 1

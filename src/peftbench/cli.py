@@ -32,6 +32,59 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"peftbench: error: {message} (see {self.prog} --help)\n")
 
 
+def _common(sp) -> None:
+    """The flags run and list share: a suite, or one experiment, and overrides."""
+    sp.add_argument("suite", nargs="?", help="suite: path to YAML, or demo / seed")
+    sp.add_argument("--model", help="model spec (single-experiment mode)")
+    sp.add_argument("--method", help="method name (single-experiment mode)")
+    sp.add_argument("--task", help="task (single-experiment mode)")
+    sp.add_argument("--dataset", help="dataset spec (single-experiment mode)")
+    sp.add_argument("--id", dest="exp_id", help="experiment id (single-experiment mode)")
+    sp.add_argument("--seed", type=int, help="shorthand for --set train.seed=N")
+    sp.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override any config field, e.g. train.max_steps=50 (repeatable)",
+    )
+    sp.add_argument("--only", metavar="GLOB", help="only experiment ids matching this glob")
+    sp.add_argument("--out", type=Path, help="output directory (default runs/<suite>)")
+    sp.add_argument(
+        "--seeds",
+        type=_seed_list,
+        metavar="N,N,...",
+        help="run every experiment once per seed (overrides the suite's seeds)",
+    )
+
+
+def _run_flags(run) -> None:
+    _common(run)
+    run.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    run.add_argument("--force", action="store_true", help="rerun experiments that already succeeded")
+    run.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run experiments in this process instead of one fresh process each (debugging)",
+    )
+    run.add_argument(
+        "--gpus",
+        type=int,
+        default=1,
+        metavar="N",
+        help="GPUs per experiment: N > 1 starts it with accelerate's launcher, one process per GPU",
+    )
+    run.add_argument(
+        "--log-with",
+        action="append",
+        metavar="TRACKER",
+        help="experiment trackers: tensorboard, mlflow, wandb, trackio (comma-separated or repeated; "
+        "overrides the suite's log_with; offline; pip install 'peftbench[tracking]')",
+    )
+    run.add_argument("--help-config", action="store_true", help="list every config field with its default and exit")
+    run.add_argument("-v", "--verbose", action="store_true", help="log details (tracebacks of failures)")
+
+
 def _parser() -> argparse.ArgumentParser:
     from peftbench import __version__
 
@@ -39,42 +92,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"peftbench {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def common(sp):
-        sp.add_argument("suite", nargs="?", help="suite: path to YAML, or demo / seed")
-        sp.add_argument("--model", help="model spec (single-experiment mode)")
-        sp.add_argument("--method", help="method name (single-experiment mode)")
-        sp.add_argument("--task", help="task (single-experiment mode)")
-        sp.add_argument("--dataset", help="dataset spec (single-experiment mode)")
-        sp.add_argument("--id", dest="exp_id", help="experiment id (single-experiment mode)")
-        sp.add_argument("--seed", type=int, help="shorthand for --set train.seed=N")
-        sp.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override any config field, e.g. train.max_steps=50 (repeatable)")
-        sp.add_argument("--only", metavar="GLOB", help="only experiment ids matching this glob")
-        sp.add_argument("--out", type=Path, help="output directory (default runs/<suite>)")
-        sp.add_argument("--seeds", type=_seed_list, metavar="N,N,...",
-                        help="run every experiment once per seed (overrides the suite's seeds)")
-
-    run = sub.add_parser("run", help="run a suite (YAML path or built-in name) or one experiment")
-    common(run)
-    run.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    run.add_argument("--force", action="store_true", help="rerun experiments that already succeeded")
-    run.add_argument("--in-process", action="store_true",
-                     help="run experiments in this process instead of one fresh process each (debugging)")
-    run.add_argument("--gpus", type=int, default=1, metavar="N",
-                     help="GPUs per experiment: N > 1 starts it with accelerate's launcher, one process per GPU")
-    run.add_argument("--log-with", action="append", metavar="TRACKER",
-                     help="experiment trackers: tensorboard, mlflow, wandb, trackio (comma-separated or repeated; "
-                          "overrides the suite's log_with; offline; pip install 'peftbench[tracking]')")
-    run.add_argument("--help-config", action="store_true", help="list every config field with its default and exit")
-    run.add_argument("-v", "--verbose", action="store_true", help="log details (tracebacks of failures)")
-
+    _run_flags(sub.add_parser("run", help="run a suite (YAML path or built-in name) or one experiment"))
     rep = sub.add_parser("report", help="rebuild report.md/report.html/summary.csv/verdict.json/plots from results")
     rep.add_argument("dir", type=Path)
 
     ls = sub.add_parser("list", help="the plan: run ids and whether each is done, todo or stale")
-    common(ls)
-    ls.add_argument("--methods", action="store_true",
-                    help="every method name x architecture (GPT-2, Llama, T5): works, or why not")
+    _common(ls)
+    ls.add_argument(
+        "--methods", action="store_true", help="every method name x architecture (GPT-2, Llama, T5): works, or why not"
+    )
 
     fetch = sub.add_parser("fetch", help="fill the cache with offline sources")
     fetch.add_argument("names", nargs="*", help="source names (default: all)")
@@ -106,8 +132,15 @@ def _load(args):
         missing = [f"--{k}" for k, v in zip(("model", "method", "task", "dataset"), single) if not v]
         if missing:
             raise ConfigError(f"single-experiment mode needs {', '.join(missing)}")
-        return plan.single_experiment(model=args.model, method=args.method, task=args.task, dataset=args.dataset,
-                                      overrides=overrides, exp_id=getattr(args, "exp_id", None), seeds=seeds)
+        return plan.single_experiment(
+            model=args.model,
+            method=args.method,
+            task=args.task,
+            dataset=args.dataset,
+            overrides=overrides,
+            exp_id=getattr(args, "exp_id", None),
+            seeds=seeds,
+        )
     if not getattr(args, "suite", None):
         raise ConfigError("name a suite (demo, seed, or a YAML path) or give --model/--method/--task/--dataset")
     return plan.load_suite(args.suite, overrides=overrides, seeds=seeds)
@@ -132,13 +165,23 @@ def cmd_run(args) -> int:
     problems = tracking.check(log_with)
     if problems:
         raise ConfigError("; ".join(problems))
-    return runner.run_suite(suite, out_dir=out, device=args.device, force=args.force, only=args.only,
-                            in_process=args.in_process, gpus=args.gpus,
-                            tracking={"log_with": log_with, "project": suite.name} if log_with else None)
+    return runner.run_suite(
+        suite,
+        out_dir=out,
+        device=args.device,
+        force=args.force,
+        only=args.only,
+        in_process=args.in_process,
+        gpus=args.gpus,
+        tracking={"log_with": log_with, "project": suite.name} if log_with else None,
+    )
 
 
-METHOD_ARCHS = {"gpt2 (causal, Conv1D)": "random:gpt2", "llama (causal)": "random:smollm2-135m",
-                "t5 (seq2seq)": "random:t5-small"}
+METHOD_ARCHS = {
+    "gpt2 (causal, Conv1D)": "random:gpt2",
+    "llama (causal)": "random:smollm2-135m",
+    "t5 (seq2seq)": "random:t5-small",
+}
 
 
 def method_table() -> str:

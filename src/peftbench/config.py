@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import yaml
 
 from peftbench.errors import ConfigError
+from peftbench.typecheck import as_float, fits, type_name
 
 SECTIONS = ("model", "data", "method", "train", "measure")
 SUITE_KEYS = ("name", "description", "defaults", "experiments", "matrix", "seeds", "log_with")
@@ -59,13 +59,22 @@ class ModelArgs:
     spec: str = _f("", "model spec: hub id or local dir, random:NAME, builtin:NAME")
     family: str | None = _f(None, "causal | seq2seq; filled in after loading")
     tokenizer: str | None = _f(None, "tokenizer spec; default: the model's own (random: models pick one)")
-    dtype: str = _f("auto", "weights dtype: auto (fp32 weights; bf16 compute comes from train.mixed_precision) "
-                    "| float32 | bfloat16 | float16")
-    chat_template: str = _f("auto", "wrap prompts in the tokenizer's chat template for scoring and training: "
-                            "auto (on when the tokenizer has one) | on | off")
+    dtype: str = _f(
+        "auto",
+        "weights dtype: auto (fp32 weights; bf16 compute comes from train.mixed_precision) "
+        "| float32 | bfloat16 | float16",
+    )
+    chat_template: str = _f(
+        "auto",
+        "wrap prompts in the tokenizer's chat template for scoring and training: "
+        "auto (on when the tokenizer has one) | on | off",
+    )
     trust_remote_code: bool = _f(False, "allow code from the model repository (off by default)")
-    quantization: str | None = _f(None, "base weights quantised by bitsandbytes under an adapter method: nf4 | int8 "
-                                        "(needs CUDA; elsewhere the run is recorded as skipped); qlora implies nf4")
+    quantization: str | None = _f(
+        None,
+        "base weights quantised by bitsandbytes under an adapter method: nf4 | int8 "
+        "(needs CUDA; elsewhere the run is recorded as skipped); qlora implies nf4",
+    )
     seed: int = _f(0, "seed of random: weights; fixed across train.seed, so every seed starts from one base model")
     revision: str | None = _f(None, "hub revision (branch, tag or commit)")
 
@@ -83,8 +92,11 @@ class DataArgs:
     lm_stride: int | None = _f(None, "language modelling: evaluation stride in tokens (default: half the block)")
     validation_fraction: float = _f(0.1, "share of train carved out as validation when the dataset has none")
     test_fraction: float = _f(0.1, "share of train carved out as test when the dataset has none")
-    seed: int = _f(0, "seed of carved splits and sample caps; fixed across train.seed, so every seed and method "
-                   "sees the same examples")
+    seed: int = _f(
+        0,
+        "seed of carved splits and sample caps; fixed across train.seed, so every seed and method "
+        "sees the same examples",
+    )
 
 
 @dataclass
@@ -92,9 +104,12 @@ class MethodArgs:
     """``name`` picks the method; every other key is passed to its peft config (``r``, ``lora_alpha``,
     ``target_modules``, ``lora_dropout``, ...) and validated against that config's fields."""
 
-    name: str = _f("", "none | full | lora | ia3 | dora | rslora | pissa | olora | loftq | qlora | loha | lokr | "
-                       "vera | adalora | prompt_tuning | prefix_tuning | p_tuning | any peft method type "
-                       "(peftbench list --methods); '-' or '_'")
+    name: str = _f(
+        "",
+        "none | full | lora | ia3 | dora | rslora | pissa | olora | loftq | qlora | loha | lokr | "
+        "vera | adalora | prompt_tuning | prefix_tuning | p_tuning | any peft method type "
+        "(peftbench list --methods); '-' or '_'",
+    )
     options: dict = _f({}, "peft config options; in YAML and --set written as method.<option>")
 
     def __post_init__(self):
@@ -108,32 +123,51 @@ class TrainArgs:
     epochs: float = _f(1.0, "passes over the training set when max_steps is -1")
     batch_size: int = _f(8, "examples per device per micro-batch")
     gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step")
-    learning_rate: float | list | None = _f(None, "peak learning rate, or a list to sweep (the value with the best "
-                                            "validation quality is selected); null: the method's default")
+    learning_rate: float | list | None = _f(
+        None,
+        "peak learning rate, or a list to sweep (the value with the best "
+        "validation quality is selected); null: the method's default",
+    )
     weight_decay: float = _f(0.0, "AdamW weight decay")
     warmup_ratio: float = _f(0.1, "share of the steps with linear warm-up")
     lr_scheduler: str = _f("linear", "transformers scheduler name: linear | cosine | constant_with_warmup | ...")
     max_grad_norm: float = _f(1.0, "gradient clipping; 0 disables")
     eval_steps: int = _f(0, "evaluate quality every N steps (0: only after training)")
-    eval_samples: int | None = _f(None, "examples of the periodic evaluations, a seeded sample stratified by label "
-                                  "(null: all validation)")
-    log_steps: int | None = _f(None, "record the loss every N steps (each read waits for the device); "
-                                     "null: every step on CPU, every 10 on GPUs")
+    eval_samples: int | None = _f(
+        None, "examples of the periodic evaluations, a seeded sample stratified by label (null: all validation)"
+    )
+    log_steps: int | None = _f(
+        None,
+        "record the loss every N steps (each read waits for the device); null: every step on CPU, every 10 on GPUs",
+    )
     seed: int = _f(42, "seed of adapter init, data order and dropout; a suite's seeds: [1, 2, 3] runs one per seed")
     mixed_precision: str = _f("auto", "auto (bf16 on GPUs that support it) | no | bf16 | fp16")
-    compile: str = _f("auto", "torch.compile the training forward: auto (on with CUDA) | on | off | model (one "
-                              "graph) | regions (one graph per repeated block; on picks it when lengths vary)")
+    compile: str = _f(
+        "auto",
+        "torch.compile the training forward: auto (on with CUDA) | on | off | model (one "
+        "graph) | regions (one graph per repeated block; on picks it when lengths vary)",
+    )
     fused_optimizer: str = _f("auto", "fused AdamW kernel: auto (on with CUDA) | on | off")
-    fused_loss: str = _f("auto", "causal LMs: linear + cross-entropy fused so the vocabulary-sized logits are never "
-                                 "materialised, over the labelled positions only: auto (with CUDA: liger when "
-                                 "installed, else chunked) | on (liger or chunked) | liger | chunked | off")
-    packing: str = _f("auto", "causal LMs: a batch's examples packed into one row without padding (position ids "
-                              "restart per example): auto (on with CUDA) | on | off")
+    fused_loss: str = _f(
+        "auto",
+        "causal LMs: linear + cross-entropy fused so the vocabulary-sized logits are never "
+        "materialised, over the labelled positions only: auto (with CUDA: liger when "
+        "installed, else chunked) | on (liger or chunked) | liger | chunked | off",
+    )
+    packing: str = _f(
+        "auto",
+        "causal LMs: a batch's examples packed into one row without padding (position ids "
+        "restart per example): auto (on with CUDA) | on | off",
+    )
     dataloader_workers: int | None = _f(None, "data loader worker processes (null: 2 with CUDA, else 0)")
-    distributed: str = _f("auto", "several processes (--gpus N, accelerate launch): ddp (a whole model per GPU) | "
-                                  "fsdp (weights, gradients and optimizer states sharded; FSDP2) | auto (ddp)")
-    gradient_checkpointing: bool = _f(False, "recompute each block's activations in the backward pass: less "
-                                             "memory, about a third more compute")
+    distributed: str = _f(
+        "auto",
+        "several processes (--gpus N, accelerate launch): ddp (a whole model per GPU) | "
+        "fsdp (weights, gradients and optimizer states sharded; FSDP2) | auto (ddp)",
+    )
+    gradient_checkpointing: bool = _f(
+        False, "recompute each block's activations in the backward pass: less memory, about a third more compute"
+    )
 
 
 @dataclass
@@ -152,8 +186,11 @@ class MeasureArgs:
         "auto", "inference dtype: auto (bf16 on GPUs that support it, else fp32) | float32 | bfloat16 | float16"
     )
     enabled: bool = _f(True, "measure inference at all")
-    optimized: str = _f("auto", "also measure generation with a static KV cache (static) and a compiled forward "
-                                "(compile): auto (compile with CUDA, off on CPU) | static | compile | off")
+    optimized: str = _f(
+        "auto",
+        "also measure generation with a static KV cache (static) and a compiled forward "
+        "(compile): auto (compile with CUDA, off on CPU) | static | compile | off",
+    )
 
 
 @dataclass
@@ -197,8 +234,7 @@ class Suite:
     log_with: list[str] = field(default_factory=list)  # experiment trackers (peftbench.tracking)
 
 
-SECTION_TYPES = {"model": ModelArgs, "data": DataArgs, "method": MethodArgs,
-                 "train": TrainArgs, "measure": MeasureArgs}
+SECTION_TYPES = {"model": ModelArgs, "data": DataArgs, "method": MethodArgs, "train": TrainArgs, "measure": MeasureArgs}
 
 
 def help_text() -> str:
@@ -212,6 +248,7 @@ def help_text() -> str:
 
 
 # ---------------------------------------------------------------- merging and overrides
+
 
 def deep_merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
@@ -243,49 +280,6 @@ def parse_set(items: list[str] | None) -> dict:
 
 # ---------------------------------------------------------------- typed construction
 
-def fits(value: Any, annotation: Any) -> bool:
-    """Does a YAML value fit a type hint (a config field's, or a peft config's)? Unknown kinds of hint
-    accept anything; ints fit floats; bools fit only bool."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if annotation is typing.Any:
-        return True
-    if value is None:
-        return annotation is type(None) or type(None) in args
-    if origin in (typing.Union, types.UnionType):
-        return any(fits(value, a) for a in args if a is not type(None))
-    if origin is typing.Literal:
-        return any(value == a or (isinstance(a, str) and "[" in a and isinstance(value, str)
-                                  and value.startswith(a.split("[")[0])) for a in args)
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
-    if origin in (list, tuple, set) or annotation in (list, tuple, set):
-        return isinstance(value, list) and (not args or all(fits(v, args[0]) for v in value))
-    if origin is dict or annotation is dict:
-        return isinstance(value, dict)
-    return True
-
-
-def type_name(annotation: Any) -> str:
-    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
-
-
-def _as_float(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-3`` as a string: turn such strings into floats, leave the rest alone."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
 
 def _build_section(section: str, raw: Any, errors: list[str]) -> Any:
     cls = SECTION_TYPES[section]
@@ -314,12 +308,12 @@ def _build_section(section: str, raw: Any, errors: list[str]) -> Any:
             continue
         numeric = fits(1.5, hints[key]) and not fits("", hints[key])
         if numeric and isinstance(value, list):
-            value = [_as_float(v) for v in value]
+            value = [as_float(v) for v in value]
             if not value or not all(isinstance(v, float) for v in value):
                 errors.append(f"{section}.{key}: expected a number or a non-empty list of numbers, got {value!r}")
                 continue
         elif numeric and isinstance(value, (str, int)) and not isinstance(value, bool):
-            value = _as_float(value)
+            value = as_float(value)
         elif key in ON_OFF_FIELDS and isinstance(value, bool):  # YAML 1.1 reads on/off as booleans
             value = "on" if value else "off"
         elif key == "mixed_precision" and value is False:  # ... and no as false
@@ -350,8 +344,11 @@ def _seeds(value: Any, where: str, errors: list[str]) -> list[int] | None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
-    if (not isinstance(value, list) or not value
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
         errors.append(f"{where}: expected a non-empty list of integers, got {value!r}")
         return None
     if len(set(value)) != len(value):
@@ -372,8 +369,12 @@ def build_experiment(d: dict, *, errors: list[str]) -> Experiment:
         errors.append(f"id: {exp_id!r} must be letters, digits, '.', '_' or '-' (starting with a letter or digit)")
     elif len(exp_id) > MAX_ID_LENGTH:
         errors.append(f"id: {exp_id[:40]!r}... is {len(exp_id)} characters (at most {MAX_ID_LENGTH})")
-    return Experiment(id=str(exp_id), description=str(d.get("description", "")),
-                      seeds=_seeds(d.get("seeds"), f"{exp_id}: seeds", errors), **sections)
+    return Experiment(
+        id=str(exp_id),
+        description=str(d.get("description", "")),
+        seeds=_seeds(d.get("seeds"), f"{exp_id}: seeds", errors),
+        **sections,
+    )
 
 
 def check_numbers(exp: Experiment) -> list[str]:

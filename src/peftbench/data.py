@@ -140,8 +140,10 @@ def _check_rows(rows: list[dict], args: DataArgs) -> list[str]:
         col = args.fields.get(f, f)
         for n, r in enumerate(rows, 1):
             if col not in r:
-                return [f"row {n}: no column {col!r} for field {f!r} (columns: {', '.join(map(str, r))}); "
-                        f"set data.fields.{f}"]
+                return [
+                    f"row {n}: no column {col!r} for field {f!r} (columns: {', '.join(map(str, r))}); "
+                    f"set data.fields.{f}"
+                ]
             v = r[col]
             if f != "label" and (not isinstance(v, str) or not v.strip()):
                 return [f"row {n}: field {f!r} (column {col!r}) must be non-empty text, got {v!r}"]
@@ -151,8 +153,14 @@ def _check_rows(rows: list[dict], args: DataArgs) -> list[str]:
 
 
 def _check_labels(labels: list, args: DataArgs) -> list[str]:
-    kinds = {"text" if isinstance(v, str) else "integer" if isinstance(v, int) and not isinstance(v, bool)
-             else type(v).__name__ for v in labels}
+    kinds = {
+        "text"
+        if isinstance(v, str)
+        else "integer"
+        if isinstance(v, int) and not isinstance(v, bool)
+        else type(v).__name__
+        for v in labels
+    }
     if len(kinds) > 1:
         return [f"labels mix types ({', '.join(sorted(kinds))}); use one type"]
     if kinds - {"text", "integer"}:
@@ -170,6 +178,7 @@ def _check_labels(labels: list, args: DataArgs) -> list[str]:
 
 
 # ---------------------------------------------------------------- loaders: spec -> {split: rows}
+
 
 def _load_hf(rest: str, args: DataArgs) -> tuple[dict[str, list[dict]], dict]:
     import datasets
@@ -210,9 +219,15 @@ def _load_builtin(rest: str, args: DataArgs) -> tuple[dict[str, list[dict]], dic
     from peftbench.converters import SPLITS
 
     meta = sources.load_meta(rest)
-    return ({s: sources.load_split(rest, s) for s in SPLITS},
-            {"label_names": meta.get("label_names"), "fields": dict(args.fields), "source": meta.get("description"),
-             "source_task": meta.get("task")})
+    return (
+        {s: sources.load_split(rest, s) for s in SPLITS},
+        {
+            "label_names": meta.get("label_names"),
+            "fields": dict(args.fields),
+            "source": meta.get("description"),
+            "source_task": meta.get("task"),
+        },
+    )
 
 
 def _shuffled(rows: list[dict], seed: int) -> list[dict]:
@@ -230,6 +245,7 @@ LOADERS: dict[str, Callable[[str, DataArgs], tuple[dict[str, list[dict]], dict]]
 
 # ---------------------------------------------------------------- canonicalisation
 
+
 def to_canonical(
     rows: list[dict], *, task: str, mapping: dict, label_names: list[str] | None
 ) -> tuple[list[dict], list[str] | None]:
@@ -240,8 +256,10 @@ def to_canonical(
         for f in fields:
             col = mapping.get(f, f)
             if col not in r:
-                raise ConfigError(f"data: field {f!r} expects column {col!r}, which the dataset lacks "
-                                  f"(columns: {', '.join(map(str, r))}); set data.fields.{f}")
+                raise ConfigError(
+                    f"data: field {f!r} expects column {col!r}, which the dataset lacks "
+                    f"(columns: {', '.join(map(str, r))}); set data.fields.{f}"
+                )
             rec[f] = r[col]
         out.append(rec)
     if SPECS[task].label_field:
@@ -307,13 +325,13 @@ def load(args: DataArgs) -> Splits:
     n_val = 0 if val_name else max(1, round(len(train) * args.validation_fraction))
     n_test = 0 if test_name else max(1, round(len(train) * args.test_fraction))
     validation = canon[val_name] if val_name else [train[i] for i in sorted(order[:n_val])]
-    test = canon[test_name] if test_name else [train[i] for i in sorted(order[n_val:n_val + n_test])]
+    test = canon[test_name] if test_name else [train[i] for i in sorted(order[n_val : n_val + n_test])]
     if not val_name:
         info["carved"].append("validation")
     if not test_name:
         info["carved"].append("test")
     if not val_name or not test_name:
-        train = [train[i] for i in sorted(order[n_val + n_test:])]
+        train = [train[i] for i in sorted(order[n_val + n_test :])]
     info["sizes_before_cap"] = {"train": len(train), "validation": len(validation), "test": len(test)}
     if meta.get("source"):
         info["source"] = meta["source"]
@@ -325,7 +343,9 @@ def load(args: DataArgs) -> Splits:
         train=train if lm else sample(train, args.max_train_samples, seed=seed, stratify=strat),
         validation=validation if lm else sample(validation, args.max_eval_samples, seed=seed, stratify=strat),
         test=test if lm else sample(test, args.max_eval_samples, seed=seed, stratify=strat),
-        label_names=label_names if strat else None, info=info)
+        label_names=label_names if strat else None,
+        info=info,
+    )
     if not splits.train or not splits.test:
         raise ConfigError(f"data.spec: {args.spec} has no usable {args.task} rows in train or test")
     return splits
@@ -337,7 +357,9 @@ def baselines(splits) -> dict:
     train_labels = [r["label"] for r in splits.train]
     majority = max(range(len(names)), key=lambda c: (train_labels.count(c), -c))
     test = [r["label"] for r in splits.test]
-    return {"majority_class": names[majority],
-            "majority_accuracy": round(100 * test.count(majority) / len(test), 4),
-            "chance_accuracy": round(100 / len(names), 4),
-            "note": "majority: always answer the most frequent training label"}
+    return {
+        "majority_class": names[majority],
+        "majority_accuracy": round(100 * test.count(majority) / len(test), 4),
+        "chance_accuracy": round(100 / len(names), 4),
+        "note": "majority: always answer the most frequent training label",
+    }

@@ -55,8 +55,12 @@ def make_accelerator(*, device: str, mixed_precision: str, grad_accum: int):
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 on by default on GPUs (DESIGN.md)
         torch.backends.cudnn.allow_tf32 = True
     # non-blocking copies of pinned batches: a blocking one would stall the host on every step
-    return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
-                       dataloader_config=DataLoaderConfiguration(non_blocking=not use_cpu))
+    return Accelerator(
+        cpu=use_cpu,
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=grad_accum,
+        dataloader_config=DataLoaderConfiguration(non_blocking=not use_cpu),
+    )
 
 
 def shard(module: torch.nn.Module, *, mixed_precision: str = "no") -> list[str]:
@@ -68,8 +72,9 @@ def shard(module: torch.nn.Module, *, mixed_precision: str = "no") -> list[str]:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     names = set(getattr(module, "_no_split_modules", None) or [])
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if mixed_precision == "bf16" else None,
-                                  reduce_dtype=torch.float32)
+    policy = MixedPrecisionPolicy(
+        param_dtype=torch.bfloat16 if mixed_precision == "bf16" else None, reduce_dtype=torch.float32
+    )
     blocks = [m for m in module.modules() if type(m).__name__ in names]
     sharded = sorted({type(b).__name__ for b in blocks})  # before fully_shard renames the classes (FSDP...)
     for block in blocks:

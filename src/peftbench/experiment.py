@@ -23,17 +23,15 @@ from pathlib import Path
 import torch
 
 from peftbench import data as data_mod
-from peftbench import distributed, methods, models, results, sources, stats
+from peftbench import distributed, methods, models, outcome, results, sources, stats
 from peftbench.errors import Skipped
 from peftbench.faults import fault_point
 from peftbench.measure import dir_bytes
-from peftbench.measure.inference import logits_for, measure_inference
 from peftbench.measure.memory import free_cached_memory
-from peftbench.measure.storage import file_sizes, saved_bytes
+from peftbench.measure.storage import file_sizes
 from peftbench.plan import Run
 from peftbench.progress import progress
 from peftbench.results import Result
-from peftbench.scoring import GENERATION
 from peftbench.speed import resolve as resolve_speed
 from peftbench.tasks import TASKS, mean_loss
 from peftbench.tracking import Trackers, final_values
@@ -42,11 +40,33 @@ from peftbench.train import total_steps, train, varying
 log = logging.getLogger("peftbench")
 
 
+# the train section of a run that trains nothing (the zero-shot baseline)
+UNTRAINED = {
+    "steps": 0,
+    "epochs": 0,
+    "seconds": 0.0,
+    "tokens": 0,
+    "tokens_per_second": None,
+    "samples_per_second": None,
+    "peak_memory_bytes": None,
+    "memory": None,
+    "loss_curve": [],
+    "laps": [],
+    "learning_rate": None,
+    "steady_tokens_per_second": None,
+    "warmup_seconds": None,
+    "padding_fraction": None,
+    "speed": None,
+    "examples_seen": 0,
+}
+
+
 class Recipe:
     """The phases of one run; ``run()`` drives them and returns the result (None off the main process)."""
 
-    def __init__(self, run: Run, *, out_dir: Path, device: str = "auto", attempt: str | None = None,
-                 tracking: dict | None = None):
+    def __init__(
+        self, run: Run, *, out_dir: Path, device: str = "auto", attempt: str | None = None, tracking: dict | None = None
+    ):
         self.plan, self.out_dir, self.device, self.attempt = run, Path(out_dir), device, attempt
         self.tracking = tracking or {}
         self.trackers: Trackers | None = None
@@ -79,8 +99,11 @@ class Recipe:
     def prepare(self) -> None:
         exp = self.exp
         self.strategy = distributed.strategy(exp.train, world_size=distributed.world_size())
-        self.accelerator = distributed.make_accelerator(device=self.device, mixed_precision=exp.train.mixed_precision,
-                                                        grad_accum=exp.train.gradient_accumulation_steps)
+        self.accelerator = distributed.make_accelerator(
+            device=self.device,
+            mixed_precision=exp.train.mixed_precision,
+            grad_accum=exp.train.gradient_accumulation_steps,
+        )
         self.dev = self.accelerator.device
         self.main = self.accelerator.is_main_process
         torch.manual_seed(exp.train.seed)
@@ -100,21 +123,36 @@ class Recipe:
         if not self.features:
             raise ValueError(f"no training examples after tokenisation ({exp.data.spec})")
         n_batches = math.ceil(len(self.features) / exp.train.batch_size / self.accelerator.num_processes)
-        self.applied = methods.apply(name=exp.method.name, options=exp.method.options, model=self.loaded.model,
-                                     family=self.loaded.family, total_steps=total_steps(exp.train, n_batches))
+        self.applied = methods.apply(
+            name=exp.method.name,
+            options=exp.method.options,
+            model=self.loaded.model,
+            family=self.loaded.family,
+            total_steps=total_steps(exp.train, n_batches),
+        )
         self.model = self.applied.model.to(self.dev)
         self.params = models.count_parameters(self.model)  # before merging folds adapters away
         lr = exp.train.learning_rate if exp.train.learning_rate is not None else self.applied.learning_rate
-        self.resolved = {"family": self.loaded.family, "tokenizer": self.loaded.tokenizer_spec,
-                         "learning_rate": lr if self.applied.trains else None, "chat_template": self.chat,
-                         "mixed_precision": self.accelerator.mixed_precision, "device": str(self.dev),
-                         "num_processes": self.accelerator.num_processes, "quantization": self.quantization,
-                         "distributed": {"strategy": self.strategy, "world_size": self.accelerator.num_processes,
-                                         "gradient_checkpointing": exp.train.gradient_checkpointing}}
+        self.resolved = {
+            "family": self.loaded.family,
+            "tokenizer": self.loaded.tokenizer_spec,
+            "learning_rate": lr if self.applied.trains else None,
+            "chat_template": self.chat,
+            "mixed_precision": self.accelerator.mixed_precision,
+            "device": str(self.dev),
+            "num_processes": self.accelerator.num_processes,
+            "quantization": self.quantization,
+            "distributed": {
+                "strategy": self.strategy,
+                "world_size": self.accelerator.num_processes,
+                "gradient_checkpointing": exp.train.gradient_checkpointing,
+            },
+        }
         self.quality_on = self.loaded.pretrained
         strat = self.task.label_field
-        self.eval_records = data_mod.sample(self.splits.validation, exp.train.eval_samples, seed=exp.data.seed,
-                                            stratify=strat)
+        self.eval_records = data_mod.sample(
+            self.splits.validation, exp.train.eval_samples, seed=exp.data.seed, stratify=strat
+        )
 
     def train(self) -> None:
         exp, applied = self.exp, self.applied
@@ -122,14 +160,17 @@ class Recipe:
         # step 0 (before training) is the zero-shot baseline, measured once by the `none` experiment
         curve = [{"step": 0, **periodic(0)}] if periodic and exp.train.eval_steps and not applied.trains else []
         if not applied.trains:
-            self.out["train"] = {"steps": 0, "epochs": 0, "seconds": 0.0, "tokens": 0, "tokens_per_second": None,
-                                 "samples_per_second": None, "peak_memory_bytes": None, "memory": None,
-                                 "loss_curve": [], "eval_curve": curve, "laps": [], "learning_rate": None,
-                                 "steady_tokens_per_second": None, "warmup_seconds": None, "padding_fraction": None,
-                                 "speed": None, "examples": len(self.features), "examples_seen": 0}
+            self.out["train"] = {**UNTRAINED, "eval_curve": curve, "examples": len(self.features)}
             return
-        speed = resolve_speed(exp.train, device_type=self.dev.type, family=self.loaded.family, task=self.task.name,
-                              model=self.model, varying=varying(self.features), sharded=self.strategy == "fsdp")
+        speed = resolve_speed(
+            exp.train,
+            device_type=self.dev.type,
+            family=self.loaded.family,
+            task=self.task.name,
+            model=self.model,
+            varying=varying(self.features),
+            sharded=self.strategy == "fsdp",
+        )
         if exp.train.gradient_checkpointing:
             models.enable_checkpointing(self.model)
         self.resolved["speed"] = speed
@@ -157,9 +198,15 @@ class Recipe:
         self._release_training_state()
         if self.strategy == "fsdp":
             self._unshard()
-        self.out["train"] = {**vars(tr), "eval_curve": curve + tr.eval_curve, "examples": len(self.features),
-                             "examples_seen": tr.steps * exp.train.batch_size * exp.train.gradient_accumulation_steps
-                             * self.accelerator.num_processes}
+        self.out["train"] = {
+            **vars(tr),
+            "eval_curve": curve + tr.eval_curve,
+            "examples": len(self.features),
+            "examples_seen": tr.steps
+            * exp.train.batch_size
+            * exp.train.gradient_accumulation_steps
+            * self.accelerator.num_processes,
+        }
 
     def evaluate(self) -> None:
         """Validation (loss always; quality when a sweep selects on it) and test quality with intervals."""
@@ -167,14 +214,31 @@ class Recipe:
         lm = self.task.blocks
         # the periodic-evaluation sample when one is set (cheaper), else the capped validation split
         val_records = splits.validation if lm else self.eval_records
-        val_feats = self._encode(val_records, **({"limit": exp.train.eval_samples or exp.data.max_eval_samples}
-                                                 if lm else {}))
-        val = {"examples": len(val_records),
-               "loss": round(mean_loss(self.model, val_feats, tok=self.loaded.tokenizer, family=self.loaded.family,
-                                       device=self.dev, batch_size=exp.train.batch_size), 6) if val_feats else None}
+        val_feats = self._encode(
+            val_records, **({"limit": exp.train.eval_samples or exp.data.max_eval_samples} if lm else {})
+        )
+        val = {
+            "examples": len(val_records),
+            "loss": round(
+                mean_loss(
+                    self.model,
+                    val_feats,
+                    tok=self.loaded.tokenizer,
+                    family=self.loaded.family,
+                    device=self.dev,
+                    batch_size=exp.train.batch_size,
+                ),
+                6,
+            )
+            if val_feats
+            else None,
+        }
         if self.quality_on and self.plan.sweep:
-            q = self._quality(val_records, desc=f"validation {self.plan.run_id}",
-                              limit=exp.train.eval_samples or exp.data.max_eval_samples)
+            q = self._quality(
+                val_records,
+                desc=f"validation {self.plan.run_id}",
+                limit=exp.train.eval_samples or exp.data.max_eval_samples,
+            )
             val.update({k: v for k, v in q.items() if k in self.task.metrics})
         self.out["validation"] = val
         self.out["quality"] = dict.fromkeys(self.task.metrics)
@@ -189,9 +253,12 @@ class Recipe:
         self.out["quality_interval"] = {}
         for k in self.task.metrics:
             _, lo, hi = stats.bootstrap_interval(samples, k)
-            self.out["quality_interval"][k] = {"low": round(lo, 4), "high": round(hi, 4), "level": stats.LEVEL,
-                                               "method": f"bootstrap over {samples['n']} test examples, "
-                                                         f"{stats.RESAMPLES} resamples"}
+            self.out["quality_interval"][k] = {
+                "low": round(lo, 4),
+                "high": round(hi, 4),
+                "level": stats.LEVEL,
+                "method": f"bootstrap over {samples['n']} test examples, {stats.RESAMPLES} resamples",
+            }
         if self.task.label_field:
             self.out["quality_baselines"] = data_mod.baselines(self.splits)
 
@@ -213,46 +280,7 @@ class Recipe:
 
     def measure(self) -> None:
         """Inference unmerged, then merged where the method can merge; then the full model's bytes."""
-        exp, applied, dev = self.exp, self.applied, self.dev
-        tok = self.loaded.tokenizer
-        model = merged_model = self.model
-        inference = None
-        if exp.measure.enabled:
-            self._cast(model, models.resolve_dtype(exp.measure.dtype, dev, inference=True))
-            vocab = model.config.vocab_size if hasattr(model, "config") else len(tok)
-            kw = {"family": self.loaded.family, "vocab_size": vocab, "args": exp.measure, "device": dev}
-            with progress(desc=f"measure {self.plan.run_id}") as bar:
-                def prog(label):
-                    bar.set_postfix_str(label)
-                    bar.update(1)
-
-                inference = measure_inference(model, pad_id=tok.pad_token_id, progress=prog, **kw)
-                inference["merged"], inference["merge_note"] = None, applied.merge_note
-                if applied.can_merge and exp.measure.merged:
-                    before = logits_for(model, **kw)
-                    merged_model, inference["merge_note"] = methods.merge(model)
-                if merged_model is not model:
-                    after = logits_for(merged_model, **kw)
-                    m = measure_inference(merged_model, pad_id=tok.pad_token_id, progress=prog, **kw)
-                    m.pop("shapes", None)
-                    m["max_abs_logit_diff"] = float((before - after).abs().max())
-                    overhead = stats.compare([stats.samples_of(inference["latency_ms"]["samples_ms"])],
-                                             [stats.samples_of(m["latency_ms"]["samples_ms"])], "median", relative=True)
-                    m["unmerged_overhead_percent"] = round(overhead.effect, 3)
-                    m["unmerged_overhead_ci95"] = [round(overhead.low, 3), round(overhead.high, 3)]
-                    inference["merged"] = m
-        elif applied.can_merge:
-            merged_model, _ = methods.merge(model)
-        self.out["inference"] = inference
-        if exp.method.name == "full":
-            self.full_bytes = self.adapter_bytes
-        else:
-            self._cast(merged_model, self.train_dtype)
-            base = merged_model
-            if hasattr(merged_model, "get_base_model"):  # not merged: the base model as it ships
-                base = merged_model.get_base_model()
-            self.full_bytes = saved_bytes(base, scratch=self.out_dir / "adapters",
-                                          cache=sources.cache_dir() / "full-model-bytes.json")
+        outcome.measure(self)
 
     def commit(self) -> Result:
         """Remove the old result, swap the adapter in, and return the new result (the caller writes it)."""
@@ -269,7 +297,7 @@ class Recipe:
             fault_point("adapter-swapped", run_id)
         else:
             shutil.rmtree(final, ignore_errors=True)  # a `none` run ships nothing
-        result = self._result(adapter_dir=str(Path("adapters") / run_id) if self.applied.trains else None)
+        result = outcome.result(self, adapter_dir=str(Path("adapters") / run_id) if self.applied.trains else None)
         self._log_final(result)
         return result
 
@@ -279,10 +307,20 @@ class Recipe:
         """One tracker run per peftbench run, on the main process: the resolved config as hyperparameters."""
         if not self.tracking.get("log_with") or not self.main:
             return
-        self.trackers = Trackers(self.tracking["log_with"], out_dir=self.out_dir,
-                                 project=self.tracking.get("project") or "peftbench", run_name=self.plan.run_id)
-        self.trackers.start({**self.exp.to_dict(), "resolved": dict(self.resolved),
-                             "run_id": self.plan.run_id, "config_hash": self.plan.config_hash})
+        self.trackers = Trackers(
+            self.tracking["log_with"],
+            out_dir=self.out_dir,
+            project=self.tracking.get("project") or "peftbench",
+            run_name=self.plan.run_id,
+        )
+        self.trackers.start(
+            {
+                **self.exp.to_dict(),
+                "resolved": dict(self.resolved),
+                "run_id": self.plan.run_id,
+                "config_hash": self.plan.config_hash,
+            }
+        )
 
     def _log_final(self, result: Result) -> None:
         """Quality, efficiency and storage numbers as the tracker run's last step."""
@@ -296,8 +334,13 @@ class Recipe:
         free_cached_memory()
         if self.main:
             loaded = models.load(exp.model, seed=exp.model.seed, device=self.dev)
-            self.applied = methods.apply(name=exp.method.name, options=exp.method.options, model=loaded.model,
-                                         family=loaded.family, total_steps=max(1, exp.train.max_steps))
+            self.applied = methods.apply(
+                name=exp.method.name,
+                options=exp.method.options,
+                model=loaded.model,
+                family=loaded.family,
+                total_steps=max(1, exp.train.max_steps),
+            )
             self.applied.model.load_state_dict(full)
             self.model = self.applied.model.to(self.dev)
 
@@ -317,83 +360,34 @@ class Recipe:
         return self.loaded.family == "causal" and (wanted == "on" or (wanted == "auto" and has))
 
     def _encode(self, records, **kw) -> list[dict]:
-        return self.task.encode(records, tok=self.loaded.tokenizer, family=self.loaded.family, args=self.exp.data,
-                                label_names=self.splits.label_names, chat=self.chat, **kw)
+        return self.task.encode(
+            records,
+            tok=self.loaded.tokenizer,
+            family=self.loaded.family,
+            args=self.exp.data,
+            label_names=self.splits.label_names,
+            chat=self.chat,
+            **kw,
+        )
 
     def _quality(self, records, *, desc: str, limit: int | None = None) -> dict:
         exp = self.exp
         kwargs = {"limit": limit or exp.data.max_eval_samples} if self.task.blocks else {}
         with progress(total=len(records), desc=desc) as bar:
-            return self.task.evaluate(self.accelerator.unwrap_model(self.model), records, tok=self.loaded.tokenizer,
-                                      family=self.loaded.family, args=exp.data, device=self.dev,
-                                      batch_size=max(1, exp.train.batch_size), label_names=self.splits.label_names,
-                                      progress=bar.update, chat=self.chat, **kwargs)
+            return self.task.evaluate(
+                self.accelerator.unwrap_model(self.model),
+                records,
+                tok=self.loaded.tokenizer,
+                family=self.loaded.family,
+                args=exp.data,
+                device=self.dev,
+                batch_size=max(1, exp.train.batch_size),
+                label_names=self.splits.label_names,
+                progress=bar.update,
+                chat=self.chat,
+                **kwargs,
+            )
 
     def _periodic_eval(self, step: int) -> dict:
         q = self._quality(self.eval_records, desc=f"eval@{step}", limit=self.exp.train.eval_samples)
         return {k: v for k, v in q.items() if isinstance(v, (int, float))}
-
-    def _cast(self, model, dtype) -> None:
-        """A bitsandbytes base keeps the dtypes it was quantised with (transformers refuses a cast)."""
-        if not self.quantization:
-            model.to(dtype)
-
-    def _storage(self, adapter_dir: str | None) -> dict:
-        return {"adapter_bytes": self.adapter_bytes, "adapter_files": self.adapter_files, "adapter_dir": adapter_dir,
-                "full_model_bytes": self.full_bytes,
-                "ratio_to_full": round(self.adapter_bytes / self.full_bytes, 8) if self.full_bytes else None,
-                "dtype": str(self.train_dtype).replace("torch.", "")}
-
-    def _result(self, *, adapter_dir: str | None) -> Result:
-        exp, loaded, splits = self.exp, self.loaded, self.splits
-        total, trainable = self.params
-        config = exp.to_dict()
-        config["model"].update(family=loaded.family, tokenizer=loaded.tokenizer_spec)
-        config["train"].update(learning_rate=self.resolved["learning_rate"],
-                               mixed_precision=self.resolved["mixed_precision"])
-        return Result(
-            id=self.plan.experiment_id,
-            run_id=self.plan.run_id,
-            status="success",
-            config=config,
-            config_hash=self.plan.config_hash,
-            attempt=self.attempt,
-            seed=exp.train.seed,
-            resolved=self.resolved,
-            env=results.capture_env(str(self.dev)),
-            method_resolved=self.applied.resolved,
-            model={
-                "spec": loaded.spec,
-                "family": loaded.family,
-                "tokenizer": loaded.tokenizer_spec,
-                "pretrained": loaded.pretrained,
-                "vocab_size": len(loaded.tokenizer),
-            },
-            data={
-                "train_examples": len(self.features),
-                "test_examples": len(splits.test),
-                "validation_examples": len(splits.validation),
-                "label_names": splits.label_names,
-                **splits.info,
-            },
-            params={
-                "total": total,
-                "trainable": trainable,
-                "trainable_percent": round(100 * trainable / total, 6) if total else None,
-            },
-            storage=self._storage(adapter_dir),
-            train=self.out["train"],
-            validation=self.out.get("validation"),
-            quality=self.out.get("quality"),
-            quality_interval=self.out.get("quality_interval"),
-            quality_samples=self.out.get("quality_samples"),
-            quality_baselines=self.out.get("quality_baselines"),
-            quality_note=loaded.quality_note,
-            quality_split="test" if self.quality_on else None,
-            quality_details=self.out.get("quality_details") or {},
-            generation={**GENERATION, "max_new_tokens": exp.data.max_target_length} if self.task.generates else None,
-            inference=self.out.get("inference"),
-            started_at=results.timestamp(self.started),
-            finished_at=results.now(),
-            wall_seconds=round(time.time() - self.started, 3),
-        )

@@ -21,75 +21,14 @@ import dataclasses
 import functools
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch only where a model is touched: the report reads this registry without it
     import torch
 
 from peftbench.config import fits, method_name, type_name
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    peft_type: str | None  # peft's PeftType value; None for none/full
-    defaults: dict  # options we set unless the user does (documented in the README)
-    learning_rate: float  # default peak learning rate
-    trains: bool = True
-    description: str = ""
-    rate_source: str = "untuned: LoRA's rate"
-    quantization: str | None = None  # a base quantisation the method implies (qlora: nf4)
-    extra_options: dict = field(default_factory=dict)  # our options that are not config fields: name -> type
-
-
-PROMPT_DEFAULTS = {"num_virtual_tokens": 20}
-# Options without which a method trains nothing useful (peft's defaults are placeholders there).
-REQUIRED = {
-    "trainable_tokens": ("token_indices", "the token ids whose embeddings train (peft's default trains none)"),
-    "cpt": ("cpt_token_ids", "the in-context examples' token ids, with cpt_mask and cpt_tokens_type_mask (with "
-                             "peft's defaults the loss is not a number)"),
-}
-LOFTQ_OPTIONS = {"bits": int, "iterations": int}
-
-# Default peak learning rates, from published practice (a suite should still sweep them, e.g.
-# `train.learning_rate: [1e-4, 3e-4, 1e-3]`: an untuned rate per method compares rates, not methods).
-CURATED: dict[str, Method] = {m.name: m for m in [
-    Method("none", None, {}, 0.0, trains=False, description="zero-shot baseline: no training", rate_source=""),
-    Method("full", None, {}, 5e-5, description="full fine-tuning: every weight trains",
-           rate_source="transformers' TrainingArguments default, the usual full fine-tuning rate for GPT-2/T5"),
-    Method("lora", "LORA", {}, 2e-4, description="LoRA (peft defaults: r=8, alpha=8)",
-           rate_source="LoRA paper (Hu et al. 2021), GPT-2 medium/large on E2E NLG, Table 11"),
-    Method("ia3", "IA3", {}, 3e-3, description="IA3 (peft defaults)",
-           rate_source="T-Few (Liu et al. 2022), the (IA)3 recipe's rate (Adafactor there, AdamW here)"),
-    Method("dora", "LORA", {"use_dora": True}, 2e-4, description="DoRA: weight-decomposed LoRA",
-           rate_source="as LoRA (the same low-rank update, reparametrised; untuned)"),
-    Method("rslora", "LORA", {"use_rslora": True}, 2e-4, description="rsLoRA: LoRA scaled by alpha/sqrt(r)",
-           rate_source="as LoRA (untuned)"),
-    Method("pissa", "LORA", {"init_lora_weights": "pissa"}, 2e-4,
-           description="PiSSA: LoRA initialised from the principal singular vectors", rate_source="as LoRA (untuned)"),
-    Method("olora", "LORA", {"init_lora_weights": "olora"}, 2e-4,
-           description="OLoRA: LoRA initialised by QR decomposition", rate_source="as LoRA (untuned)"),
-    Method("loftq", "LORA", {}, 2e-4,
-           description="LoftQ: LoRA initialised against the quantisation error (options bits: 4 or 8, iterations: 1)",
-           rate_source="as LoRA (untuned)", extra_options=LOFTQ_OPTIONS),
-    Method("qlora", "LORA", {}, 2e-4, description="QLoRA: LoRA on an NF4-quantised base (needs CUDA, bitsandbytes)",
-           rate_source="as LoRA (untuned)", quantization="nf4"),
-    Method("loha", "LOHA", {}, 2e-4, description="LoHa: low-rank Hadamard product", rate_source="as LoRA (untuned)"),
-    Method("lokr", "LOKR", {}, 2e-4, description="LoKr: low-rank Kronecker product", rate_source="as LoRA (untuned)"),
-    Method("vera", "VERA", {}, 1e-3, description="VeRA: shared random projections",
-           rate_source="trains only scaling vectors, like IA3: between LoRA's and IA3's (untuned)"),
-    Method("adalora", "ADALORA", {}, 2e-4, description="AdaLoRA: LoRA whose ranks are reallocated during training",
-           rate_source="as LoRA (untuned)"),
-    Method("prompt_tuning", "PROMPT_TUNING", PROMPT_DEFAULTS, 3e-2, description="prompt tuning: 20 virtual tokens",
-           rate_source="peft's prompt-tuning guide"),
-    Method("prefix_tuning", "PREFIX_TUNING", PROMPT_DEFAULTS, 1e-2,
-           description="prefix tuning: 20 virtual tokens' keys and values in every layer",
-           rate_source="peft's prefix-tuning guide"),
-    Method("p_tuning", "P_TUNING", PROMPT_DEFAULTS, 1e-3,
-           description="P-tuning: 20 virtual tokens from a prompt encoder", rate_source="peft's P-tuning guide"),
-]}
-METHODS = CURATED  # the curated entries; ``lookup`` answers every peft type too
+from peftbench.methodspecs import CURATED, PROMPT_DEFAULTS, REQUIRED, Method
 
 
 @functools.cache
@@ -111,9 +50,14 @@ def lookup(name: str) -> Method | None:
         return CURATED[key]
     if key in peft_types():
         prompt = _is_prompt_learning(peft_types()[key])
-        return Method(key, key.upper(), dict(PROMPT_DEFAULTS) if prompt else {}, 3e-2 if prompt else 2e-4,
-                      description=f"peft {key}", rate_source="untuned: prompt tuning's rate" if prompt
-                      else "untuned: LoRA's rate")
+        return Method(
+            key,
+            key.upper(),
+            dict(PROMPT_DEFAULTS) if prompt else {},
+            3e-2 if prompt else 2e-4,
+            description=f"peft {key}",
+            rate_source="untuned: prompt tuning's rate" if prompt else "untuned: LoRA's rate",
+        )
     return None
 
 
@@ -131,8 +75,10 @@ def check(name: str, options: dict) -> list[str]:
     """Config problems: unknown method, unknown option, wrong type or range, rejected by peft."""
     method = lookup(name)
     if method is None:
-        return [f"method.name: unknown method {name!r} (e.g. {', '.join(list(CURATED)[:8])}, ...; every peft "
-                f"method type is accepted: peftbench list --methods)"]
+        return [
+            f"method.name: unknown method {name!r} (e.g. {', '.join(list(CURATED)[:8])}, ...; every peft "
+            f"method type is accepted: peftbench list --methods)"
+        ]
     if method.peft_type is None:
         return [f"method.{k}: {name!r} takes no options" for k in options]
     if method.name in REQUIRED and REQUIRED[method.name][0] not in options:
@@ -147,8 +93,9 @@ def check(name: str, options: dict) -> list[str]:
             if not fits(value, method.extra_options[key]) or value < 1:
                 problems.append(f"method.{key}: must be a positive int, got {value!r}")
         elif key not in fields:
-            problems.append(f"method.{key}: not an option of {cls.__name__} "
-                            f"(e.g. {', '.join(sorted(fields)[:6])}, ...)")
+            problems.append(
+                f"method.{key}: not an option of {cls.__name__} (e.g. {', '.join(sorted(fields)[:6])}, ...)"
+            )
         elif not fits(value, hints.get(key, typing.Any)):
             problems.append(f"method.{key}: {value!r} is not a valid {type_name(hints[key])} for {cls.__name__}")
         elif key == "r" and value < 1:
@@ -261,8 +208,11 @@ def peft_config(name: str, options: dict, *, family: str, model: torch.nn.Module
     cls = config_class(method)
     opts = dict(options)
     field_names = {f.name for f in dataclasses.fields(cls)}
-    if "fan_in_fan_out" in field_names and "fan_in_fan_out" not in opts and \
-            _conv1d_targets(model, opts.get("target_modules")):
+    if (
+        "fan_in_fan_out" in field_names
+        and "fan_in_fan_out" not in opts
+        and _conv1d_targets(model, opts.get("target_modules"))
+    ):
         opts["fan_in_fan_out"] = True
     if method.peft_type == "IA3" and "feedforward_modules" not in opts and "target_modules" in opts:
         opts["feedforward_modules"] = []  # user-chosen targets: treat none as feed-forward unless told
@@ -281,8 +231,7 @@ class Applied:
     merge_note: str | None = None  # why the method does not merge
 
 
-def apply(*, name: str, options: dict, model: torch.nn.Module, family: str,
-          total_steps: int | None = None) -> Applied:
+def apply(*, name: str, options: dict, model: torch.nn.Module, family: str, total_steps: int | None = None) -> Applied:
     method = lookup(name)
     if method.peft_type is None:
         for p in model.parameters():
@@ -298,15 +247,23 @@ def apply(*, name: str, options: dict, model: torch.nn.Module, family: str,
 
         bits, iters = options.get("bits", 4), options.get("iterations", 1)
         init_loftq(peft_model, bits=bits, iterations=iters)
-        resolved.update(init_lora_weights="loftq", loftq_config={
-            "loftq_bits": bits, "loftq_iter": iters, "quantization": "nf4" if bits == 4 else "int8",
-            "note": "the adapter pairs with the quantised base: base + B A approximates the original weights"})
+        resolved.update(
+            init_lora_weights="loftq",
+            loftq_config={
+                "loftq_bits": bits,
+                "loftq_iter": iters,
+                "quantization": "nf4" if bits == 4 else "int8",
+                "note": "the adapter pairs with the quantised base: base + B A approximates the original weights",
+            },
+        )
     prompt = cfg.is_prompt_learning
     can_merge = hasattr(peft_model, "merge_and_unload") and not prompt
     hook = None
     if hasattr(peft_model.base_model, "update_and_allocate"):
+
         def hook(step: int) -> None:
             peft_model.base_model.update_and_allocate(step)
+
     note = "prompt methods do not merge: their virtual tokens stay in every forward" if prompt else None
     return Applied(peft_model, True, can_merge, resolved, method.learning_rate, hook, note)
 

@@ -4,7 +4,7 @@ Usage:
     loaded = load(ModelArgs(spec="random:gpt2"), seed=0)
     loaded.model, loaded.tokenizer, loaded.family   # family: "causal" | "seq2seq"
 
-Specs are resolved through ``SOURCES``, a registry of prefix -> builder:
+Specs are resolved through ``LOADERS``, a registry of prefix -> builder:
   ``random:NAME``  the published architecture NAME built from its configuration with seeded random
                    weights (efficiency numbers exact, quality not meaningful);
   ``builtin:NAME`` a pretrained model from an offline source (``sources.py``);
@@ -26,57 +26,8 @@ import torch
 from peftbench import fs
 from peftbench.config import ModelArgs
 from peftbench.errors import ConfigError
+from peftbench.shapes import BUILTIN_MODELS, BUILTIN_TOKENIZERS, RANDOM_CONFIGS, RANDOM_TOKENIZERS
 
-# Published configurations, so that random: models have the real shapes without the hub.
-GPT2_BASE = dict(model_type="gpt2", vocab_size=50257, n_positions=1024, activation_function="gelu_new",
-                 layer_norm_epsilon=1e-5, bos_token_id=50256, eos_token_id=50256)
-T5_BASE = dict(model_type="t5", vocab_size=32128, relative_attention_num_buckets=32, dropout_rate=0.1,
-               feed_forward_proj="relu", tie_word_embeddings=True, is_encoder_decoder=True,
-               pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, layer_norm_epsilon=1e-6)
-LLAMA3 = dict(model_type="llama", vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0,
-              rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                            "original_max_position_embeddings": 8192},
-              rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001,
-              hidden_act="silu")
-BYTES_VOCAB = 384  # ByT5's byte tokenizer: 3 specials + 256 bytes + 125 extra ids
-
-RANDOM_CONFIGS: dict[str, dict[str, Any]] = {
-    "gpt2": {**GPT2_BASE, "n_embd": 768, "n_layer": 12, "n_head": 12},
-    "gpt2-medium": {**GPT2_BASE, "n_embd": 1024, "n_layer": 24, "n_head": 16},
-    "gpt2-large": {**GPT2_BASE, "n_embd": 1280, "n_layer": 36, "n_head": 20},
-    "gpt2-xl": {**GPT2_BASE, "n_embd": 1600, "n_layer": 48, "n_head": 25},
-    "t5-large": {**T5_BASE, "d_model": 1024, "d_kv": 64, "d_ff": 4096, "num_layers": 24, "num_heads": 16},
-    "t5-3b": {**T5_BASE, "d_model": 1024, "d_kv": 128, "d_ff": 16384, "num_layers": 24, "num_heads": 32},
-    "t5-small": {**T5_BASE, "d_model": 512, "d_kv": 64, "d_ff": 2048, "num_layers": 6, "num_heads": 8},
-    "t5-base": {**T5_BASE, "d_model": 768, "d_kv": 64, "d_ff": 3072, "num_layers": 12, "num_heads": 12},
-    "smollm2-135m": dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
-                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-                         max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
-                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, hidden_act="silu"),
-    # decoders fine-tuned today, with their real vocabularies (Llama 3's 128,256, Qwen2.5's 152,064)
-    "llama-3.2-1b": {**LLAMA3, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-                     "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64},
-    "llama-3.2-3b": {**LLAMA3, "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 28,
-                     "num_attention_heads": 24, "num_key_value_heads": 8, "head_dim": 128},
-    "qwen2.5-7b": dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
-                       num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                       max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
-                       tie_word_embeddings=False, bos_token_id=151643, eos_token_id=151643, hidden_act="silu"),
-    # tiny shapes for tests and smoke runs (byte tokenizer, so no files are needed)
-    "tiny-gpt2": {**GPT2_BASE, "vocab_size": BYTES_VOCAB, "n_positions": 512, "n_embd": 64, "n_layer": 2,
-                  "n_head": 4, "bos_token_id": 1, "eos_token_id": 1},
-    "tiny-t5": {**T5_BASE, "vocab_size": BYTES_VOCAB, "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2,
-                "num_heads": 4},
-    "tiny-llama": dict(model_type="llama", vocab_size=BYTES_VOCAB, hidden_size=64, intermediate_size=128,
-                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                       max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=1, eos_token_id=1),
-}
-# The tokenizer a random: model gets: GPT-2's real BPE where it is GPT-2-shaped, else bytes.
-RANDOM_TOKENIZERS = {"gpt2": "builtin:gpt2-tokenizer", "gpt2-medium": "builtin:gpt2-tokenizer",
-                     "gpt2-large": "builtin:gpt2-tokenizer", "gpt2-xl": "builtin:gpt2-tokenizer",
-                     "smollm2-135m": "builtin:smollm2-135m"}
-BUILTIN_MODELS = ("smollm2-135m",)
-BUILTIN_TOKENIZERS = ("gpt2-tokenizer", "smollm2-135m")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -95,6 +46,7 @@ class LoadedModel:
 
 
 # ---------------------------------------------------------------- spec checks (config validation)
+
 
 def _looks_local(spec: str) -> bool:
     return spec.startswith(("/", "./", "../", "~")) or fs.exists(spec)
@@ -134,12 +86,16 @@ def check_model_dir(path: Path, *, trust_remote_code: bool) -> list[str]:
     if not any(path.glob("*.safetensors")):
         pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in path.glob(pattern))
         if pickles:
-            return [f"model.spec: {path} holds only pickle weights ({', '.join(pickles[:3])}); peftbench loads "
-                    "safetensors only: re-save with save_pretrained(safe_serialization=True)"]
+            return [
+                f"model.spec: {path} holds only pickle weights ({', '.join(pickles[:3])}); peftbench loads "
+                "safetensors only: re-save with save_pretrained(safe_serialization=True)"
+            ]
         return [f"model.spec: {path} has no *.safetensors weights"]
     if cfg.get("auto_map") and not trust_remote_code:
-        return [f"model.spec: {path} asks for custom code (auto_map in config.json); "
-                "set model.trust_remote_code=true if you trust it"]
+        return [
+            f"model.spec: {path} asks for custom code (auto_map in config.json); "
+            "set model.trust_remote_code=true if you trust it"
+        ]
     return []
 
 
@@ -200,14 +156,18 @@ def check_tokenizer_spec(spec: str) -> list[str]:
         return []
     prefix, sep, name = spec.partition(":")
     if sep and prefix == "builtin":
-        return [] if name in BUILTIN_TOKENIZERS else [
-            f"model.tokenizer: unknown builtin tokenizer {name!r} (known: {', '.join(BUILTIN_TOKENIZERS)})"]
+        return (
+            []
+            if name in BUILTIN_TOKENIZERS
+            else [f"model.tokenizer: unknown builtin tokenizer {name!r} (known: {', '.join(BUILTIN_TOKENIZERS)})"]
+        )
     if _looks_local(spec) or HUB_ID.match(spec):
         return []
     return [f"model.tokenizer: {spec!r} is not bytes, builtin:NAME, a hub id or a directory"]
 
 
 # ---------------------------------------------------------------- loading
+
 
 def resolve_dtype(name: str, device: torch.device, *, inference: bool = False) -> torch.dtype:
     """A ``DTYPE_CHOICES`` name as a torch dtype. ``auto``: fp32 weights for training (bf16 compute
@@ -252,8 +212,9 @@ def random_config(name: str):
     return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
 
 
-def build_random(name: str, *, seed: int, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str | None = None) -> torch.nn.Module:
+def build_random(
+    name: str, *, seed: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> torch.nn.Module:
     """The published architecture with seeded random weights (same seed and device -> same weights).
 
     ``device``: where the weights are created and initialised (a 7B shape is built on its GPU, never
@@ -269,8 +230,10 @@ def _load_random(args: ModelArgs, name: str, seed: int, dtype: torch.dtype, devi
     model = build_random(name, seed=seed, dtype=dtype, device=device)
     tok = load_tokenizer(tok_spec)
     if len(tok) > model.config.vocab_size:
-        raise ConfigError(f"model.tokenizer: {tok_spec} has {len(tok)} tokens, more than {args.spec}'s "
-                          f"vocabulary of {model.config.vocab_size}")
+        raise ConfigError(
+            f"model.tokenizer: {tok_spec} has {len(tok)} tokens, more than {args.spec}'s "
+            f"vocabulary of {model.config.vocab_size}"
+        )
     return LoadedModel(model, tok, family_of(model.config), args.spec, tok_spec, pretrained=False)
 
 
@@ -279,8 +242,14 @@ def _load_pretrained(args: ModelArgs, path: str, dtype: torch.dtype) -> LoadedMo
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=args.trust_remote_code, revision=args.revision)
     family = family_of(config)
-    model = _auto_class(family).from_pretrained(path, config=config, dtype=dtype, use_safetensors=True,
-                                                trust_remote_code=args.trust_remote_code, revision=args.revision)
+    model = _auto_class(family).from_pretrained(
+        path,
+        config=config,
+        dtype=dtype,
+        use_safetensors=True,
+        trust_remote_code=args.trust_remote_code,
+        revision=args.revision,
+    )
     tok_spec = args.tokenizer or path
     tok = load_tokenizer(tok_spec, trust_remote_code=args.trust_remote_code, revision=args.revision)
     return LoadedModel(model, tok, family, args.spec, tok_spec if args.tokenizer else args.spec, pretrained=True)
@@ -296,7 +265,7 @@ def _load_builtin(args: ModelArgs, name: str, dtype: torch.dtype) -> LoadedModel
     return loaded
 
 
-SOURCES: dict[str, Callable[..., LoadedModel]] = {
+LOADERS: dict[str, Callable[..., LoadedModel]] = {
     "random": lambda args, name, seed, dtype, device: _load_random(args, name, seed, dtype, device),
     "builtin": lambda args, name, seed, dtype, device: _load_builtin(args, name, dtype),
 }
@@ -306,8 +275,8 @@ def load(args: ModelArgs, *, seed: int = 0, device: torch.device | None = None) 
     device = device or torch.device("cpu")
     dtype = resolve_dtype(args.dtype, device)
     prefix, sep, name = args.spec.partition(":")
-    if sep and prefix in SOURCES:
-        loaded = SOURCES[prefix](args, name, seed, dtype, device)
+    if sep and prefix in LOADERS:
+        loaded = LOADERS[prefix](args, name, seed, dtype, device)
     else:
         loaded = _load_pretrained(
             args, str(Path(args.spec).expanduser()) if _looks_local(args.spec) else args.spec, dtype
@@ -337,8 +306,12 @@ def quantize(loaded: LoadedModel, quant: str, device: torch.device) -> LoadedMod
     from transformers import BitsAndBytesConfig
 
     if quant == "nf4":
-        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                 bnb_4bit_compute_dtype=torch.bfloat16)
+        bnb = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
     else:
         bnb = BitsAndBytesConfig(load_in_8bit=True)
     with tempfile.TemporaryDirectory(prefix="peftbench-quant-") as tmp:

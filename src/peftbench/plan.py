@@ -84,6 +84,7 @@ def plan_runs(suite: Suite) -> list[Run]:
 
 # ---------------------------------------------------------------- validation
 
+
 def validate(exp: Experiment) -> list[str]:
     """Every problem of one experiment, each as ``"<id>: problem"``."""
     problems = check_numbers(exp)
@@ -116,56 +117,83 @@ def _applies(exp: Experiment) -> list[str]:
     key = (exp.model.spec, method.name, repr(sorted(exp.method.options.items())))
     if key not in _APPLIES:
         built = models.meta_model(exp.model.spec)
-        _APPLIES[key] = methods.probe(method.name, exp.method.options, model=built[0], family=built[1]) \
-            if built else None
+        _APPLIES[key] = (
+            methods.probe(method.name, exp.method.options, model=built[0], family=built[1]) if built else None
+        )
     why = _APPLIES[key]
     if why is None:
         return []
-    return [f"method.name: {method.name} cannot apply to {exp.model.spec} ({why}); other target_modules or "
-            f"another method may (peftbench list --methods shows what applies to which architecture)"]
+    return [
+        f"method.name: {method.name} cannot apply to {exp.model.spec} ({why}); other target_modules or "
+        f"another method may (peftbench list --methods shows what applies to which architecture)"
+    ]
 
 
 def _choices(exp: Experiment) -> list[str]:
-    checks = [("model.family", exp.model.family, (None, "causal", "seq2seq")),
-              ("model.dtype", exp.model.dtype, DTYPE_CHOICES), ("measure.dtype", exp.measure.dtype, DTYPE_CHOICES),
-              ("model.chat_template", exp.model.chat_template, ("auto", "on", "off")),
-              ("train.mixed_precision", exp.train.mixed_precision, ("auto", "no", "bf16", "fp16")),
-              ("train.compile", exp.train.compile, COMPILE_CHOICES),
-              ("train.fused_optimizer", exp.train.fused_optimizer, SWITCH_CHOICES),
-              ("train.fused_loss", exp.train.fused_loss, FUSED_LOSS_CHOICES),
-              ("train.packing", exp.train.packing, SWITCH_CHOICES),
-              ("model.quantization", exp.model.quantization, QUANTIZATION_CHOICES),
-              ("train.distributed", exp.train.distributed, DISTRIBUTED_CHOICES),
-              ("measure.optimized", exp.measure.optimized, OPTIMIZED_CHOICES)]
-    problems = [f"{key}: {value!r} is not one of {', '.join(str(c) for c in choices)}"
-                for key, value, choices in checks if value not in choices]
+    checks = [
+        ("model.family", exp.model.family, (None, "causal", "seq2seq")),
+        ("model.dtype", exp.model.dtype, DTYPE_CHOICES),
+        ("measure.dtype", exp.measure.dtype, DTYPE_CHOICES),
+        ("model.chat_template", exp.model.chat_template, ("auto", "on", "off")),
+        ("train.mixed_precision", exp.train.mixed_precision, ("auto", "no", "bf16", "fp16")),
+        ("train.compile", exp.train.compile, COMPILE_CHOICES),
+        ("train.fused_optimizer", exp.train.fused_optimizer, SWITCH_CHOICES),
+        ("train.fused_loss", exp.train.fused_loss, FUSED_LOSS_CHOICES),
+        ("train.packing", exp.train.packing, SWITCH_CHOICES),
+        ("model.quantization", exp.model.quantization, QUANTIZATION_CHOICES),
+        ("train.distributed", exp.train.distributed, DISTRIBUTED_CHOICES),
+        ("measure.optimized", exp.measure.optimized, OPTIMIZED_CHOICES),
+    ]
+    problems = [
+        f"{key}: {value!r} is not one of {', '.join(str(c) for c in choices)}"
+        for key, value, choices in checks
+        if value not in choices
+    ]
     method = methods.lookup(exp.method.name)
     if exp.model.quantization and method is not None and method.name == "full":
-        problems.append("model.quantization: full fine-tuning cannot train a quantised base; use an adapter method "
-                        "(lora, qlora, ...) or model.quantization: null")
+        problems.append(
+            "model.quantization: full fine-tuning cannot train a quantised base; use an adapter method "
+            "(lora, qlora, ...) or model.quantization: null"
+        )
     if exp.train.distributed == "fsdp" and (exp.model.quantization or (method and method.quantization)):
-        problems.append("train.distributed: fsdp does not shard a quantised base here; use ddp (the base is "
-                        "small already) or an unquantised base")
+        problems.append(
+            "train.distributed: fsdp does not shard a quantised base here; use ddp (the base is "
+            "small already) or an unquantised base"
+        )
     if exp.train.fused_loss == "liger" and importlib.util.find_spec("liger_kernel") is None:
-        problems.append("train.fused_loss: liger needs liger-kernel (pip install 'peftbench[speed]'), "
-                        "or use chunked")
+        problems.append("train.fused_loss: liger needs liger-kernel (pip install 'peftbench[speed]'), or use chunked")
     return problems
 
 
 def _ranges(exp: Experiment) -> list[str]:
     d, t, m = exp.data, exp.train, exp.measure
     problems = []
-    positive = {"data.max_source_length": d.max_source_length, "data.max_target_length": d.max_target_length,
-                "train.batch_size": t.batch_size, "train.gradient_accumulation_steps": t.gradient_accumulation_steps,
-                "measure.iterations": m.iterations,
-                "measure.batch_size": m.batch_size, "measure.seq_len": m.seq_len, "measure.new_tokens": m.new_tokens}
+    positive = {
+        "data.max_source_length": d.max_source_length,
+        "data.max_target_length": d.max_target_length,
+        "train.batch_size": t.batch_size,
+        "train.gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "measure.iterations": m.iterations,
+        "measure.batch_size": m.batch_size,
+        "measure.seq_len": m.seq_len,
+        "measure.new_tokens": m.new_tokens,
+    }
     problems += [f"{k}: must be > 0, got {v}" for k, v in positive.items() if v <= 0]
-    optional = {"data.max_train_samples": d.max_train_samples, "data.max_eval_samples": d.max_eval_samples,
-                "train.eval_samples": t.eval_samples, "train.log_steps": t.log_steps}
+    optional = {
+        "data.max_train_samples": d.max_train_samples,
+        "data.max_eval_samples": d.max_eval_samples,
+        "train.eval_samples": t.eval_samples,
+        "train.log_steps": t.log_steps,
+    }
     problems += [f"{k}: must be > 0 or null, got {v}" for k, v in optional.items() if v is not None and v <= 0]
-    non_negative = {"measure.warmup": m.warmup, "train.eval_steps": t.eval_steps, "measure.min_seconds": m.min_seconds,
-                    "measure.large_batch_size": m.large_batch_size, "train.weight_decay": t.weight_decay,
-                    "train.max_grad_norm": t.max_grad_norm}
+    non_negative = {
+        "measure.warmup": m.warmup,
+        "train.eval_steps": t.eval_steps,
+        "measure.min_seconds": m.min_seconds,
+        "measure.large_batch_size": m.large_batch_size,
+        "train.weight_decay": t.weight_decay,
+        "train.max_grad_norm": t.max_grad_norm,
+    }
     if t.dataloader_workers is not None and t.dataloader_workers < 0:
         problems.append(f"train.dataloader_workers: must be >= 0 or null, got {t.dataloader_workers}")
     problems += [f"{k}: must be >= 0, got {v}" for k, v in non_negative.items() if v < 0]
@@ -184,8 +212,9 @@ def _ranges(exp: Experiment) -> list[str]:
         if not 0 < getattr(d, key) < 0.5:
             problems.append(f"data.{key}: must be in (0, 0.5), got {getattr(d, key)}")
     if d.task in SPECS and SPECS[d.task].blocks and d.max_source_length < 2:
-        problems.append(f"data.max_source_length: language modelling needs blocks of >= 2 tokens, got "
-                        f"{d.max_source_length}")
+        problems.append(
+            f"data.max_source_length: language modelling needs blocks of >= 2 tokens, got {d.max_source_length}"
+        )
     return problems
 
 
@@ -203,8 +232,9 @@ def _lengths(exp: Experiment) -> list[str]:
         problems.append(f"data.{what} = {train_len} exceeds the model's {limit} positions")
     gen = m.new_tokens if m.generate else 0
     if m.seq_len + gen > limit:
-        problems.append(f"measure.seq_len + measure.new_tokens = {m.seq_len + gen} exceeds the model's {limit} "
-                        "positions")
+        problems.append(
+            f"measure.seq_len + measure.new_tokens = {m.seq_len + gen} exceeds the model's {limit} positions"
+        )
     return problems
 
 
@@ -235,11 +265,14 @@ def _raise(errors: list[str]) -> None:
 
 # ---------------------------------------------------------------- suites
 
-def suite_from_dict(raw, *, name: str, overrides: list[str] | None = None, seeds: list[int] | None = None,
-                    path: str | None = None) -> Suite:
+
+def suite_from_dict(
+    raw, *, name: str, overrides: list[str] | None = None, seeds: list[int] | None = None, path: str | None = None
+) -> Suite:
     errors: list[str] = []
-    suite_name, description, experiments = experiments_from_raw(raw, name=name, overrides=overrides, seeds=seeds,
-                                                                errors=errors)
+    suite_name, description, experiments = experiments_from_raw(
+        raw, name=name, overrides=overrides, seeds=seeds, errors=errors
+    )
     _raise(errors)
     seen: set[str] = set()
     for exp in experiments:
@@ -287,8 +320,16 @@ def load_suite(name_or_path: str, *, overrides: list[str] | None = None, seeds: 
     return suite_from_dict(raw, name=path.stem, overrides=overrides, seeds=seeds, path=str(path))
 
 
-def single_experiment(*, model: str, method: str, task: str, dataset: str, overrides: list[str] | None = None,
-                      exp_id: str | None = None, seeds: list[int] | None = None) -> Suite:
+def single_experiment(
+    *,
+    model: str,
+    method: str,
+    task: str,
+    dataset: str,
+    overrides: list[str] | None = None,
+    exp_id: str | None = None,
+    seeds: list[int] | None = None,
+) -> Suite:
     raw = {"model": {"spec": model}, "method": {"name": method}, "data": {"spec": dataset, "task": task}}
     if exp_id is not None:
         raw["id"] = exp_id

@@ -27,13 +27,24 @@ from peftbench.results import Result
 log = logging.getLogger("peftbench")
 
 
-def failure(run: Run, status: str, error: str, *, started: float, device: str, attempt: str | None,
-            tb: str | None = None) -> Result:
-    return Result(id=run.experiment_id, run_id=run.run_id, status=status, error=error, traceback=tb,
-                  config=run.exp.to_dict(), config_hash=run.config_hash, attempt=attempt, seed=run.seed,
-                  env=results.capture_env(device),
-                  started_at=results.timestamp(started), finished_at=results.now(),
-                  wall_seconds=round(time.time() - started, 3))
+def failure(
+    run: Run, status: str, error: str, *, started: float, device: str, attempt: str | None, tb: str | None = None
+) -> Result:
+    return Result(
+        id=run.experiment_id,
+        run_id=run.run_id,
+        status=status,
+        error=error,
+        traceback=tb,
+        config=run.exp.to_dict(),
+        config_hash=run.config_hash,
+        attempt=attempt,
+        seed=run.seed,
+        env=results.capture_env(device),
+        started_at=results.timestamp(started),
+        finished_at=results.now(),
+        wall_seconds=round(time.time() - started, 3),
+    )
 
 
 def _known_so_far(result: Result, recipe) -> None:
@@ -43,12 +54,16 @@ def _known_so_far(result: Result, recipe) -> None:
         total, trainable = recipe.params
         result.params = {"total": total, "trainable": trainable}
     if getattr(recipe, "resolved", None):
-        result.resolved = {k: v for k, v in recipe.resolved.items() if k in ("device", "num_processes", "distributed",
-                                                                             "quantization", "mixed_precision")}
+        result.resolved = {
+            k: v
+            for k, v in recipe.resolved.items()
+            if k in ("device", "num_processes", "distributed", "quantization", "mixed_precision")
+        }
 
 
-def execute(run: Run, *, out_dir: Path, device: str, attempt: str | None = None,
-            tracking: dict | None = None) -> Result | None:
+def execute(
+    run: Run, *, out_dir: Path, device: str, attempt: str | None = None, tracking: dict | None = None
+) -> Result | None:
     """Run and record one run; re-raises ``Cancelled`` after recording it. None off the main process."""
     started = time.time()
     recipe = None
@@ -59,8 +74,17 @@ def execute(run: Run, *, out_dir: Path, device: str, attempt: str | None = None,
         result = recipe.run()
     except (Cancelled, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Cancelled) else signal.SIGINT
-        results.write_result(out_dir, failure(run, "cancelled", f"cancelled by {signal.Signals(signum).name}",
-                                              started=started, device=device, attempt=attempt))
+        results.write_result(
+            out_dir,
+            failure(
+                run,
+                "cancelled",
+                f"cancelled by {signal.Signals(signum).name}",
+                started=started,
+                device=device,
+                attempt=attempt,
+            ),
+        )
         raise Cancelled(signum) from None
     except Skipped as e:  # cannot run on this machine: recorded as such, and the suite goes on
         result = failure(run, "skipped", str(e), started=started, device=device, attempt=attempt)
@@ -79,4 +103,3 @@ def execute(run: Run, *, out_dir: Path, device: str, attempt: str | None = None,
     results.write_result(out_dir, result)
     fault_point("result-written", run.run_id)
     return result
-

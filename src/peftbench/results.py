@@ -103,6 +103,7 @@ def timestamp(seconds: float) -> str:
 
 # ---------------------------------------------------------------- writing
 
+
 @contextlib.contextmanager
 def signals_deferred():
     """Hold SIGINT/SIGTERM until the block ends, so a file write and its rename finish together.
@@ -178,6 +179,7 @@ def write_result(out_dir: Path, result: Result) -> Path:
 
 # ---------------------------------------------------------------- reading
 
+
 def read_result(path: Path) -> Result | None:
     try:
         d = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -207,6 +209,7 @@ def load_results(folder: Path) -> list[dict]:
 
 # ---------------------------------------------------------------- the output folder
 
+
 class FolderLock:
     """An exclusive lock on an output folder (``fcntl.flock`` on ``<out>/.lock``), so two runs into
     one folder never run an experiment twice or overwrite each other's results. The kernel
@@ -224,8 +227,10 @@ class FolderLock:
         except BlockingIOError:
             holder = os.read(fd, 300).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise ConfigError(f"--out {self.path.parent}: in use by another peftbench run ({holder}); "
-                              "wait for it or use another --out") from None
+            raise ConfigError(
+                f"--out {self.path.parent}: in use by another peftbench run ({holder}); "
+                "wait for it or use another --out"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now()}".encode())
         self.fd = fd
@@ -254,6 +259,7 @@ def clean_stale(out_dir: Path) -> list[Path]:
 
 # ---------------------------------------------------------------- environment
 
+
 def _version(pkg: str) -> str | None:
     try:
         return metadata.version(pkg)
@@ -267,8 +273,13 @@ def git_commit() -> str | None:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         if out.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None

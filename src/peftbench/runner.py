@@ -54,8 +54,10 @@ def check_gpus(gpus: int, *, device: str) -> None:
 
     have = torch.cuda.device_count() if device != "cpu" else 0
     if have < gpus:
-        raise ConfigError(f"--gpus {gpus}: {have} CUDA device{'s' * (have != 1)} visible"
-                          + (" (--device cpu)" if device == "cpu" else ""))
+        raise ConfigError(
+            f"--gpus {gpus}: {have} CUDA device{'s' * (have != 1)} visible"
+            + (" (--device cpu)" if device == "cpu" else "")
+        )
 
 
 def select(runs: list[Run], only: str | None) -> list[Run]:
@@ -78,6 +80,7 @@ def is_main_rank() -> bool:
 
 
 # ---------------------------------------------------------------- signals
+
 
 class _Signals:
     """While the suite runs: SIGINT/SIGTERM are remembered and passed on to the running child;
@@ -108,26 +111,48 @@ class _Signals:
 
 # ---------------------------------------------------------------- one run in a child process
 
+
 def child_command(payload: Path, gpus: int) -> list[str]:
     if gpus > 1:  # one process per GPU, through accelerate's own launcher
-        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
-                "-m", "peftbench.child", str(payload)]
+        return [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(gpus),
+            "-m",
+            "peftbench.child",
+            str(payload),
+        ]
     return [sys.executable, "-m", "peftbench.child", str(payload)]
 
 
 def run_payload(run: Run, *, out_dir: Path, device: str, attempt: str, tracking: dict | None = None) -> dict:
-    return {"exp": run.exp.to_dict(), "experiment_id": run.experiment_id, "run_id": run.run_id, "seed": run.seed,
-            "sweep": run.sweep, "config_hash": run.config_hash, "out_dir": str(out_dir), "device": device,
-            "attempt": attempt, "log_level": logging.getLogger("peftbench").level, "tracking": tracking}
+    return {
+        "exp": run.exp.to_dict(),
+        "experiment_id": run.experiment_id,
+        "run_id": run.run_id,
+        "seed": run.seed,
+        "sweep": run.sweep,
+        "config_hash": run.config_hash,
+        "out_dir": str(out_dir),
+        "device": device,
+        "attempt": attempt,
+        "log_level": logging.getLogger("peftbench").level,
+        "tracking": tracking,
+    }
 
 
-def run_in_child(run: Run, *, out_dir: Path, device: str, gpus: int, guard: _Signals,
-                 tracking: dict | None = None) -> Result:
+def run_in_child(
+    run: Run, *, out_dir: Path, device: str, gpus: int, guard: _Signals, tracking: dict | None = None
+) -> Result:
     """Start the run in a fresh process and return what it recorded, or record how it died."""
     attempt = uuid.uuid4().hex[:12]
     payload = out_dir / "results" / f".{run.run_id}.payload-{attempt}.json"
-    results.write_json_atomic(payload, run_payload(run, out_dir=out_dir, device=device, attempt=attempt,
-                                                   tracking=tracking))
+    results.write_json_atomic(
+        payload, run_payload(run, out_dir=out_dir, device=device, attempt=attempt, tracking=tracking)
+    )
     started = time.time()
     try:
         proc = subprocess.Popen(child_command(payload, gpus), start_new_session=True)  # signals come from us
@@ -173,20 +198,32 @@ def _death(code: int) -> str:
 
 # ---------------------------------------------------------------- the suite
 
+
 def _say(*args, **kw) -> None:
     print(*args, **kw, flush=True)  # a line per event, visible at once in log files and CI
 
 
-def run_suite(suite, *, out_dir: Path, device: str = "auto", force: bool = False, only: str | None = None,
-              report: bool = True, in_process: bool = False, gpus: int = 1, echo=_say,
-              tracking: dict | None = None) -> int:
+def run_suite(
+    suite,
+    *,
+    out_dir: Path,
+    device: str = "auto",
+    force: bool = False,
+    only: str | None = None,
+    report: bool = True,
+    in_process: bool = False,
+    gpus: int = 1,
+    echo=_say,
+    tracking: dict | None = None,
+) -> int:
     """Run the suite's runs; returns the exit code (0 all succeeded, 1 some failed, 128+N on signal N)."""
     device = resolve_device(device)
     runs = select(plan_runs(suite), only)
     launched = launched_world_size() > 1
     if gpus > 1 and (in_process or launched):
-        raise ConfigError("--gpus: not with --in-process or inside accelerate launch (which already starts the "
-                          "processes)")
+        raise ConfigError(
+            "--gpus: not with --in-process or inside accelerate launch (which already starts the processes)"
+        )
     main = is_main_rank()
     if not main:
         echo = lambda *a, **k: None  # noqa: E731  (every rank runs the loop; one talks)
@@ -207,32 +244,43 @@ def run_suite(suite, *, out_dir: Path, device: str = "auto", force: bool = False
                 continue
             echo(f"[{i}/{len(runs)}] {run.run_id}: running" + (" (config changed)" if state == "stale" else ""))
             if in_process:
-                from peftbench.record import execute
-
-                try:
-                    result = execute(run, out_dir=out_dir, device=device, tracking=tracking)
-                except Cancelled as c:
-                    guard.received = c.signum
-                    result = None
+                result = _run_here(run, out_dir=out_dir, device=device, guard=guard, tracking=tracking)
             else:
                 result = run_in_child(run, out_dir=out_dir, device=device, gpus=gpus, guard=guard, tracking=tracking)
             if guard.received:
                 echo(f"[{i}/{len(runs)}] {run.run_id}: cancelled")
                 break
-            if result is None:
-                continue
-            if result.status == "success":
-                echo(f"[{i}/{len(runs)}] {run.run_id}: {_summary_line(result)}")
-            elif result.status == "skipped":
-                echo(f"[{i}/{len(runs)}] {run.run_id}: skipped: {result.error}")
-            else:
-                failed += 1
-                echo(f"[{i}/{len(runs)}] {run.run_id}: FAILED {result.error}")
+            failed += _announce(f"[{i}/{len(runs)}] {run.run_id}", result, echo)
         if report and main:
             _report(out_dir, echo)
     if guard.received:
         return 128 + guard.received
     return 1 if failed else 0
+
+
+def _run_here(run, *, out_dir: Path, device: str, guard, tracking: dict | None):
+    """One run in this process (``--in-process``, or under a launcher); a signal cancels it."""
+    from peftbench.record import execute
+
+    try:
+        return execute(run, out_dir=out_dir, device=device, tracking=tracking)
+    except Cancelled as c:
+        guard.received = c.signum
+        return None
+
+
+def _announce(head: str, result, echo) -> int:
+    """One line for a run's outcome; 1 when it failed (None: another process records it)."""
+    if result is None:
+        return 0
+    if result.status == "success":
+        echo(f"{head}: {_summary_line(result)}")
+    elif result.status == "skipped":
+        echo(f"{head}: skipped: {result.error}")
+    else:
+        echo(f"{head}: FAILED {result.error}")
+        return 1
+    return 0
 
 
 def _report(out_dir: Path, echo) -> None:

@@ -35,7 +35,7 @@ class Scorer:
 
     def _batches(self, feats: list[dict], side: str = "right"):
         for i in range(0, len(feats), self.batch_size):
-            chunk = feats[i:i + self.batch_size]
+            chunk = feats[i : i + self.batch_size]
             batch = pad_batch(chunk, pad_id=self.tok.pad_token_id, side=side)
             yield chunk, {k: v.to(self.device) for k, v in batch.items()}
 
@@ -59,11 +59,13 @@ class Scorer:
         nlls: list[float] = []
         counts: list[int] = []
         for _, batch in self._batches(feats):
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                **self._teacher(batch)).logits.float()
+            logits = self.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **self._teacher(batch)
+            ).logits.float()
             logits, labels = self._scored(logits, batch["labels"])
-            loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE,
-                                                     reduction="none")
+            loss = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none"
+            )
             nlls += loss.sum(-1).tolist()
             counts += (labels != IGNORE).sum(-1).tolist()
         return nlls, counts
@@ -72,13 +74,19 @@ class Scorer:
         return {}
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], *, max_new_tokens: int,
-                 progress: Callable[[int], None] | None = None) -> list[str]:
+    def generate(
+        self, prompts: list[list[int]], *, max_new_tokens: int, progress: Callable[[int], None] | None = None
+    ) -> list[str]:
         outs: list[str] = []
         tok = self.tok
         for chunk, batch in self._batches([{"input_ids": p} for p in prompts], side=self.generate_side):
-            gen = self.model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                                      eos_token_id=tok.eos_token_id, **GENERATION)
+            gen = self.model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                **GENERATION,
+            )
             outs += [t.strip() for t in tok.batch_decode(self._continuation(gen, batch), skip_special_tokens=True)]
             if progress:
                 progress(len(chunk))
@@ -103,10 +111,10 @@ class CausalScorer(Scorer):
 
     def _scored(self, logits, labels):
         # prompt tuning prepends its virtual tokens' logits: keep the input's own positions, then shift
-        return logits[:, logits.shape[1] - labels.shape[1]:][:, :-1], labels[:, 1:]
+        return logits[:, logits.shape[1] - labels.shape[1] :][:, :-1], labels[:, 1:]
 
     def _continuation(self, gen, batch):
-        return gen[:, batch["input_ids"].shape[1]:]
+        return gen[:, batch["input_ids"].shape[1] :]
 
     @torch.no_grad()
     def next_token_logprobs(self, prompts, cands):
@@ -152,10 +160,13 @@ class Seq2SeqScorer(Scorer):
         """Consecutive blocks of ``block`` tokens; the second half of each is scored given the first."""
         n = len(stream) // block if limit is None else min(len(stream) // block, limit)
         half = block // 2
-        feats = [Seq2SeqScorer.pair(stream[i * block:i * block + half], stream[i * block + half:(i + 1) * block])
-                 for i in range(n)]
-        return feats, (f"seq2seq: perplexity of the second {block - half} tokens of each {block}-token block "
-                       "given the first half")
+        feats = [
+            Seq2SeqScorer.pair(stream[i * block : i * block + half], stream[i * block + half : (i + 1) * block])
+            for i in range(n)
+        ]
+        return feats, (
+            f"seq2seq: perplexity of the second {block - half} tokens of each {block}-token block given the first half"
+        )
 
 
 def _last_logits(model, batch: dict) -> torch.Tensor:

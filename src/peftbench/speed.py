@@ -51,8 +51,9 @@ def split_head(model) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
     return body, head
 
 
-def resolve(args, *, device_type: str, family: str, task: str, model, varying: bool = False,
-            sharded: bool = False) -> dict:
+def resolve(
+    args, *, device_type: str, family: str, task: str, model, varying: bool = False, sharded: bool = False
+) -> dict:
     """The speed switches as they will run here: {"compile": "off" | "model" | "regions", ..., "reasons": {...}}.
 
     ``varying``: the training examples have different lengths (batches change shape); ``sharded``:
@@ -70,8 +71,7 @@ def resolve(args, *, device_type: str, family: str, task: str, model, varying: b
     compile_mode = _compile_mode(args.compile, cuda=cuda, varying=varying, reasons=reasons)
     if sharded and compile_mode != "off":
         compile_mode, reasons["compile"] = "off", "off: not validated with FSDP's sharding hooks (train.distributed)"
-    out = {"compile": compile_mode,
-           "fused_optimizer": on_off("fused_optimizer")}
+    out = {"compile": compile_mode, "fused_optimizer": on_off("fused_optimizer")}
     out["fused_loss"] = _fused_loss(args.fused_loss, cuda=cuda, model=model, reasons=reasons)
     packing = on_off("packing")
     if packing and SPECS[task].blocks:
@@ -170,8 +170,15 @@ def seq2seq_packed_forward(model, batch: dict, **kw):
     enc_mask, dec_mask, cross_mask = segment_masks(batch["encoder_segments"], batch["decoder_segments"], dtype)
     hf = model.get_base_model() if hasattr(model, "get_base_model") else model
     encoded = hf.get_encoder()(input_ids=batch["input_ids"], attention_mask=enc_mask)
-    return model(encoder_outputs=encoded, attention_mask=cross_mask, decoder_input_ids=batch["decoder_input_ids"],
-                 decoder_attention_mask=dec_mask, labels=batch.get("labels"), use_cache=False, **kw)
+    return model(
+        encoder_outputs=encoded,
+        attention_mask=cross_mask,
+        decoder_input_ids=batch["decoder_input_ids"],
+        decoder_attention_mask=dec_mask,
+        labels=batch.get("labels"),
+        use_cache=False,
+        **kw,
+    )
 
 
 def seq2seq_packs_correctly(model) -> bool:
@@ -183,8 +190,13 @@ def seq2seq_packs_correctly(model) -> bool:
     vocab = hf.get_input_embeddings().num_embeddings
     start = hf.config.decoder_start_token_id or 0
     g = torch.Generator().manual_seed(0)
-    feats = [{"input_ids": torch.randint(2, vocab, (n,), generator=g).tolist(),
-              "labels": torch.randint(2, vocab, (m,), generator=g).tolist()} for n, m in ((5, 3), (7, 4))]
+    feats = [
+        {
+            "input_ids": torch.randint(2, vocab, (n,), generator=g).tolist(),
+            "labels": torch.randint(2, vocab, (m,), generator=g).tolist(),
+        }
+        for n, m in ((5, 3), (7, 4))
+    ]
     packed = pack_seq2seq(feats, pad_id=0, start_id=start, max_padding=1.0)
     if len(packed["input_ids"]) != 1:
         packed = pack_seq2seq(feats, pad_id=0, start_id=start, max_padding=0.0)
@@ -193,9 +205,16 @@ def seq2seq_packs_correctly(model) -> bool:
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
         with torch.no_grad():
-            apart = torch.cat([hf(input_ids=torch.tensor([f["input_ids"]], device=device),
-                                  labels=torch.tensor([f["labels"]], device=device), use_cache=False).logits[0]
-                               for f in feats]).float()
+            apart = torch.cat(
+                [
+                    hf(
+                        input_ids=torch.tensor([f["input_ids"]], device=device),
+                        labels=torch.tensor([f["labels"]], device=device),
+                        use_cache=False,
+                    ).logits[0]
+                    for f in feats
+                ]
+            ).float()
             together = seq2seq_packed_forward(hf, {k: v.to(device) for k, v in packed.items() if k != "labels"})
             together = together.logits[0].float()
     finally:
@@ -240,6 +259,7 @@ class CompiledRegions:
 
 # ---------------------------------------------------------------- loss
 
+
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     """mean(CE(hidden @ weight.T, targets)) with the logits alive one chunk of rows at a time.
 
@@ -260,7 +280,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros(w.shape, dtype=acc, device=weight.device) if weight.requires_grad else None
         total = torch.zeros((), dtype=acc, device=hidden.device)
         for s in range(0, n, chunk):
-            h, t = hidden[s:s + chunk], targets[s:s + chunk]
+            h, t = hidden[s : s + chunk], targets[s : s + chunk]
             logits = (h @ w.T).to(acc)
             logits[:, vocab:] = float("-inf")
             lse = torch.logsumexp(logits, dim=-1)
@@ -268,7 +288,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
             g[torch.arange(len(t), device=g.device), t] -= 1.0
             g = g.div_(max(n, 1)).to(dtype)
-            grad_h[s:s + chunk] = g @ w
+            grad_h[s : s + chunk] = g @ w
             if grad_w is not None:
                 grad_w += (g.T @ h).to(acc)
         ctx.weight_dtype = weight.dtype
@@ -283,8 +303,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return grad_h * grad_out.to(grad_h.dtype), gw, None, None
 
 
-def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                                 chunk: int = CHUNK_ROWS) -> torch.Tensor:
+def chunked_linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK_ROWS
+) -> torch.Tensor:
     device_type = hidden.device.type
     with torch.autocast(device_type=device_type, enabled=False):
         return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk)

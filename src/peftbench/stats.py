@@ -33,6 +33,7 @@ BOOT_SEED = 1234  # fixed, so a report rebuilt from the same results prints the 
 # Each takes the columns (numpy arrays, one row per example), an index matrix (B, n) that picks a
 # resample per row, and the run's params; it returns B values.
 
+
 def _mean100(col: str) -> Callable:
     return lambda c, idx, p: 100 * c[col][idx].mean(axis=1)
 
@@ -67,8 +68,14 @@ def _bleu(c, idx, p):
     from sacrebleu.metrics.bleu import BLEU
 
     sums = c["bleu_stats"][idx].sum(axis=1)  # (B, 10)
-    return np.array([BLEU.compute_bleu(correct=[int(x) for x in s[2:6]], total=[int(x) for x in s[6:10]],
-                                       sys_len=int(s[0]), ref_len=int(s[1])).score for s in sums])
+    return np.array(
+        [
+            BLEU.compute_bleu(
+                correct=[int(x) for x in s[2:6]], total=[int(x) for x in s[6:10]], sys_len=int(s[0]), ref_len=int(s[1])
+            ).score
+            for s in sums
+        ]
+    )
 
 
 def _perplexity(c, idx, p):
@@ -89,10 +96,17 @@ def _rate(c, idx, p):
 
 
 STATISTICS: dict[str, Callable] = {
-    "accuracy": _accuracy, "macro_f1": _macro_f1, "rouge1": _mean100("rouge1"), "rouge2": _mean100("rouge2"),
-    "rougeL": _mean100("rougeL"), "bleu": _bleu, "perplexity": _perplexity,
+    "accuracy": _accuracy,
+    "macro_f1": _macro_f1,
+    "rouge1": _mean100("rouge1"),
+    "rouge2": _mean100("rouge2"),
+    "rougeL": _mean100("rougeL"),
+    "bleu": _bleu,
+    "perplexity": _perplexity,
     # efficiency: latency samples (x), throughput laps (volume, seconds)
-    "mean": _mean, "median": _median, "rate": _rate,
+    "mean": _mean,
+    "median": _median,
+    "rate": _rate,
 }
 
 
@@ -106,8 +120,9 @@ def statistic(samples: dict, name: str) -> float:
     return float(STATISTICS[name](_columns(samples), np.arange(n)[None, :], samples.get("params") or {})[0])
 
 
-def bootstrap_interval(samples: dict, name: str, *, resamples: int = RESAMPLES, level: float = LEVEL,
-                       seed: int = BOOT_SEED) -> tuple[float, float, float]:
+def bootstrap_interval(
+    samples: dict, name: str, *, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = BOOT_SEED
+) -> tuple[float, float, float]:
     """(estimate, low, high): percentile bootstrap over the rows of one run."""
     n = int(samples["n"])
     est = statistic(samples, name)
@@ -135,6 +150,7 @@ def t_interval(values: Sequence[float], *, level: float = LEVEL) -> tuple[float,
 
 
 # ---------------------------------------------------------------- comparisons
+
 
 @dataclass
 class Comparison:
@@ -172,9 +188,18 @@ def resample_indices(rng: np.random.Generator, n: int, resamples: int, block: in
     return (starts[:, :, None] + np.arange(block)).reshape(resamples, -1)[:, :n]
 
 
-def compare(a: list[dict], b: list[dict], name: str, *, relative: bool = False, margin: float = 0.0,
-            paired_seeds: bool | None = None, resamples: int = RESAMPLES, level: float = LEVEL,
-            seed: int = BOOT_SEED) -> Comparison:
+def compare(
+    a: list[dict],
+    b: list[dict],
+    name: str,
+    *,
+    relative: bool = False,
+    margin: float = 0.0,
+    paired_seeds: bool | None = None,
+    resamples: int = RESAMPLES,
+    level: float = LEVEL,
+    seed: int = BOOT_SEED,
+) -> Comparison:
     """A against B, each a list of runs (one per seed) of per-example samples.
 
     Rows are resampled with the same indices on both sides when every run was scored on the
@@ -213,9 +238,13 @@ def compare(a: list[dict], b: list[dict], name: str, *, relative: bool = False, 
     lo, hi = (float(x) for x in np.percentile(deltas, [50 * (1 - level), 50 * (1 + level)]))
     p = min(1.0, 2 * min(float((deltas <= 0).mean()), float((deltas >= 0).mean())))
     significant = (lo > 0 or hi < 0) and abs(float(est)) >= margin
-    test = (("paired" if paired_rows else "unpaired") + " bootstrap over "
-            + ("examples" if name not in ("mean", "median", "rate") else "timed samples")
-            + (f" and {len(a)}/{len(b)} seeds" if max(len(a), len(b)) > 1 else "") + f", {resamples} resamples")
+    test = (
+        ("paired" if paired_rows else "unpaired")
+        + " bootstrap over "
+        + ("examples" if name not in ("mean", "median", "rate") else "timed samples")
+        + (f" and {len(a)}/{len(b)} seeds" if max(len(a), len(b)) > 1 else "")
+        + f", {resamples} resamples"
+    )
     return Comparison(float(est), lo, hi, p, bool(significant), test, n, (len(a), len(b)), relative, margin)
 
 
@@ -246,5 +275,10 @@ def samples_of(values: Sequence[float]) -> dict:
 def rate_samples(volumes: Sequence[float], seconds: Sequence[float]) -> dict:
     """Per-interval (volume, seconds) pairs as samples for the ``rate`` statistic (volume / second)."""
     pairs = [(float(v), float(s)) for v, s in zip(volumes, seconds) if s and s > 0]
-    return {"n": len(pairs), "fingerprint": None, "params": {}, "block": block_size(len(pairs)),
-            "columns": {"volume": [v for v, _ in pairs], "seconds": [s for _, s in pairs]}}
+    return {
+        "n": len(pairs),
+        "fingerprint": None,
+        "params": {},
+        "block": block_size(len(pairs)),
+        "columns": {"volume": [v for v, _ in pairs], "seconds": [s for _, s in pairs]},
+    }

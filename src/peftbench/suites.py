@@ -80,8 +80,9 @@ def _fold_seed_axis(experiments: list[Experiment]) -> list[Experiment]:
     return out
 
 
-def experiments_from_raw(raw: Any, *, name: str, overrides: list[str] | None, seeds: list[int] | None,
-                         errors: list[str]) -> tuple[str, str, list[Experiment]]:
+def experiments_from_raw(
+    raw: Any, *, name: str, overrides: list[str] | None, seeds: list[int] | None, errors: list[str]
+) -> tuple[str, str, list[Experiment]]:
     """A suite mapping -> (name, description, experiments); problems appended to ``errors``."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{name}: a suite must be a mapping with defaults and experiments/matrix")

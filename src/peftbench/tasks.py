@@ -30,6 +30,7 @@ CHAT_SUMMARY_SUFFIX = "\n\nSummarize the text above in one line."
 
 # ---------------------------------------------------------------- tokenization helpers
 
+
 def _ids(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
@@ -49,8 +50,7 @@ def _eos(tok) -> list[int]:
 
 def _chat_ids(tok, content: str) -> list[int]:
     """A user turn in the tokenizer's chat template, ending where the assistant's answer starts."""
-    text = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                   tokenize=False)
+    text = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
     return _ids(tok, text)
 
 
@@ -110,21 +110,26 @@ def summarization_scores(predictions: list[str], references: list[str]) -> dict:
     return out
 
 
-def evaluate_summarization(model, records, *, tok, family, args, device, batch_size, label_names=None,
-                           progress=None, chat=False) -> dict:
+def evaluate_summarization(
+    model, records, *, tok, family, args, device, batch_size, label_names=None, progress=None, chat=False
+) -> dict:
     if family == "seq2seq":
-        prompts = [tok(T5_SUMMARY_PREFIX + r["source"], truncation=True, max_length=args.max_source_length)["input_ids"]
-                   for r in records]
+        prompts = [
+            tok(T5_SUMMARY_PREFIX + r["source"], truncation=True, max_length=args.max_source_length)["input_ids"]
+            for r in records
+        ]
     else:
         prompts = [summary_prompt(tok, r["source"], args.max_source_length, chat=chat) for r in records]
     preds = scorer(model, tok, family=family, device=device, batch_size=batch_size).generate(
-        prompts, max_new_tokens=args.max_target_length, progress=progress)
+        prompts, max_new_tokens=args.max_target_length, progress=progress
+    )
     metrics = summarization_scores(preds, [r["target"] for r in records])
     metrics["examples"] = [{"target": r["target"], "prediction": p} for r, p in list(zip(records, preds))[:3]]
     return metrics
 
 
 # ---------------------------------------------------------------- classification
+
 
 def class_prompt(tok, text: str, names: Sequence[str], family: str, max_len: int, *, chat: bool = False) -> list[int]:
     choices = ", ".join(names[:-1]) + " or " + names[-1]
@@ -163,14 +168,21 @@ def classification_scores(preds: Sequence[int], golds: Sequence[int], n_labels: 
     in 0..100, with the per-example predictions for paired comparisons."""
     from peftbench import stats
 
-    samples = {"n": len(golds), "params": {"n_labels": n_labels},
-               "columns": {"pred": [int(p) for p in preds], "gold": [int(g) for g in golds]}}
-    return {"accuracy": round(stats.statistic(samples, "accuracy"), 4),
-            "macro_f1": round(stats.statistic(samples, "macro_f1"), 4), "samples": samples}
+    samples = {
+        "n": len(golds),
+        "params": {"n_labels": n_labels},
+        "columns": {"pred": [int(p) for p in preds], "gold": [int(g) for g in golds]},
+    }
+    return {
+        "accuracy": round(stats.statistic(samples, "accuracy"), 4),
+        "macro_f1": round(stats.statistic(samples, "macro_f1"), 4),
+        "samples": samples,
+    }
 
 
-def evaluate_classification(model, records, *, tok, family, args, device, batch_size, label_names,
-                            progress=None, chat=False) -> dict:
+def evaluate_classification(
+    model, records, *, tok, family, args, device, batch_size, label_names, progress=None, chat=False
+) -> dict:
     k = len(label_names)
     golds = [r["label"] for r in records]
     s = scorer(model, tok, family=family, device=device, batch_size=batch_size)
@@ -188,6 +200,7 @@ def evaluate_classification(model, records, *, tok, family, args, device, batch_
 
 
 # ---------------------------------------------------------------- language modelling
+
 
 def lm_blocks(records, *, tok, block: int, limit: int | None = None) -> list[list[int]]:
     """Concatenate the texts (separated by eos) and cut into blocks of ``block`` tokens."""
@@ -212,8 +225,9 @@ def encode_language_modeling(records, *, tok, family, args, label_names=None, li
 
 
 @torch.no_grad()
-def evaluate_language_modeling(model, records, *, tok, family, args, device, batch_size, label_names=None,
-                               limit=None, progress=None, chat=False) -> dict:
+def evaluate_language_modeling(
+    model, records, *, tok, family, args, device, batch_size, label_names=None, limit=None, progress=None, chat=False
+) -> dict:
     """Perplexity. Causal: sliding window of ``max_source_length`` with ``lm_stride`` (default half),
     each token scored once with at least (window - stride) tokens of context. Seq2seq: second half of
     each block given the first half."""
@@ -241,6 +255,7 @@ def mean_loss(model, feats, *, tok, family, device, batch_size) -> float:
 
 # ---------------------------------------------------------------- registry
 
+
 @dataclass(frozen=True)
 class Task:
     """A task's declaration (``taskspecs.SPECS``) with its behaviour attached."""
@@ -253,8 +268,11 @@ class Task:
         return getattr(self.spec, key)
 
 
-TASKS: dict[str, Task] = {t.name: t for t in [
-    Task(SPECS["summarization"], encode_summarization, evaluate_summarization),
-    Task(SPECS["classification"], encode_classification, evaluate_classification),
-    Task(SPECS["language-modeling"], encode_language_modeling, evaluate_language_modeling),
-]}
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in [
+        Task(SPECS["summarization"], encode_summarization, evaluate_summarization),
+        Task(SPECS["classification"], encode_classification, evaluate_classification),
+        Task(SPECS["language-modeling"], encode_language_modeling, evaluate_language_modeling),
+    ]
+}

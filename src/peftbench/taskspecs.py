@@ -27,10 +27,25 @@ class TaskSpec:
     target_in_input: bool = False  # a causal LM sees source and target in one sequence
 
 
-SPECS: dict[str, TaskSpec] = {s.name: s for s in [
-    TaskSpec("summarization", ("source", "target"), ("rouge1", "rouge2", "rougeL", "bleu"), "rougeL",
-             generates=True, target_in_input=True),
-    TaskSpec("classification", ("text", "label"), ("accuracy", "macro_f1"), "accuracy", label_field="label"),
-    TaskSpec("language-modeling", ("text",), ("perplexity",), "perplexity", lower_is_better=frozenset({"perplexity"}),
-             blocks=True),
-]}
+SPECS: dict[str, TaskSpec] = {
+    s.name: s
+    for s in [
+        TaskSpec(
+            "summarization",
+            ("source", "target"),
+            ("rouge1", "rouge2", "rougeL", "bleu"),
+            "rougeL",
+            generates=True,
+            target_in_input=True,
+        ),
+        TaskSpec("classification", ("text", "label"), ("accuracy", "macro_f1"), "accuracy", label_field="label"),
+        TaskSpec(
+            "language-modeling",
+            ("text",),
+            ("perplexity",),
+            "perplexity",
+            lower_is_better=frozenset({"perplexity"}),
+            blocks=True,
+        ),
+    ]
+}

@@ -64,21 +64,27 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def numbers(d: dict) -> dict[str, float]:
     """Only the finite numbers of a flat dict (what every tracker's ``log`` accepts)."""
-    return {k: float(v) for k, v in d.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    return {
+        k: float(v)
+        for k, v in d.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 def final_values(result) -> dict[str, Any]:
     """A result's quality, efficiency and storage numbers, as logged at a tracker run's last step."""
     inf = result.inference or {}
-    return {**{f"test/{k}": v for k, v in (result.quality or {}).items()},
-            **{f"validation/{k}": v for k, v in (result.validation or {}).items()},
-            "train/steady_tokens_per_second": result.train.get("steady_tokens_per_second"),
-            "train/peak_memory_bytes": result.train.get("peak_memory_bytes"),
-            "inference/p50_ms": (inf.get("latency_ms") or {}).get("p50_ms"),
-            "inference/tokens_per_second": inf.get("throughput_tokens_per_second"),
-            "params/trainable": result.params["trainable"], "params/total": result.params["total"],
-            "storage/adapter_bytes": result.storage["adapter_bytes"]}
+    return {
+        **{f"test/{k}": v for k, v in (result.quality or {}).items()},
+        **{f"validation/{k}": v for k, v in (result.validation or {}).items()},
+        "train/steady_tokens_per_second": result.train.get("steady_tokens_per_second"),
+        "train/peak_memory_bytes": result.train.get("peak_memory_bytes"),
+        "inference/p50_ms": (inf.get("latency_ms") or {}).get("p50_ms"),
+        "inference/tokens_per_second": inf.get("throughput_tokens_per_second"),
+        "params/trainable": result.params["trainable"],
+        "params/total": result.params["total"],
+        "storage/adapter_bytes": result.storage["adapter_bytes"],
+    }
 
 
 class Trackers:

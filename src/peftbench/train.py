@@ -36,8 +36,15 @@ from peftbench.measure.memory import tensor_bytes
 from peftbench.speed import CompiledRegions, LossModule
 
 WARMUP_STEPS = 2  # laps of their own, left out of the steady rate
-PLAIN = {"compile": "off", "fused_optimizer": False, "fused_loss": "off", "packing": False,
-         "dataloader_workers": 0, "pin_memory": False, "sharded": False}
+PLAIN = {
+    "compile": "off",
+    "fused_optimizer": False,
+    "fused_loss": "off",
+    "packing": False,
+    "dataloader_workers": 0,
+    "pin_memory": False,
+    "sharded": False,
+}
 
 
 @dataclass
@@ -60,8 +67,16 @@ class TrainResult:
     speed: dict = field(default_factory=dict)  # the switches as they ran
 
 
-def make_loader(features: list[dict], *, batch_size: int, pad_id: int, seed: int, multiple_of: int = 1,
-                speed: dict | None = None, start_id: int = 0) -> DataLoader:
+def make_loader(
+    features: list[dict],
+    *,
+    batch_size: int,
+    pad_id: int,
+    seed: int,
+    multiple_of: int = 1,
+    speed: dict | None = None,
+    start_id: int = 0,
+) -> DataLoader:
     """Shuffled batches; padded (or packed) with the token counts of each batch. ``start_id``: an
     encoder-decoder's decoder start token (packed targets are shifted per example)."""
     speed = {**PLAIN, **(speed or {})}
@@ -89,8 +104,17 @@ def make_loader(features: list[dict], *, batch_size: int, pad_id: int, seed: int
         return out
 
     workers = speed["dataloader_workers"]
-    return DataLoader(features, batch_size=batch_size, shuffle=True, generator=g, collate_fn=collate, drop_last=False,
-                      num_workers=workers, pin_memory=speed["pin_memory"], persistent_workers=workers > 0)
+    return DataLoader(
+        features,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=g,
+        collate_fn=collate,
+        drop_last=False,
+        num_workers=workers,
+        pin_memory=speed["pin_memory"],
+        persistent_workers=workers > 0,
+    )
 
 
 def varying(features: list[dict]) -> bool:
@@ -112,6 +136,7 @@ def log_every(args: TrainArgs, device_type: str) -> int:
 @dataclass
 class _Tally:
     """Counters of the loop; the loss sum stays on the device until a log step reads it."""
+
     tokens: int = 0
     slots: int = 0
     samples: int = 0
@@ -126,8 +151,9 @@ def _optimizer(params, *, learning_rate: float, args: TrainArgs, fused: bool):
     return torch.optim.AdamW(params, lr=learning_rate, weight_decay=args.weight_decay, **kw)
 
 
-def _prepare(model, loader, *, args, accelerator, speed: dict, learning_rate: float, steps: int):
-    """The loss module, optimizer, loader and schedule, placed by accelerate (or sharded: FSDP2)."""
+def _prepare(model, loader, *, args, accelerator, speed: dict, learning_rate: float, steps: int, dynamic):
+    """The loss module, optimizer, loader and schedule, placed by accelerate (or sharded: FSDP2), and
+    the compiled regions when blocks are compiled one by one."""
     from transformers import get_scheduler
 
     module = LossModule(model, fused_loss=speed["fused_loss"])
@@ -135,40 +161,49 @@ def _prepare(model, loader, *, args, accelerator, speed: dict, learning_rate: fl
         speed["sharded"] = shard(module, mixed_precision=accelerator.mixed_precision) or True
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(params, learning_rate=learning_rate, args=args, fused=speed["fused_optimizer"])
-    scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
-                              num_warmup_steps=int(args.warmup_ratio * steps), num_training_steps=steps)
+    scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=int(args.warmup_ratio * steps),
+        num_training_steps=steps,
+    )
     if speed["sharded"]:  # not wrapped again (DDP): the loop's autocast gives the mixed precision
         optimizer, loader, scheduler = accelerator.prepare(optimizer, loader, scheduler)
     else:
         module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
-    return module, optimizer, loader, scheduler, params
-
-
-def train(model: torch.nn.Module, features: list[dict], *, args: TrainArgs, accelerator, pad_id: int,
-          learning_rate: float, speed: dict | None = None, evaluate: Callable[[int], dict] | None = None,
-          progress: Callable[[int, float, float], None] | None = None, step_hook: Callable[[int], None] | None = None,
-          on_log: Callable[[dict, int], None] | None = None) -> TrainResult:
-    """Train ``model`` in place; ``step_hook(step)`` runs after each optimizer step, before the
-    gradients are cleared (AdaLoRA's rank reallocation); ``on_log(values, step)`` gets each logged
-    loss and evaluation (experiment trackers)."""
-
-    speed = {**PLAIN, **(speed or {})}
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    cuda = accelerator.device.type == "cuda"
-    start_id = getattr(getattr(model, "config", None), "decoder_start_token_id", None) or 0
-    loader = make_loader(features, batch_size=args.batch_size, pad_id=pad_id, seed=args.seed,
-                         multiple_of=8 if cuda else 1, speed=speed, start_id=start_id)
-    steps = total_steps(args, len(loader))
-    module, optimizer, loader, scheduler, params = _prepare(model, loader, args=args, accelerator=accelerator,
-                                                            speed=speed, learning_rate=learning_rate, steps=steps)
-    dynamic = True if varying(features) else None  # compiled for dynamic shapes at once, not on a recompile
     regions = None
     if speed["compile"] == "regions":
         regions = CompiledRegions(model, dynamic=dynamic)
     elif speed["compile"] == "model":
         module = torch.compile(module, dynamic=dynamic)
-    model.train()
+    return module, optimizer, loader, scheduler, params, regions
+
+
+def _setup(model, features, *, args, accelerator, pad_id, speed, learning_rate, hooks) -> tuple[_Loop, DataLoader]:
+    """The loader, and the loop over the prepared (or sharded, or compiled) module and optimizer."""
+    start_id = getattr(getattr(model, "config", None), "decoder_start_token_id", None) or 0
+    multiple_of = 8 if accelerator.device.type == "cuda" else 1
+    loader = make_loader(
+        features,
+        batch_size=args.batch_size,
+        pad_id=pad_id,
+        seed=args.seed,
+        multiple_of=multiple_of,
+        speed=speed,
+        start_id=start_id,
+    )
+    steps = total_steps(args, len(loader))
+    dynamic = True if varying(features) else None  # compiled for dynamic shapes at once, not on a recompile
+    module, optimizer, loader, scheduler, params, regions = _prepare(
+        model,
+        loader,
+        args=args,
+        accelerator=accelerator,
+        speed=speed,
+        learning_rate=learning_rate,
+        steps=steps,
+        dynamic=dynamic,
+    )
     loop = _Loop(
         args=args,
         accelerator=accelerator,
@@ -179,12 +214,46 @@ def train(model: torch.nn.Module, features: list[dict], *, args: TrainArgs, acce
         steps=steps,
         learning_rate=learning_rate,
         regions=regions,
-        step_hook=step_hook,
-        on_log=on_log,
         log_steps=log_every(args, accelerator.device.type),
-        evaluate=evaluate,
-        progress=progress,
+        **hooks,
     )
+    return loop, loader
+
+
+def train(
+    model: torch.nn.Module,
+    features: list[dict],
+    *,
+    args: TrainArgs,
+    accelerator,
+    pad_id: int,
+    learning_rate: float,
+    speed: dict | None = None,
+    evaluate: Callable[[int], dict] | None = None,
+    progress: Callable[[int, float, float], None] | None = None,
+    step_hook: Callable[[int], None] | None = None,
+    on_log: Callable[[dict, int], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place; ``step_hook(step)`` runs after each optimizer step, before the
+    gradients are cleared (AdaLoRA's rank reallocation); ``on_log(values, step)`` gets each logged
+    loss and evaluation (experiment trackers)."""
+
+    speed = {**PLAIN, **(speed or {})}
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    hooks = {"step_hook": step_hook, "on_log": on_log, "evaluate": evaluate, "progress": progress}
+    loop, loader = _setup(
+        model,
+        features,
+        args=args,
+        accelerator=accelerator,
+        pad_id=pad_id,
+        speed=speed,
+        learning_rate=learning_rate,
+        hooks=hooks,
+    )
+    regions = loop.regions
+    model.train()
     try:
         with MemoryTracker(accelerator.device, resident_bytes=tensor_bytes(model)) as mem, loop.timer.running():
             loop.run(loader, model)
@@ -203,8 +272,24 @@ def train(model: torch.nn.Module, features: list[dict], *, args: TrainArgs, acce
 class _Loop:
     """The steps of one training run, with their laps, loss curve and periodic evaluations."""
 
-    def __init__(self, *, args, accelerator, module, optimizer, scheduler, params, steps, learning_rate,
-                 regions, log_steps, evaluate, progress, step_hook=None, on_log=None):
+    def __init__(
+        self,
+        *,
+        args,
+        accelerator,
+        module,
+        optimizer,
+        scheduler,
+        params,
+        steps,
+        learning_rate,
+        regions,
+        log_steps,
+        evaluate,
+        progress,
+        step_hook=None,
+        on_log=None,
+    ):
         self.args, self.acc, self.module, self.regions = args, accelerator, module, regions
         self.step_hook, self.on_log = step_hook, on_log
         self.optimizer, self.scheduler, self.params = optimizer, scheduler, params
@@ -250,11 +335,15 @@ class _Loop:
         if warm or step % self.log_steps == 0 or step == self.steps:
             mean_loss = float(t.loss_sum) / t.loss_n  # the one host sync of the interval
             if not math.isfinite(mean_loss) and step == 1:  # before any update: not the learning rate
-                raise Diverged(f"the loss was {mean_loss} at the first step, before any update: the method's options "
-                               f"or the data give no finite loss")
+                raise Diverged(
+                    f"the loss was {mean_loss} at the first step, before any update: the method's options "
+                    f"or the data give no finite loss"
+                )
             if not math.isfinite(mean_loss):
-                raise Diverged(f"diverged by step {step} (loss {mean_loss}): lower train.learning_rate "
-                               f"(was {self.result.learning_rate:g})")
+                raise Diverged(
+                    f"diverged by step {step} (loss {mean_loss}): lower train.learning_rate "
+                    f"(was {self.result.learning_rate:g})"
+                )
             lap = {
                 "step": step,
                 "tokens": t.lap_tokens,
@@ -269,8 +358,7 @@ class _Loop:
             if self.progress:
                 self.progress(step, mean_loss, rate)
             if self.on_log:
-                self.on_log({"train/loss": mean_loss, "train/learning_rate": lr, "train/tokens_per_second": rate},
-                            step)
+                self.on_log({"train/loss": mean_loss, "train/learning_rate": lr, "train/tokens_per_second": rate}, step)
         if self.evaluate and args.eval_steps and (step % args.eval_steps == 0 or step == self.steps):
             with self.timer.paused(), self.regions.off() if self.regions else contextlib.nullcontext():
                 model.eval()
@@ -300,6 +388,11 @@ class _Loop:
         if secs > 0:
             rate = sum(lap["tokens"] for lap in steady) / secs * acc.num_processes
             r.steady_tokens_per_second = round(rate, 3)
-            r.warmup_seconds = round(max(0.0, sum(lap["seconds"] for lap in warm)
-                                         - sum(lap["tokens"] for lap in warm) * acc.num_processes / rate), 4)
+            r.warmup_seconds = round(
+                max(
+                    0.0,
+                    sum(lap["seconds"] for lap in warm) - sum(lap["tokens"] for lap in warm) * acc.num_processes / rate,
+                ),
+                4,
+            )
         return r

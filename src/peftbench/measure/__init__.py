@@ -12,5 +12,13 @@ from peftbench.measure.memory import Memory, MemoryTracker
 from peftbench.measure.storage import dir_bytes
 from peftbench.measure.throughput import Throughput, WorkTimer
 
-__all__ = ["Latency", "LatencyTracker", "measure_latency", "Memory", "MemoryTracker", "dir_bytes",
-           "Throughput", "WorkTimer"]
+__all__ = [
+    "Latency",
+    "LatencyTracker",
+    "measure_latency",
+    "Memory",
+    "MemoryTracker",
+    "dir_bytes",
+    "Throughput",
+    "WorkTimer",
+]

@@ -19,8 +19,9 @@ from peftbench.measure.latency import measure_latency
 from peftbench.measure.memory import MemoryTracker, tensor_bytes
 
 
-def make_inputs(*, family: str, vocab_size: int, batch: int, seq_len: int, decoder_len: int,
-                device: torch.device, seed: int = 0) -> dict:
+def make_inputs(
+    *, family: str, vocab_size: int, batch: int, seq_len: int, decoder_len: int, device: torch.device, seed: int = 0
+) -> dict:
     g = torch.Generator().manual_seed(seed)
     low = min(3, vocab_size - 1)  # skip the usual special ids (pad/eos/unk)
     ids = torch.randint(low, vocab_size, (batch, seq_len), generator=g)
@@ -33,8 +34,14 @@ def make_inputs(*, family: str, vocab_size: int, batch: int, seq_len: int, decod
 
 def _gen_kwargs(n: int, pad_id: int | None) -> dict:
     # min == max: every method generates exactly n tokens, whatever its eos probabilities
-    return {"max_new_tokens": n, "min_new_tokens": n, "do_sample": False, "num_beams": 1,
-            "pad_token_id": pad_id, "use_cache": True}
+    return {
+        "max_new_tokens": n,
+        "min_new_tokens": n,
+        "do_sample": False,
+        "num_beams": 1,
+        "pad_token_id": pad_id,
+        "use_cache": True,
+    }
 
 
 def optimized_mode(value: str, device: torch.device) -> str | None:
@@ -47,8 +54,9 @@ def optimized_mode(value: str, device: torch.device) -> str | None:
     return None
 
 
-def _optimized_generation(model, gen_inputs: dict, *, b: int, args: MeasureArgs, timing: dict, pad_id, compile_: bool,
-                          eager: dict) -> dict:
+def _optimized_generation(
+    model, gen_inputs: dict, *, b: int, args: MeasureArgs, timing: dict, pad_id, compile_: bool, eager: dict
+) -> dict:
     """Generation with a static KV cache (and, when ``compile_``, the forward compiled with CUDA graphs),
     the same greedy tokens as the eager scenario; the speed-up is against it."""
     hf = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -65,13 +73,20 @@ def _optimized_generation(model, gen_inputs: dict, *, b: int, args: MeasureArgs,
     finally:
         hf.forward = original
     tps = b * args.new_tokens / (total.mean_ms / 1000)
-    return {"batch_size": b, "new_tokens": args.new_tokens, "cache": "static", "compiled": compile_,
-            "latency_ms": total.to_dict(), "tokens_per_second": round(tps, 3),
-            "speedup_vs_eager": round(tps / eager["tokens_per_second"], 4)}
+    return {
+        "batch_size": b,
+        "new_tokens": args.new_tokens,
+        "cache": "static",
+        "compiled": compile_,
+        "latency_ms": total.to_dict(),
+        "tokens_per_second": round(tps, 3),
+        "speedup_vs_eager": round(tps / eager["tokens_per_second"], 4),
+    }
 
 
-def _generation(model, inputs: dict, *, b: int, args: MeasureArgs, timing: dict, pad_id, optimized: str | None,
-                progress) -> dict[str, dict]:
+def _generation(
+    model, inputs: dict, *, b: int, args: MeasureArgs, timing: dict, pad_id, optimized: str | None, progress
+) -> dict[str, dict]:
     """The generation scenarios of one batch size: eager (time to first token, per-token time) and,
     when asked, optimised."""
     gen_inputs = {k: v for k, v in inputs.items() if k != "decoder_input_ids"}
@@ -80,46 +95,35 @@ def _generation(model, inputs: dict, *, b: int, args: MeasureArgs, timing: dict,
     first = measure_latency(lambda: model.generate(**gen_inputs, **_gen_kwargs(1, pad_id)), **timing)
     total = measure_latency(lambda: model.generate(**gen_inputs, **_gen_kwargs(args.new_tokens, pad_id)), **timing)
     per_token = (total.mean_ms - first.mean_ms) / max(1, args.new_tokens - 1)
-    eager = {"batch_size": b, "seq_len": args.seq_len, "new_tokens": args.new_tokens,
-             "time_to_first_token_ms": first.to_dict(), "latency_ms": total.to_dict(),
-             "time_per_output_token_ms": round(per_token, 4),
-             "tokens_per_second": round(b * args.new_tokens / (total.mean_ms / 1000), 3)}
+    eager = {
+        "batch_size": b,
+        "seq_len": args.seq_len,
+        "new_tokens": args.new_tokens,
+        "time_to_first_token_ms": first.to_dict(),
+        "latency_ms": total.to_dict(),
+        "time_per_output_token_ms": round(per_token, 4),
+        "tokens_per_second": round(b * args.new_tokens / (total.mean_ms / 1000), 3),
+    }
     out = {f"generate_b{b}": eager}
     if optimized:
         if progress:
             progress(f"generate b={b}, static cache" + (" + compile" if optimized == "compile" else ""))
         out[f"generate_b{b}_optimized"] = _optimized_generation(
-            model, gen_inputs, b=b, args=args, timing=timing, pad_id=pad_id, compile_=optimized == "compile",
-            eager=eager)
+            model,
+            gen_inputs,
+            b=b,
+            args=args,
+            timing=timing,
+            pad_id=pad_id,
+            compile_=optimized == "compile",
+            eager=eager,
+        )
     return out
 
 
 @torch.inference_mode()
-def measure_inference(model, *, family: str, vocab_size: int, args: MeasureArgs, device: torch.device,
-                      pad_id: int | None = 0, progress: Callable[[str], None] | None = None) -> dict:
-    model.eval()
-    optimized = optimized_mode(args.optimized, device)
-    decoder_len = args.decoder_len or args.seq_len
-    timing = {"device": device, "warmup": args.warmup, "iterations": args.iterations, "min_seconds": args.min_seconds}
-    batches = [args.batch_size] + (
-        [args.large_batch_size] if args.large_batch_size and args.large_batch_size != args.batch_size else []
-    )
-    scenarios: dict[str, dict] = {}
-    with MemoryTracker(device, resident_bytes=tensor_bytes(model)) as mem:
-        for b in batches:
-            inputs = make_inputs(family=family, vocab_size=vocab_size, batch=b, seq_len=args.seq_len,
-                                 decoder_len=decoder_len, device=device)
-            if progress:
-                progress(f"forward b={b}")
-            lat = measure_latency(lambda inputs=inputs: model(**inputs), **timing)
-            tokens = b * (args.seq_len + (decoder_len if family == "seq2seq" else 0))
-            scenarios[f"forward_b{b}"] = {"batch_size": b, "seq_len": args.seq_len,
-                                          "decoder_len": decoder_len if family == "seq2seq" else None,
-                                          "latency_ms": lat.to_dict(),
-                                          "tokens_per_second": round(tokens / (lat.mean_ms / 1000), 3)}
-            if args.generate:
-                scenarios.update(_generation(model, inputs, b=b, args=args, timing=timing, pad_id=pad_id,
-                                             optimized=optimized, progress=progress))
+def _summary(model, scenarios: dict, *, args: MeasureArgs, family: str, decoder_len: int, mem) -> dict:
+    """The headline numbers (the latency batch's forward and generation) beside every scenario."""
     head_fwd = scenarios[f"forward_b{args.batch_size}"]
     head_gen = scenarios.get(f"generate_b{args.batch_size}")
     large_gen = scenarios.get(f"generate_b{args.large_batch_size}")
@@ -149,9 +153,71 @@ def measure_inference(model, *, family: str, vocab_size: int, args: MeasureArgs,
     }
 
 
+def measure_inference(
+    model,
+    *,
+    family: str,
+    vocab_size: int,
+    args: MeasureArgs,
+    device: torch.device,
+    pad_id: int | None = 0,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    model.eval()
+    optimized = optimized_mode(args.optimized, device)
+    decoder_len = args.decoder_len or args.seq_len
+    timing = {"device": device, "warmup": args.warmup, "iterations": args.iterations, "min_seconds": args.min_seconds}
+    batches = [args.batch_size] + (
+        [args.large_batch_size] if args.large_batch_size and args.large_batch_size != args.batch_size else []
+    )
+    scenarios: dict[str, dict] = {}
+    with MemoryTracker(device, resident_bytes=tensor_bytes(model)) as mem:
+        for b in batches:
+            inputs = make_inputs(
+                family=family,
+                vocab_size=vocab_size,
+                batch=b,
+                seq_len=args.seq_len,
+                decoder_len=decoder_len,
+                device=device,
+            )
+            if progress:
+                progress(f"forward b={b}")
+            lat = measure_latency(lambda inputs=inputs: model(**inputs), **timing)
+            tokens = b * (args.seq_len + (decoder_len if family == "seq2seq" else 0))
+            scenarios[f"forward_b{b}"] = {
+                "batch_size": b,
+                "seq_len": args.seq_len,
+                "decoder_len": decoder_len if family == "seq2seq" else None,
+                "latency_ms": lat.to_dict(),
+                "tokens_per_second": round(tokens / (lat.mean_ms / 1000), 3),
+            }
+            if args.generate:
+                scenarios.update(
+                    _generation(
+                        model,
+                        inputs,
+                        b=b,
+                        args=args,
+                        timing=timing,
+                        pad_id=pad_id,
+                        optimized=optimized,
+                        progress=progress,
+                    )
+                )
+    return _summary(model, scenarios, args=args, family=family, decoder_len=decoder_len, mem=mem)
+
+
 @torch.inference_mode()
 def logits_for(model, *, family: str, vocab_size: int, args: MeasureArgs, device: torch.device) -> torch.Tensor:
-    inputs = make_inputs(family=family, vocab_size=vocab_size, batch=args.batch_size, seq_len=args.seq_len,
-                         decoder_len=args.decoder_len or args.seq_len, device=device, seed=1)
+    inputs = make_inputs(
+        family=family,
+        vocab_size=vocab_size,
+        batch=args.batch_size,
+        seq_len=args.seq_len,
+        decoder_len=args.decoder_len or args.seq_len,
+        device=device,
+        seed=1,
+    )
     model.eval()
     return model(**inputs).logits.float().cpu()

@@ -46,11 +46,19 @@ class Latency:
     @classmethod
     def from_values(cls, seconds: list[float]) -> Latency:
         ms = [s * 1000 for s in seconds]
-        return cls(n=len(ms), mean_ms=statistics.fmean(ms) if ms else math.nan,
-                   p50_ms=percentile(ms, 50), p90_ms=percentile(ms, 90), p95_ms=percentile(ms, 95),
-                   p99_ms=percentile(ms, 99), stdev_ms=statistics.stdev(ms) if len(ms) > 1 else 0.0,
-                   min_ms=min(ms, default=math.nan), max_ms=max(ms, default=math.nan), total_s=sum(seconds),
-                   samples_ms=ms)
+        return cls(
+            n=len(ms),
+            mean_ms=statistics.fmean(ms) if ms else math.nan,
+            p50_ms=percentile(ms, 50),
+            p90_ms=percentile(ms, 90),
+            p95_ms=percentile(ms, 95),
+            p99_ms=percentile(ms, 99),
+            stdev_ms=statistics.stdev(ms) if len(ms) > 1 else 0.0,
+            min_ms=min(ms, default=math.nan),
+            max_ms=max(ms, default=math.nan),
+            total_s=sum(seconds),
+            samples_ms=ms,
+        )
 
     def to_dict(self) -> dict:
         d = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -105,9 +113,16 @@ class _Span:
         return False
 
 
-def measure_latency(fn: Callable[[], object], *, device: torch.device | str = "cpu", warmup: int = 3,
-                    iterations: int = 20, min_seconds: float = 1.0, max_iterations: int = 10_000,
-                    progress: Callable[[], None] | None = None) -> Latency:
+def measure_latency(
+    fn: Callable[[], object],
+    *,
+    device: torch.device | str = "cpu",
+    warmup: int = 3,
+    iterations: int = 20,
+    min_seconds: float = 1.0,
+    max_iterations: int = 10_000,
+    progress: Callable[[], None] | None = None,
+) -> Latency:
     """Warm up, then time ``fn`` at least ``iterations`` times and for at least ``min_seconds``."""
     for _ in range(warmup):
         fn()

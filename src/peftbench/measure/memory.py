@@ -100,16 +100,28 @@ class MemoryTracker:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             peak = torch.cuda.max_memory_allocated(self.device)
-            self.result = Memory(str(self.device), peak, peak - self._base, self._base,
-                                 torch.cuda.max_memory_reserved(self.device), "torch.cuda max_memory_allocated")
+            self.result = Memory(
+                str(self.device),
+                peak,
+                peak - self._base,
+                self._base,
+                torch.cuda.max_memory_reserved(self.device),
+                "torch.cuda max_memory_allocated",
+            )
             return False
         self._stop.set()
         self._thread.join()
         self._peak = max(self._peak, rss_bytes())
         delta = self._peak - self._base
-        self.result = Memory("cpu", self.resident_bytes + delta, delta, self._base, None,
-                             f"resident weights + growth of RSS (sampled every {self.interval * 1000:g} ms)",
-                             process_peak_bytes=self._peak)
+        self.result = Memory(
+            "cpu",
+            self.resident_bytes + delta,
+            delta,
+            self._base,
+            None,
+            f"resident weights + growth of RSS (sampled every {self.interval * 1000:g} ms)",
+            process_peak_bytes=self._peak,
+        )
         return False
 
 

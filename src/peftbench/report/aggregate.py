@@ -33,8 +33,16 @@ from peftbench.report.metrics import (
     value,
 )
 
-VERDICT_MEASURES = ["QUALITY", "trainable", "adapter_bytes", "train_tokens_per_second", "train_peak_memory_bytes",
-                    "deploy_p50_ms", "throughput", "inference_peak_memory_bytes"]
+VERDICT_MEASURES = [
+    "QUALITY",
+    "trainable",
+    "adapter_bytes",
+    "train_tokens_per_second",
+    "train_peak_memory_bytes",
+    "deploy_p50_ms",
+    "throughput",
+    "inference_peak_memory_bytes",
+]
 
 
 @dataclass
@@ -119,8 +127,15 @@ def _sweep_table(runs: list[dict], rates: list) -> tuple[list[dict], str]:
         vals = [get_in(r, "validation", key) for r in runs if _lr(r) == lr]
         vals = [v for v in vals if isinstance(v, (int, float))]
         test = [value(r, q) for r in runs if _lr(r) == lr and q and value(r, q) is not None]
-        table.append({"learning_rate": lr, "n": len(vals), "validation": sum(vals) / len(vals) if vals else None,
-                      "test": sum(test) / len(test) if test else None, "selected": False})
+        table.append(
+            {
+                "learning_rate": lr,
+                "n": len(vals),
+                "validation": sum(vals) / len(vals) if vals else None,
+                "test": sum(test) / len(test) if test else None,
+                "selected": False,
+            }
+        )
     scored = [row for row in table if row["validation"] is not None]
     pick = (max if better == "max" else min)(scored, key=lambda row: row["validation"]) if scored else table[0]
     pick["selected"] = True
@@ -128,6 +143,7 @@ def _sweep_table(runs: list[dict], rates: list) -> tuple[list[dict], str]:
 
 
 # ---------------------------------------------------------------- one measure of one experiment
+
 
 def summarize(agg: Agg, key: str) -> dict | None:
     """Mean over seeds with a 95 % interval: Student's t across seeds when there are several,
@@ -163,16 +179,20 @@ def _samples(runs: list[dict], key: str) -> list[dict] | None:
     return None if any(s is None or s["n"] == 0 for s in out) else out
 
 
-def _latency_ratio(a_runs: list[dict], a_key: str, b_runs: list[dict], b_key: str, *, device: str,
-                   paired_seeds: bool | None = None) -> dict | None:
+def _latency_ratio(
+    a_runs: list[dict], a_key: str, b_runs: list[dict], b_key: str, *, device: str, paired_seeds: bool | None = None
+) -> dict | None:
     """p50 latency of A against B in percent, with its interval; None where either lacks samples."""
     sa, sb = _samples(a_runs, a_key), _samples(b_runs, b_key)
     if sa is None or sb is None:
         return None
-    c = stats.compare(sa, sb, "median", relative=True, margin=margin(METRICS[a_key], device),
-                      paired_seeds=paired_seeds)
-    return {"percent": round(c.effect, 3), "low": round(c.low, 3), "high": round(c.high, 3),
-            "significant": c.significant}
+    c = stats.compare(sa, sb, "median", relative=True, margin=margin(METRICS[a_key], device), paired_seeds=paired_seeds)
+    return {
+        "percent": round(c.effect, 3),
+        "low": round(c.low, 3),
+        "high": round(c.high, 3),
+        "significant": c.significant,
+    }
 
 
 def compare_aggs(best: Agg, other: Agg, key: str) -> stats.Comparison | None:
@@ -197,26 +217,52 @@ def verdict_for(aggs: list[Agg], key: str) -> dict | None:
     sign = -1 if metric.better == "max" else 1
     cands.sort(key=lambda c: (sign * c[1]["mean"], c[0].id))
     best, best_s = cands[0]
-    entry = {"measure": key, "label": metric.label, "better": "higher" if metric.better == "max" else "lower",
-             "unit": metric.unit, "values": {a.id: _round(s) for a, s in cands},
-             "n": {"experiments": len(cands), "seeds": {a.id: len(a.runs) for a, _ in cands}}}
+    entry = {
+        "measure": key,
+        "label": metric.label,
+        "better": "higher" if metric.better == "max" else "lower",
+        "unit": metric.unit,
+        "values": {a.id: _round(s) for a, s in cands},
+        "n": {"experiments": len(cands), "seeds": {a.id: len(a.runs) for a, _ in cands}},
+    }
     if len(cands) == 1:
         return {**entry, "winners": [best.id], "effect": None, "test": "only one experiment measured it"}
     if metric.kind == "exact":
         winners = [a.id for a, s in cands if s["mean"] == best_s["mean"]]
         runner = next(((a, s) for a, s in cands if a.id not in winners), None)
-        effect = None if runner is None else {
-            "versus": runner[0].id, "estimate": runner[1]["mean"] - best_s["mean"], "low": None, "high": None,
-            "unit": metric.unit, "relative": False, "significant": True}
+        effect = (
+            None
+            if runner is None
+            else {
+                "versus": runner[0].id,
+                "estimate": runner[1]["mean"] - best_s["mean"],
+                "low": None,
+                "high": None,
+                "unit": metric.unit,
+                "relative": False,
+                "significant": True,
+            }
+        )
         return {**entry, "winners": winners, "effect": effect, "test": "exact count (no noise)"}
     comps = {a.id: compare_aggs(best, a, key) for a, _ in cands[1:]}
     winners = [best.id] + [aid for aid, c in comps.items() if c is None or not c.significant]
     runner_id = next((a.id for a, _ in cands[1:] if a.id not in winners), cands[1][0].id)
     c = comps[runner_id]
-    effect = None if c is None else {
-        "versus": runner_id, "estimate": round(c.effect, 4), "low": round(c.low, 4), "high": round(c.high, 4),
-        "unit": "%" if c.relative else metric.unit, "relative": c.relative, "significant": c.significant,
-        "p_value": round(c.p_value, 4), "margin": c.margin}
+    effect = (
+        None
+        if c is None
+        else {
+            "versus": runner_id,
+            "estimate": round(c.effect, 4),
+            "low": round(c.low, 4),
+            "high": round(c.high, 4),
+            "unit": "%" if c.relative else metric.unit,
+            "relative": c.relative,
+            "significant": c.significant,
+            "p_value": round(c.p_value, 4),
+            "margin": c.margin,
+        }
+    )
     test = c.test if c is not None else "no per-sample data: not compared"
     if c is not None and c.margin:
         test += f"; effects under {c.margin:g} % are ties (between-process drift)"

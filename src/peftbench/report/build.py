@@ -12,26 +12,22 @@ are never made from random-weight models.
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 import re
 from pathlib import Path
 
 from peftbench.methods import CURATED
 from peftbench.report.aggregate import Agg, against_base, aggregate, summarize, unmerged_overhead, verdicts
-from peftbench.report.metrics import METRICS, PRIMARY_QUALITY, QUALITY, TABLE_COLUMNS, fmt, get_in, is_random, method_of
+from peftbench.report.metrics import METRICS, PRIMARY_QUALITY, QUALITY, TABLE_COLUMNS, fmt, get_in, is_random
 from peftbench.report.plots import PARETO_AXES, pareto_sets, plot_group
+from peftbench.report.render import html_page, markdown
 from peftbench.report.scaling import scaling_blocks
+from peftbench.report.summary import csv_fields, csv_rows
 from peftbench.results import load_results, to_json, write_text_atomic
 
 METHOD_ORDER = list(CURATED)  # baseline first, then the curated methods in the registry's order
 VERDICT_SCHEMA = "peftbench.verdict/1"
-CSV_METRICS = ["trainable", "adapter_bytes", *QUALITY, "train_tokens_per_second", "train_peak_memory_bytes",
-               "latency_p50_ms", "merged_p50_ms", "deploy_p50_ms", "throughput", "inference_peak_memory_bytes"]
-CSV_HEAD = ["id", "status", "model", "task", "dataset", "method", "learning_rate", "selected_by", "n_seeds", "seeds",
-            "total_params", "full_model_bytes", "device"]
 
 
 def _slug(text: str) -> str:
@@ -56,6 +52,7 @@ def _label(a: Agg, aggs: list[Agg]) -> str:
 
 
 # ---------------------------------------------------------------- tables
+
 
 def cell(key: str, s: dict | None) -> str:
     if s is None:
@@ -95,6 +92,7 @@ def group_table(aggs: list[Agg], task: str, verdict_list: list[dict]) -> tuple[l
 
 # ---------------------------------------------------------------- verdict lines
 
+
 def _effect_text(v: dict, labels: dict[str, str]) -> str:
     e = v.get("effect")
     if not e:
@@ -124,8 +122,10 @@ def verdict_lines(aggs: list[Agg], task: str, verdict_list: list[dict]) -> list[
     labels = {a.id: _label(a, aggs) for a in aggs}
     lines = []
     if all(is_random(a.runs[0]) for a in aggs):
-        lines.append("Quality: not compared: the model has random weights (`random:`), so only the efficiency "
-                     "numbers below are meaningful.")
+        lines.append(
+            "Quality: not compared: the model has random weights (`random:`), so only the efficiency "
+            "numbers below are meaningful."
+        )
     for v in verdict_list:
         if len(v["values"]) < 2:  # nothing to compare against
             continue
@@ -133,38 +133,55 @@ def verdict_lines(aggs: list[Agg], task: str, verdict_list: list[dict]) -> list[
         best = v["values"][v["winners"][0]]
         value_text = fmt(v["measure"], best["mean"]) + (f" {v['unit']}" if v["unit"] in ("ms", "tokens/s") else "")
         if len(v["winners"]) == len(v["values"]) > 1:
-            lines.append(f"{v['label']}: a tie between all ({names}): no difference beyond the noise"
-                         f"{_effect_text(v, labels)}.")
+            lines.append(
+                f"{v['label']}: a tie between all ({names}): no difference beyond the noise{_effect_text(v, labels)}."
+            )
         elif len(v["winners"]) > 1:
-            lines.append(f"{v['label']} ({v['better']} is better): a tie between {names} ({value_text} best)"
-                         f"{_effect_text(v, labels)}.")
+            lines.append(
+                f"{v['label']} ({v['better']} is better): a tie between {names} ({value_text} best)"
+                f"{_effect_text(v, labels)}."
+            )
         else:
-            lines.append(f"{v['label']} ({v['better']} is better): **{names}** with {value_text}"
-                         f"{_effect_text(v, labels)}.")
+            lines.append(
+                f"{v['label']} ({v['better']} is better): **{names}** with {value_text}{_effect_text(v, labels)}."
+            )
     base = against_base(aggs)
     if base:
         parts = []
         for row in base:
-            bits = [f"{k} {row[k]['percent']:+.1f} % ({row[k]['low']:+.1f} to {row[k]['high']:+.1f})"
-                    + ("" if row[k]["significant"] else ", a tie") for k in ("unmerged", "merged") if k in row]
+            bits = [
+                f"{k} {row[k]['percent']:+.1f} % ({row[k]['low']:+.1f} to {row[k]['high']:+.1f})"
+                + ("" if row[k]["significant"] else ", a tie")
+                for k in ("unmerged", "merged")
+                if k in row
+            ]
             parts.append(f"{labels[row['id']]}: " + "; ".join(bits))
         lines.append("Latency against the zero-shot base model (p50, 95 % intervals): " + " · ".join(parts) + ".")
     over = unmerged_overhead(aggs)
     if over:
-        lines.append("Unmerged adapters against their merged form (p50 latency): " + ", ".join(
-            f"{labels[o['id']]} {o['percent']:+.1f} % ({o['low']:+.1f} to {o['high']:+.1f})"
-            + ("" if o["significant"] else ", a tie") for o in over) + ".")
+        lines.append(
+            "Unmerged adapters against their merged form (p50 latency): "
+            + ", ".join(
+                f"{labels[o['id']]} {o['percent']:+.1f} % ({o['low']:+.1f} to {o['high']:+.1f})"
+                + ("" if o["significant"] else ", a tie")
+                for o in over
+            )
+            + "."
+        )
     q = PRIMARY_QUALITY.get(task)
     if q and not all(is_random(a.runs[0]) for a in aggs):
         fronts = pareto_sets(aggs, task)
         for key, name, _ in PARETO_AXES:
             if fronts.get(key):
-                lines.append(f"Pareto-optimal for {QUALITY[q]} vs {name.split(' (')[0]} (on means): "
-                             f"{', '.join(labels[i] for i in fronts[key])}.")
+                lines.append(
+                    f"Pareto-optimal for {QUALITY[q]} vs {name.split(' (')[0]} (on means): "
+                    f"{', '.join(labels[i] for i in fronts[key])}."
+                )
     return lines
 
 
 # ---------------------------------------------------------------- documents
+
 
 def _describe(aggs: list[Agg], task: str) -> str:
     first = aggs[0].runs[0]
@@ -172,17 +189,25 @@ def _describe(aggs: list[Agg], task: str) -> str:
     desc = f"Dataset `{data.get('spec')}`."
     shapes = next((get_in(r, "inference", "shapes") for a in aggs for r in a.runs if get_in(r, "inference")), None)
     if shapes:
-        desc += (f" Inference shapes: batch {shapes['batch_size']}, {shapes['seq_len']} input tokens, "
-                 f"{shapes['new_tokens']} new tokens.")
+        desc += (
+            f" Inference shapes: batch {shapes['batch_size']}, {shapes['seq_len']} input tokens, "
+            f"{shapes['new_tokens']} new tokens."
+        )
     trained = [a for a in aggs if a.method != "none"]
     if trained:
         t = get_in(trained[0].runs[0], "config", "train") or {}
         seen = get_in(trained[0].runs[0], "train", "examples_seen")
-        lrs = ", ".join(f"{_label(a, aggs)} {a.selected_lr:g}" + (" (selected)" if a.sweep else "")
-                        for a in trained if a.selected_lr is not None)
-        desc += (f" Training: {t.get('max_steps')} steps of batch {t.get('batch_size')} × "
-                 f"{t.get('gradient_accumulation_steps')} accumulation"
-                 + (f" ({seen:,} examples seen)" if seen else "") + f"; learning rates {lrs}.")
+        lrs = ", ".join(
+            f"{_label(a, aggs)} {a.selected_lr:g}" + (" (selected)" if a.sweep else "")
+            for a in trained
+            if a.selected_lr is not None
+        )
+        desc += (
+            f" Training: {t.get('max_steps')} steps of batch {t.get('batch_size')} × "
+            f"{t.get('gradient_accumulation_steps')} accumulation"
+            + (f" ({seen:,} examples seen)" if seen else "")
+            + f"; learning rates {lrs}."
+        )
     seeds = sorted({len(a.runs) for a in aggs})
     desc += f" Seeds per experiment: {', '.join(map(str, seeds))}."
     left = sum(a.left_out for a in aggs)
@@ -195,8 +220,10 @@ def _describe(aggs: list[Agg], task: str) -> str:
         desc += f" Quality on {test_n} test examples."
         base = get_in(first, "quality_baselines")
         if base:
-            desc += (f" Baselines: always '{base['majority_class']}' (the majority class) scores "
-                     f"{base['majority_accuracy']:.1f} % accuracy; chance is {base['chance_accuracy']:.1f} %.")
+            desc += (
+                f" Baselines: always '{base['majority_class']}' (the majority class) scores "
+                f"{base['majority_accuracy']:.1f} % accuracy; chance is {base['chance_accuracy']:.1f} %."
+            )
     return desc
 
 
@@ -204,14 +231,54 @@ def _sweep_block(aggs: list[Agg]) -> tuple | None:
     rows = []
     for a in aggs:
         for row in a.sweep:
-            rows.append([_label(a, aggs), f"{row['learning_rate']:g}", str(row["n"]),
-                         "–" if row["validation"] is None else f"{row['validation']:.4g}",
-                         "–" if row["test"] is None else f"{row['test']:.4g}",
-                         "selected" if row["selected"] else ""])
+            rows.append(
+                [
+                    _label(a, aggs),
+                    f"{row['learning_rate']:g}",
+                    str(row["n"]),
+                    "–" if row["validation"] is None else f"{row['validation']:.4g}",
+                    "–" if row["test"] is None else f"{row['test']:.4g}",
+                    "selected" if row["selected"] else "",
+                ]
+            )
     if not rows:
         return None
     crit = next(a.selection for a in aggs if a.sweep)
     return ("table", ["method", "learning rate", "seeds", crit, "test (not used to select)", ""], rows)
+
+
+def _group(model: str, task: str, gaggs: list[Agg], plots_dir: Path) -> tuple[list[tuple], dict]:
+    """One (model, task) group: its section of the report and its entry of verdict.json."""
+    blocks: list[tuple] = []
+    title = f"{model} · {task}"
+    blocks.append(("h2", title))
+    blocks.append(("p", _describe(gaggs, task)))
+    vlist = verdicts(gaggs, task)
+    header, rows = group_table(gaggs, task, vlist)
+    blocks.append(("table", header, rows))
+    blocks.append(("h3", "Verdict"))
+    blocks.append(("ul", verdict_lines(gaggs, task, vlist)))
+    sweep = _sweep_block(gaggs)
+    if sweep:
+        blocks.append(("h3", "Learning-rate sweep (selected on validation)"))
+        blocks.append(sweep)
+    for name, path in plot_group(
+        gaggs, folder=plots_dir, slug=_slug(f"{model}--{task}"), title=title, task=task
+    ).items():
+        blocks.append(("img", name, path))
+    verdict_group = {
+        "model": model,
+        "task": task,
+        "experiments": [a.id for a in gaggs],
+        "random_weights": all(is_random(a.runs[0]) for a in gaggs),
+        "measures": vlist,
+        "latency_against_base": against_base(gaggs),
+        "unmerged_overhead": unmerged_overhead(gaggs),
+        "learning_rates": {
+            a.id: {"selected": a.selected_lr, "selected_by": a.selection, "sweep": a.sweep} for a in gaggs
+        },
+    }
+    return blocks, verdict_group
 
 
 def _blocks(out_dir: Path, results: list[dict], aggs: list[Agg]) -> tuple[list[tuple], list[dict]]:
@@ -222,135 +289,34 @@ def _blocks(out_dir: Path, results: list[dict], aggs: list[Agg]) -> tuple[list[t
     n_skip = sum(r.get("status") == "skipped" for r in bad)
     n_ok, n_bad = len(ok), len(bad) - n_skip
     skipped = f", {n_skip} skipped (cannot run on this machine)" if n_skip else ""
-    blocks.append(("p", f"{n_ok} run{'s' * (n_ok != 1)} succeeded, {n_bad} failed or cancelled{skipped}. Hardware: "
-                        f"{', '.join(sorted(str(e) for e in envs)) or 'n/a'}. Cells are means with 95 % intervals "
-                        f"(Student's t over seeds, or a bootstrap over test examples / timed calls for one seed). "
-                        f"Bold marks the winners of a column: one bold cell is a significant win, several are a "
-                        f"tie. Storage, trainable parameters and training numbers exclude the zero-shot baseline. "
-                        f"Latency is the forward pass; 'merged' is the model after merging the adapter."))
+    blocks.append(
+        (
+            "p",
+            f"{n_ok} run{'s' * (n_ok != 1)} succeeded, {n_bad} failed or cancelled{skipped}. Hardware: "
+            f"{', '.join(sorted(str(e) for e in envs)) or 'n/a'}. Cells are means with 95 % intervals "
+            f"(Student's t over seeds, or a bootstrap over test examples / timed calls for one seed). "
+            f"Bold marks the winners of a column: one bold cell is a significant win, several are a "
+            f"tie. Storage, trainable parameters and training numbers exclude the zero-shot baseline. "
+            f"Latency is the forward pass; 'merged' is the model after merging the adapter.",
+        )
+    )
     plots_dir = out_dir / "plots"
     verdict_groups = []
     for (model, task), gaggs in groups(aggs).items():
-        title = f"{model} · {task}"
-        blocks.append(("h2", title))
-        blocks.append(("p", _describe(gaggs, task)))
-        vlist = verdicts(gaggs, task)
-        header, rows = group_table(gaggs, task, vlist)
-        blocks.append(("table", header, rows))
-        blocks.append(("h3", "Verdict"))
-        blocks.append(("ul", verdict_lines(gaggs, task, vlist)))
-        sweep = _sweep_block(gaggs)
-        if sweep:
-            blocks.append(("h3", "Learning-rate sweep (selected on validation)"))
-            blocks.append(sweep)
-        for name, path in plot_group(gaggs, folder=plots_dir, slug=_slug(f"{model}--{task}"), title=title,
-                                     task=task).items():
-            blocks.append(("img", name, path))
-        verdict_groups.append({"model": model, "task": task, "experiments": [a.id for a in gaggs],
-                               "random_weights": all(is_random(a.runs[0]) for a in gaggs), "measures": vlist,
-                               "latency_against_base": against_base(gaggs),
-                               "unmerged_overhead": unmerged_overhead(gaggs),
-                               "learning_rates": {a.id: {"selected": a.selected_lr, "selected_by": a.selection,
-                                                         "sweep": a.sweep} for a in gaggs}})
+        group_blocks, verdict_group = _group(model, task, gaggs, plots_dir)
+        blocks += group_blocks
+        verdict_groups.append(verdict_group)
     blocks += scaling_blocks(results, plots_dir)
     if bad:
         blocks.append(("h2", "Failed or cancelled"))
-        blocks.append(("table", ["run", "status", "error"],
-                       [[r.get("run_id", "?"), r.get("status", "?"), str(r.get("error", ""))[:300]] for r in bad]))
+        blocks.append(
+            (
+                "table",
+                ["run", "status", "error"],
+                [[r.get("run_id", "?"), r.get("status", "?"), str(r.get("error", ""))[:300]] for r in bad],
+            )
+        )
     return blocks, verdict_groups
-
-
-def _md(blocks: list[tuple], out_dir: Path) -> str:
-    out = []
-    for b in blocks:
-        kind = b[0]
-        if kind in ("h1", "h2", "h3"):
-            out.append("#" * int(kind[1]) + " " + b[1] + "\n")
-        elif kind == "p":
-            out.append(b[1] + "\n")
-        elif kind == "ul":
-            out.append("\n".join(f"- {line}" for line in b[1]) + "\n")
-        elif kind == "table":
-            header, rows = b[1], b[2]
-            out.append("| " + " | ".join(header) + " |")
-            out.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
-            out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
-            out.append("")
-        elif kind == "img":
-            out.append(f"![{b[1]}]({b[2].relative_to(out_dir).as_posix()})\n")
-    return "\n".join(out)
-
-
-def _inline(text: str) -> str:
-    t = html.escape(text)
-    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
-
-
-def _html(blocks: list[tuple]) -> str:
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>peftbench report</title><style>",
-             "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}",
-             "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:4px 8px;"
-             "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f4f4f4}"
-             "img{max-width:100%;display:block;margin:1em 0}code{background:#f4f4f4;padding:0 3px}",
-             "</style></head><body>"]
-    for b in blocks:
-        kind = b[0]
-        if kind in ("h1", "h2", "h3"):
-            parts.append(f"<{kind}>{_inline(b[1])}</{kind}>")
-        elif kind == "p":
-            parts.append(f"<p>{_inline(b[1])}</p>")
-        elif kind == "ul":
-            parts.append("<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in b[1]) + "</ul>")
-        elif kind == "table":
-            parts.append("<table><tr>" + "".join(f"<th>{_inline(h)}</th>" for h in b[1]) + "</tr>")
-            parts += ["<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in row) + "</tr>" for row in b[2]]
-            parts.append("</table>")
-        elif kind == "img":
-            data = base64.b64encode(Path(b[2]).read_bytes()).decode()
-            parts.append(f"<img alt='{html.escape(b[1])}' src='data:image/png;base64,{data}'>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def _csv_rows(results: list[dict], aggs: list[Agg]) -> list[dict]:
-    """One row per experiment id: its selected runs aggregated (mean, 95 % interval, n_seeds)."""
-    rows = []
-    for a in sorted(aggs, key=lambda a: a.id):
-        r = a.runs[0]
-        row = {
-            "id": a.id,
-            "status": "success",
-            "model": a.model,
-            "task": a.task,
-            "dataset": get_in(r, "config", "data", "spec"),
-            "method": a.method,
-            "learning_rate": a.selected_lr,
-            "selected_by": a.selection,
-            "n_seeds": len(a.runs),
-            "seeds": " ".join(str(x) for x in a.seeds),
-            "total_params": get_in(r, "params", "total"),
-            "full_model_bytes": get_in(r, "storage", "full_model_bytes"),
-            "device": get_in(r, "env", "gpu") or get_in(r, "env", "device"),
-        }
-        for key in CSV_METRICS:
-            s = summarize(a, key)
-            row.update({f"{key}_mean": None if s is None else s["mean"],
-                        f"{key}_ci95_low": None if s is None else s["low"],
-                        f"{key}_ci95_high": None if s is None else s["high"]})
-        rows.append(row)
-    done = {a.id for a in aggs}
-    for r in results:  # experiments without a successful run still get their row
-        if r["id"] not in done:
-            done.add(r["id"])
-            rows.append({"id": r["id"], "status": r.get("status"), "method": method_of(r),
-                         "model": get_in(r, "config", "model", "spec"), "task": get_in(r, "config", "data", "task"),
-                         "dataset": get_in(r, "config", "data", "spec"), "n_seeds": 0})
-    return rows
-
-
-def csv_fields() -> list[str]:
-    return CSV_HEAD + [f"{k}_{part}" for k in CSV_METRICS for part in ("mean", "ci95_low", "ci95_high")]
 
 
 def build_report(out_dir: Path) -> dict[str, Path]:
@@ -358,14 +324,18 @@ def build_report(out_dir: Path) -> dict[str, Path]:
     results = load_results(out_dir)
     aggs = aggregate(results)
     blocks, verdict_groups = _blocks(out_dir, results, aggs)
-    paths = {"md": out_dir / "report.md", "html": out_dir / "report.html", "csv": out_dir / "summary.csv",
-             "verdict": out_dir / "verdict.json"}
-    write_text_atomic(paths["md"], _md(blocks, out_dir))
-    write_text_atomic(paths["html"], _html(blocks))
+    paths = {
+        "md": out_dir / "report.md",
+        "html": out_dir / "report.html",
+        "csv": out_dir / "summary.csv",
+        "verdict": out_dir / "verdict.json",
+    }
+    write_text_atomic(paths["md"], markdown(blocks, out_dir))
+    write_text_atomic(paths["html"], html_page(blocks))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=csv_fields())
     w.writeheader()
-    for row in _csv_rows(results, aggs):
+    for row in csv_rows(results, aggs):
         w.writerow(row)
     write_text_atomic(paths["csv"], buf.getvalue())
     write_text_atomic(paths["verdict"], to_json({"schema": VERDICT_SCHEMA, "level": 0.95, "groups": verdict_groups}))

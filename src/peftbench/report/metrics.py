@@ -35,6 +35,7 @@ def _latency_samples(*path: str) -> Callable[[dict], dict | None]:
     def get(r: dict) -> dict | None:
         values = get_in(r, *path, "samples_ms")
         return stats.samples_of(values) if values else None
+
     return get
 
 
@@ -45,6 +46,7 @@ def _deploy_samples(r: dict) -> dict | None:
 def _throughput_samples(*path: str) -> Callable[[dict], dict | None]:
     """Generated (or forward) tokens per second at the latency batch, one sample per timed call, of the
     inference record at ``path`` (the model as trained, or ``inference.merged``)."""
+
     def get(r: dict) -> dict | None:
         inf = get_in(r, *path) or {}
         b = (get_in(r, "inference", "shapes") or {}).get("batch_size")
@@ -58,6 +60,7 @@ def _throughput_samples(*path: str) -> Callable[[dict], dict | None]:
         else:
             return None
         return stats.rate_samples([per_call] * len(ms), [m / 1000 for m in ms])
+
     return get
 
 
@@ -75,9 +78,11 @@ def _train_rate(r: dict) -> float | None:
 
 def _single(getter: Callable[[dict], Any]) -> Callable[[dict], dict | None]:
     """A number measured once per run: across seeds it still gets an interval."""
+
     def get(r: dict) -> dict | None:
         v = getter(r)
         return stats.samples_of([v]) if isinstance(v, (int, float)) else None
+
     return get
 
 
@@ -115,46 +120,168 @@ def margin(metric: Metric, device: str) -> float:
     return MARGIN_PERCENT[(metric.kind, "cuda" if str(device).startswith("cuda") else "cpu")]
 
 
-QUALITY = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "BLEU",
-           "accuracy": "accuracy", "macro_f1": "macro-F1", "perplexity": "perplexity"}
+QUALITY = {
+    "rouge1": "ROUGE-1",
+    "rouge2": "ROUGE-2",
+    "rougeL": "ROUGE-L",
+    "bleu": "BLEU",
+    "accuracy": "accuracy",
+    "macro_f1": "macro-F1",
+    "perplexity": "perplexity",
+}
 PRIMARY_QUALITY = {name: spec.primary for name, spec in SPECS.items()}
 LOWER_IS_BETTER = frozenset().union(*(spec.lower_is_better for spec in SPECS.values()))
 
-METRICS: dict[str, Metric] = {m.key: m for m in [
-    Metric("trainable", "trainable params", lambda r: get_in(r, "params", "trainable"), "min", "int",
-           trained_only=True, kind="exact", unit="parameters"),
-    Metric("adapter_bytes", "storage", lambda r: get_in(r, "storage", "adapter_bytes"), "min", "bytes",
-           trained_only=True, kind="exact", unit="bytes"),
-    *[Metric(k, label, (lambda key: lambda r: get_in(r, "quality", key))(k), "min" if k in LOWER_IS_BETTER else "max",
-             "float", kind="quality", samples=lambda r: r.get("quality_samples"), statistic=k,
-             unit="" if k == "perplexity" else "points") for k, label in QUALITY.items()],
-    Metric("train_tokens_per_second", "train tok/s", _train_rate, "max", "float",
-           trained_only=True, kind="timing", samples=_train_rate_samples, statistic="rate", unit="tokens/s"),
-    Metric("train_peak_memory_bytes", "train peak mem", lambda r: get_in(r, "train", "peak_memory_bytes"), "min",
-           "bytes", trained_only=True, kind="memory",
-           samples=_single(lambda r: get_in(r, "train", "peak_memory_bytes")), statistic="mean", unit="bytes"),
-    Metric("latency_p50_ms", "p50 ms", lambda r: get_in(r, "inference", "latency_ms", "p50_ms"), "min", "ms",
-           kind="timing", samples=_latency_samples("inference", "latency_ms"), statistic="median", unit="ms"),
-    Metric("latency_p95_ms", "p95 ms", lambda r: get_in(r, "inference", "latency_ms", "p95_ms"), "min", "ms"),
-    Metric("merged_p50_ms", "merged p50 ms", lambda r: get_in(r, "inference", "merged", "latency_ms", "p50_ms"),
-           "min", "ms", kind="timing", samples=_latency_samples("inference", "merged", "latency_ms"),
-           statistic="median", unit="ms"),
-    Metric("deploy_p50_ms", "deployed p50 ms", _deploy_p50, "min", "ms", kind="timing", samples=_deploy_samples,
-           statistic="median", unit="ms"),
-    Metric("throughput", "gen tok/s", lambda r: get_in(r, "inference", "throughput_tokens_per_second"), "max",
-           "float", kind="timing", samples=_throughput_samples("inference"), statistic="rate", unit="tokens/s"),
-    Metric("merged_throughput", "merged gen tok/s",
-           lambda r: get_in(r, "inference", "merged", "throughput_tokens_per_second"), "max", "float", kind="timing",
-           samples=_throughput_samples("inference", "merged"), statistic="rate", unit="tokens/s"),
-    Metric("inference_peak_memory_bytes", "infer peak mem", lambda r: get_in(r, "inference", "peak_memory_bytes"),
-           "min", "bytes", kind="memory", samples=_single(lambda r: get_in(r, "inference", "peak_memory_bytes")),
-           statistic="mean", unit="bytes"),
-    Metric("unmerged_overhead_percent", "unmerged overhead",
-           lambda r: get_in(r, "inference", "merged", "unmerged_overhead_percent"), "min", "pct"),
-]}
+METRICS: dict[str, Metric] = {
+    m.key: m
+    for m in [
+        Metric(
+            "trainable",
+            "trainable params",
+            lambda r: get_in(r, "params", "trainable"),
+            "min",
+            "int",
+            trained_only=True,
+            kind="exact",
+            unit="parameters",
+        ),
+        Metric(
+            "adapter_bytes",
+            "storage",
+            lambda r: get_in(r, "storage", "adapter_bytes"),
+            "min",
+            "bytes",
+            trained_only=True,
+            kind="exact",
+            unit="bytes",
+        ),
+        *[
+            Metric(
+                k,
+                label,
+                (lambda key: lambda r: get_in(r, "quality", key))(k),
+                "min" if k in LOWER_IS_BETTER else "max",
+                "float",
+                kind="quality",
+                samples=lambda r: r.get("quality_samples"),
+                statistic=k,
+                unit="" if k == "perplexity" else "points",
+            )
+            for k, label in QUALITY.items()
+        ],
+        Metric(
+            "train_tokens_per_second",
+            "train tok/s",
+            _train_rate,
+            "max",
+            "float",
+            trained_only=True,
+            kind="timing",
+            samples=_train_rate_samples,
+            statistic="rate",
+            unit="tokens/s",
+        ),
+        Metric(
+            "train_peak_memory_bytes",
+            "train peak mem",
+            lambda r: get_in(r, "train", "peak_memory_bytes"),
+            "min",
+            "bytes",
+            trained_only=True,
+            kind="memory",
+            samples=_single(lambda r: get_in(r, "train", "peak_memory_bytes")),
+            statistic="mean",
+            unit="bytes",
+        ),
+        Metric(
+            "latency_p50_ms",
+            "p50 ms",
+            lambda r: get_in(r, "inference", "latency_ms", "p50_ms"),
+            "min",
+            "ms",
+            kind="timing",
+            samples=_latency_samples("inference", "latency_ms"),
+            statistic="median",
+            unit="ms",
+        ),
+        Metric("latency_p95_ms", "p95 ms", lambda r: get_in(r, "inference", "latency_ms", "p95_ms"), "min", "ms"),
+        Metric(
+            "merged_p50_ms",
+            "merged p50 ms",
+            lambda r: get_in(r, "inference", "merged", "latency_ms", "p50_ms"),
+            "min",
+            "ms",
+            kind="timing",
+            samples=_latency_samples("inference", "merged", "latency_ms"),
+            statistic="median",
+            unit="ms",
+        ),
+        Metric(
+            "deploy_p50_ms",
+            "deployed p50 ms",
+            _deploy_p50,
+            "min",
+            "ms",
+            kind="timing",
+            samples=_deploy_samples,
+            statistic="median",
+            unit="ms",
+        ),
+        Metric(
+            "throughput",
+            "gen tok/s",
+            lambda r: get_in(r, "inference", "throughput_tokens_per_second"),
+            "max",
+            "float",
+            kind="timing",
+            samples=_throughput_samples("inference"),
+            statistic="rate",
+            unit="tokens/s",
+        ),
+        Metric(
+            "merged_throughput",
+            "merged gen tok/s",
+            lambda r: get_in(r, "inference", "merged", "throughput_tokens_per_second"),
+            "max",
+            "float",
+            kind="timing",
+            samples=_throughput_samples("inference", "merged"),
+            statistic="rate",
+            unit="tokens/s",
+        ),
+        Metric(
+            "inference_peak_memory_bytes",
+            "infer peak mem",
+            lambda r: get_in(r, "inference", "peak_memory_bytes"),
+            "min",
+            "bytes",
+            kind="memory",
+            samples=_single(lambda r: get_in(r, "inference", "peak_memory_bytes")),
+            statistic="mean",
+            unit="bytes",
+        ),
+        Metric(
+            "unmerged_overhead_percent",
+            "unmerged overhead",
+            lambda r: get_in(r, "inference", "merged", "unmerged_overhead_percent"),
+            "min",
+            "pct",
+        ),
+    ]
+}
 
-TABLE_COLUMNS = ["trainable", "adapter_bytes", "QUALITY", "train_tokens_per_second", "train_peak_memory_bytes",
-                 "latency_p50_ms", "latency_p95_ms", "merged_p50_ms", "throughput", "inference_peak_memory_bytes"]
+TABLE_COLUMNS = [
+    "trainable",
+    "adapter_bytes",
+    "QUALITY",
+    "train_tokens_per_second",
+    "train_peak_memory_bytes",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "merged_p50_ms",
+    "throughput",
+    "inference_peak_memory_bytes",
+]
 
 
 def value(result: dict, key: str) -> Any:
@@ -217,15 +344,20 @@ def best(results: list[dict], key: str) -> tuple[float | None, list[dict]]:
 
 def pareto(points: list[tuple[Any, float, float]], better: tuple[str, str]) -> list[Any]:
     """Labels of the non-dominated points; each point is (label, x, y) with a direction per axis."""
+
     def score(v: float, b: str) -> float:
         return v if b == "max" else -v
 
     keep = []
     for label, x, y in points:
         sx, sy = score(x, better[0]), score(y, better[1])
-        dominated = any(score(x2, better[0]) >= sx and score(y2, better[1]) >= sy
-                        and (score(x2, better[0]) > sx or score(y2, better[1]) > sy)
-                        for l2, x2, y2 in points if l2 != label)
+        dominated = any(
+            score(x2, better[0]) >= sx
+            and score(y2, better[1]) >= sy
+            and (score(x2, better[0]) > sx or score(y2, better[1]) > sy)
+            for l2, x2, y2 in points
+            if l2 != label
+        )
         if not dominated:
             keep.append(label)
     return keep

@@ -19,8 +19,16 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 from peftbench.report.aggregate import summarize  # noqa: E402
 from peftbench.report.metrics import METRICS, PRIMARY_QUALITY, QUALITY, human_bytes, is_random, pareto, value  # noqa: E402
 
-COLORS = {"none": "#7f7f7f", "full": "#d62728", "lora": "#1f77b4", "ia3": "#2ca02c", "dora": "#9467bd",
-          "loha": "#8c564b", "lokr": "#e377c2", "vera": "#bcbd22"}
+COLORS = {
+    "none": "#7f7f7f",
+    "full": "#d62728",
+    "lora": "#1f77b4",
+    "ia3": "#2ca02c",
+    "dora": "#9467bd",
+    "loha": "#8c564b",
+    "lokr": "#e377c2",
+    "vera": "#bcbd22",
+}
 DPI = 110
 
 
@@ -50,8 +58,14 @@ def plot_loss(aggs: list, path: Path, title: str) -> Path | None:
         for i, r in enumerate(a.runs):  # one thin line per seed
             curve = (r.get("train") or {}).get("loss_curve") or []
             if curve:
-                ax.plot([p["step"] for p in curve], [p["loss"] for p in curve], color=_color(a.method), lw=1.2,
-                        alpha=0.85 if len(a.runs) == 1 else 0.5, label=a.method if i == 0 else None)
+                ax.plot(
+                    [p["step"] for p in curve],
+                    [p["loss"] for p in curve],
+                    color=_color(a.method),
+                    lw=1.2,
+                    alpha=0.85 if len(a.runs) == 1 else 0.5,
+                    label=a.method if i == 0 else None,
+                )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")
     ax.set_title(f"Training loss (one line per seed): {title}", fontsize=10)
@@ -61,8 +75,14 @@ def plot_loss(aggs: list, path: Path, title: str) -> Path | None:
 
 
 def _majority(aggs: list) -> float | None:
-    return next((a.runs[0]["quality_baselines"]["majority_accuracy"] for a in aggs
-                 if (a.runs[0].get("quality_baselines") or {}).get("majority_accuracy") is not None), None)
+    return next(
+        (
+            a.runs[0]["quality_baselines"]["majority_accuracy"]
+            for a in aggs
+            if (a.runs[0].get("quality_baselines") or {}).get("majority_accuracy") is not None
+        ),
+        None,
+    )
 
 
 def plot_quality(aggs: list, path: Path, title: str, task: str) -> Path | None:
@@ -76,8 +96,15 @@ def plot_quality(aggs: list, path: Path, title: str, task: str) -> Path | None:
         rows = [(a, summarize(a, key)) for a in aggs]
         rows = [(a, s) for a, s in rows if s]
         errs = list(zip(*[_err(s) for _, s in rows]))
-        ax.bar(range(len(rows)), [s["mean"] for _, s in rows], color=[_color(a.method) for a, _ in rows],
-               yerr=errs, capsize=4, edgecolor="black", lw=0.5)
+        ax.bar(
+            range(len(rows)),
+            [s["mean"] for _, s in rows],
+            color=[_color(a.method) for a, _ in rows],
+            yerr=errs,
+            capsize=4,
+            edgecolor="black",
+            lw=0.5,
+        )
         ax.set_xticks(range(len(rows)), [a.method for a, _ in rows], fontsize=8)
         if majority is not None and key == "accuracy":
             ax.axhline(majority, color="black", ls="--", lw=1, label=f"majority class ({majority:.1f})")
@@ -110,8 +137,14 @@ def plot_quality_curve(aggs: list, path: Path, title: str, task: str) -> Path | 
             if baseline and baseline.get(key) is not None:
                 pts = [{"step": 0, key: baseline[key]}] + pts
             if pts:
-                ax.plot([p["step"] for p in pts], [p[key] for p in pts], marker="o", ms=3, label=a.method,
-                        color=_color(a.method))
+                ax.plot(
+                    [p["step"] for p in pts],
+                    [p[key] for p in pts],
+                    marker="o",
+                    ms=3,
+                    label=a.method,
+                    color=_color(a.method),
+                )
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(QUALITY[key] + (" (lower is better)" if METRICS[key].better == "min" else ""))
         ax.grid(alpha=0.3)
@@ -127,8 +160,11 @@ def plot_learning_rates(aggs: list, path: Path, title: str) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for a in swept:
-        pts = [(row["learning_rate"], row["validation"], row["selected"]) for row in a.sweep
-               if row["validation"] is not None]
+        pts = [
+            (row["learning_rate"], row["validation"], row["selected"])
+            for row in a.sweep
+            if row["validation"] is not None
+        ]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=_color(a.method), label=a.method)
         for lr, v, sel in pts:
             if sel:
@@ -174,9 +210,17 @@ def _paired_bars(ax, aggs: list, unmerged: str, merged: str) -> None:
         if not present:
             continue
         errs = list(zip(*[_err(s) for _, _, s in present]))
-        ax.bar([i + offset for i, _, _ in present], [s["mean"] for _, _, s in present], w,
-               color=[_color(a.method) for _, a, _ in present], hatch=hatch, edgecolor="black", lw=0.5,
-               yerr=errs, capsize=3)
+        ax.bar(
+            [i + offset for i, _, _ in present],
+            [s["mean"] for _, _, s in present],
+            w,
+            color=[_color(a.method) for _, a, _ in present],
+            hatch=hatch,
+            edgecolor="black",
+            lw=0.5,
+            yerr=errs,
+            capsize=3,
+        )
     ax.set_xticks(range(len(aggs)), [a.method for a in aggs])
     ax.grid(alpha=0.3, axis="y")
 
@@ -190,9 +234,13 @@ def plot_latency(aggs: list, path: Path, title: str) -> Path | None:
     _paired_bars(axes[0], have, "latency_p50_ms", "merged_p50_ms")
     axes[0].set_ylabel("forward latency p50 (ms), 95 % interval")
     axes[0].set_title(f"batch {shapes['batch_size']}, {shapes['seq_len']} tokens", fontsize=9)
-    axes[0].legend(handles=[Patch(facecolor="white", edgecolor="black", label="unmerged (as trained)"),
-                            Patch(facecolor="white", edgecolor="black", hatch="//", label="merged into base")],
-                   fontsize=8)
+    axes[0].legend(
+        handles=[
+            Patch(facecolor="white", edgecolor="black", label="unmerged (as trained)"),
+            Patch(facecolor="white", edgecolor="black", hatch="//", label="merged into base"),
+        ],
+        fontsize=8,
+    )
     _paired_bars(axes[1], have, "throughput", "merged_throughput")
     unit = have[0].runs[0]["inference"].get("throughput_unit", "tokens/s")
     axes[1].set_ylabel(unit)
@@ -201,9 +249,11 @@ def plot_latency(aggs: list, path: Path, title: str) -> Path | None:
     return _save(fig, path)
 
 
-PARETO_AXES = [("adapter_bytes", "storage to ship (log scale)", True),
-               ("deploy_p50_ms", "deployed latency p50 (ms)", False),
-               ("train_peak_memory_bytes", "training peak memory", False)]
+PARETO_AXES = [
+    ("adapter_bytes", "storage to ship (log scale)", True),
+    ("deploy_p50_ms", "deployed latency p50 (ms)", False),
+    ("train_peak_memory_bytes", "training peak memory", False),
+]
 
 
 def _points(aggs: list, x_key: str, y_key: str) -> list[tuple]:
@@ -235,10 +285,27 @@ def plot_pareto(aggs: list, path: Path, title: str, task: str) -> Path | None:
         front = set(fronts.get(key, []))
         for a, xs, ys in pts:
             on = a.id in front
-            ax.errorbar([xs["mean"]], [ys["mean"]], xerr=[[v] for v in _err(xs)], yerr=[[v] for v in _err(ys)],
-                        fmt="none", ecolor=_color(a.method), lw=1, capsize=3, zorder=2)
-            ax.scatter([xs["mean"]], [ys["mean"]], s=90 if on else 40, color=_color(a.method),
-                       edgecolor="black" if on else "none", lw=1.5, zorder=3, marker="o" if on else "X")
+            ax.errorbar(
+                [xs["mean"]],
+                [ys["mean"]],
+                xerr=[[v] for v in _err(xs)],
+                yerr=[[v] for v in _err(ys)],
+                fmt="none",
+                ecolor=_color(a.method),
+                lw=1,
+                capsize=3,
+                zorder=2,
+            )
+            ax.scatter(
+                [xs["mean"]],
+                [ys["mean"]],
+                s=90 if on else 40,
+                color=_color(a.method),
+                edgecolor="black" if on else "none",
+                lw=1.5,
+                zorder=3,
+                marker="o" if on else "X",
+            )
             ax.annotate(a.method, (xs["mean"], ys["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
         fp = sorted((xs["mean"], ys["mean"]) for a, xs, ys in pts if a.id in front)
         if len(fp) > 1:

@@ -40,12 +40,20 @@ def scaling_rows(results: list[dict]) -> list[dict]:
         peak = max(per_gpu) if per_gpu else get_in(r, "train", "peak_memory_bytes")
         world = get_in(r, "resolved", "distributed", "world_size") or get_in(r, "resolved", "num_processes") or 1
         rate = get_in(r, "train", "steady_tokens_per_second") or get_in(r, "train", "tokens_per_second")
-        rows.append({"model": get_in(r, "config", "model", "spec"), "method": get_in(r, "config", "method", "name"),
-                     "params": int(total), "gpus": int(world), "fits": r.get("status") == "success",
-                     "strategy": get_in(r, "resolved", "distributed", "strategy") or ("ddp" if world > 1 else "single"),
-                     "tokens_per_second": rate, "peak_gpu_bytes": peak,
-                     "adapter_bytes": get_in(r, "storage", "adapter_bytes"),
-                     "latency_p50_ms": get_in(r, "inference", "latency_ms", "p50_ms")})
+        rows.append(
+            {
+                "model": get_in(r, "config", "model", "spec"),
+                "method": get_in(r, "config", "method", "name"),
+                "params": int(total),
+                "gpus": int(world),
+                "fits": r.get("status") == "success",
+                "strategy": get_in(r, "resolved", "distributed", "strategy") or ("ddp" if world > 1 else "single"),
+                "tokens_per_second": rate,
+                "peak_gpu_bytes": peak,
+                "adapter_bytes": get_in(r, "storage", "adapter_bytes"),
+                "latency_p50_ms": get_in(r, "inference", "latency_ms", "p50_ms"),
+            }
+        )
     return sorted(rows, key=lambda x: (x["method"] or "", x["gpus"], x["params"]))
 
 
@@ -62,8 +70,14 @@ def power_fit(xs, ys, *, level: float = LEVEL) -> dict | None:
     resid = ly - (slope * lx + intercept)
     se = math.sqrt(float(resid @ resid) / (n - 2) / float(((lx - lx.mean()) ** 2).sum())) if n > 2 else math.inf
     half = float(st.t.ppf(0.5 + level / 2, n - 2)) * se
-    return {"exponent": round(float(slope), 4), "low": round(float(slope) - half, 4),
-            "high": round(float(slope) + half, 4), "prefactor": float(math.exp(intercept)), "n": n, "level": level}
+    return {
+        "exponent": round(float(slope), 4),
+        "low": round(float(slope) - half, 4),
+        "high": round(float(slope) + half, 4),
+        "prefactor": float(math.exp(intercept)),
+        "n": n,
+        "level": level,
+    }
 
 
 def series(rows: list[dict], key: str) -> dict[tuple[str, int], list[dict]]:
@@ -86,10 +100,20 @@ def largest_fits(rows: list[dict]) -> list[dict]:
         oom = [r for r in group if not r["fits"]]
         best = max(ok, key=lambda r: r["params"]) if ok else None
         first_oom = min(oom, key=lambda r: r["params"]) if oom else None
-        out.append({"method": method, "gpus": gpus,
-                    "largest": best and {"model": best["model"], "params": best["params"],
-                                         "strategy": best["strategy"], "peak_gpu_bytes": best["peak_gpu_bytes"]},
-                    "out_of_memory": first_oom and {"model": first_oom["model"], "params": first_oom["params"]}})
+        out.append(
+            {
+                "method": method,
+                "gpus": gpus,
+                "largest": best
+                and {
+                    "model": best["model"],
+                    "params": best["params"],
+                    "strategy": best["strategy"],
+                    "peak_gpu_bytes": best["peak_gpu_bytes"],
+                },
+                "out_of_memory": first_oom and {"model": first_oom["model"], "params": first_oom["params"]},
+            }
+        )
     return out
 
 
@@ -98,10 +122,15 @@ def fits_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     body = []
     for f in largest_fits(rows):
         big, oom = f["largest"], f["out_of_memory"]
-        body.append([f["method"], str(f["gpus"]),
-                     f"{big['model']} ({big['params'] / 1e9:.2f} B, {big['strategy']})" if big else "none",
-                     f"{big['peak_gpu_bytes'] / 2**30:.1f} GiB" if big and big["peak_gpu_bytes"] else "n/a",
-                     f"{oom['model']} ({oom['params'] / 1e9:.2f} B)" if oom else "none tried"])
+        body.append(
+            [
+                f["method"],
+                str(f["gpus"]),
+                f"{big['model']} ({big['params'] / 1e9:.2f} B, {big['strategy']})" if big else "none",
+                f"{big['peak_gpu_bytes'] / 2**30:.1f} GiB" if big and big["peak_gpu_bytes"] else "n/a",
+                f"{oom['model']} ({oom['params'] / 1e9:.2f} B)" if oom else "none tried",
+            ]
+        )
     return header, body
 
 
@@ -112,8 +141,10 @@ def fits_lines(rows: list[dict]) -> list[str]:
         for (method, gpus), pts in sorted(series(rows, key).items()):
             fit = power_fit([p["params"] for p in pts], [p[key] for p in pts])
             if fit:
-                lines.append(f"{what}, {method} on {gpus} GPU{'s' * (gpus != 1)}: ∝ parameters^{fit['exponent']:.2f} "
-                             f"(95 % interval {fit['low']:.2f} to {fit['high']:.2f}, {fit['n']} sizes)")
+                lines.append(
+                    f"{what}, {method} on {gpus} GPU{'s' * (gpus != 1)}: ∝ parameters^{fit['exponent']:.2f} "
+                    f"(95 % interval {fit['low']:.2f} to {fit['high']:.2f}, {fit['n']} sizes)"
+                )
     return lines
 
 
@@ -152,16 +183,23 @@ def scaling_blocks(results: list[dict], plots_dir: Path) -> list[tuple]:
     rows = scaling_rows(results)
     if not any(len(v) >= MIN_SIZES for v in series(rows, "params").values()):
         return []
-    blocks: list[tuple] = [("h2", "Scaling with model size"),
-                           ("p", "Per-GPU peak training memory and steady training tokens/s against parameters, on "
-                                 "log-log axes, per method and GPU count; lines are least-squares power laws. A run "
-                                 "that ran out of memory marks a model that does not fit.")]
+    blocks: list[tuple] = [
+        ("h2", "Scaling with model size"),
+        (
+            "p",
+            "Per-GPU peak training memory and steady training tokens/s against parameters, on "
+            "log-log axes, per method and GPU count; lines are least-squares power laws. A run "
+            "that ran out of memory marks a model that does not fit.",
+        ),
+    ]
     blocks.append(("ul", fits_lines(rows) or ["no series has three sizes with both numbers"]))
     header, body = fits_table(rows)
     blocks.append(("h3", "Largest model that fits"))
     blocks.append(("table", header, body))
-    for key, ylabel, name in (("peak_gpu_bytes", "per-GPU peak memory (bytes)", "scaling_memory"),
-                              ("tokens_per_second", "training tokens/s", "scaling_speed")):
+    for key, ylabel, name in (
+        ("peak_gpu_bytes", "per-GPU peak memory (bytes)", "scaling_memory"),
+        ("tokens_per_second", "training tokens/s", "scaling_speed"),
+    ):
         path = plot_scaling(rows, plots_dir / f"{name}.png", key, ylabel)
         if path:
             blocks.append(("img", ylabel, path))

@@ -1,0 +1,166 @@
+"""The curated methods: defaults, sourced learning rates, the options some methods cannot do without.
+Torch- and peft-free, so plans and the report read them; ``methods.lookup`` answers every other peft
+type by name.
+
+Usage:
+    CURATED["lora"].learning_rate, CURATED["qlora"].quantization, REQUIRED["trainable_tokens"]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    peft_type: str | None  # peft's PeftType value; None for none/full
+    defaults: dict  # options we set unless the user does (documented in the README)
+    learning_rate: float  # default peak learning rate
+    trains: bool = True
+    description: str = ""
+    rate_source: str = "untuned: LoRA's rate"
+    quantization: str | None = None  # a base quantisation the method implies (qlora: nf4)
+    extra_options: dict = field(default_factory=dict)  # our options that are not config fields: name -> type
+
+
+PROMPT_DEFAULTS = {"num_virtual_tokens": 20}
+# Options without which a method trains nothing useful (peft's defaults are placeholders there).
+REQUIRED = {
+    "trainable_tokens": ("token_indices", "the token ids whose embeddings train (peft's default trains none)"),
+    "cpt": (
+        "cpt_token_ids",
+        "the in-context examples' token ids, with cpt_mask and cpt_tokens_type_mask (with "
+        "peft's defaults the loss is not a number)",
+    ),
+}
+LOFTQ_OPTIONS = {"bits": int, "iterations": int}
+
+# Default peak learning rates, from published practice (a suite should still sweep them, e.g.
+# `train.learning_rate: [1e-4, 3e-4, 1e-3]`: an untuned rate per method compares rates, not methods).
+CURATED: dict[str, Method] = {
+    m.name: m
+    for m in [
+        Method("none", None, {}, 0.0, trains=False, description="zero-shot baseline: no training", rate_source=""),
+        Method(
+            "full",
+            None,
+            {},
+            5e-5,
+            description="full fine-tuning: every weight trains",
+            rate_source="transformers' TrainingArguments default, the usual full fine-tuning rate for GPT-2/T5",
+        ),
+        Method(
+            "lora",
+            "LORA",
+            {},
+            2e-4,
+            description="LoRA (peft defaults: r=8, alpha=8)",
+            rate_source="LoRA paper (Hu et al. 2021), GPT-2 medium/large on E2E NLG, Table 11",
+        ),
+        Method(
+            "ia3",
+            "IA3",
+            {},
+            3e-3,
+            description="IA3 (peft defaults)",
+            rate_source="T-Few (Liu et al. 2022), the (IA)3 recipe's rate (Adafactor there, AdamW here)",
+        ),
+        Method(
+            "dora",
+            "LORA",
+            {"use_dora": True},
+            2e-4,
+            description="DoRA: weight-decomposed LoRA",
+            rate_source="as LoRA (the same low-rank update, reparametrised; untuned)",
+        ),
+        Method(
+            "rslora",
+            "LORA",
+            {"use_rslora": True},
+            2e-4,
+            description="rsLoRA: LoRA scaled by alpha/sqrt(r)",
+            rate_source="as LoRA (untuned)",
+        ),
+        Method(
+            "pissa",
+            "LORA",
+            {"init_lora_weights": "pissa"},
+            2e-4,
+            description="PiSSA: LoRA initialised from the principal singular vectors",
+            rate_source="as LoRA (untuned)",
+        ),
+        Method(
+            "olora",
+            "LORA",
+            {"init_lora_weights": "olora"},
+            2e-4,
+            description="OLoRA: LoRA initialised by QR decomposition",
+            rate_source="as LoRA (untuned)",
+        ),
+        Method(
+            "loftq",
+            "LORA",
+            {},
+            2e-4,
+            description="LoftQ: LoRA initialised against the quantisation error (options bits: 4 or 8, iterations: 1)",
+            rate_source="as LoRA (untuned)",
+            extra_options=LOFTQ_OPTIONS,
+        ),
+        Method(
+            "qlora",
+            "LORA",
+            {},
+            2e-4,
+            description="QLoRA: LoRA on an NF4-quantised base (needs CUDA, bitsandbytes)",
+            rate_source="as LoRA (untuned)",
+            quantization="nf4",
+        ),
+        Method(
+            "loha", "LOHA", {}, 2e-4, description="LoHa: low-rank Hadamard product", rate_source="as LoRA (untuned)"
+        ),
+        Method(
+            "lokr", "LOKR", {}, 2e-4, description="LoKr: low-rank Kronecker product", rate_source="as LoRA (untuned)"
+        ),
+        Method(
+            "vera",
+            "VERA",
+            {},
+            1e-3,
+            description="VeRA: shared random projections",
+            rate_source="trains only scaling vectors, like IA3: between LoRA's and IA3's (untuned)",
+        ),
+        Method(
+            "adalora",
+            "ADALORA",
+            {},
+            2e-4,
+            description="AdaLoRA: LoRA whose ranks are reallocated during training",
+            rate_source="as LoRA (untuned)",
+        ),
+        Method(
+            "prompt_tuning",
+            "PROMPT_TUNING",
+            PROMPT_DEFAULTS,
+            3e-2,
+            description="prompt tuning: 20 virtual tokens",
+            rate_source="peft's prompt-tuning guide",
+        ),
+        Method(
+            "prefix_tuning",
+            "PREFIX_TUNING",
+            PROMPT_DEFAULTS,
+            1e-2,
+            description="prefix tuning: 20 virtual tokens' keys and values in every layer",
+            rate_source="peft's prefix-tuning guide",
+        ),
+        Method(
+            "p_tuning",
+            "P_TUNING",
+            PROMPT_DEFAULTS,
+            1e-3,
+            description="P-tuning: 20 virtual tokens from a prompt encoder",
+            rate_source="peft's P-tuning guide",
+        ),
+    ]
+}
