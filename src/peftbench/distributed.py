@@ -9,11 +9,12 @@ Usage:
 
 Several processes come from a launcher (``peftbench run --gpus N``, ``accelerate launch``, or
 ``accelerate launch --num_machines M --machine_rank R`` across machines; see the README); one
-process per GPU. ``ddp`` keeps a whole model per GPU and averages gradients; ``fsdp`` (accelerate's
-FSDP2 plugin) shards weights, gradients and optimizer states over the processes, one unit per
-repeated block (the model's ``_no_split_modules``), for models whose training state does not fit
-one GPU. After sharded training the main process gathers the full weights and rebuilds the model,
-so evaluation, saving and inference run on a plain model, as after data-parallel training.
+process per GPU. ``ddp`` keeps a whole model per GPU and averages gradients; ``fsdp`` (FSDP2:
+torch's ``fully_shard``, as accelerate's plugin calls it) shards weights, gradients and optimizer
+states over the processes, one unit per repeated block (the model's ``_no_split_modules``), for
+models whose training state does not fit one GPU. After sharded training the main process
+gathers the full weights and rebuilds the model, so evaluation, saving and inference run on a plain
+model, as after data-parallel training.
 """
 
 from __future__ import annotations
