@@ -257,3 +257,17 @@ def test_compiled_regions_keep_the_loss_curve_and_hand_back_an_uncompiled_model(
     assert 1 <= counters["stats"]["unique_graphs"] <= 2  # one block's graph (and one for the first block's input)
     blocks = model.get_base_model().transformer.h
     assert len(blocks) == 2 and all(getattr(b, "_compiled_call_impl", None) is None for b in blocks)
+
+
+def test_fused_loss_is_off_for_a_method_that_trains_beside_the_body():
+    """peft's shadow trains a side network on the output path: a fused head(body(x)) loss would skip it
+    (and train nothing); LoRA's parameters are inside the body, so the fused loss stays."""
+    forced = TrainArgs(fused_loss="chunked")
+    lora = methods.apply(name="lora", options={}, model=models.build_random("tiny-gpt2", seed=0), family="causal")
+    assert (
+        resolve(forced, device_type="cpu", family="causal", task="classification", model=lora.model)["fused_loss"]
+        == "chunked"
+    )
+    shadow = methods.apply(name="shadow", options={}, model=models.build_random("tiny-gpt2", seed=0), family="causal")
+    s = resolve(forced, device_type="cpu", family="causal", task="classification", model=shadow.model)
+    assert s["fused_loss"] == "off" and "outside the body" in s["reasons"]["fused_loss"]

@@ -111,6 +111,9 @@ def _fused_loss(value: str, *, cuda: bool, model, reasons: dict) -> str:
     if split is None:
         reasons["fused_loss"] = "off: the logits are not head(body(x)) (seq2seq, prompt method, adapted head)"
         return "off"
+    if not head_of_body(model, split):
+        reasons["fused_loss"] = "off: this method trains parameters outside the body and the head"
+        return "off"
     if value in ("liger", "chunked"):
         return value
     if value == "auto" and not cuda:
@@ -125,6 +128,14 @@ def _fused_loss(value: str, *, cuda: bool, model, reasons: dict) -> str:
         return "liger"
     reasons["fused_loss"] = f"{value}: chunked (Liger needs CUDA and liger-kernel: pip install 'peftbench[speed]')"
     return "chunked"
+
+
+def head_of_body(model, split: tuple[torch.nn.Module, torch.nn.Linear]) -> bool:
+    """Every trainable parameter lives in the body or the head: a method that trains a network beside
+    them (peft's shadow adds to the output path) would be skipped by the fused loss and train nothing."""
+    body, head = split
+    inside = {id(p) for p in body.parameters()} | {id(p) for p in head.parameters()}
+    return all(id(p) in inside for p in model.parameters() if p.requires_grad)
 
 
 def _prompt_learning(model) -> bool:
