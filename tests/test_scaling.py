@@ -74,3 +74,25 @@ def test_scaling_section_fits_memory_and_speed_and_draws_them(tmp_path):
             "high"
         ]
     )
+
+
+def test_data_parallel_efficiency_of_the_study_has_an_interval_around_the_ratio():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scaling.py"
+    spec = importlib.util.spec_from_file_location("scaling_study", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    rng = __import__("random").Random(0)
+
+    def row(gpus, per_process_rate):  # laps of this process: tokens and seconds with a little jitter
+        laps = [
+            {"step": 2 * i, "tokens": 4096, "seconds": 4096 / per_process_rate * rng.uniform(0.97, 1.03)}
+            for i in range(2, 16)
+        ]
+        return {"gpus": gpus, "train": {"laps": [{"step": 1, "tokens": 4096, "seconds": 9.0, "warmup": True}, *laps]}}
+
+    eff, low, high = study.efficiency(row(1, 1000.0), row(2, 900.0))
+    assert low < 0.9 < high and eff == pytest.approx(0.9, abs=0.02)  # the warm-up lap is left out
+    assert high - low < 0.1
