@@ -165,7 +165,7 @@ def _gib(x):
     return f"{x / 2**30:.1f}" if x else ""
 
 
-def markdown(rows: list[dict], device: str) -> str:
+def markdown(rows: list[dict], device: str, notes: list[str] | None = None) -> str:
     ok = [r for r in rows if r.get("params")]
     lines = [
         f"# Scaling study ({device})",
@@ -221,13 +221,17 @@ def markdown(rows: list[dict], device: str) -> str:
     ]
     lines += ["", "## Fitted exponents (least squares on log-log axes)", ""]
     lines += [f"- {x}" for x in fits_lines(scaling_rows(ok))] or ["- fewer than three sizes per series"]
+    if notes:  # what the numbers alone do not say (kept in OUT.json under "notes")
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
 def write(out: Path, rows: list[dict], device: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"device": device, "rows": rows}, indent=1))
-    out.with_suffix(".md").write_text(markdown(rows, device))
+    old = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
+    notes = old.get("notes") or []
+    out.with_suffix(".json").write_text(json.dumps({"device": device, "rows": rows, "notes": notes}, indent=1))
+    out.with_suffix(".md").write_text(markdown(rows, device, notes))
     srows = scaling_rows([r for r in rows if r.get("params")])
     for key, name, label in (
         ("peak_gpu_bytes", "memory", "per-GPU peak training memory (bytes)"),
