@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+from collections.abc import Callable
 
 import torch
 
@@ -156,21 +157,28 @@ def packs_correctly(model) -> bool:
     g = torch.Generator().manual_seed(0)
     a, b = torch.randint(0, vocab, (1, 5), generator=g), torch.randint(0, vocab, (1, 7), generator=g)
     pos = torch.tensor([[*range(5), *range(7)]])
+    return _same_logits(
+        model,
+        lambda: torch.cat([hf(input_ids=x.to(device), use_cache=False).logits[0] for x in (a, b)]),
+        lambda: hf(input_ids=torch.cat([a, b], 1).to(device), position_ids=pos.to(device), use_cache=False).logits[0],
+    )
+
+
+def _same_logits(model, apart: Callable[[], torch.Tensor], packed: Callable[[], torch.Tensor]) -> bool:
+    """The examples' logits computed apart equal those of their packed row (eval mode, TF32 off:
+    its rounding would hide nothing but blur the comparison; the model is left as it was)."""
     was_training, tf32 = model.training, torch.backends.cuda.matmul.allow_tf32
     model.eval()
-    torch.backends.cuda.matmul.allow_tf32 = False  # TF32 rounding would hide nothing but blur the comparison
+    torch.backends.cuda.matmul.allow_tf32 = False
     try:
         with torch.no_grad():
-            apart = torch.cat([hf(input_ids=x.to(device), use_cache=False).logits[0] for x in (a, b)]).float()
-            packed = hf(input_ids=torch.cat([a, b], 1).to(device), position_ids=pos.to(device), use_cache=False).logits[
-                0
-            ]
+            x, y = apart().float(), packed().float()
     finally:
         model.train(was_training)
         torch.backends.cuda.matmul.allow_tf32 = tf32
     # a leak across the boundary changes the second example's logits by O(1); rounding by far less
-    scale = float(apart.abs().max()) or 1.0
-    return bool((apart - packed.float()).abs().max() <= 1e-3 * scale)
+    scale = float(x.abs().max()) or 1.0
+    return x.shape == y.shape and bool((x - y).abs().max() <= 1e-3 * scale)
 
 
 def seq2seq_packed_forward(model, batch: dict, **kw):
@@ -208,31 +216,22 @@ def seq2seq_packs_correctly(model) -> bool:
         }
         for n, m in ((5, 3), (7, 4))
     ]
-    packed = pack_seq2seq(feats, pad_id=0, start_id=start, max_padding=1.0)
-    if len(packed["input_ids"]) != 1:
-        packed = pack_seq2seq(feats, pad_id=0, start_id=start, max_padding=0.0)
-    was_training, tf32 = model.training, torch.backends.cuda.matmul.allow_tf32
-    model.eval()
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.no_grad():
-            apart = torch.cat(
-                [
-                    hf(
-                        input_ids=torch.tensor([f["input_ids"]], device=device),
-                        labels=torch.tensor([f["labels"]], device=device),
-                        use_cache=False,
-                    ).logits[0]
-                    for f in feats
-                ]
-            ).float()
-            together = seq2seq_packed_forward(hf, {k: v.to(device) for k, v in packed.items() if k != "labels"})
-            together = together.logits[0].float()
-    finally:
-        model.train(was_training)
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-    scale = float(apart.abs().max()) or 1.0
-    return together.shape == apart.shape and bool((apart - together).abs().max() <= 1e-3 * scale)
+    packed = pack_seq2seq(feats, pad_id=0, start_id=start, max_padding=1.0)  # one row: two pairs, any padding
+    packed = {k: v.to(device) for k, v in packed.items() if k != "labels"}
+
+    def apart():
+        return torch.cat(
+            [
+                hf(
+                    input_ids=torch.tensor([f["input_ids"]], device=device),
+                    labels=torch.tensor([f["labels"]], device=device),
+                    use_cache=False,
+                ).logits[0]
+                for f in feats
+            ]
+        )
+
+    return _same_logits(model, apart, lambda: seq2seq_packed_forward(hf, packed).logits[0])
 
 
 class CompiledRegions:
