@@ -71,6 +71,12 @@ def _is_prompt_learning(cls) -> bool:
     return issubclass(cls, PromptLearningConfig)
 
 
+def _missing(method: Method, options: dict) -> tuple[str, str] | None:
+    """(option, why) when the method cannot do without an option the user did not give."""
+    need = REQUIRED.get(method.name)
+    return need if need and need[0] not in options else None
+
+
 def check(name: str, options: dict) -> list[str]:
     """Config problems: unknown method, unknown option, wrong type or range, rejected by peft."""
     method = lookup(name)
@@ -81,8 +87,9 @@ def check(name: str, options: dict) -> list[str]:
         ]
     if method.peft_type is None:
         return [f"method.{k}: {name!r} takes no options" for k in options]
-    if method.name in REQUIRED and REQUIRED[method.name][0] not in options:
-        key, why = REQUIRED[method.name]
+    missing = _missing(method, options)
+    if missing:
+        key, why = missing
         return [f"method.{key}: {method.name} needs it: {why}"]
     cls = config_class(method)
     hints = typing.get_type_hints(cls)
@@ -131,8 +138,9 @@ def probe(name: str, options: dict, *, model: torch.nn.Module, family: str) -> s
     method = lookup(name)
     if method is None or method.peft_type is None:
         return None
-    if method.name in REQUIRED and REQUIRED[method.name][0] not in options:
-        return f"needs method.{REQUIRED[method.name][0]}"
+    missing = _missing(method, options)
+    if missing:
+        return f"needs method.{missing[0]}"
     device = next(model.parameters()).device
     ids = torch.zeros(1, 4, dtype=torch.long, device=device)
     batch = {"input_ids": ids, **({"decoder_input_ids": ids} if family == "seq2seq" else {})}
