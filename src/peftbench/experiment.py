@@ -123,14 +123,8 @@ class Recipe:
         if not self.features:
             raise ValueError(f"no training examples after tokenisation ({exp.data.spec})")
         n_batches = math.ceil(len(self.features) / exp.train.batch_size / self.accelerator.num_processes)
-        self.applied = methods.apply(
-            name=exp.method.name,
-            options=exp.method.options,
-            model=self.loaded.model,
-            family=self.loaded.family,
-            total_steps=total_steps(exp.train, n_batches),
-        )
-        self.model = self.applied.model.to(self.dev)
+        self.steps = total_steps(exp.train, n_batches)
+        self._apply_method(self.loaded)
         self.params = models.count_parameters(self.model)  # before merging folds adapters away
         lr = exp.train.learning_rate if exp.train.learning_rate is not None else self.applied.learning_rate
         self.resolved = {
@@ -333,16 +327,20 @@ class Recipe:
         self.model = self.applied.model = self.loaded.model = None  # the shards go before the full model comes
         free_cached_memory()
         if self.main:
-            loaded = models.load(exp.model, seed=exp.model.seed, device=self.dev)
-            self.applied = methods.apply(
-                name=exp.method.name,
-                options=exp.method.options,
-                model=loaded.model,
-                family=loaded.family,
-                total_steps=max(1, exp.train.max_steps),
-            )
-            self.applied.model.load_state_dict(full)
-            self.model = self.applied.model.to(self.dev)
+            self._apply_method(models.load(exp.model, seed=exp.model.seed, device=self.dev))
+            self.model.load_state_dict(full)
+
+    def _apply_method(self, loaded: models.LoadedModel) -> None:
+        """The method applied to the loaded model (at prepare, and again after sharded training)."""
+        exp = self.exp
+        self.applied = methods.apply(
+            name=exp.method.name,
+            options=exp.method.options,
+            model=loaded.model,
+            family=loaded.family,
+            total_steps=self.steps,
+        )
+        self.model = self.applied.model.to(self.dev)
 
     def _release_training_state(self) -> None:
         """Optimizer states and gradients must not count towards inference memory."""
