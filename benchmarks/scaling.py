@@ -30,11 +30,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from train_speed import PEAK_BF16  # noqa: E402  (the GPUs' dense bf16 peaks, one table for both benchmarks)
 
 from peftbench import stats  # noqa: E402
 from peftbench.report.scaling import fits_lines, fits_table, plot_scaling, scaling_rows  # noqa: E402
-
-PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12}
 
 
 def params_of(model: str) -> int:
