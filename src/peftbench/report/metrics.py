@@ -70,7 +70,7 @@ def _train_rate_samples(r: dict) -> dict | None:
     return stats.rate_samples([lap["tokens"] for lap in laps], [lap["seconds"] for lap in laps]) if laps else None
 
 
-def _train_rate(r: dict) -> float | None:
+def train_rate(r: dict) -> float | None:
     """The steady training rate (after the warm-up steps) where recorded, else all steps'."""
     steady = get_in(r, "train", "steady_tokens_per_second")
     return steady if steady is not None else get_in(r, "train", "tokens_per_second")
@@ -172,7 +172,7 @@ METRICS: dict[str, Metric] = {
         Metric(
             "train_tokens_per_second",
             "train tok/s",
-            _train_rate,
+            train_rate,
             "max",
             "float",
             trained_only=True,

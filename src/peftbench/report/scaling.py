@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from peftbench.report.metrics import get_in
+from peftbench.report.metrics import get_in, train_rate
 from peftbench.stats import LEVEL
 
 MIN_SIZES = 3  # model sizes a (method, GPUs) series needs before a fit is drawn
@@ -39,7 +39,6 @@ def scaling_rows(results: list[dict]) -> list[dict]:
         per_gpu = get_in(r, "train", "memory", "per_process_peak_bytes") or []
         peak = max(per_gpu) if per_gpu else get_in(r, "train", "peak_memory_bytes")
         world = get_in(r, "resolved", "distributed", "world_size") or get_in(r, "resolved", "num_processes") or 1
-        rate = get_in(r, "train", "steady_tokens_per_second") or get_in(r, "train", "tokens_per_second")
         rows.append(
             {
                 "model": get_in(r, "config", "model", "spec"),
@@ -48,7 +47,7 @@ def scaling_rows(results: list[dict]) -> list[dict]:
                 "gpus": int(world),
                 "fits": r.get("status") == "success",
                 "strategy": get_in(r, "resolved", "distributed", "strategy") or ("ddp" if world > 1 else "single"),
-                "tokens_per_second": rate,
+                "tokens_per_second": train_rate(r),
                 "peak_gpu_bytes": peak,
                 "adapter_bytes": get_in(r, "storage", "adapter_bytes"),
                 "latency_p50_ms": get_in(r, "inference", "latency_ms", "p50_ms"),
