@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from peftbench.report.scaling import largest_fits, power_fit, scaling_blocks, scaling_rows
+from peftbench.report.scaling import fits_lines, largest_fits, power_fit, scaling_blocks, scaling_rows, series
 
 
 def _result(model, params, method, gpus, *, peak=None, rate=None, status="success", error=None):
@@ -96,3 +96,17 @@ def test_data_parallel_efficiency_of_the_study_has_an_interval_around_the_ratio(
     eff, low, high = study.efficiency(row(1, 1000.0), row(2, 900.0))
     assert low < 0.9 < high and eff == pytest.approx(0.9, abs=0.02)  # the warm-up lap is left out
     assert high - low < 0.1
+
+
+def test_data_parallel_and_sharded_runs_are_fitted_apart():
+    rows = scaling_rows([_result(m, int(n), "full", 2, peak=8 * n, rate=1e12 / n) for m, n in SIZES.items()])
+    for r in rows:  # the largest shape sharded, the others data parallel
+        r["strategy"] = "fsdp" if r["model"] == "xl" else "ddp"
+    assert [(k, len(v)) for k, v in sorted(series(rows, "peak_gpu_bytes").items())] == [
+        (("full", 2, "ddp"), 3),
+        (("full", 2, "fsdp"), 1),
+    ]
+    assert [line.split(":")[0] for line in fits_lines(rows)] == [
+        "per-GPU peak memory, full on 2 GPUs (ddp)",
+        "training tokens/s, full on 2 GPUs (ddp)",
+    ]

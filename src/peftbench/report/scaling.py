@@ -79,13 +79,18 @@ def power_fit(xs, ys, *, level: float = LEVEL) -> dict | None:
     }
 
 
-def series(rows: list[dict], key: str) -> dict[tuple[str, int], list[dict]]:
-    """(method, GPUs) -> runs that fit and have ``key``, smallest model first."""
-    out: dict[tuple[str, int], list[dict]] = defaultdict(list)
+def series(rows: list[dict], key: str) -> dict[tuple[str, int, str], list[dict]]:
+    """(method, GPUs, strategy) -> runs that fit and have ``key``, smallest model first: a power law is
+    fitted within one way of training (data parallel and sharded runs do not share one)."""
+    out: dict[tuple[str, int, str], list[dict]] = defaultdict(list)
     for row in rows:
         if row["fits"] and row.get(key):
-            out[(row["method"], row["gpus"])].append(row)
+            out[(row["method"], row["gpus"], row["strategy"])].append(row)
     return dict(out)
+
+
+def _series_name(method: str, gpus: int, strategy: str) -> str:
+    return f"{method} on {gpus} GPU{'s' * (gpus != 1)}" + (f" ({strategy})" if gpus > 1 else "")
 
 
 def largest_fits(rows: list[dict]) -> list[dict]:
@@ -137,11 +142,11 @@ def fits_lines(rows: list[dict]) -> list[str]:
     """One line per fitted series: memory and speed exponents against parameters, with intervals."""
     lines = []
     for key, what in (("peak_gpu_bytes", "per-GPU peak memory"), ("tokens_per_second", "training tokens/s")):
-        for (method, gpus), pts in sorted(series(rows, key).items()):
+        for name, pts in sorted(series(rows, key).items()):
             fit = power_fit([p["params"] for p in pts], [p[key] for p in pts])
             if fit:
                 lines.append(
-                    f"{what}, {method} on {gpus} GPU{'s' * (gpus != 1)}: ∝ parameters^{fit['exponent']:.2f} "
+                    f"{what}, {_series_name(*name)}: ∝ parameters^{fit['exponent']:.2f} "
                     f"(95 % interval {fit['low']:.2f} to {fit['high']:.2f}, {fit['n']} sizes)"
                 )
     return lines
@@ -152,20 +157,26 @@ def plot_scaling(rows: list[dict], path: Path, key: str, ylabel: str) -> Path | 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     groups = {k: v for k, v in series(rows, key).items() if len(v) >= MIN_SIZES}
     if not groups:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for (method, gpus), pts in sorted(groups.items()):
+    for name, pts in sorted(groups.items()):
         xs, ys = [p["params"] for p in pts], [p[key] for p in pts]
         fit = power_fit(xs, ys)
-        line = ax.plot(xs, ys, "o", label=f"{method} ×{gpus}" + (f" (∝ N^{fit['exponent']:.2f})" if fit else ""))
+        interval = f" (∝ N^{fit['exponent']:.2f}, 95 %: {fit['low']:.2f} to {fit['high']:.2f})" if fit else ""
+        line = ax.plot(xs, ys, "o", label=_series_name(*name) + interval)
         if fit:
             grid = np.geomspace(min(xs), max(xs), 20)
             ax.plot(grid, fit["prefactor"] * grid ** fit["exponent"], "-", color=line[0].get_color(), alpha=0.6)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    # parameters at 1-2-5 steps, in billions (matplotlib's minor log labels collide on this axis)
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1e9:g} B"))
     ax.set_xlabel("parameters")
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
@@ -187,7 +198,7 @@ def scaling_blocks(results: list[dict], plots_dir: Path) -> list[tuple]:
         (
             "p",
             "Per-GPU peak training memory and steady training tokens/s against parameters, on "
-            "log-log axes, per method and GPU count; lines are least-squares power laws. A run "
+            "log-log axes, per method, GPU count and strategy; lines are least-squares power laws. A run "
             "that ran out of memory marks a model that does not fit.",
         ),
     ]
