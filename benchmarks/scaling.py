@@ -110,7 +110,12 @@ def slim(r: dict, *, gpus: int) -> dict:
         "id": r.get("id"),
         "status": r.get("status"),
         "error": error,
-        "config": {"model": {"spec": cfg["model"]["spec"]}, "method": {"name": cfg["method"]["name"]}},
+        "config": {
+            "model": {"spec": cfg["model"]["spec"]},
+            "method": {"name": cfg["method"]["name"]},
+            "data": cfg.get("data"),  # the workload: a series shares task, data, batch and length
+            "train": {"batch_size": (cfg.get("train") or {}).get("batch_size")},
+        },
         "params": r.get("params") or {"total": params_of(cfg["model"]["spec"].split(":", 1)[1])},
         "gpus": gpus,
         "resolved": {

@@ -1,6 +1,7 @@
 """The scaling section: power-law fits with intervals, and the largest model that fits per method and GPU count."""
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,7 @@ def _result(model, params, method, gpus, *, peak=None, rate=None, status="succes
                 "per_process_peak_bytes": [peak, peak * 0.9] if gpus > 1 and peak else ([peak] if peak else None)
             },
             "steady_tokens_per_second": rate,
+            "steps": 30,
         },
         "storage": {"adapter_bytes": params * 4},
         "inference": None,
@@ -103,10 +105,28 @@ def test_data_parallel_and_sharded_runs_are_fitted_apart():
     for r in rows:  # the largest shape sharded, the others data parallel
         r["strategy"] = "fsdp" if r["model"] == "xl" else "ddp"
     assert [(k, len(v)) for k, v in sorted(series(rows, "peak_gpu_bytes").items())] == [
-        (("full", 2, "ddp"), 3),
-        (("full", 2, "fsdp"), 1),
+        (("", "full", 2, "ddp"), 3),
+        (("", "full", 2, "fsdp"), 1),
     ]
     assert [line.split(":")[0] for line in fits_lines(rows)] == [
         "per-GPU peak memory, full on 2 GPUs (ddp)",
         "training tokens/s, full on 2 GPUs (ddp)",
     ]
+
+
+def test_runs_of_different_tasks_or_data_are_not_one_series():
+    """The demo's three models each run another task: three sizes, but no scaling to fit."""
+    results = []
+    for (m, n), task in zip(list(SIZES.items())[:3], ("classification", "language-modeling", "summarization")):
+        r = _result(m, int(n), "lora", 1, peak=2 * n, rate=1e12 / n)
+        r["config"]["data"], r["config"]["train"] = {"task": task, "spec": f"builtin:{task}"}, {"batch_size": 8}
+        results.append(r)
+    assert scaling_blocks(results, Path("/nonexistent")) == []
+    for r in results:  # one workload: a series
+        r["config"]["data"] = {"task": "classification", "spec": "builtin:x", "max_source_length": 256}
+    rows = scaling_rows(results)
+    assert {r["workload"] for r in rows} == {"classification, builtin:x, 8 × 256"}
+    assert [len(v) for v in series(rows, "peak_gpu_bytes").values()] == [3]
+    untrained = _result("s", int(SIZES["s"]), "none", 1)
+    untrained["train"] = {"steps": 0}
+    assert scaling_rows([untrained]) == []  # the zero-shot baseline trains nothing: no memory to scale

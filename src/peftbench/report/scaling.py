@@ -30,11 +30,13 @@ def _oom(r: dict) -> bool:
 
 
 def scaling_rows(results: list[dict]) -> list[dict]:
-    """One row per successful or out-of-memory run with a parameter count."""
+    """One row per trained or out-of-memory run with a parameter count. ``workload`` names what every
+    run of a series must share besides the model: task, data, batch and length."""
     rows = []
     for r in results:
         total = get_in(r, "params", "total")
-        if not total or not (r.get("status") == "success" or _oom(r)):
+        trained = r.get("status") == "success" and get_in(r, "train", "steps")
+        if not total or not (trained or _oom(r)):
             continue
         per_gpu = get_in(r, "train", "memory", "per_process_peak_bytes") or []
         peak = max(per_gpu) if per_gpu else get_in(r, "train", "peak_memory_bytes")
@@ -42,6 +44,7 @@ def scaling_rows(results: list[dict]) -> list[dict]:
         rows.append(
             {
                 "model": get_in(r, "config", "model", "spec"),
+                "workload": _workload(r),
                 "method": get_in(r, "config", "method", "name"),
                 "params": int(total),
                 "gpus": int(world),
@@ -54,6 +57,15 @@ def scaling_rows(results: list[dict]) -> list[dict]:
             }
         )
     return sorted(rows, key=lambda x: (x["method"] or "", x["gpus"], x["params"]))
+
+
+def _workload(r: dict) -> str:
+    data, train = get_in(r, "config", "data") or {}, get_in(r, "config", "train") or {}
+    parts = [data.get("task"), data.get("spec"), train.get("batch_size"), data.get("max_source_length")]
+    if all(p is None for p in parts):
+        return ""
+    task, spec, batch, length = (str(p) for p in parts)
+    return f"{task}, {spec}, {batch} × {length}"
 
 
 def power_fit(xs, ys, *, level: float = LEVEL) -> dict | None:
@@ -79,33 +91,36 @@ def power_fit(xs, ys, *, level: float = LEVEL) -> dict | None:
     }
 
 
-def series(rows: list[dict], key: str) -> dict[tuple[str, int, str], list[dict]]:
-    """(method, GPUs, strategy) -> runs that fit and have ``key``, smallest model first: a power law is
-    fitted within one way of training (data parallel and sharded runs do not share one)."""
-    out: dict[tuple[str, int, str], list[dict]] = defaultdict(list)
+def series(rows: list[dict], key: str) -> dict[tuple[str, str, int, str], list[dict]]:
+    """(workload, method, GPUs, strategy) -> runs that fit and have ``key``, smallest model first: a
+    power law is fitted where only the model changes (one task and data, one way of training: data
+    parallel and sharded runs do not share one)."""
+    out: dict[tuple[str, str, int, str], list[dict]] = defaultdict(list)
     for row in rows:
         if row["fits"] and row.get(key):
-            out[(row["method"], row["gpus"], row["strategy"])].append(row)
+            out[(row["workload"], row["method"], row["gpus"], row["strategy"])].append(row)
     return dict(out)
 
 
-def _series_name(method: str, gpus: int, strategy: str) -> str:
-    return f"{method} on {gpus} GPU{'s' * (gpus != 1)}" + (f" ({strategy})" if gpus > 1 else "")
+def _series_name(workload: str, method: str, gpus: int, strategy: str) -> str:
+    name = f"{method} on {gpus} GPU{'s' * (gpus != 1)}" + (f" ({strategy})" if gpus > 1 else "")
+    return f"{name}, {workload}" if workload else name
 
 
 def largest_fits(rows: list[dict]) -> list[dict]:
     """Per method and GPU count: the largest model that trained, and the smallest that ran out of memory."""
-    by: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    by: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
     for row in rows:
-        by[(row["method"], row["gpus"])].append(row)
+        by[(row["workload"], row["method"], row["gpus"])].append(row)
     out = []
-    for (method, gpus), group in sorted(by.items()):
+    for (workload, method, gpus), group in sorted(by.items()):
         ok = [r for r in group if r["fits"]]
         oom = [r for r in group if not r["fits"]]
         best = max(ok, key=lambda r: r["params"]) if ok else None
         first_oom = min(oom, key=lambda r: r["params"]) if oom else None
         out.append(
             {
+                "workload": workload,
                 "method": method,
                 "gpus": gpus,
                 "largest": best
@@ -124,11 +139,12 @@ def largest_fits(rows: list[dict]) -> list[dict]:
 def fits_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = ["method", "GPUs", "largest that trained", "per-GPU peak", "smallest out of memory"]
     body = []
+    several = len({r["workload"] for r in rows}) > 1
     for f in largest_fits(rows):
         big, oom = f["largest"], f["out_of_memory"]
         body.append(
             [
-                f["method"],
+                f"{f['method']} ({f['workload']})" if several else f["method"],
                 str(f["gpus"]),
                 f"{big['model']} ({big['params'] / 1e9:.2f} B, {big['strategy']})" if big else "none",
                 f"{big['peak_gpu_bytes'] / 2**30:.1f} GiB" if big and big["peak_gpu_bytes"] else "n/a",
