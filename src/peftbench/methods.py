@@ -276,6 +276,19 @@ def apply(*, name: str, options: dict, model: torch.nn.Module, family: str, tota
     return Applied(peft_model, True, can_merge, resolved, method.learning_rate, hook, note)
 
 
+def cast(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """``model.to(dtype)``, with the adapter layers that record their base's dtype when created
+    (peft 0.21's AdaMSS keeps ``self.dtype`` and casts its factors to it) following the cast: else
+    their input, cast to the old dtype, meets the new weights (``float != BFloat16``)."""
+    import torch
+
+    model.to(dtype)
+    for module in model.modules():
+        base = getattr(module, "base_layer", None)
+        if isinstance(module.__dict__.get("dtype"), torch.dtype) and hasattr(base, "weight"):
+            module.dtype = base.weight.dtype
+
+
 def merge(model) -> tuple[torch.nn.Module, str | None]:
     """The merged model, or the model itself and why it could not merge (peft offers merging for
     methods that then refuse, e.g. a bias adapter on a layer without bias)."""

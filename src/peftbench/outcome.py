@@ -21,7 +21,7 @@ from peftbench.scoring import GENERATION
 def _cast(recipe, model, dtype) -> None:
     """A bitsandbytes base keeps the dtypes it was quantised with (transformers refuses a cast)."""
     if not recipe.quantization:
-        model.to(dtype)
+        methods.cast(model, dtype)
 
 
 def measure(recipe) -> None:
