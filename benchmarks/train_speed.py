@@ -9,6 +9,8 @@ Workloads (random weights with the published shapes, random token ids, so nothin
   t5-base       summarisation-shaped: sources 128-512 tokens, targets 16-128, batch 16
   smollm2-135m  classification-shaped: lengths drawn log-normally (median 110, 16-512), the answer's
                 2 tokens are the targets, batch 16
+The variable-length workloads draw their batches from a pool of 4000 examples (a small dataset; a
+run's 60 batches are a quarter of it), so that grouping by length has a dataset to group.
 
 Per row: steady-state tokens/s (steps after the first WARMUP, device synchronised at both ends),
 all-steps tokens/s, MFU (6 x parameters x tokens/s against the GPU's dense bf16 peak), peak memory
@@ -50,6 +52,9 @@ WORKLOADS = {
     "smollm2-135m": ("classification", "causal"),
     "tiny-llama": ("classification", "causal"),
 }
+
+
+POOL = 4000  # examples of the variable-length workloads
 
 
 def features(shape: str, n: int, vocab: int, seed: int = 0) -> list[dict]:
@@ -101,6 +106,8 @@ def run_peftbench(shape, method, feats, *, steps, batch, device, profile=None, o
     r = train(model, feats, args=args, accelerator=acc, pad_id=0, learning_rate=lr, speed=speed, progress=hook)
     laps = r.laps
     steady_laps = [lap for lap in laps if lap["step"] > WARMUP and lap["step"] - 10 >= WARMUP]
+    if not steady_laps:
+        raise ValueError(f"no 10-step lap after the {WARMUP} warm-up steps: --steps {steps} is too few")
     steady = sum(x["tokens"] for x in steady_laps) / sum(x["seconds"] for x in steady_laps)
     return {
         "steady_tokens_per_second": steady,
@@ -279,7 +286,7 @@ def one(shape, method, loop, *, steps, batch, device, profile=None, overrides=No
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     torch._dynamo.reset()
-    n = steps * batch + batch
+    n = max(steps * batch + batch, POOL if WORKLOADS[shape][0] != "language-modeling" else 0)
     vocab = models.RANDOM_CONFIGS[shape]["vocab_size"]
     feats = features(shape, n, vocab)
     fn = {"peftbench": run_peftbench, "trainer": run_trainer, "eager": run_eager}[loop.split(" ")[0]]

@@ -9,7 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from peftbench import methods, models
-from peftbench.batches import IGNORE, loss_positions, pack_batch, pack_seq2seq, pad_batch, segment_masks
+from peftbench.batches import (
+    IGNORE,
+    LengthGroupedBatches,
+    loss_positions,
+    pack_batch,
+    pack_seq2seq,
+    pad_batch,
+    segment_masks,
+)
 from peftbench.config import TrainArgs
 from peftbench.speed import (
     LossModule,
@@ -119,6 +127,67 @@ def test_seq2seq_packing_keeps_padding_under_five_percent_and_every_token_once()
         assert int((b["labels"] != IGNORE).sum()) == sum(len(f["labels"]) for f in feats)
     padded = pad_batch(feats, pad_id=0, multiple_of=8)
     assert 1 - real / (padded["input_ids"].numel() + padded["labels"].numel()) > 0.2  # what packing saves
+
+
+def _summaries(n, seed=0):
+    """Summarisation-shaped pairs, source and target lengths drawn independently (the hard case)."""
+    rng = random.Random(seed)
+    return [
+        {"input_ids": [5] * rng.randint(128, 512), "labels": [6] * rng.randint(16, 128), "decoder": True}
+        for _ in range(n)
+    ]
+
+
+def _padding(feats, batches):
+    real = slots = 0
+    for b in batches:
+        rows = [feats[i] for i in b]
+        real += sum(len(f["input_ids"]) + len(f["labels"]) for f in rows)
+        slots += len(rows) * (max(len(f["input_ids"]) for f in rows) + max(len(f["labels"]) for f in rows))
+    return 1 - real / slots
+
+
+def test_length_grouped_batches_hold_every_example_once_with_little_padding():
+    feats = _summaries(4000)
+    sampler = LengthGroupedBatches(feats, batch_size=16, seed=3)
+    first, second = list(sampler), list(sampler)
+    for epoch in (first, second):
+        assert sorted(i for b in epoch for i in b) == list(range(4000)) and len(epoch) == len(sampler) == 250
+        assert all(len(b) == 16 for b in epoch)
+        assert _padding(feats, epoch) < 0.05
+    assert {tuple(b) for b in first} != {tuple(b) for b in second}  # other batches every epoch
+    assert list(LengthGroupedBatches(feats, batch_size=16, seed=3)) == first  # seeded
+    shuffled = torch.randperm(4000, generator=torch.Generator().manual_seed(0)).tolist()
+    assert _padding(feats, [shuffled[i : i + 16] for i in range(0, 4000, 16)]) > 0.3  # what grouping saves
+
+
+def test_grouped_loader_counts_every_token_and_its_padding():
+    from peftbench.train import PLAIN, make_loader
+
+    feats = [dict(f, input_ids=list(range(3, 3 + len(f["input_ids"])))) for f in _summaries(160, seed=1)]
+    speed = {**PLAIN, "group_by_length": True}
+    batches = list(make_loader(feats, batch_size=8, pad_id=0, seed=0, speed=speed))
+    assert sum(b["num_examples"] for b in batches) == 160
+    assert sum(b["num_tokens"] for b in batches) == sum(len(f["input_ids"]) + len(f["labels"]) for f in feats)
+    grouped = 1 - sum(b["num_tokens"] for b in batches) / sum(b["num_slots"] for b in batches)
+    plain = list(make_loader(feats, batch_size=8, pad_id=0, seed=0, speed=PLAIN))
+    assert grouped < 1 - sum(b["num_tokens"] for b in plain) / sum(b["num_slots"] for b in plain) - 0.15
+
+
+def test_encoder_decoders_train_padded_on_gpus_and_group_by_length_when_asked():
+    t5, gpt2 = models.build_random("tiny-t5", seed=0), models.build_random("tiny-gpt2", seed=0)
+    s = resolve(TrainArgs(), device_type="cuda", family="seq2seq", task="summarization", model=t5, varying=True)
+    assert not s["packing"] and "padded" in s["reasons"]["packing"]
+    assert not s["group_by_length"] and "host-bound" in s["reasons"]["group_by_length"]
+    grouped = TrainArgs(group_by_length="on")
+    s = resolve(grouped, device_type="cuda", family="seq2seq", task="summarization", model=t5, varying=True)
+    assert s["group_by_length"] and not s["packing"]
+    s = resolve(grouped, device_type="cuda", family="causal", task="classification", model=gpt2, varying=True)
+    assert s["packing"] and not s["group_by_length"] and "packed" in s["reasons"]["group_by_length"]
+    s = resolve(grouped, device_type="cpu", family="causal", task="classification", model=gpt2, varying=False)
+    assert not s["group_by_length"] and "same length" in s["reasons"]["group_by_length"]
+    s = resolve(TrainArgs(packing="on"), device_type="cuda", family="seq2seq", task="summarization", model=t5)
+    assert s["packing"]  # asked for: packed
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "ia3"])

@@ -3,6 +3,7 @@
 Usage:
     batch = pad_batch(features, pad_id=0)               # input_ids, attention_mask, labels (-100 padded)
     batch = pack_batch(features, pad_id=0)              # one row, position ids restart per example
+    sampler = LengthGroupedBatches(features, batch_size=16, seed=0)   # DataLoader(batch_sampler=...)
     index, targets = loss_positions(batch["labels"])    # where the loss is counted, computed on the host
 
 A feature is ``{"input_ids": [...], "labels": [...]}`` (and ``"decoder": True`` for encoder-decoders,
@@ -11,7 +12,8 @@ whose labels have their own length); labels are -100 (``IGNORE``) where no loss 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -47,6 +49,49 @@ def pad_batch(features: Sequence[dict], *, pad_id: int, side: str = "right", mul
             lpad = [IGNORE] * (label_len - len(lab))
             out["labels"].append(lpad + lab if side == "left" and "decoder" not in f else lab + lpad)
     return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
+
+
+def group_by_length(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Indices split into batches of ``batch_size`` (the last may be short) whose examples have
+    close lengths, so padding to the longest wastes little. ``sizes`` are (source, target) lengths
+    (target 0 for causal LMs): the set is halved along the dimension whose lengths spread most,
+    recursively, down to single batches (a k-d split; one dimension: a sort). Ties keep the order
+    given, so a shuffled order gives other batches each epoch."""
+
+    def split(idx: list[int]) -> list[list[int]]:
+        if len(idx) <= batch_size:
+            return [idx]
+        spread = [max(sizes[i][d] for i in idx) - min(sizes[i][d] for i in idx) for d in (0, 1)]
+        dim = 0 if spread[0] >= spread[1] else 1
+        idx = sorted(idx, key=lambda i: sizes[i][dim])
+        cut = (-(-len(idx) // batch_size) // 2) * batch_size  # whole batches on the left
+        return split(idx[:cut]) + split(idx[cut:])
+
+    return split(list(range(len(sizes))))
+
+
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """A batch sampler (``transformers``' ``group_by_length``, over the whole epoch as fairseq does):
+    every epoch the examples are shuffled, grouped into batches of close lengths
+    (``group_by_length``), and the batches are shuffled, all seeded by ``seed`` and the epoch. Padded
+    batches then carry a few per cent of padding instead of a third, with rows no longer than the
+    examples (packing lengthens rows, which attention pays for quadratically)."""
+
+    def __init__(self, features: Sequence[dict], *, batch_size: int, seed: int):
+        self.sizes = [(len(f["input_ids"]), len(f["labels"]) if "decoder" in f else 0) for f in features]
+        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
+
+    def __len__(self) -> int:
+        return -(-len(self.sizes) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        order = list(range(len(self.sizes)))
+        rng.shuffle(order)
+        batches = [[order[i] for i in b] for b in group_by_length([self.sizes[i] for i in order], self.batch_size)]
+        rng.shuffle(batches)
+        yield from batches
 
 
 # ---------------------------------------------------------------- summarisation

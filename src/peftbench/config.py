@@ -31,7 +31,7 @@ from peftbench.typecheck import as_float, fits, type_name
 SECTIONS = ("model", "data", "method", "train", "measure")
 SUITE_KEYS = ("name", "description", "defaults", "experiments", "matrix", "seeds", "log_with")
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: no trailing newline slips in
-ON_OFF_FIELDS = {"chat_template", "compile", "fused_optimizer", "fused_loss", "packing", "optimized"}
+ON_OFF_FIELDS = {"chat_template", "compile", "fused_optimizer", "fused_loss", "packing", "group_by_length", "optimized"}
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # model.dtype and measure.dtype (torch.<name>)
 SWITCH_CHOICES = ("auto", "on", "off")
 FUSED_LOSS_CHOICES = ("auto", "on", "liger", "chunked", "off")
@@ -156,8 +156,15 @@ class TrainArgs:
     )
     packing: str = _f(
         "auto",
-        "causal LMs: a batch's examples packed into one row without padding (position ids "
-        "restart per example): auto (on with CUDA) | on | off",
+        "a batch's examples packed into rows without padding (causal LMs: one row, position ids "
+        "restart per example; encoder-decoders: segment masks): auto (on with CUDA for causal "
+        "LMs; off for encoder-decoders, whose longer packed rows were slower) | on | off",
+    )
+    group_by_length: str = _f(
+        "auto",
+        "padded batches of examples with close lengths (batches shuffled each epoch), for "
+        "compute-bound runs: auto (off: on an H200 t5-base was host-bound and slower with a new "
+        "batch shape every step) | on | off",
     )
     dataloader_workers: int | None = _f(None, "data loader worker processes (null: 2 with CUDA, else 0)")
     distributed: str = _f(

@@ -24,6 +24,14 @@ import torch
 from peftbench.batches import pack_seq2seq, segment_masks
 from peftbench.taskspecs import SPECS
 
+# what auto resolves to on CUDA where measuring chose off (t5-base, H200, benchmarks/results/train_speed_h200.md)
+SEQ2SEQ_PACKING = (
+    "packed rows are longer, and T5's biased attention pays for them: 24,662 tok/s packed against 60,334 padded"
+)
+GROUPING = (
+    "on an H200 t5-base trained at 23,001 tok/s length-grouped against 31,374 padded: host-bound, "
+    "and a new batch shape every step; on for compute-bound runs (larger models or batches, CPUs)"
+)
 CHUNK_ROWS = 4096  # rows of logits alive at once in the chunked loss (4096 x 50k fp32 = 0.8 GB)
 ALIGN = 64  # vocabulary rows padded to a multiple of this in the chunked loss
 
@@ -74,7 +82,10 @@ def resolve(
         compile_mode, reasons["compile"] = "off", "off: not validated with FSDP's sharding hooks (train.distributed)"
     out = {"compile": compile_mode, "fused_optimizer": on_off("fused_optimizer")}
     out["fused_loss"] = _fused_loss(args.fused_loss, cuda=cuda, model=model, reasons=reasons)
-    packing = on_off("packing")
+    if args.packing == "auto" and cuda and family != "causal":
+        packing, reasons["packing"] = False, f"auto: off for encoder-decoders ({SEQ2SEQ_PACKING})"
+    else:
+        packing = on_off("packing")
     if packing and SPECS[task].blocks:
         packing, reasons["packing"] = False, "off: language-modelling blocks have no padding"
     elif packing and family != "causal" and not seq2seq_packs_correctly(model):
@@ -82,6 +93,15 @@ def resolve(
     elif packing and family == "causal" and not packs_correctly(model):
         packing, reasons["packing"] = False, "off: this model's attention does not keep packed examples apart"
     out["packing"] = packing
+    if args.group_by_length == "auto":
+        group, reasons["group_by_length"] = False, f"auto: off ({GROUPING})"
+    else:
+        group = args.group_by_length == "on"
+    if group and packing:
+        group, reasons["group_by_length"] = False, "off: packed batches have no padding to group away"
+    elif group and not varying:
+        group, reasons["group_by_length"] = False, "off: every example has the same length"
+    out["group_by_length"] = group
     out["sharded"] = sharded
     out["dataloader_workers"] = args.dataloader_workers if args.dataloader_workers is not None else (2 if cuda else 0)
     out["pin_memory"] = cuda

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader
 
-from peftbench.batches import IGNORE, loss_positions, pack_batch, pack_seq2seq, pad_batch
+from peftbench.batches import IGNORE, LengthGroupedBatches, loss_positions, pack_batch, pack_seq2seq, pad_batch
 from peftbench.config import TrainArgs
 from peftbench.distributed import peak_per_process, shard
 from peftbench.errors import Diverged
@@ -41,6 +41,7 @@ PLAIN = {
     "fused_optimizer": False,
     "fused_loss": "off",
     "packing": False,
+    "group_by_length": False,
     "dataloader_workers": 0,
     "pin_memory": False,
     "sharded": False,
@@ -104,13 +105,14 @@ def make_loader(
         return out
 
     workers = speed["dataloader_workers"]
+    if speed["group_by_length"]:
+        order = {"batch_sampler": LengthGroupedBatches(features, batch_size=batch_size, seed=seed)}
+    else:
+        order = {"batch_size": batch_size, "shuffle": True, "generator": g, "drop_last": False}
     return DataLoader(
         features,
-        batch_size=batch_size,
-        shuffle=True,
-        generator=g,
+        **order,
         collate_fn=collate,
-        drop_last=False,
         num_workers=workers,
         pin_memory=speed["pin_memory"],
         persistent_workers=workers > 0,
