@@ -198,3 +198,22 @@ def test_scoring_paths_of_one_family_agree(tok):
 
     windows, _ = Seq2SeqScorer.windows(stream, block=10, stride=5, limit=None)
     assert windows == tasks.encode_language_modeling(recs, tok=tok, family="seq2seq", args=args)
+
+
+def test_evaluation_keeps_no_autograd_graph(tok):
+    """Validation loss, perplexity, classification and generation run without gradients: a 7B shape's
+    validation loss once kept every activation for a backward that never came (138 GiB on an H200)."""
+    from peftbench.scoring import scorer
+
+    for family, spec in (("causal", "random:tiny-gpt2"), ("seq2seq", "random:tiny-t5")):
+        m = models.load(ModelArgs(spec=spec), seed=0).model.eval()
+        seen = []
+        m.register_forward_hook(lambda *_: seen.append(torch.is_grad_enabled()))
+        feats = [
+            {"input_ids": [5, 6, 7, 8], "labels": [6, 7, 8, 9], **({"decoder": True} if family == "seq2seq" else {})}
+        ]
+        tasks.mean_loss(m, feats, tok=tok, family=family, device=torch.device("cpu"), batch_size=2)
+        s = scorer(m, tok, family=family, device=torch.device("cpu"), batch_size=2)
+        s.loglikelihood([s.pair([5, 6], [7])])
+        s.generate([[5, 6, 7]], max_new_tokens=2)
+        assert seen and not any(seen), f"{family}: a forward ran with gradients enabled"
