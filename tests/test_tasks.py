@@ -208,7 +208,7 @@ def test_evaluation_keeps_no_autograd_graph(tok):
     for family, spec in (("causal", "random:tiny-gpt2"), ("seq2seq", "random:tiny-t5")):
         m = models.load(ModelArgs(spec=spec), seed=0).model.eval()
         seen = []
-        m.register_forward_hook(lambda *_: seen.append(torch.is_grad_enabled()))
+        m.register_forward_hook(lambda *_, seen=seen: seen.append(torch.is_grad_enabled()))
         feats = [
             {"input_ids": [5, 6, 7, 8], "labels": [6, 7, 8, 9], **({"decoder": True} if family == "seq2seq" else {})}
         ]
