@@ -179,11 +179,14 @@ def plot_scaling(rows: list[dict], path: Path, key: str, ylabel: str) -> Path | 
     if not groups:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    workloads = {name[0] for name in groups}
+    shared = workloads.pop() if len(workloads) == 1 else None  # one workload: the title, not every label
     for name, pts in sorted(groups.items()):
         xs, ys = [p["params"] for p in pts], [p[key] for p in pts]
         fit = power_fit(xs, ys)
         interval = f" (∝ N^{fit['exponent']:.2f}, 95 %: {fit['low']:.2f} to {fit['high']:.2f})" if fit else ""
-        line = ax.plot(xs, ys, "o", label=_series_name(*name) + interval)
+        label = _series_name("" if shared is not None else name[0], *name[1:])
+        line = ax.plot(xs, ys, "o", label=label + interval)
         if fit:
             grid = np.geomspace(min(xs), max(xs), 20)
             ax.plot(grid, fit["prefactor"] * grid ** fit["exponent"], "-", color=line[0].get_color(), alpha=0.6)
@@ -196,7 +199,9 @@ def plot_scaling(rows: list[dict], path: Path, key: str, ylabel: str) -> Path | 
     ax.set_xlabel("parameters")
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    if shared:
+        ax.set_title(shared, fontsize=9)
+    ax.legend(fontsize=7, loc="best")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110, metadata={"Software": None})
