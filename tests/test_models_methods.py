@@ -206,3 +206,19 @@ def test_one_dtype_resolver_for_weights_and_inference():
     assert models.resolve_dtype("auto", cpu, inference=True) is torch.float32  # no bf16 inference on CPU
     assert models.resolve_dtype("bfloat16", cpu) is torch.bfloat16
     assert models.resolve_dtype("float16", cpu, inference=True) is torch.float16
+
+
+@pytest.mark.parametrize("method", ["lora", "lily", "prompt_tuning"])
+def test_an_unmerged_adapter_leaves_the_base_as_it_ships(method, tmp_path):
+    """The full-model bytes of an unmerged run are the base's: its own weights under their own names
+    (Lily shares one tensor between layers, which save_pretrained refuses; LoRA's would count)."""
+    from peftbench.measure.storage import saved_bytes
+
+    plain = models.build_random("tiny-llama", seed=0)
+    base = methods.apply(name=method, options={}, model=models.build_random("tiny-llama", seed=0), family="causal")
+    base = base.model.get_base_model()
+    weights = methods.base_state_dict(base)
+    assert weights.keys() == plain.state_dict().keys()
+    assert all(torch.equal(weights[k], v) for k, v in plain.state_dict().items())
+    got = saved_bytes(base, scratch=tmp_path, cache=tmp_path / "a.json", state_dict=weights)
+    assert got == saved_bytes(plain, scratch=tmp_path, cache=tmp_path / "b.json")

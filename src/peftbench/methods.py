@@ -289,6 +289,23 @@ def cast(model: torch.nn.Module, dtype: torch.dtype) -> None:
             module.dtype = base.weight.dtype
 
 
+def base_state_dict(model: torch.nn.Module) -> dict:
+    """The base model's weights under their own names, without an unmerged adapter's tensors: what
+    the base ships as. Saving the wrapped model itself would count the adapter, and fails where a
+    method shares one tensor between layers (peft's Lily: "shared tensors")."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    wrapped = [name + "." for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+    out = {}
+    for key, value in model.state_dict().items():
+        owner = next((w for w in wrapped if key.startswith(w)), None)
+        if owner is None:
+            out[key] = value
+        elif key.startswith(owner + "base_layer."):
+            out[owner + key[len(owner + "base_layer.") :]] = value
+    return out
+
+
 def merge(model) -> tuple[torch.nn.Module, str | None]:
     """The merged model, or the model itself and why it could not merge (peft offers merging for
     methods that then refuse, e.g. a bias adapter on a layer without bias)."""

@@ -66,11 +66,15 @@ def measure(recipe) -> None:
         recipe.full_bytes = recipe.adapter_bytes
     else:
         _cast(recipe, merged_model, recipe.train_dtype)
-        base = merged_model
+        base, weights = merged_model, None
         if hasattr(merged_model, "get_base_model"):  # not merged: the base model as it ships
             base = merged_model.get_base_model()
+            weights = methods.base_state_dict(base)
         recipe.full_bytes = saved_bytes(
-            base, scratch=recipe.out_dir / "adapters", cache=sources.cache_dir() / "full-model-bytes.json"
+            base,
+            scratch=recipe.out_dir / "adapters",
+            cache=sources.cache_dir() / "full-model-bytes.json",
+            state_dict=weights,
         )
 
 

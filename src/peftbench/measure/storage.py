@@ -22,7 +22,7 @@ def file_sizes(path: Path | str) -> dict[str, int]:
     return {str(f.relative_to(p)): f.stat().st_size for f in sorted(p.rglob("*")) if f.is_file()}
 
 
-def storage_key(model) -> str:
+def storage_key(model, state_dict: dict | None = None) -> str:
     """What a checkpoint's bytes depend on: the class, its configuration and every tensor's name,
     shape and dtype (not the values: safetensors stores them at fixed width)."""
     import hashlib
@@ -31,7 +31,7 @@ def storage_key(model) -> str:
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_json_string"):
         h.update(config.to_json_string().encode())
-    for name, t in model.state_dict().items():
+    for name, t in (model.state_dict() if state_dict is None else state_dict).items():
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}\n".encode())
     return h.hexdigest()[:32]
 
@@ -65,17 +65,18 @@ def remember_size(path: Path, key: str, size: int) -> None:
     os.replace(tmp, path)
 
 
-def saved_bytes(model, *, scratch: Path, cache: Path) -> int:
-    """Bytes of ``model`` as ``save_pretrained`` writes them, written once per architecture, config
-    and dtype (``cache`` keeps them by ``storage_key``: a 7B base is 30 GB to write otherwise)."""
+def saved_bytes(model, *, scratch: Path, cache: Path, state_dict: dict | None = None) -> int:
+    """Bytes of ``model`` as ``save_pretrained`` writes them (``state_dict``: these weights instead of
+    the model's own), written once per architecture, config and dtype (``cache`` keeps them by
+    ``storage_key``: a 7B base is 30 GB to write otherwise)."""
     import tempfile
 
-    key = storage_key(model)
+    key = storage_key(model, state_dict)
     known = cached_size(cache, key)
     if known:
         return known
     with tempfile.TemporaryDirectory(prefix=".full-", dir=scratch) as target:
-        model.save_pretrained(target, safe_serialization=True)
+        model.save_pretrained(target, safe_serialization=True, state_dict=state_dict)
         size = dir_bytes(target)
     remember_size(cache, key, size)
     return size
