@@ -4,7 +4,8 @@
     python benchmarks/methods_table.py runs/methods/results --out benchmarks/results/methods_h200.md
 
 Per run: status (and why not, for a failure), trainable parameters, adapter bytes, steady training
-tokens/s, peak training memory, p50 forward latency unmerged and merged (where the method merges).
+tokens/s, peak training memory, the batches it trained on (padded, packed or grouped by length: rates
+compare within one kind), p50 forward latency unmerged and merged (where the method merges).
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from pathlib import Path
 
 def _mb(x):
     return f"{x / 1e6:,.2f}" if x else ""
+
+
+def batching(r: dict) -> str:
+    speed = ((r.get("resolved") or {}).get("speed")) or {}
+    if not speed:
+        return ""
+    return "packed" if speed.get("packing") else "grouped" if speed.get("group_by_length") else "padded"
 
 
 def row(r: dict) -> str:
@@ -31,7 +39,7 @@ def row(r: dict) -> str:
         f"| {cfg.get('method', {}).get('name', r['id'])} | {status} | "
         f"{(r.get('params') or {}).get('trainable', '') if r['status'] == 'success' else ''} | "
         f"{_mb((r.get('storage') or {}).get('adapter_bytes'))} | {f'{rate:,.0f}' if rate else ''} | "
-        f"{f'{peak / 2**30:.1f}' if peak else ''} | {f'{unmerged:.2f}' if unmerged else ''} | "
+        f"{f'{peak / 2**30:.1f}' if peak else ''} | {batching(r)} | {f'{unmerged:.2f}' if unmerged else ''} | "
         f"{f'{merged:.2f}' if merged else note[:60]} |"
     )
 
@@ -52,9 +60,9 @@ def main() -> None:
         lines += [
             f"## {model} · {task} ({ok} of {len(group)} ran)",
             "",
-            "| method | status | trainable | adapter MB | train tok/s | train peak GiB | p50 ms | "
+            "| method | status | trainable | adapter MB | train tok/s | train peak GiB | batches | p50 ms | "
             "merged p50 ms (or why not) |",
-            "|---|---|---:|---:|---:|---:|---:|---|",
+            "|---|---|---:|---:|---:|---:|---|---:|---|",
         ]
         lines += [row(r) for r in group]
         lines.append("")
