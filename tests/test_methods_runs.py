@@ -208,3 +208,15 @@ def test_list_methods_prints_the_support_table(capsys):
     assert set(rows) == set(methods.names())
     assert "| loha | no: TypeError: Target module of type" in rows["loha"] and rows["loha"].count("works") == 2
     assert rows["lora"].count("works") == 3
+
+
+def test_initialisations_that_need_weights_are_probed_on_real_layers():
+    """PiSSA's SVD and OLoRA's QR cannot run on the meta device: the plan probes their layers there and
+    the initialisation on a small real layer of each kind, so PiSSA is accepted everywhere and OLoRA
+    refused on GPT-2's Conv1D (where its QR breaks the layer's shapes), as real runs find."""
+    meta = {arch: models.build_random(arch, seed=0, device="meta") for arch in ("tiny-gpt2", "tiny-llama")}
+    assert methods.probe("pissa", {}, model=meta["tiny-gpt2"], family="causal") is None
+    assert methods.probe("olora", {}, model=meta["tiny-llama"], family="causal") is None
+    why = methods.probe("olora", {}, model=meta["tiny-gpt2"], family="causal")
+    assert why.startswith("init_lora_weights=olora on Conv1D layers: RuntimeError")
+    assert methods.probe("lora", {"init_lora_weights": "olora"}, model=meta["tiny-gpt2"], family="causal") == why

@@ -142,6 +142,10 @@ def probe(name: str, options: dict, *, model: torch.nn.Module, family: str) -> s
     if missing:
         return f"needs method.{missing[0]}"
     device = next(model.parameters()).device
+    init = {**method.defaults, **options}.get("init_lora_weights")
+    valued_init = device.type == "meta" and isinstance(init, str) and init != "gaussian"
+    if valued_init:  # PiSSA's SVD, OLoRA's QR: the layers are the default's; the values are tried below
+        options = {**options, "init_lora_weights": True}
     ids = torch.zeros(1, 4, dtype=torch.long, device=device)
     batch = {"input_ids": ids, **({"decoder_input_ids": ids} if family == "seq2seq" else {})}
     try:
@@ -157,6 +161,40 @@ def probe(name: str, options: dict, *, model: torch.nn.Module, family: str) -> s
         if "meta" in msg.lower() or "aten::" in msg:
             return None
         return f"{type(e).__name__}: {msg[:240]}"
+    return _probe_init(applied.model, init, options) if valued_init else None
+
+
+def _probe_init(wrapped: torch.nn.Module, init: str, options: dict) -> str | None:
+    """An initialisation that needs the weights' values, tried on one small real layer of each type
+    the method wrapped (OLoRA's QR ignores GPT-2's transposed Conv1D: the layer's shapes break)."""
+    import warnings
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from transformers.pytorch_utils import Conv1D
+
+    small = {torch.nn.Linear: lambda: torch.nn.Linear(16, 24), Conv1D: lambda: Conv1D(24, 16)}
+    kinds = {
+        type(m.base_layer) for m in wrapped.modules() if isinstance(m, BaseTunerLayer) and hasattr(m, "base_layer")
+    }
+    for kind in sorted(kinds & small.keys(), key=lambda k: k.__name__):
+        holder = torch.nn.Module()
+        holder.layer = small[kind]()
+        holder.forward = lambda x, holder=holder: holder.layer(x)
+        cfg = LoraConfig(
+            target_modules=["layer"],
+            r=4,
+            init_lora_weights=init,
+            fan_in_fan_out=kind is Conv1D,
+            use_dora=bool(options.get("use_dora", False)),
+        )
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                get_peft_model(holder, cfg)(torch.randn(2, 16))
+        except Exception as e:  # noqa: BLE001 - the initialisation's own errors, whatever their type
+            return f"init_lora_weights={init} on {kind.__name__} layers: {type(e).__name__}: {str(e)[:200]}"
     return None
 
 
