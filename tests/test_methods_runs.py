@@ -145,6 +145,54 @@ def test_loftq_initialises_lora_for_the_quantisation_it_records():
     assert (q + ab - w0).norm() < 0.9 * (q - w0).norm()
 
 
+def test_loftq_for_a_quantised_base_initialises_before_quantising_and_carries_the_adapter_over():
+    import copy
+
+    opts = {"bits": 4, "iterations": 2}
+    base = models.build_random("tiny-llama", seed=0)
+    direct = methods.apply(name="loftq", options=opts, model=copy.deepcopy(base), family="causal").model
+    q_base, factors = methods.loftq_base(options=opts, model=base, family="causal")
+    w = q_base.model.layers[0].self_attn.q_proj.weight
+    assert type(q_base).__name__ == "LlamaForCausalLM" and torch.equal(nf4_roundtrip(w), w)  # Q: stored as is
+    assert len(factors) == 2 * len(q_base.model.layers)  # q_proj and v_proj of every layer
+    # here the quantiser is left out (bitsandbytes needs CUDA): the adapter lands on Q as LoftQ made it
+    again = methods.apply(name="loftq", options=opts, model=q_base, family="causal", loftq_factors=factors).model
+    ids = torch.randint(3, 200, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(direct(input_ids=ids).logits, again(input_ids=ids).logits)
+
+
+def test_loftq_with_model_quantization_runs_through_the_recipe(monkeypatch, tmp_path, data_dir):
+    """The run's order: LoftQ on the full-precision base, the base quantised (a stand-in here), LoRA
+    on it with LoftQ's adapter; the result records the quantisation."""
+    seen = []
+
+    def stand_in(loaded, quant, device):
+        seen.append((quant, loaded.model.model.layers[0].self_attn.q_proj.weight.detach().clone()))
+        return loaded
+
+    monkeypatch.setattr(models, "quantization_unavailable", lambda quant, device: None)
+    monkeypatch.setattr(models, "quantize", stand_in)
+    path = _suite(
+        tmp_path,
+        [
+            {
+                "id": "lq",
+                "model": {"spec": "random:tiny-llama", "quantization": "nf4"},
+                "data": {"spec": f"file:{data_dir}/cls.jsonl", "task": "classification"},
+                "method": {"name": "loftq"},
+            }
+        ],
+    )
+    out = tmp_path / "o"
+    assert cli.main(["run", str(path), "--out", str(out), "--device", "cpu", "--in-process"]) == 0
+    r = json.loads((out / "results" / "lq.json").read_text())
+    assert r["status"] == "success" and r["resolved"]["quantization"] == "nf4"
+    assert r["method_resolved"]["loftq_config"]["quantization"] == "nf4"
+    ((quant, w),) = seen
+    assert quant == "nf4" and torch.equal(nf4_roundtrip(w), w)  # the quantiser was handed LoftQ's Q
+
+
 def test_nf4_roundtrip_keeps_the_sixteen_levels_per_block():
     w = torch.randn(8, 128, generator=torch.Generator().manual_seed(0))
     q = nf4_roundtrip(w)
@@ -171,6 +219,19 @@ def test_nf4_roundtrip_keeps_the_sixteen_levels_per_block():
             "cannot train a quantised",
         ),
         (["--model", "random:tiny-gpt2", "--method", "loftq", "--set", "method.bits=3"], "4 (nf4) or 8 (int8) bits"),
+        (
+            [
+                "--model",
+                "random:tiny-gpt2",
+                "--method",
+                "loftq",
+                "--set",
+                "method.bits=8",
+                "--set",
+                "model.quantization=nf4",
+            ],
+            "LoftQ must be initialised for the base's quantisation (nf4: bits 4), got 8",
+        ),
     ],
 )
 def test_methods_that_cannot_run_are_refused_before_loading(argv, needle, tmp_path, capsys, data_dir):

@@ -113,7 +113,12 @@ class Recipe:
             if why:
                 raise Skipped(why)
         self.loaded = models.load(exp.model, seed=exp.model.seed, device=self.dev)
+        self.loftq_factors = None
         if self.quantization:
+            if exp.method.name == "loftq":  # initialised on the full-precision weights, then quantised
+                self.loaded.model, self.loftq_factors = methods.loftq_base(
+                    options=exp.method.options, model=self.loaded.model, family=self.loaded.family
+                )
             self.loaded = models.quantize(self.loaded, self.quantization, self.dev)
         tok = self.loaded.tokenizer
         self.chat = self._chat_template(tok)
@@ -339,6 +344,7 @@ class Recipe:
             model=loaded.model,
             family=loaded.family,
             total_steps=self.steps,
+            loftq_factors=self.loftq_factors,
         )
         self.model = self.applied.model.to(self.dev)
 

@@ -2,6 +2,8 @@
 
 Usage:
     init_loftq(peft_model, bits=4, iterations=1)   # after get_peft_model with a LoraConfig
+    factors = adapter_factors(peft_model)           # a quantised base: its adapter carried over by name
+    load_factors(qlora_model, factors)
 
 For each wrapped layer W: alternate Q = dequant(quant(W - B A)) and B A = best rank-r approximation
 of W - Q (SVD); the base layer then holds Q and the adapter B A. peft 0.21 computes this only on
@@ -89,3 +91,29 @@ def init_loftq(model: torch.nn.Module, *, bits: int, iterations: int, adapter: s
         base.weight.copy_(q.T if fan_in_fan_out else q)
         n += 1
     return n
+
+
+@torch.no_grad()
+def adapter_factors(model: torch.nn.Module, adapter: str = "default") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every LoRA layer's (A, B) weights by module name, on the CPU."""
+    from peft.tuners.lora import LoraLayer
+
+    return {
+        name: (layer.lora_A[adapter].weight.detach().cpu().clone(), layer.lora_B[adapter].weight.detach().cpu().clone())
+        for name, layer in model.named_modules()
+        if isinstance(layer, LoraLayer) and adapter in layer.lora_A
+    }
+
+
+@torch.no_grad()
+def load_factors(model: torch.nn.Module, factors: dict, adapter: str = "default") -> int:
+    """Copy ``adapter_factors`` into the same-named LoRA layers of ``model``; every layer must match."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A}
+    if layers.keys() != factors.keys():
+        raise ValueError(f"LoftQ factors for {len(factors)} layers, the model has {len(layers)} LoRA layers")
+    for name, (a, b) in factors.items():
+        layers[name].lora_A[adapter].weight.copy_(a)
+        layers[name].lora_B[adapter].weight.copy_(b)
+    return len(layers)

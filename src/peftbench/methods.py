@@ -277,7 +277,17 @@ class Applied:
     merge_note: str | None = None  # why the method does not merge
 
 
-def apply(*, name: str, options: dict, model: torch.nn.Module, family: str, total_steps: int | None = None) -> Applied:
+def apply(
+    *,
+    name: str,
+    options: dict,
+    model: torch.nn.Module,
+    family: str,
+    total_steps: int | None = None,
+    loftq_factors: dict | None = None,
+) -> Applied:
+    """The method on ``model``; ``loftq_factors`` (``loftq_base``): LoftQ's adapter for a base that
+    was quantised after the initialisation, copied in instead of initialising again."""
     method = lookup(name)
     if method.peft_type is None:
         for p in model.parameters():
@@ -289,10 +299,13 @@ def apply(*, name: str, options: dict, model: torch.nn.Module, family: str, tota
     peft_model = get_peft_model(model, cfg)
     resolved = {"name": method.name, **_jsonable(cfg.to_dict())}
     if method.name == "loftq":  # peft's LoftQ needs CUDA and bitsandbytes: ours runs anywhere (peftbench.loftq)
-        from peftbench.loftq import init_loftq
+        from peftbench.loftq import init_loftq, load_factors
 
         bits, iters = options.get("bits", 4), options.get("iterations", 1)
-        init_loftq(peft_model, bits=bits, iterations=iters)
+        if loftq_factors is not None:
+            load_factors(peft_model, loftq_factors)
+        else:
+            init_loftq(peft_model, bits=bits, iterations=iters)
         resolved.update(
             init_lora_weights="loftq",
             loftq_config={
@@ -312,6 +325,18 @@ def apply(*, name: str, options: dict, model: torch.nn.Module, family: str, tota
 
     note = "prompt methods do not merge: their virtual tokens stay in every forward" if prompt else None
     return Applied(peft_model, True, can_merge, resolved, method.learning_rate, hook, note)
+
+
+def loftq_base(*, options: dict, model: torch.nn.Module, family: str) -> tuple[torch.nn.Module, dict]:
+    """LoftQ for a base about to be quantised (``model.quantization``): LoRA initialised by LoftQ on the
+    full-precision weights, its factors kept by layer name, and the base returned holding Q, the
+    dequantised weights LoftQ converged to, which the quantiser then stores (up to its rounding of the
+    block scales). ``apply(..., loftq_factors=...)`` puts the adapter on the quantised base."""
+    from peftbench.loftq import adapter_factors
+
+    peft_model = apply(name="loftq", options=options, model=model, family=family).model
+    factors = adapter_factors(peft_model)
+    return peft_model.unload(), factors
 
 
 def cast(model: torch.nn.Module, dtype: torch.dtype) -> None:

@@ -140,6 +140,7 @@ def _choices(exp: Experiment) -> list[str]:
         ("train.fused_optimizer", exp.train.fused_optimizer, SWITCH_CHOICES),
         ("train.fused_loss", exp.train.fused_loss, FUSED_LOSS_CHOICES),
         ("train.packing", exp.train.packing, SWITCH_CHOICES),
+        ("train.group_by_length", exp.train.group_by_length, SWITCH_CHOICES),
         ("model.quantization", exp.model.quantization, QUANTIZATION_CHOICES),
         ("train.distributed", exp.train.distributed, DISTRIBUTED_CHOICES),
         ("measure.optimized", exp.measure.optimized, OPTIMIZED_CHOICES),
@@ -154,6 +155,12 @@ def _choices(exp: Experiment) -> list[str]:
         problems.append(
             "model.quantization: full fine-tuning cannot train a quantised base; use an adapter method "
             "(lora, qlora, ...) or model.quantization: null"
+        )
+    bits = {"nf4": 4, "int8": 8}.get(exp.model.quantization)
+    if method is not None and method.name == "loftq" and bits and exp.method.options.get("bits", 4) != bits:
+        problems.append(
+            f"method.bits: LoftQ must be initialised for the base's quantisation ({exp.model.quantization}: "
+            f"bits {bits}), got {exp.method.options.get('bits', 4)}"
         )
     if exp.train.distributed == "fsdp" and (exp.model.quantization or (method and method.quantization)):
         problems.append(
