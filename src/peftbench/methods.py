@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # torch only where a model is touched: the report reads this 
     import torch
 
 from peftbench.config import fits, method_name, type_name
-from peftbench.methodspecs import CURATED, PROMPT_DEFAULTS, REQUIRED, Method
+from peftbench.methodspecs import CURATED, LOFTQ_BITS, PROMPT_DEFAULTS, REQUIRED, Method
 
 
 @functools.cache
@@ -109,7 +109,7 @@ def check(name: str, options: dict) -> list[str]:
             problems.append(f"method.r: must be >= 1, got {value}")
         elif "dropout" in key and isinstance(value, (int, float)) and not 0 <= value < 1:
             problems.append(f"method.{key}: must be in [0, 1), got {value}")
-    if method.name == "loftq" and options.get("bits", 4) not in (4, 8):
+    if method.name == "loftq" and options.get("bits", 4) not in LOFTQ_BITS.values():
         problems.append(f"method.bits: LoftQ quantises to 4 (nf4) or 8 (int8) bits, got {options['bits']}")
     if not problems:  # peft's own checks (__post_init__), for either family (the probe knows which)
         from peft import TaskType
@@ -311,7 +311,7 @@ def apply(
             loftq_config={
                 "loftq_bits": bits,
                 "loftq_iter": iters,
-                "quantization": "nf4" if bits == 4 else "int8",
+                "quantization": next(q for q, b in LOFTQ_BITS.items() if b == bits),
                 "note": "the adapter pairs with the quantised base: base + B A approximates the original weights",
             },
         )

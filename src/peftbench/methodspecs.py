@@ -35,6 +35,7 @@ REQUIRED = {
     ),
 }
 LOFTQ_OPTIONS = {"bits": int, "iterations": int}
+LOFTQ_BITS = {"nf4": 4, "int8": 8}  # the quantisation LoftQ initialises for -> its option ``bits``
 
 # Default peak learning rates, from published practice (a suite should still sweep them, e.g.
 # `train.learning_rate: [1e-4, 3e-4, 1e-3]`: an untuned rate per method compares rates, not methods).

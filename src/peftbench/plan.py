@@ -37,6 +37,7 @@ from peftbench.config import (
     config_hash,
 )
 from peftbench.errors import ConfigError
+from peftbench.methodspecs import LOFTQ_BITS
 from peftbench.suites import experiments_from_raw
 from peftbench.taskspecs import SPECS
 
@@ -156,7 +157,7 @@ def _choices(exp: Experiment) -> list[str]:
             "model.quantization: full fine-tuning cannot train a quantised base; use an adapter method "
             "(lora, qlora, ...) or model.quantization: null"
         )
-    bits = {"nf4": 4, "int8": 8}.get(exp.model.quantization)
+    bits = LOFTQ_BITS.get(exp.model.quantization)
     if method is not None and method.name == "loftq" and bits and exp.method.options.get("bits", 4) != bits:
         problems.append(
             f"method.bits: LoftQ must be initialised for the base's quantisation ({exp.model.quantization}: "
