@@ -142,3 +142,32 @@ def test_optimized_generation_mode_follows_the_setting():
     assert optimized_mode("auto", cuda) == "compile" and optimized_mode("auto", cpu) is None
     assert optimized_mode("static", cuda) == "static" and optimized_mode("static", cpu) == "static"
     assert optimized_mode("compile", cpu) == "compile" and optimized_mode("off", cuda) is None
+
+
+def test_compiled_generation_compiles_the_decoding_step_and_keeps_the_tokens():
+    """measure.optimized=compile hands transformers a compile config (its decoding forward compiled, on CPU
+    too): the model then holds a compiled call, and its greedy tokens are the eager ones."""
+    from transformers import CompileConfig
+
+    from peftbench.config import MeasureArgs
+    from peftbench.measure.inference import _gen_kwargs, make_inputs, measure_inference
+
+    model = models.build_random("tiny-gpt2", seed=0).eval()
+    args = MeasureArgs(
+        warmup=0, iterations=2, min_seconds=0.0, large_batch_size=0, seq_len=8, new_tokens=3, optimized="compile"
+    )
+    assert getattr(model, "_compiled_call", None) is None
+    cpu = torch.device("cpu")
+    out = measure_inference(model, family="causal", vocab_size=model.config.vocab_size, args=args, device=cpu)
+    opt = out["scenarios"]["generate_b1_optimized"]
+    assert "error" not in opt and opt["compiled"] and opt["latency_ms"]["n"] >= 2
+    assert getattr(model, "_compiled_call", None) is not None  # the decoding step was compiled
+    inputs = make_inputs(
+        family="causal", vocab_size=model.config.vocab_size, batch=2, seq_len=8, decoder_len=8, device=cpu
+    )
+    config = CompileConfig(mode="reduce-overhead", dynamic=False)
+    config._compile_all_devices = True
+    with torch.no_grad():
+        eager = model.generate(**inputs, **_gen_kwargs(4, 0))
+        compiled = model.generate(**inputs, **_gen_kwargs(4, 0), cache_implementation="static", compile_config=config)
+    assert torch.equal(eager, compiled)
