@@ -44,6 +44,12 @@ def params_of(model: str) -> int:
     return models.count_parameters(models.build_random(model, seed=0, device="meta"))[0]
 
 
+def family_of(spec: str) -> str:
+    from peftbench import models
+
+    return "seq2seq" if models.is_seq2seq_spec(spec) else "causal"
+
+
 def suite_for(study: dict, model: str, methods: list[str], gpus: int) -> dict:
     n = params_of(model)
     experiments = []
@@ -116,6 +122,7 @@ def slim(r: dict, *, gpus: int) -> dict:
             "data": cfg.get("data"),  # the workload: a series shares task, data, batch and length
             "train": {"batch_size": (cfg.get("train") or {}).get("batch_size")},
         },
+        "model": {"family": (r.get("model") or {}).get("family") or family_of(cfg["model"]["spec"])},
         "params": r.get("params") or {"total": params_of(cfg["model"]["spec"].split(":", 1)[1])},
         "gpus": gpus,
         "resolved": {
@@ -277,6 +284,8 @@ def main() -> None:
     methods = a.methods.split(",") if a.methods else study["methods"]
     out = Path(a.out)
     rows = json.loads(out.with_suffix(".json").read_text())["rows"] if out.with_suffix(".json").exists() else []
+    for r in rows:  # rows slimmed before the family was kept: the spec says it
+        r.setdefault("model", {"family": family_of(r["config"]["model"]["spec"])})
     if a.replot:
         write(out, rows, json.loads(out.with_suffix(".json").read_text())["device"])
         return

@@ -127,6 +127,9 @@ def test_runs_of_different_tasks_or_data_are_not_one_series():
     rows = scaling_rows(results)
     assert {r["workload"] for r in rows} == {"classification, builtin:x, 8 × 256"}
     assert [len(v) for v in series(rows, "peak_gpu_bytes").values()] == [3]
+    results[0]["model"] = {"family": "seq2seq"}  # an encoder-decoder beside decoders: a series of its own
+    assert sorted(len(v) for v in series(scaling_rows(results), "peak_gpu_bytes").values()) == [1, 2]
+    assert "seq2seq classification, builtin:x, 8 × 256" in {r["workload"] for r in scaling_rows(results)}
     untrained = _result("s", int(SIZES["s"]), "none", 1)
     untrained["train"] = {"steps": 0}
     assert scaling_rows([untrained]) == []  # the zero-shot baseline trains nothing: no memory to scale

@@ -60,12 +60,15 @@ def scaling_rows(results: list[dict]) -> list[dict]:
 
 
 def _workload(r: dict) -> str:
+    """Task, data, batch and length, after the model family where the result names it: an
+    encoder-decoder's tokens are not a decoder's, so T5 and GPT shapes are not one power law."""
     data, train = get_in(r, "config", "data") or {}, get_in(r, "config", "train") or {}
     parts = [data.get("task"), data.get("spec"), train.get("batch_size"), data.get("max_source_length")]
     if all(p is None for p in parts):
         return ""
     task, spec, batch, length = (str(p) for p in parts)
-    return f"{task}, {spec}, {batch} × {length}"
+    family = get_in(r, "model", "family")
+    return f"{family + ' ' if family else ''}{task}, {spec}, {batch} × {length}"
 
 
 def power_fit(xs, ys, *, level: float = LEVEL) -> dict | None:
