@@ -305,19 +305,21 @@ def one(shape, method, loop, *, steps, batch, device, profile=None, overrides=No
 
 def table(rows: list[dict]) -> str:
     head = (
-        "| model | method | loop | steady tok/s | all-steps tok/s | ratio vs Trainer | MFU | peak GiB | "
-        "mem vs Trainer | warm-up s | padding |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| model | method | loop | run | steady tok/s | all-steps tok/s | ratio vs Trainer (same run) | MFU | "
+        "peak GiB | mem vs Trainer | warm-up s | padding |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['method']} | {r['loop']} | failed: {r['error'][:80]} |||||||")
+            run = r.get("run") or ""
+            lines.append(f"| {r['model']} | {r['method']} | {r['loop']} | {run} | failed: {r['error'][:80]} |||||||")
             continue
         pk, mfu, pad = r.get("peak_memory_bytes"), r.get("mfu"), r.get("padding_fraction")
         cells = [
             r["model"],
             r["method"],
             r["loop"],
+            r.get("run") or "",
             f"{r['steady_tokens_per_second']:,.0f}",
             f"{r['all_tokens_per_second']:,.0f}",
             _x(r.get("ratio_vs_trainer")),
@@ -335,35 +337,31 @@ def _x(v):
     return "" if v is None else f"{v:.2f}x"
 
 
+def _same_run(rows, r, loop):
+    """The row of ``loop`` for r's model and method measured in r's own run (``run``: the invocation's
+    start; rows kept from before the field have none and match each other): ratios are side by side."""
+    return next(
+        (
+            x
+            for x in rows
+            if (x["model"], x["method"], x["loop"], x.get("run")) == (r["model"], r["method"], loop, r.get("run"))
+            and "error" not in x
+        ),
+        None,
+    )
+
+
 def add_ratios(rows):
     for r in rows:
-        ref = next(
-            (
-                x
-                for x in rows
-                if x["model"] == r["model"]
-                and x["method"] == r["method"]
-                and x["loop"] == "trainer"
-                and "error" not in x
-            ),
-            None,
-        )
+        ref = _same_run(rows, r, "trainer")
+        for key in ("ratio_vs_trainer", "memory_vs_trainer"):
+            r.pop(key, None)
         if ref and "error" not in r:
             r["ratio_vs_trainer"] = round(r["steady_tokens_per_second"] / ref["steady_tokens_per_second"], 3)
             if r.get("peak_memory_bytes") and ref.get("peak_memory_bytes"):
                 r["memory_vs_trainer"] = round(r["peak_memory_bytes"] / ref["peak_memory_bytes"], 3)
         if r["loop"].startswith("peftbench") and "error" not in r:
-            eager = next(
-                (
-                    x
-                    for x in rows
-                    if x["model"] == r["model"]
-                    and x["method"] == r["method"]
-                    and x["loop"] == "eager"
-                    and "error" not in x
-                ),
-                None,
-            )
+            eager = _same_run(rows, r, "eager")
             if eager and eager["loss_curve"]:
                 pairs = list(zip(r["loss_curve"], eager["loss_curve"]))
                 r["loss_vs_eager_max_rel"] = round(max(abs(a - b) / abs(b) for a, b in pairs), 5) if pairs else None
@@ -403,9 +401,11 @@ def main() -> None:
         shape, method, kv = v.split(":")
         overrides = {k: _value(x) for k, x in (item.split("=") for item in kv.split(";"))}
         jobs.append((shape, method, f"peftbench ({kv})", overrides))
+    run = time.strftime("%Y-%m-%d %H:%M", time.gmtime())  # this invocation: rows of one run are side by side
     for shape, method, loop, overrides in jobs:
-        row = one(shape, method, loop, steps=a.steps, batch=a.batch, device=device, overrides=overrides)
-        rows = [r for r in rows if (r["model"], r["method"], r["loop"]) != (shape, method, loop)] + [row]
+        row = {**one(shape, method, loop, steps=a.steps, batch=a.batch, device=device, overrides=overrides), "run": run}
+        rows = [r for r in rows if (r["model"], r["method"], r["loop"], r.get("run")) != (shape, method, loop, run)]
+        rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "loss_curve"}), flush=True)
         if out:  # after every row: a run cut short keeps what it measured
             write(out, rows, profile_summary, device)
