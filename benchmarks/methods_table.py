@@ -35,8 +35,12 @@ def row(r: dict) -> str:
     peak = train.get("peak_memory_bytes")
     status = r["status"] if r["status"] == "success" else f"{r['status']}: {(r.get('error') or '')[:90]}"
     note = "" if merged or r["status"] != "success" else (inf.get("merge_note") or "")
+    name = cfg.get("method", {}).get("name", r["id"])
+    quant = (cfg.get("model") or {}).get("quantization")
+    if quant and name != "qlora":  # qlora names its NF4 base; another method on a quantised base says so
+        name = f"{name} ({quant} base)"
     return (
-        f"| {cfg.get('method', {}).get('name', r['id'])} | {status} | "
+        f"| {name} | {status} | "
         f"{(r.get('params') or {}).get('trainable', '') if r['status'] == 'success' else ''} | "
         f"{_mb((r.get('storage') or {}).get('adapter_bytes'))} | {f'{rate:,.0f}' if rate else ''} | "
         f"{f'{peak / 2**30:.1f}' if peak else ''} | {batching(r)} | {f'{unmerged:.2f}' if unmerged else ''} | "
