@@ -354,7 +354,7 @@ def _same_run(rows, r, loop):
 def add_ratios(rows):
     for r in rows:
         ref = _same_run(rows, r, "trainer")
-        for key in ("ratio_vs_trainer", "memory_vs_trainer"):
+        for key in ("ratio_vs_trainer", "memory_vs_trainer", "loss_vs_eager_max_rel"):
             r.pop(key, None)
         if ref and "error" not in r:
             r["ratio_vs_trainer"] = round(r["steady_tokens_per_second"] / ref["steady_tokens_per_second"], 3)
