@@ -79,8 +79,13 @@ def test_bad_distributed_settings_exit_2(tmp_path, monkeypatch, capsys, setting,
     assert list(tmp_path.iterdir()) == []
 
 
-def _torchrun(tmp_path, data_dir, name: str, distributed: str) -> dict:
+def _torchrun(tmp_path, data_dir, name: str, distributed: str, experiments: str | None = None) -> dict:
     suite = tmp_path / f"{name}.yaml"
+    experiments = experiments or (
+        "  - {id: full, model: {spec: 'random:tiny-llama'}, method: {name: full}}\n"
+        "  - {id: lora, model: {spec: 'random:tiny-llama'}, method: {name: lora}}\n"
+        "  - {id: after, model: {spec: 'random:tiny-llama'}, method: {name: lora}, train: {distributed: ddp}}\n"
+    )
     suite.write_text(
         f"name: {name}\n"
         f"defaults:\n"
@@ -88,11 +93,7 @@ def _torchrun(tmp_path, data_dir, name: str, distributed: str) -> dict:
         f"  train: {{max_steps: 3, batch_size: 2, distributed: {distributed}, gradient_checkpointing: true,"
         f" learning_rate: 0.01}}\n"
         f"  measure: {{enabled: false}}\n"
-        f"experiments:\n"
-        f"  - {{id: full, model: {{spec: 'random:tiny-llama'}}, method: {{name: full}}}}\n"
-        f"  - {{id: lora, model: {{spec: 'random:tiny-llama'}}, method: {{name: lora}}}}\n"
-        f"  - {{id: after, model: {{spec: 'random:tiny-llama'}}, method: {{name: lora}},"
-        f" train: {{distributed: ddp}}}}\n"
+        f"experiments:\n{experiments}"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
@@ -106,8 +107,8 @@ def _torchrun(tmp_path, data_dir, name: str, distributed: str) -> dict:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {
-        k: json.loads((out / "results" / f"{k}.json").read_text()) | {"dir": out / "adapters" / k}
-        for k in ("full", "lora", "after")
+        f.stem: json.loads(f.read_text()) | {"dir": out / "adapters" / f.stem}
+        for f in sorted((out / "results").glob("*.json"))
     }
 
 
@@ -144,3 +145,28 @@ def test_fsdp_trains_what_ddp_trains_and_ships_a_plain_model(tmp_path, data_dir)
         assert moved > 1e-3  # training changed the weights, so equality below says something
         for k in wa:
             assert torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-5), k
+
+
+def test_compiled_sharded_training_gives_the_eager_losses_and_weights(tmp_path, data_dir):
+    """train.compile under FSDP (auto leaves it off there; on or regions compile): every repeated block
+    compiled with its sharding hooks, the same losses and trained weights as the eager sharded run."""
+    from safetensors.torch import load_file
+
+    runs = _torchrun(
+        tmp_path,
+        data_dir,
+        "fsdpc",
+        "fsdp",
+        "  - {id: eager, model: {spec: 'random:tiny-llama'}, method: {name: full}, train: {compile: 'off'}}\n"
+        "  - {id: compiled, model: {spec: 'random:tiny-llama'}, method: {name: full}, train: {compile: regions}}\n",
+    )
+    eager, compiled = runs["eager"], runs["compiled"]
+    assert eager["status"] == compiled["status"] == "success"
+    assert compiled["train"]["speed"]["compile"] == "regions" and eager["train"]["speed"]["compile"] == "off"
+    assert compiled["train"]["speed"]["sharded"] == ["LlamaDecoderLayer"]
+    losses = [[x["loss"] for x in r["train"]["loss_curve"]] for r in (eager, compiled)]
+    assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], rel=1e-4)
+    wa, wb = (load_file(r["dir"] / "model.safetensors") for r in (eager, compiled))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], rtol=1e-3, atol=1e-4), k

@@ -242,6 +242,10 @@ def test_switches_resolve_off_on_cpu_and_say_why_when_they_cannot_apply():
         ]
         == "model"
     )
+    lm = {"family": "causal", "task": "language-modeling", "model": causal}
+    sharded = resolve(TrainArgs(), device_type="cuda", sharded=True, **lm)  # FSDP: auto does not compile
+    assert sharded["compile"] == "off" and "FSDP" in sharded["reasons"]["compile"]
+    assert resolve(on, device_type="cuda", sharded=True, **lm)["compile"] == "model"  # on does
     forced = TrainArgs(packing="on", fused_loss="on", fused_optimizer="on")
     s = resolve(forced, device_type="cpu", family="causal", task="classification", model=causal)
     assert (s["fused_loss"], s["packing"], s["fused_optimizer"]) == ("chunked", True, True)
