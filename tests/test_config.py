@@ -99,6 +99,14 @@ def test_all_problems_reported_at_once():
     assert "train.batch_size" in msg and "measure.iterations" in msg and "unknown method 'nope'" in msg
 
 
+def test_a_problem_of_the_defaults_is_reported_once_not_per_experiment():
+    d = {**BASE, "defaults": {**BASE.get("defaults", {}), "train": {"dropout": 0.1}}}
+    d["experiments"] = [{"id": "a", "method": {"name": "lora"}}, {"id": "b", "method": {"name": "ia3"}}]
+    with pytest.raises(ConfigError) as e:
+        suite(d)
+    assert str(e.value).count("train.dropout: unknown key") == 1
+
+
 def test_full_and_none_take_no_options():
     with pytest.raises(ConfigError, match="'full' takes no options"):
         suite(BASE, overrides=["method.name=full", "method.r=8"])

@@ -266,6 +266,7 @@ def check_out_dir(out: Path) -> None:
 
 
 def _raise(errors: list[str]) -> None:
+    errors = list(dict.fromkeys(errors))  # a suite's defaults fail once, not once per experiment
     if errors:
         more = f" (+{len(errors) - SHOWN_ERRORS} more)" if len(errors) > SHOWN_ERRORS else ""
         raise ConfigError("; ".join(errors[:SHOWN_ERRORS]) + more)
