@@ -95,7 +95,8 @@ def _torchrun(tmp_path, data_dir, name: str, distributed: str, experiments: str 
         f"  measure: {{enabled: false}}\n"
         f"experiments:\n{experiments}"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # one thread per process, and inductor compiling in the process (no worker pool per rank on 2 cores)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
     out = tmp_path / name
     proc = subprocess.run(
@@ -105,7 +106,8 @@ def _torchrun(tmp_path, data_dir, name: str, distributed: str, experiments: str 
         text=True,
         timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    failed = [f"{f.stem}: {json.loads(f.read_text()).get('traceback')}" for f in (out / "results").glob("*.json")]
+    assert proc.returncode == 0, proc.stderr[-3000:] + "\n".join(failed)[-3000:]
     return {
         f.stem: json.loads(f.read_text()) | {"dir": out / "adapters" / f.stem}
         for f in sorted((out / "results").glob("*.json"))
