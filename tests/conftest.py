@@ -27,6 +27,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch, request):
     if "registry" in request.keywords:
         return  # real fetches use the real cache, so CI and later runs reuse the downloads
     monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # compiled graphs: this test's cache too
 
 
 def _write_jsonl(path, rows):

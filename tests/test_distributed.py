@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -163,6 +164,7 @@ def test_compiled_sharded_training_gives_the_eager_losses_and_weights(tmp_path, 
         "  - {id: compiled, model: {spec: 'random:tiny-llama'}, method: {name: full}, train: {compile: regions}}\n",
     )
     eager, compiled = runs["eager"], runs["compiled"]
+    assert any((Path(os.environ["PEFTBENCH_CACHE"]) / "inductor").iterdir())  # graphs kept in peftbench's cache
     assert eager["status"] == compiled["status"] == "success"
     assert compiled["train"]["speed"]["compile"] == "regions" and eager["train"]["speed"]["compile"] == "off"
     assert compiled["train"]["speed"]["sharded"] == ["LlamaDecoderLayer"]

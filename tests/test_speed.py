@@ -2,7 +2,9 @@
 the plain path gives (the GPU speed itself is shown by benchmarks/train_speed.py)."""
 
 import copy
+import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -344,3 +346,19 @@ def test_fused_loss_is_off_for_a_method_that_trains_beside_the_body():
     shadow = methods.apply(name="shadow", options={}, model=models.build_random("tiny-gpt2", seed=0), family="causal")
     s = resolve(forced, device_type="cpu", family="causal", task="classification", model=shadow.model)
     assert s["fused_loss"] == "off" and "outside the body" in s["reasons"]["fused_loss"]
+
+
+def test_compiled_graphs_go_to_peftbench_cache_unless_the_user_chose_a_folder(monkeypatch, tmp_path):
+    """Importing peft makes torch set TORCHINDUCTOR_CACHE_DIR to its temporary default; peftbench
+    replaces that (so the next run's process finds the graphs), but not a folder the user chose."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from peftbench import sources
+
+    ours = str(Path(os.environ["PEFTBENCH_CACHE"]) / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    assert sources.use_inductor_cache() == ours == os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path))  # a later run with another cache follows it
+    assert sources.use_inductor_cache() == str(tmp_path / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert sources.use_inductor_cache() == str(tmp_path / "mine")

@@ -174,7 +174,7 @@ class Recipe:
             models.enable_checkpointing(self.model)
         self.resolved["speed"] = speed
         if speed["compile"] != "off":  # compiled graphs are reused by the next run's process
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(sources.cache_dir() / "inductor"))
+            sources.use_inductor_cache()
         steps = exp.train.max_steps if exp.train.max_steps > 0 else None
         with progress(total=steps, desc=f"train {self.plan.run_id}") as bar:
             tr = train(

@@ -50,6 +50,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PEFTBENCH_CACHE", "~/.cache/peftbench")).expanduser()
 
 
+_INDUCTOR_SET: str | None = None  # the compile cache this process last chose
+
+
+def use_inductor_cache() -> str:
+    """Compiled graphs under ``cache_dir()/inductor``, where the next run's process finds them, unless
+    the user chose ``TORCHINDUCTOR_CACHE_DIR``. Importing peft makes torch fill that variable in with
+    its own default (a temporary folder), so it is replaced when it holds that default (or the folder
+    this process chose before, for an earlier cache); returns the folder compiled graphs go to."""
+    global _INDUCTOR_SET
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        torch_default = default_cache_dir()
+    except ImportError:  # another torch layout: only an unset variable is ours to set
+        torch_default = None
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or current in (torch_default, _INDUCTOR_SET):
+        _INDUCTOR_SET = os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "inductor")
+    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+
+
 @dataclass(frozen=True)
 class Package:
     client: str  # "pip" | "npm"

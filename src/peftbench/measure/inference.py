@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from peftbench import sources
 from peftbench.config import MeasureArgs
 from peftbench.measure.latency import measure_latency
 from peftbench.measure.memory import MemoryTracker, tensor_bytes
@@ -68,6 +69,7 @@ def _optimized_generation(
 
     kw = {**_gen_kwargs(args.new_tokens, pad_id), "cache_implementation": "static"}
     if compile_:
+        sources.use_inductor_cache()
         config = CompileConfig(mode="reduce-overhead", dynamic=False)
         config._compile_all_devices = True  # on CPU too, where generate would not compile by itself
         kw["compile_config"] = config
