@@ -2,6 +2,7 @@
 save/load round trip, merge equals W + BA."""
 
 import copy
+import os
 
 import pytest
 import torch
@@ -222,3 +223,21 @@ def test_an_unmerged_adapter_leaves_the_base_as_it_ships(method, tmp_path):
     assert all(torch.equal(weights[k], v) for k, v in plain.state_dict().items())
     got = saved_bytes(base, scratch=tmp_path, cache=tmp_path / "a.json", state_dict=weights)
     assert got == saved_bytes(plain, scratch=tmp_path, cache=tmp_path / "b.json")
+
+
+def test_applying_or_probing_a_method_leaves_the_compilers_as_they_were(monkeypatch):
+    """peft's BOFT sets CC=CXX=gcc to build its CUDA extension and leaves them set when the build fails
+    (always without CUDA); torch.compile later in the process then linked C++ without libstdc++ and
+    failed to load its kernels (undefined symbol). apply() and the plan's probe put them back."""
+    import peft.tuners.boft.layer as boft_layer
+
+    for step in ("apply", "probe"):
+        monkeypatch.setattr(boft_layer, "_FBD_CUDA", None)  # peft tries its build once per process
+        monkeypatch.delenv("CC", raising=False)
+        monkeypatch.setenv("CXX", "g++")
+        model = models.build_random("tiny-llama", seed=0)
+        if step == "apply":
+            methods.apply(name="boft", options={}, model=model, family="causal")
+        else:
+            assert methods.probe("boft", {}, model=model, family="causal") is None
+        assert "CC" not in os.environ and os.environ["CXX"] == "g++", step

@@ -17,8 +17,10 @@ per-architecture mapping.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import os
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,6 +128,18 @@ def check(name: str, options: dict) -> list[str]:
     return problems
 
 
+@contextlib.contextmanager
+def _compilers_kept():
+    """Undo peft BOFT's CC=CXX=gcc, left set when its CUDA build fails: inductor then linked C++ sans libstdc++."""
+    saved = {k: os.environ.get(k) for k in ("CC", "CXX")}
+    try:
+        yield
+    finally:
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
+        for k in (k for k, v in saved.items() if v is None):
+            os.environ.pop(k, None)
+
+
 def probe(name: str, options: dict, *, model: torch.nn.Module, family: str) -> str | None:
     """Why the method cannot train ``model`` (typically on the meta device: shapes, no weights), or None.
 
@@ -149,7 +163,7 @@ def probe(name: str, options: dict, *, model: torch.nn.Module, family: str) -> s
     ids = torch.zeros(1, 4, dtype=torch.long, device=device)
     batch = {"input_ids": ids, **({"decoder_input_ids": ids} if family == "seq2seq" else {})}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _compilers_kept():
             warnings.simplefilter("ignore")
             applied = apply(name=method.name, options=options, model=model, family=family, total_steps=1000)
             if not sum(p.numel() for p in applied.model.parameters() if p.requires_grad):
@@ -296,7 +310,8 @@ def apply(
     from peft import get_peft_model
 
     cfg = peft_config(method.name, options, family=family, model=model, total_steps=total_steps)
-    peft_model = get_peft_model(model, cfg)
+    with _compilers_kept():
+        peft_model = get_peft_model(model, cfg)
     resolved = {"name": method.name, **_jsonable(cfg.to_dict())}
     if method.name == "loftq":  # peft's LoftQ needs CUDA and bitsandbytes: ours runs anywhere (peftbench.loftq)
         from peftbench.loftq import init_loftq, load_factors
@@ -317,11 +332,7 @@ def apply(
         )
     prompt = cfg.is_prompt_learning
     can_merge = hasattr(peft_model, "merge_and_unload") and not prompt
-    hook = None
-    if hasattr(peft_model.base_model, "update_and_allocate"):
-
-        def hook(step: int) -> None:
-            peft_model.base_model.update_and_allocate(step)
+    hook = getattr(peft_model.base_model, "update_and_allocate", None)  # AdaLoRA: every step
 
     note = "prompt methods do not merge: their virtual tokens stay in every forward" if prompt else None
     return Applied(peft_model, True, can_merge, resolved, method.learning_rate, hook, note)
