@@ -107,12 +107,10 @@ def _torchrun(tmp_path, data_dir, name: str, distributed: str, experiments: str 
         text=True,
         timeout=600,
     )
-    failed = [f"{f.stem}: {json.loads(f.read_text()).get('traceback')}" for f in (out / "results").glob("*.json")]
-    assert proc.returncode == 0, proc.stderr[-3000:] + "\n".join(failed)[-3000:]
-    return {
-        f.stem: json.loads(f.read_text()) | {"dir": out / "adapters" / f.stem}
-        for f in sorted((out / "results").glob("*.json"))
-    }
+    results = {f.stem: json.loads(f.read_text()) for f in sorted((out / "results").glob("*.json"))}
+    tracebacks = "\n".join(f"{k}: {r.get('traceback')}" for k, r in results.items())  # stdout held them
+    assert proc.returncode == 0, proc.stderr[-3000:] + tracebacks[-3000:]
+    return {k: r | {"dir": out / "adapters" / k} for k, r in results.items()}
 
 
 def test_fsdp_trains_what_ddp_trains_and_ships_a_plain_model(tmp_path, data_dir):

@@ -163,7 +163,7 @@ def probe(name: str, options: dict, *, model: torch.nn.Module, family: str) -> s
     ids = torch.zeros(1, 4, dtype=torch.long, device=device)
     batch = {"input_ids": ids, **({"decoder_input_ids": ids} if family == "seq2seq" else {})}
     try:
-        with warnings.catch_warnings(), _compilers_kept():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             applied = apply(name=method.name, options=options, model=model, family=family, total_steps=1000)
             if not sum(p.numel() for p in applied.model.parameters() if p.requires_grad):
