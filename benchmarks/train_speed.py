@@ -95,6 +95,7 @@ def sync(device):
 
 def run_peftbench(shape, method, feats, *, steps, batch, device, profile=None, overrides=None) -> dict:
     from peftbench.distributed import make_accelerator
+    from peftbench.settings import for_loop
     from peftbench.train import train
 
     model, lr = build(shape, method, device)
@@ -103,7 +104,8 @@ def run_peftbench(shape, method, feats, *, steps, batch, device, profile=None, o
     acc = make_accelerator(device=device.type, mixed_precision="auto", grad_accum=1)
     speed = resolve(args, device_type=device.type, family=family, task=task, model=model, varying=varying(feats))
     hook = profile.hook if profile else None
-    r = train(model, feats, args=args, accelerator=acc, pad_id=0, learning_rate=lr, speed=speed, progress=hook)
+    settings = for_loop(n_examples=len(feats), args=args, learning_rate=lr, accelerator=acc, speed=speed)
+    r = train(model, feats, args=args, settings=settings, accelerator=acc, pad_id=0, progress=hook)
     laps = r.laps
     steady_laps = [lap for lap in laps if lap["step"] > WARMUP and lap["step"] - 10 >= WARMUP]
     if not steady_laps:

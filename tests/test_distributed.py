@@ -172,3 +172,40 @@ def test_compiled_sharded_training_gives_the_eager_losses_and_weights(tmp_path, 
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.allclose(wa[k], wb[k], rtol=1e-3, atol=1e-4), k
+
+
+def test_two_processes_train_on_the_one_process_schedule_for_ddp_and_fsdp(tmp_path, data_dir):
+    """Under torchrun with 2 processes the learning rate at every step is the one-process rate (accelerate's
+    prepared scheduler stepped once per process, so a 10-step schedule ended at step 5), stays above 0
+    until the last step, and epoch mode counts each process's share of the batches once (loop, schedule
+    and the recorded steps and epochs agree)."""
+    steps = "train: {max_steps: 10, log_steps: 1, gradient_checkpointing: false}"
+    runs = _torchrun(
+        tmp_path,
+        data_dir,
+        "sched",
+        "ddp",
+        f"  - {{id: ddp, model: {{spec: 'random:tiny-llama'}}, method: {{name: lora}}, {steps}}}\n"
+        f"  - {{id: fsdp, model: {{spec: 'random:tiny-llama'}}, method: {{name: full}}, {steps[:-1]}, "
+        "distributed: fsdp}}\n"
+        "  - {id: epochs, model: {spec: 'random:tiny-llama'}, method: {name: lora},"
+        " train: {max_steps: -1, epochs: 2, log_steps: 1}}\n",
+    )
+    one = tmp_path / "one"
+    assert cli.main(["run", str(tmp_path / "sched.yaml"), "--out", str(one), "--in-process", "--device", "cpu"]) == 0
+    for key in ("ddp", "fsdp", "epochs"):
+        single = json.loads((one / "results" / f"{key}.json").read_text())
+        two = runs[key]
+        assert two["resolved"]["distributed"]["world_size"] == 2 and single["resolved"]["num_processes"] == 1
+        rates = [[x["learning_rate"] for x in r["train"]["loss_curve"]] for r in (single, two)]
+        if key != "epochs":
+            assert [x["step"] for x in two["train"]["loss_curve"]] == list(range(1, 11))
+            assert rates[1] == pytest.approx(rates[0], rel=1e-9, abs=1e-12)  # step for step
+        assert all(lr > 0 for lr in rates[1][:-1]) and rates[1][-1] == pytest.approx(0.0, abs=1e-12)
+        assert two["train"]["steps"] == two["resolved"]["total_steps"] == len(rates[1])
+    # epoch mode: both make 2 passes; two processes share each pass, so they take half the steps
+    single, two = json.loads((one / "results" / "epochs.json").read_text()), runs["epochs"]
+    assert single["train"]["epochs"] == two["train"]["epochs"] == 2.0
+    per_epoch = single["resolved"]["batches_per_epoch"]
+    assert two["resolved"]["batches_per_epoch"] == -(-per_epoch // 2)
+    assert single["train"]["steps"] == 2 * per_epoch and two["train"]["steps"] == 2 * -(-per_epoch // 2)

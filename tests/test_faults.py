@@ -114,7 +114,10 @@ def test_a_kill_at_each_write_point_never_leaves_success_without_adapter(tmp_pat
     r = results.read_result(out / "results" / "x.json")
     if point == "result-written":  # the child recorded success before it died: the record stands
         assert killed.returncode == 0 and r.status == "success"
-    else:
+    elif point == "adapter-written":  # before the commit: the last success stays, the attempt beside it
+        assert killed.returncode == 1 and r.status == "success"
+        assert "signal 9" in results.read_result(out / "attempts" / "x.json").error
+    else:  # the commit had begun (old result removed, new adapter in place): no success to keep
         assert killed.returncode == 1 and r.status == "failed" and "signal 9" in r.error
     if r.status == "success":
         assert (out / "adapters" / "x" / "adapter_model.safetensors").is_file()

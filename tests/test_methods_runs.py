@@ -94,6 +94,7 @@ def test_adalora_gets_the_run_length_and_its_rank_budget_each_step(prompt_runs):
 def test_adalora_hook_masks_ranks_down_to_the_target():
     from accelerate import Accelerator
 
+    from peftbench.settings import for_loop
     from peftbench.train import train
 
     applied = methods.apply(
@@ -110,15 +111,9 @@ def test_adalora_hook_masks_ranks_down_to_the_target():
         applied.step_hook(step)
 
     feats = [{"input_ids": list(range(5, 25)), "labels": list(range(5, 25))} for _ in range(16)]
-    train(
-        applied.model,
-        feats,
-        args=TrainArgs(max_steps=8, batch_size=2),
-        accelerator=Accelerator(cpu=True),
-        pad_id=0,
-        learning_rate=1e-2,
-        step_hook=hook,
-    )
+    args, acc = TrainArgs(max_steps=8, batch_size=2), Accelerator(cpu=True)
+    settings = for_loop(n_examples=len(feats), args=args, learning_rate=1e-2, accelerator=acc)
+    train(applied.model, feats, args=args, settings=settings, accelerator=acc, pad_id=0, step_hook=hook)
     assert calls == list(range(1, 9))
     ranks = [int((p != 0).sum()) for n, p in applied.model.named_parameters() if "lora_E" in n]
     assert ranks and sum(ranks) < 6 * len(ranks)  # the budget cut ranks below init_r

@@ -10,6 +10,7 @@ import torch
 from peftbench import methods, models
 from peftbench.config import ModelArgs, TrainArgs
 from peftbench.errors import ConfigError
+from peftbench.settings import for_loop
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +92,9 @@ def _train_steps(model, family, steps=3):
     feats = [{"input_ids": list(range(5, 15)), "labels": list(range(5, 15))} for _ in range(8)]
     if family == "seq2seq":
         feats = [{"input_ids": list(range(5, 15)), "labels": list(range(20, 26)), "decoder": True} for _ in range(8)]
-    args = TrainArgs(max_steps=steps, batch_size=4, warmup_ratio=0.0)
-    return train(model, feats, args=args, accelerator=Accelerator(cpu=True), pad_id=0, learning_rate=1e-2)
+    args, acc = TrainArgs(max_steps=steps, batch_size=4, warmup_ratio=0.0), Accelerator(cpu=True)
+    settings = for_loop(n_examples=len(feats), args=args, learning_rate=1e-2, accelerator=acc)
+    return train(model, feats, args=args, settings=settings, accelerator=acc, pad_id=0)
 
 
 @pytest.mark.parametrize("method", ["lora", "ia3"])
@@ -182,7 +184,8 @@ def test_good_model_specs():
 def test_epochs_and_gradient_accumulation_count_optimizer_steps():
     from accelerate import Accelerator
 
-    from peftbench.train import total_steps, train
+    from peftbench.settings import total_steps
+    from peftbench.train import train
 
     assert total_steps(TrainArgs(max_steps=-1, epochs=2.0, gradient_accumulation_steps=2), 5) == 5
     assert total_steps(TrainArgs(max_steps=7), 5) == 7
@@ -190,13 +193,15 @@ def test_epochs_and_gradient_accumulation_count_optimizer_steps():
     model = methods.apply(
         name="lora", options={}, model=models.build_random("tiny-gpt2", seed=0), family="causal"
     ).model
+    args = TrainArgs(max_steps=-1, epochs=1.0, batch_size=4, gradient_accumulation_steps=2)
+    acc = Accelerator(cpu=True, gradient_accumulation_steps=2)
     out = train(
         model,
         feats,
-        args=TrainArgs(max_steps=-1, epochs=1.0, batch_size=4, gradient_accumulation_steps=2),
-        accelerator=Accelerator(cpu=True, gradient_accumulation_steps=2),
+        args=args,
+        settings=for_loop(n_examples=len(feats), args=args, learning_rate=1e-3, accelerator=acc),
+        accelerator=acc,
         pad_id=0,
-        learning_rate=1e-3,
     )
     assert (out.steps, out.epochs, out.tokens) == (2, 1.0, 16 * 10)  # 4 micro-batches, 2 per optimizer step
 

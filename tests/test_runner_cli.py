@@ -73,7 +73,8 @@ def test_result_contract(suite_run):
     assert r["config"]["model"]["family"] == "causal" and r["config"]["train"]["learning_rate"] == 2e-4
     assert r["resolved"]["learning_rate"] == 2e-4 and r["resolved"]["family"] == "causal"
     exp = next(e for e in suite.experiments if e.id == r["id"])
-    assert r["run_id"] == r["id"] and r["config_hash"] == config.config_hash(exp)
+    (run,) = plan.runs_of(exp)  # the planned run: the method's rate and the model's family filled in
+    assert r["run_id"] == r["id"] and r["config_hash"] == run.config_hash == config.hash_of(r["config"])
     for key in ("python", "torch", "transformers", "peft", "device"):
         assert r["env"][key]
     # LoRA r=8 on q_proj (64->64) and v_proj (64->32: 2 kv heads of 16) in 2 layers

@@ -21,6 +21,7 @@ from peftbench.batches import (
     segment_masks,
 )
 from peftbench.config import TrainArgs
+from peftbench.settings import for_loop
 from peftbench.speed import (
     LossModule,
     chunked_linear_cross_entropy,
@@ -274,10 +275,13 @@ def _run(speed, steps=12, method="lora", dropout=0.0):
     model = methods.apply(
         name=method, options={"lora_dropout": 0.0} if method == "lora" else {}, model=base, family="causal"
     ).model
-    args = TrainArgs(max_steps=steps, batch_size=4, warmup_ratio=0.0, seed=3)
-    return train(
-        model, _features(n=40), args=args, accelerator=Accelerator(cpu=True), pad_id=0, learning_rate=1e-2, speed=speed
+    args, acc, feats = (
+        TrainArgs(max_steps=steps, batch_size=4, warmup_ratio=0.0, seed=3),
+        Accelerator(cpu=True),
+        _features(40),
     )
+    settings = for_loop(n_examples=len(feats), args=args, learning_rate=1e-2, accelerator=acc, speed=speed)
+    return train(model, feats, args=args, settings=settings, accelerator=acc, pad_id=0)
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -318,15 +322,14 @@ def test_compiled_regions_keep_the_loss_curve_and_hand_back_an_uncompiled_model(
     from torch._dynamo.utils import counters
 
     counters.clear()
-    fast = train(
-        model,
-        _features(n=40),
-        args=TrainArgs(max_steps=12, batch_size=4, warmup_ratio=0.0, seed=3),
-        accelerator=Accelerator(cpu=True),
-        pad_id=0,
-        learning_rate=1e-2,
-        speed={"compile": "regions", "fused_loss": "chunked", "packing": True},
+    args, acc, feats = (
+        TrainArgs(max_steps=12, batch_size=4, warmup_ratio=0.0, seed=3),
+        Accelerator(cpu=True),
+        _features(40),
     )
+    speed = {"compile": "regions", "fused_loss": "chunked", "packing": True}
+    settings = for_loop(n_examples=len(feats), args=args, learning_rate=1e-2, accelerator=acc, speed=speed)
+    fast = train(model, feats, args=args, settings=settings, accelerator=acc, pad_id=0)
     a, b = [p["loss"] for p in plain.loss_curve], [p["loss"] for p in fast.loss_curve]
     assert max(abs(x - y) / abs(x) for x, y in zip(a, b)) < 1e-4
     assert 1 <= counters["stats"]["unique_graphs"] <= 2  # one block's graph (and one for the first block's input)

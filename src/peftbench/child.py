@@ -16,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from peftbench.errors import Cancelled
+from peftbench.errors import Cancelled, FolderError, cancel_on_signals
 
 
 def _die_with_parent() -> None:
@@ -26,28 +26,26 @@ def _die_with_parent() -> None:
         ctypes.CDLL(libc).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _cancel(signum, frame):
-    raise Cancelled(signum)
-
-
 def main(argv: list[str]) -> int:
-    from peftbench.cli import quiet_libraries
-    from peftbench.record import execute
-    from peftbench.runner import read_payload
-
     _die_with_parent()
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, _cancel)
-    run, d = read_payload(Path(argv[0]))
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("peftbench").setLevel(d.get("log_level") or logging.INFO)
-    quiet_libraries()
-    try:
+    cancel_on_signals()
+    try:  # a signal while starting up is a cancellation too (the suite records it): no traceback
+        from peftbench.cli import quiet_libraries
+        from peftbench.record import execute
+        from peftbench.runner import read_payload
+
+        run, d = read_payload(Path(argv[0]))
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("peftbench").setLevel(d.get("log_level") or logging.INFO)
+        quiet_libraries()
         result = execute(
             run, out_dir=Path(d["out_dir"]), device=d["device"], attempt=d["attempt"], tracking=d.get("tracking")
         )
     except Cancelled as c:
         return 128 + c.signum
+    except FolderError as e:  # the full or read-only folder, in one line (the suite's process says it too)
+        print(f"peftbench: error: {e}", file=sys.stderr)
+        return e.code
     return 0 if result is None or result.status in ("success", "skipped") else 1
 
 

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from peftbench import fs, tracking
-from peftbench.errors import Cancelled, ConfigError, SourceError
+from peftbench.errors import Cancelled, ConfigError, FolderError, SourceError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -205,7 +205,7 @@ def cmd_list(args) -> int:
     suite = _load(args)
     out = args.out or Path("runs") / suite.name
     for run in runner.select(plan.plan_runs(suite), args.only):
-        state = results.state(results.result_path(out, run.run_id), run.config_hash)
+        state = results.describe(out, run.run_id, run.config_hash)
         exp = run.exp
         print(f"{state:10s} {run.run_id}  ({exp.model.spec} | {exp.data.task} {exp.data.spec} | {exp.method.name})")
     return 0
@@ -219,7 +219,13 @@ def cmd_report(args) -> int:
         raise ConfigError(f"report: {args.dir} is not a directory")
     if not load_results(args.dir):
         raise ConfigError(f"report: {args.dir} holds no peftbench results (results/*.json)")
-    paths = build_report(args.dir)
+    try:
+        paths = build_report(args.dir)
+    except OSError as e:
+        problem = fs.write_problem(e, args.dir)
+        if problem is None:
+            raise
+        raise ConfigError(f"report: {problem}") from None
     print(f"report: {paths['md']} (and {paths['html'].name}, {paths['csv'].name}, plots/)")
     return 0
 
@@ -274,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     except SourceError as e:
         print(f"peftbench: error: {e}", file=sys.stderr)
         return 2
+    except FolderError as e:
+        print(f"peftbench: error: {e}", file=sys.stderr)
+        return e.code
     except Cancelled as c:
         print("peftbench: interrupted", file=sys.stderr)
         return 128 + c.signum

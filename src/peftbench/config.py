@@ -1,10 +1,10 @@
-"""Typed experiment configuration: dataclasses, ``--set`` overrides, matrix expansion, identity.
+"""Typed experiment configuration: dataclasses that document their fields, typed construction, identity.
 
 Usage:
-    exps = experiments_from_raw(raw_suite_dict, overrides=["train.max_steps=5"], errors=errors)
+    exp = build_experiment(raw_experiment_dict, errors=errors)   # suites.py merges defaults and --set first
     exp.to_dict(); config_hash(exp)       # the identity of a run's numbers
 
-This module holds the schema only: it imports nothing of peftbench but errors. Checking specs,
+This module holds the schema only: it imports nothing of peftbench but typecheck. Checking specs,
 data and value ranges against models and methods is ``plan.py``'s job (it sits above both).
 A suite file has ``name``, ``defaults`` (sections shared by every experiment), ``seeds``, and
 ``experiments`` (a list of per-experiment overrides) and/or ``matrix`` (axes expanded as a cartesian
@@ -19,13 +19,11 @@ import hashlib
 import json
 import math
 import re
+import sys
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
-from peftbench.errors import ConfigError
 from peftbench.typecheck import as_float, fits, type_name
 
 SECTIONS = ("model", "data", "method", "train", "measure")
@@ -39,6 +37,7 @@ COMPILE_CHOICES = ("auto", "on", "off", "model", "regions")
 QUANTIZATION_CHOICES = (None, "nf4", "int8")  # model.quantization (bitsandbytes)
 OPTIMIZED_CHOICES = ("auto", "static", "compile", "off")  # measure.optimized
 DISTRIBUTED_CHOICES = ("auto", "ddp", "fsdp")  # train.distributed
+MAX_SEED = 2**32 - 1  # numpy.random.seed takes 0..2**32-1; torch.manual_seed takes more
 MAX_ID_LENGTH = 100  # result file names get run suffixes (--lr..--seed..) and must stay < 255 bytes
 
 
@@ -225,9 +224,12 @@ def config_hash(exp: Experiment) -> str:
     A result is reused only when both its id and this hash match; anything that changes the
     numbers (a step count, a seed, a learning rate, a measure setting) changes the hash.
     """
-    d = exp.to_dict()
-    d.pop("id")
-    d.pop("description")
+    return hash_of(exp.to_dict())
+
+
+def hash_of(config: dict) -> str:
+    """``config_hash`` of a config as stored in a result (``Experiment.to_dict()``)."""
+    d = {k: v for k, v in config.items() if k not in ("id", "description")}
     text = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -252,37 +254,6 @@ def help_text() -> str:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             lines.append(f"{section}.{f.name} = {default!r}: {f.metadata.get('help', '')}")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- merging and overrides
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "fields":
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def parse_set(items: list[str] | None) -> dict:
-    """``["train.max_steps=5", "method.target_modules=[q,v]"]`` -> nested dict (values parsed as YAML)."""
-    out: dict = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected section.field=value")
-        parts = key.strip().split(".")
-        if len(parts) != 2 or parts[0] not in SECTIONS:
-            raise ConfigError(f"--set {item!r}: key must be section.field with section one of {', '.join(SECTIONS)}")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
-        out.setdefault(parts[0], {})[parts[1]] = value
-    return out
 
 
 # ---------------------------------------------------------------- typed construction
@@ -385,15 +356,36 @@ def build_experiment(d: dict, *, errors: list[str]) -> Experiment:
 
 
 def check_numbers(exp: Experiment) -> list[str]:
-    """Every float field finite (YAML reads .nan / .inf and --set accepts them)."""
+    """Every float field finite (YAML reads .nan / .inf and --set accepts them), every integer within
+    what Python's sizes hold (``sys.maxsize``), every seed within numpy's and torch's range."""
     problems = []
-    for section in SECTIONS:
-        obj = getattr(exp, section)
-        for f in dataclasses.fields(obj):
-            v = getattr(obj, f.name)
-            values = v if isinstance(v, list) else [v]
-            if section == "method" and f.name == "options":
-                values = [x for x in v.values() if isinstance(x, float)]
-            if any(isinstance(x, float) and not math.isfinite(x) for x in values):
-                problems.append(f"{section}.{f.name}: must be a finite number, got {v!r}")
-    return problems
+    sections = [(s, getattr(exp, s)) for s in SECTIONS]
+    fields = [(s, f.name, getattr(obj, f.name)) for s, obj in sections for f in dataclasses.fields(obj)]
+    fields = [(s, k, v) for s, k, v in fields if (s, k) != ("method", "options")] + [
+        ("method", k, v)
+        for k, v in exp.method.options.items()  # each option by its own name
+    ]
+    for section, key, v in fields:
+        values = v if isinstance(v, list) else [v]
+        if key == "seed" and section != "method":
+            problems += seed_problems([v], f"{section}.seed")
+        elif any(isinstance(x, float) and not math.isfinite(x) for x in values):
+            problems.append(f"{section}.{key}: must be a finite number, got {v!r}")
+        elif any(_is_int(x) and abs(x) > sys.maxsize for x in values):
+            problems.append(f"{section}.{key}: {_short(v)} is past the largest size ({sys.maxsize})")
+    return problems + seed_problems(exp.seeds or [], "seeds")
+
+
+def seed_problems(seeds: list, where: str) -> list[str]:
+    """Seeds outside ``[0, 2**32)``: numpy refuses them, and torch's generators take 64 bits at most."""
+    bad = [s for s in seeds if _is_int(s) and not 0 <= s <= MAX_SEED]
+    return [f"{where}: {_short(bad[0])} is outside 0..{MAX_SEED} (numpy's and torch's seed range)"] if bad else []
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from peftbench import fs
 from peftbench.config import DataArgs
+from peftbench.datafiles import read_rows
 from peftbench.errors import ConfigError
 from peftbench.taskspecs import SPECS
 
@@ -71,65 +72,14 @@ MIN_FILE_ROWS = 3  # train, validation and test are carved from a file: one row 
 
 
 def check_file(args: DataArgs) -> list[str]:
-    """A ``file:`` dataset read once before anything trains: readable, UTF-8, valid rows, the task's
-    fields present and non-empty, labels of one type with at least two classes."""
+    """A ``file:`` dataset read once before anything trains, by the reader the run uses: readable,
+    UTF-8 (text formats), valid rows, the task's fields present and non-empty, labels of one type
+    with at least two classes."""
     path = Path(args.spec.partition(":")[2]).expanduser()
-    where = f"data.spec: {path.name}"
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        return [f"{where}: cannot be read ({e.strerror})"]
-    if not raw.strip():
-        return [f"{where}: the file is empty"]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        return [f"{where}: line {line}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})"]
-    rows, problem = _parse_rows(path, text, raw)
+    rows, problem = read_rows(path)
     if problem:
-        return [f"{where}: {problem}"]
-    return [f"{where}: {p}" for p in _check_rows(rows, args)]
-
-
-def _parse_rows(path: Path, text: str, raw: bytes) -> tuple[list[dict], str | None]:
-    import csv
-    import io
-    import json
-
-    if path.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-
-            return pq.read_table(io.BytesIO(raw)).to_pylist(), None
-        except Exception as e:  # pyarrow raises several kinds for a damaged file
-            return [], f"not a readable parquet file ({type(e).__name__})"
-    if path.suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text))
-        rows = list(reader)
-        if not reader.fieldnames:
-            return [], "the CSV file has no header row"
-        return rows, None
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            return [], f"invalid JSON ({e})"
-        if not all(isinstance(r, dict) for r in data):
-            return [], "a .json file must be a list of objects (or JSON Lines)"
-        return data, None
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            return [], f"line {n}: invalid JSON ({e.msg})"
-        if not isinstance(row, dict):
-            return [], f"line {n}: expected a JSON object, got {type(row).__name__}"
-        rows.append(row)
-    return rows, None
+        return [f"data.spec: {path.name}: {problem}"]
+    return [f"data.spec: {path.name}: {p}" for p in _check_rows(rows, args)]
 
 
 def _check_rows(rows: list[dict], args: DataArgs) -> list[str]:
@@ -207,11 +157,10 @@ def _looks_like_config(part: str) -> bool:
 
 
 def _load_file(rest: str, args: DataArgs) -> tuple[dict[str, list[dict]], dict]:
-    import datasets
-
-    path = Path(rest).expanduser()
-    ds = datasets.load_dataset(FILE_FORMATS[path.suffix], data_files=str(path), split="train")
-    return {"train": [dict(r) for r in ds]}, {"fields": dict(args.fields)}
+    rows, problem = read_rows(Path(rest).expanduser())  # the reader the plan checked the file with
+    if problem:
+        raise ConfigError(f"data.spec: {Path(rest).name}: {problem}")
+    return {"train": rows}, {"fields": dict(args.fields)}
 
 
 def _load_builtin(rest: str, args: DataArgs) -> tuple[dict[str, list[dict]], dict]:

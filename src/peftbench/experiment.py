@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -32,10 +31,11 @@ from peftbench.measure.storage import file_sizes
 from peftbench.plan import Run
 from peftbench.progress import progress
 from peftbench.results import Result
+from peftbench.settings import Settings, batches_per_process, total_steps
 from peftbench.speed import resolve as resolve_speed
 from peftbench.tasks import TASKS, mean_loss
 from peftbench.tracking import Trackers, final_values
-from peftbench.train import total_steps, train, varying
+from peftbench.train import train, varying
 
 log = logging.getLogger("peftbench")
 
@@ -120,33 +120,36 @@ class Recipe:
                     options=exp.method.options, model=self.loaded.model, family=self.loaded.family
                 )
             self.loaded = models.quantize(self.loaded, self.quantization, self.dev)
-        tok = self.loaded.tokenizer
-        self.chat = self._chat_template(tok)
+        self.chat = self._chat_template(self.loaded.tokenizer)
         self.splits = data_mod.load(exp.data)
         enc_kw = {"limit": exp.data.max_train_samples} if self.task.blocks else {}
         self.features = self._encode(self.splits.train, **enc_kw)
         if not self.features:
             raise ValueError(f"no training examples after tokenisation ({exp.data.spec})")
-        n_batches = math.ceil(len(self.features) / exp.train.batch_size / self.accelerator.num_processes)
-        self.steps = total_steps(exp.train, n_batches)
+        n = self.accelerator.num_processes
+        per_epoch = batches_per_process(len(self.features), batch_size=exp.train.batch_size, num_processes=n)
+        self.steps = total_steps(exp.train, per_epoch)
         self._apply_method(self.loaded)
         self.params = models.count_parameters(self.model)  # before merging folds adapters away
-        lr = exp.train.learning_rate if exp.train.learning_rate is not None else self.applied.learning_rate
-        self.resolved = {
-            "family": self.loaded.family,
-            "tokenizer": self.loaded.tokenizer_spec,
-            "learning_rate": lr if self.applied.trains else None,
-            "chat_template": self.chat,
-            "mixed_precision": self.accelerator.mixed_precision,
-            "device": str(self.dev),
-            "num_processes": self.accelerator.num_processes,
-            "quantization": self.quantization,
-            "distributed": {
+        self.settings = Settings(
+            family=self.loaded.family,
+            tokenizer=self.loaded.tokenizer_spec,
+            learning_rate=exp.train.learning_rate if self.applied.trains else None,
+            chat_template=self.chat,
+            mixed_precision=self.accelerator.mixed_precision,
+            device=str(self.dev),
+            num_processes=n,
+            quantization=self.quantization,
+            distributed={
                 "strategy": self.strategy,
-                "world_size": self.accelerator.num_processes,
+                "world_size": n,
                 "gradient_checkpointing": exp.train.gradient_checkpointing,
             },
-        }
+            dtype=str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            batches_per_epoch=per_epoch,
+            total_steps=self.steps,
+            speed=self._speed() if self.applied.trains else None,
+        )
         self.quality_on = self.loaded.pretrained
         strat = self.task.label_field
         self.eval_records = data_mod.sample(
@@ -161,30 +164,18 @@ class Recipe:
         if not applied.trains:
             self.out["train"] = {**UNTRAINED, "eval_curve": curve, "examples": len(self.features)}
             return
-        speed = resolve_speed(
-            exp.train,
-            device_type=self.dev.type,
-            family=self.loaded.family,
-            task=self.task.name,
-            model=self.model,
-            varying=varying(self.features),
-            sharded=self.strategy == "fsdp",
-        )
         if exp.train.gradient_checkpointing:
             models.enable_checkpointing(self.model)
-        self.resolved["speed"] = speed
-        if speed["compile"] != "off":  # compiled graphs are reused by the next run's process
+        if self.settings.speed["compile"] != "off":  # compiled graphs are reused by the next run's process
             sources.use_inductor_cache()
-        steps = exp.train.max_steps if exp.train.max_steps > 0 else None
-        with progress(total=steps, desc=f"train {self.plan.run_id}") as bar:
+        with progress(total=self.settings.total_steps, desc=f"train {self.plan.run_id}") as bar:
             tr = train(
                 self.model,
                 self.features,
                 args=exp.train,
+                settings=self.settings,
                 accelerator=self.accelerator,
                 pad_id=self.loaded.tokenizer.pad_token_id,
-                learning_rate=self.resolved["learning_rate"],
-                speed=speed,
                 evaluate=periodic,
                 step_hook=applied.step_hook,
                 on_log=self.trackers.log if self.trackers else None,
@@ -274,7 +265,7 @@ class Recipe:
             (self.adapter_tmp / "README.md").unlink(missing_ok=True)
             self.adapter_tmp.chmod(0o777 & ~results.umask())
             self.adapter_bytes, self.adapter_files = dir_bytes(self.adapter_tmp), file_sizes(self.adapter_tmp)
-            fault_point("adapter-written", self.plan.run_id)
+            fault_point("adapter-written", self.plan.run_id, path=next(self.adapter_tmp.glob("*.safetensors"), None))
         self.train_dtype = next(self.model.parameters()).dtype
 
     def measure(self) -> None:
@@ -315,7 +306,7 @@ class Recipe:
         self.trackers.start(
             {
                 **self.exp.to_dict(),
-                "resolved": dict(self.resolved),
+                "resolved": self.settings.to_dict(),
                 "run_id": self.plan.run_id,
                 "config_hash": self.plan.config_hash,
             }
@@ -347,6 +338,18 @@ class Recipe:
             loftq_factors=self.loftq_factors,
         )
         self.model = self.applied.model.to(self.dev)
+
+    def _speed(self) -> dict:
+        """The speed switches for this run's device, model and data (``speed.resolve``)."""
+        return resolve_speed(
+            self.exp.train,
+            device_type=self.dev.type,
+            family=self.loaded.family,
+            task=self.task.name,
+            model=self.model,
+            varying=varying(self.features),
+            sharded=self.strategy == "fsdp",
+        )
 
     def _release_training_state(self) -> None:
         """Optimizer states and gradients must not count towards inference memory."""

@@ -151,6 +151,12 @@ def is_seq2seq_spec(spec: str) -> bool | None:
     return None if cfg is None else bool(cfg.get("is_encoder_decoder"))
 
 
+def family_of_spec(spec: str) -> str | None:
+    """``causal`` | ``seq2seq`` when known without loading (random:/builtin: shapes, local folders)."""
+    seq2seq = is_seq2seq_spec(spec)
+    return None if seq2seq is None else "seq2seq" if seq2seq else "causal"
+
+
 def check_tokenizer_spec(spec: str) -> list[str]:
     if spec == "bytes":
         return []
@@ -193,6 +199,25 @@ def load_tokenizer(spec: str, *, trust_remote_code: bool = False, revision: str 
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token  # causal LMs ship without one; padding is masked anyway
     return tok
+
+
+def has_chat_template(args: ModelArgs) -> bool | None:
+    """Whether the tokenizer that loading ``args`` gives has a chat template, from the tokenizer alone
+    (no weights); None when the tokenizer cannot be had here (a hub id out of reach: the run tells)."""
+    prefix, sep, name = args.spec.partition(":")
+    if args.tokenizer:
+        spec = args.tokenizer
+    elif sep and prefix == "random":
+        spec = RANDOM_TOKENIZERS.get(name, "bytes")
+    elif sep and prefix == "builtin":
+        spec = args.spec
+    else:
+        spec = str(Path(args.spec).expanduser()) if _looks_local(args.spec) else args.spec
+    try:
+        tok = load_tokenizer(spec, trust_remote_code=args.trust_remote_code, revision=args.revision)
+    except Exception:  # noqa: BLE001 (offline hub, a source not fetched: the run's own load reports it)
+        return None
+    return bool(getattr(tok, "chat_template", None))
 
 
 def family_of(config) -> str:

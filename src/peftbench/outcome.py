@@ -92,20 +92,15 @@ def storage(recipe, adapter_dir: str | None) -> dict:
 def result(recipe, *, adapter_dir: str | None) -> Result:
     exp, loaded, splits = recipe.exp, recipe.loaded, recipe.splits
     total, trainable = recipe.params
-    config = exp.to_dict()
-    config["model"].update(family=loaded.family, tokenizer=loaded.tokenizer_spec)
-    config["train"].update(
-        learning_rate=recipe.resolved["learning_rate"], mixed_precision=recipe.resolved["mixed_precision"]
-    )
     return Result(
         id=recipe.plan.experiment_id,
         run_id=recipe.plan.run_id,
         status="success",
-        config=config,
+        config=recipe.plan.exp.to_dict(),  # the plan's config, as hashed (what the run decided: `resolved`)
         config_hash=recipe.plan.config_hash,
         attempt=recipe.attempt,
         seed=exp.train.seed,
-        resolved=recipe.resolved,
+        resolved=recipe.settings.to_dict(),
         env=results.capture_env(str(recipe.dev)),
         method_resolved=recipe.applied.resolved,
         model={

@@ -15,6 +15,7 @@ so imports point one way.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import tempfile
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from peftbench import data, fs, methods, models, tracking
+from peftbench import data, fs, methods, models, results, strictyaml, tracking
 from peftbench.config import (
     COMPILE_CHOICES,
     DISTRIBUTED_CHOICES,
@@ -38,10 +39,12 @@ from peftbench.config import (
 )
 from peftbench.errors import ConfigError
 from peftbench.methodspecs import LOFTQ_BITS
+from peftbench.report.metrics import human_bytes
 from peftbench.suites import experiments_from_raw
 from peftbench.taskspecs import SPECS
 
 SHOWN_ERRORS = 8  # problems listed in the one-line message; the rest are counted
+MIN_FREE_BYTES = 16 * 2**20  # free space --out needs before anything runs (a full disk fails later, mid-run)
 
 
 @dataclass
@@ -62,18 +65,23 @@ def _rate(lr: float) -> str:
 
 def runs_of(exp: Experiment) -> list[Run]:
     """The runs an experiment expands to: its seeds x its learning rates (methods that do not
-    train take neither)."""
+    train take neither). A rate left unset is the method's default, and the model's family is the
+    spec's where it is known without loading: both are written into the run's config here, so the
+    hash, the stored config and the training all read the one value."""
     method = methods.lookup(exp.method.name)
     trains = method.trains if method else True
     lrs = exp.train.learning_rate if isinstance(exp.train.learning_rate, list) else [exp.train.learning_rate]
     if not trains:
         lrs = [None]
+    elif lrs == [None] and method is not None:
+        lrs = [method.learning_rate]
     seeds = exp.seeds or [exp.train.seed]
     out = []
     for lr in lrs:
         for seed in seeds:
             e = copy.deepcopy(exp)
             e.train.learning_rate, e.train.seed, e.seeds = lr, seed, None
+            e.model.family = e.model.family or models.family_of_spec(e.model.spec)
             run_id = exp.id + (f"--lr{_rate(lr)}" if len(lrs) > 1 else "") + (f"--seed{seed}" if exp.seeds else "")
             out.append(Run(e, exp.id, run_id, seed, len(lrs) > 1, config_hash(e)))
     return out
@@ -101,6 +109,11 @@ def validate(exp: Experiment) -> list[str]:
     if not problems:  # lengths, data and the method's fit need a valid spec, task and method
         problems += _lengths(exp)
         problems += _applies(exp)
+        known = models.family_of_spec(exp.model.spec)
+        if exp.model.family and known and exp.model.family != known:
+            problems.append(f"model.family: {exp.model.family}, but {exp.model.spec} is a {known} model")
+        if exp.model.chat_template == "on" and models.has_chat_template(exp.model) is False:
+            problems.append(f"model.chat_template: on, but the tokenizer of {exp.model.spec} has no chat template")
         if exp.data.spec.startswith("file:"):
             problems += data.check_file(exp.data)
     return [f"{exp.id}: {p}" for p in problems]
@@ -168,9 +181,34 @@ def _choices(exp: Experiment) -> list[str]:
             "train.distributed: fsdp does not shard a quantised base here; use ddp (the base is "
             "small already) or an unquantised base"
         )
+    if exp.train.lr_scheduler not in schedulers():
+        problems.append(
+            f"train.lr_scheduler: {str(exp.train.lr_scheduler)[:40]!r} is not a schedule these runs can step "
+            f"(transformers' names that need no extra arguments: {', '.join(schedulers())})"
+        )
     if exp.train.fused_loss == "liger" and importlib.util.find_spec("liger_kernel") is None:
         problems.append("train.fused_loss: liger needs liger-kernel (pip install 'peftbench[speed]'), or use chunked")
     return problems
+
+
+@functools.cache
+def schedulers() -> tuple[str, ...]:
+    """transformers' scheduler names that the loop can build and step with a step count alone (others
+    want a metric per step, as reduce_lr_on_plateau does, or arguments of their own): each one tried."""
+    import torch
+    from transformers import SchedulerType, get_scheduler
+
+    ok = []
+    for name in SchedulerType:
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        try:
+            scheduler = get_scheduler(name.value, optimizer=optimizer, num_warmup_steps=1, num_training_steps=4)
+            optimizer.step()
+            scheduler.step()
+            ok.append(name.value)
+        except (TypeError, ValueError):
+            pass
+    return tuple(ok)
 
 
 def _ranges(exp: Experiment) -> list[str]:
@@ -263,6 +301,13 @@ def check_out_dir(out: Path) -> None:
             pass
     except OSError as e:
         raise ConfigError(f"--out {out}: {probe} is not writable ({e.strerror})") from None
+    free = fs.free_bytes(probe)
+    if free is not None and free < MIN_FREE_BYTES:  # an empty probe file still fits on a full disk
+        raise ConfigError(
+            f"--out {out}: {human_bytes(free)} free on its file system, a run needs at least "
+            f"{human_bytes(MIN_FREE_BYTES)} (results, the adapter, a scratch copy of the model); "
+            f"free space or use another --out"
+        )
 
 
 def _raise(errors: list[str]) -> None:
@@ -289,6 +334,12 @@ def suite_from_dict(
             errors.append(f"{exp.id}: duplicate experiment id (give one an explicit id)")
         seen.add(exp.id)
         errors += validate(exp)
+        errors += [
+            f"{run.run_id[:40]}...: file names of {results.longest_name(run.run_id)} bytes, past the file system's "
+            f"{results.NAME_MAX} (a shorter id or seed)"
+            for run in (runs_of(exp) if not errors else [])
+            if results.longest_name(run.run_id) > results.NAME_MAX
+        ]
     log_with = tracking.parse(raw.get("log_with")) if isinstance(raw, dict) else []
     errors += tracking.check(log_with)
     _raise(errors)
@@ -319,11 +370,9 @@ def find_suite(name_or_path: str) -> Path:
 def load_suite(name_or_path: str, *, overrides: list[str] | None = None, seeds: list[int] | None = None) -> Suite:
     path = find_suite(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = strictyaml.load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(e, 'problem', e)})") from None
+        raise ConfigError(f"{path}: invalid YAML ({strictyaml.describe(e)})") from None
     except (UnicodeDecodeError, OSError) as e:
         raise ConfigError(f"{path}: cannot be read as UTF-8 text ({e})") from None
     return suite_from_dict(raw, name=path.stem, overrides=overrides, seeds=seeds, path=str(path))

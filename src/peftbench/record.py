@@ -18,8 +18,8 @@ import time
 import traceback
 from pathlib import Path
 
-from peftbench import results
-from peftbench.errors import Cancelled, Diverged, Skipped
+from peftbench import fs, results
+from peftbench.errors import Cancelled, Diverged, FolderError, Skipped
 from peftbench.faults import fault_point
 from peftbench.plan import Run
 from peftbench.results import Result
@@ -53,12 +53,8 @@ def _known_so_far(result: Result, recipe) -> None:
     if getattr(recipe, "params", None):
         total, trainable = recipe.params
         result.params = {"total": total, "trainable": trainable}
-    if getattr(recipe, "resolved", None):
-        result.resolved = {
-            k: v
-            for k, v in recipe.resolved.items()
-            if k in ("device", "num_processes", "distributed", "quantization", "mixed_precision")
-        }
+    if getattr(recipe, "settings", None):
+        result.resolved = recipe.settings.to_dict()
 
 
 def execute(
@@ -74,17 +70,8 @@ def execute(
         result = recipe.run()
     except (Cancelled, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Cancelled) else signal.SIGINT
-        results.write_result(
-            out_dir,
-            failure(
-                run,
-                "cancelled",
-                f"cancelled by {signal.Signals(signum).name}",
-                started=started,
-                device=device,
-                attempt=attempt,
-            ),
-        )
+        why = f"cancelled by {signal.Signals(signum).name}"
+        record(out_dir, failure(run, "cancelled", why, started=started, device=device, attempt=attempt))
         raise Cancelled(signum) from None
     except Skipped as e:  # cannot run on this machine: recorded as such, and the suite goes on
         result = failure(run, "skipped", str(e), started=started, device=device, attempt=attempt)
@@ -92,6 +79,7 @@ def execute(
         tb = traceback.format_exc(limit=20)
         log.debug("run %s failed\n%s", run.run_id, tb)
         message = str(e) if isinstance(e, Diverged) else f"{type(e).__name__}: {e}".strip()
+        message = fs.write_problem(e, out_dir) or message
         result = failure(run, "failed", message, started=started, device=device, attempt=attempt, tb=tb)
         _known_so_far(result, recipe)
     finally:
@@ -100,6 +88,18 @@ def execute(
         free_cached_memory()
     if result is None or int(os.environ.get("RANK", "0") or 0) != 0:  # one process records (the main one)
         return None
-    results.write_result(out_dir, result)
+    record(out_dir, result)
     fault_point("result-written", run.run_id)
     return result
+
+
+def record(out_dir: Path, result: Result) -> None:
+    """Write the result; a folder that takes no more writes (full, read-only) ends the suite with
+    ``FolderError`` (exit 1: runs have started), the lock released on the way out."""
+    try:
+        results.write_result(out_dir, result)
+    except OSError as e:
+        problem = fs.write_problem(e, out_dir)
+        if problem is None:
+            raise
+        raise FolderError(f"{result.run_id}: not recorded: {problem}", code=1) from None

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import logging
 import math
 import os
 import platform
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import typing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -36,6 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from peftbench.errors import ConfigError
+from peftbench.typecheck import fits
+
+log = logging.getLogger("peftbench")
 
 SCHEMA = "peftbench.result/2"
 STATUSES = ("success", "failed", "cancelled", "skipped")
@@ -82,14 +87,29 @@ class Result:
 
     @classmethod
     def from_dict(cls, d: Any) -> Result | None:
-        """A record read back, or None when it is not a /2 result (other schema, missing keys)."""
-        if not isinstance(d, dict) or d.get("schema") != SCHEMA or d.get("status") not in STATUSES:
-            return None
-        names = {f.name for f in dataclasses.fields(cls)}
-        try:
-            return cls(**{k: v for k, v in d.items() if k in names})
-        except TypeError:
-            return None
+        """A record read back, or None when it is not a /2 result (other schema, missing keys, a
+        field of the wrong kind)."""
+        return None if problem_of(d) else cls(**{k: v for k, v in d.items() if k in _FIELDS})
+
+
+_FIELDS = {f.name for f in dataclasses.fields(Result)}
+
+
+def problem_of(d: Any) -> str | None:
+    """Why ``d`` is not a /2 result record (None when it is one): the report names it and skips it."""
+    if not isinstance(d, dict):
+        return f"not a JSON object ({type(d).__name__})"
+    if d.get("schema") != SCHEMA:
+        return f"schema {str(d.get('schema'))[:40]!r}, not {SCHEMA}"
+    if d.get("status") not in STATUSES:
+        return f"status {str(d.get('status'))[:40]!r} is not one of {', '.join(STATUSES)}"
+    hints = typing.get_type_hints(Result)
+    required = [f.name for f in dataclasses.fields(Result) if dataclasses.MISSING is f.default is f.default_factory]
+    missing = [name for name in required if name not in d]
+    if missing:
+        return f"no {', '.join(missing)}"
+    wrong = [k for k in _FIELDS if k in d and not fits(d[k], hints[k])]
+    return f"{', '.join(sorted(wrong))}: not of the documented kind" if wrong else None
 
 
 def now() -> str:
@@ -171,10 +191,48 @@ def result_path(out_dir: Path, run_id: str) -> Path:
     return Path(out_dir) / "results" / f"{run_id}.json"
 
 
+def payload_path(out_dir: Path, run_id: str, attempt: str) -> Path:
+    """The run's instructions to its child process (removed when the child ends)."""
+    return Path(out_dir) / "results" / f".{run_id}.payload-{attempt}.json"
+
+
+NAME_MAX = 255  # bytes of one file name on the usual file systems (ext4, xfs, btrfs, tmpfs, APFS)
+
+
+def longest_name(run_id: str) -> int:
+    """Bytes of the longest file name a run writes: the payload's temporary file (a dot, the payload's name
+    with its 12-character attempt, a dot and mkstemp's 8 characters); results, attempts, adapter temp
+    folders (``.<run>-XXXXXXXX``) and the old adapter's (``.<run>-old-<pid>``) are shorter."""
+    payload = payload_path(Path(), run_id, "0" * 12).name
+    return len(f".{payload}.{'x' * 8}".encode())
+
+
+def attempt_path(out_dir: Path, run_id: str) -> Path:
+    """Where a failed or cancelled attempt is kept while the run's last success stands in ``results/``."""
+    return Path(out_dir) / "attempts" / f"{run_id}.json"
+
+
 def write_result(out_dir: Path, result: Result) -> Path:
+    """``results/<run>.json``; but a failed, cancelled or skipped attempt never replaces a success: it
+    goes to ``attempts/<run>.json`` beside it (the success and its adapter stay until a new one succeeds)."""
     path = result_path(out_dir, result.run_id)
+    if result.status != "success":
+        kept = read_result(path)
+        if kept is not None and kept.status == "success":
+            path = attempt_path(out_dir, result.run_id)
     write_json_atomic(path, result.to_dict())
+    if result.status == "success":
+        attempt_path(out_dir, result.run_id).unlink(missing_ok=True)
     return path
+
+
+def read_attempt(out_dir: Path, run_id: str, attempt: str) -> Result | None:
+    """What the attempt ``attempt`` recorded, wherever ``write_result`` put it."""
+    for path in (result_path(out_dir, run_id), attempt_path(out_dir, run_id)):
+        r = read_result(path)
+        if r is not None and r.attempt == attempt:
+            return r
+    return None
 
 
 # ---------------------------------------------------------------- reading
@@ -199,11 +257,34 @@ def state(path: Path, config_hash: str) -> str:
     return "done" if r.status == "success" else r.status
 
 
+def describe(out_dir: Path, run_id: str, config_hash: str) -> str:
+    """``state`` in words for ``peftbench list``, naming a failed attempt kept beside a success:
+    ``stale (last attempt failed: ...)``."""
+    s = state(result_path(out_dir, run_id), config_hash)
+    tried = read_result(attempt_path(out_dir, run_id))
+    if tried is None:
+        return s
+    error = " ".join(str(tried.error or "").split())
+    return f"{s} (last attempt {tried.status}: {error[:120]}{'...' if len(error) > 120 else ''})"
+
+
 def load_results(folder: Path) -> list[dict]:
-    """Every /2 result below ``folder`` (``results/*.json`` or the folder itself), sorted by run id."""
+    """Every /2 result below ``folder`` (``results/*.json`` or the folder itself), sorted by run id; a
+    file that is no such record is skipped with a one-line warning naming it."""
     folder = Path(folder)
     base = folder / "results" if (folder / "results").is_dir() else folder
-    out = [r.to_dict() for r in (read_result(f) for f in sorted(base.glob("*.json"))) if r]
+    out = []
+    for f in sorted(base.glob("*.json")):
+        try:
+            d = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            log.warning("skipped %s: not readable JSON (%s)", f, " ".join(str(e).split())[:120])
+            continue
+        why = problem_of(d)
+        if why:
+            log.warning("skipped %s: not a peftbench result (%s)", f, why)
+            continue
+        out.append(Result.from_dict(d).to_dict())
     return sorted(out, key=lambda d: d["run_id"])
 
 
@@ -231,9 +312,10 @@ class FolderLock:
                 f"--out {self.path.parent}: in use by another peftbench run ({holder}); "
                 "wait for it or use another --out"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now()}".encode())
         self.fd = fd
+        with contextlib.suppress(OSError):  # who holds it: words for the next run's message, if they fit
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now()}".encode())
         return self
 
     def __exit__(self, *exc) -> bool:
@@ -248,7 +330,7 @@ class FolderLock:
 def clean_stale(out_dir: Path) -> list[Path]:
     """Remove temp files and folders that a killed run left behind (hold the lock first)."""
     out_dir = Path(out_dir)
-    stale = [*(out_dir / "adapters").glob(".*"), *(out_dir / "results").glob(".*")]
+    stale = [p for d in ("adapters", "results", "attempts") for p in (out_dir / d).glob(".*")]
     for p in stale:
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)

@@ -28,8 +28,8 @@ import time
 import uuid
 from pathlib import Path
 
-from peftbench import results
-from peftbench.errors import Cancelled, ConfigError
+from peftbench import fs, results
+from peftbench.errors import Cancelled, ConfigError, FolderError, keep_cancellations
 from peftbench.plan import Run, plan_runs
 from peftbench.results import Result
 
@@ -93,6 +93,8 @@ class _Signals:
 
     def __enter__(self):
         self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        if self.in_process:
+            keep_cancellations()
         return self
 
     def __exit__(self, *exc):
@@ -149,7 +151,7 @@ def run_in_child(
 ) -> Result:
     """Start the run in a fresh process and return what it recorded, or record how it died."""
     attempt = uuid.uuid4().hex[:12]
-    payload = out_dir / "results" / f".{run.run_id}.payload-{attempt}.json"
+    payload = results.payload_path(out_dir, run.run_id, attempt)
     results.write_json_atomic(
         payload, run_payload(run, out_dir=out_dir, device=device, attempt=attempt, tracking=tracking)
     )
@@ -161,8 +163,8 @@ def run_in_child(
     finally:
         guard.child = None
         payload.unlink(missing_ok=True)
-    recorded = results.read_result(results.result_path(out_dir, run.run_id))
-    if recorded is not None and recorded.attempt == attempt:
+    recorded = results.read_attempt(out_dir, run.run_id, attempt)
+    if recorded is not None:
         return recorded
     from peftbench.record import failure
 
@@ -229,9 +231,9 @@ def run_suite(
         echo = lambda *a, **k: None  # noqa: E731  (every rank runs the loop; one talks)
     out_dir = Path(out_dir)
     in_process = in_process or launched
-    failed = 0
+    failed = started = 0
     lock = results.FolderLock(out_dir) if main else contextlib.nullcontext()
-    with lock, _Signals(in_process=in_process) as guard:
+    with lock, _Signals(in_process=in_process) as guard, _folder_errors(out_dir, lambda: started):
         if main:
             for p in results.clean_stale(out_dir):
                 log.info("removed %s, left by an interrupted run", p)
@@ -243,6 +245,7 @@ def run_suite(
                 echo(f"[{i}/{len(runs)}] {run.run_id}: done, skipped (--force reruns)")
                 continue
             echo(f"[{i}/{len(runs)}] {run.run_id}: running" + (" (config changed)" if state == "stale" else ""))
+            started += 1
             if in_process:
                 result = _run_here(run, out_dir=out_dir, device=device, guard=guard, tracking=tracking)
             else:
@@ -250,7 +253,7 @@ def run_suite(
             if guard.received:
                 echo(f"[{i}/{len(runs)}] {run.run_id}: cancelled")
                 break
-            failed += _announce(f"[{i}/{len(runs)}] {run.run_id}", result, echo)
+            failed += _announce(f"[{i}/{len(runs)}] {run.run_id}", result, echo, out_dir=out_dir)
         if report and main:
             _report(out_dir, echo)
     if guard.received:
@@ -258,27 +261,43 @@ def run_suite(
     return 1 if failed else 0
 
 
+@contextlib.contextmanager
+def _folder_errors(out_dir: Path, started):
+    """A full or read-only ``--out`` ends the suite in one line (``FolderError``): exit 2 while no run
+    has started, 1 after (``started()`` counts them); the lock is released on the way out."""
+    try:
+        yield
+    except OSError as e:
+        problem = fs.write_problem(e, out_dir)
+        if problem is None:
+            raise
+        raise FolderError(problem, code=1 if started() else 2) from None
+
+
 def _run_here(run, *, out_dir: Path, device: str, guard, tracking: dict | None):
     """One run in this process (``--in-process``, or under a launcher); a signal cancels it."""
     from peftbench.record import execute
 
     try:
-        return execute(run, out_dir=out_dir, device=device, tracking=tracking)
+        return execute(run, out_dir=out_dir, device=device, attempt=uuid.uuid4().hex[:12], tracking=tracking)
     except Cancelled as c:
         guard.received = c.signum
         return None
 
 
-def _announce(head: str, result, echo) -> int:
+def _announce(head: str, result, echo, *, out_dir: Path) -> int:
     """One line for a run's outcome; 1 when it failed (None: another process records it)."""
     if result is None:
         return 0
+    kept = ""
+    if result.status != "success" and results.attempt_path(out_dir, result.run_id).is_file():
+        kept = f" (the last success stays in {results.result_path(out_dir, result.run_id)})"
     if result.status == "success":
         echo(f"{head}: {_summary_line(result)}")
     elif result.status == "skipped":
-        echo(f"{head}: skipped: {result.error}")
+        echo(f"{head}: skipped: {result.error}{kept}")
     else:
-        echo(f"{head}: FAILED {result.error}")
+        echo(f"{head}: FAILED {result.error}{kept}")
         return 1
     return 0
 
@@ -308,11 +327,13 @@ def _summary_line(r: Result) -> str:
 
 def read_payload(path: Path) -> tuple[Run, dict]:
     """The child's side of ``run_payload``."""
-    from peftbench.config import build_experiment
+    from peftbench.config import build_experiment, config_hash
 
     d = json.loads(Path(path).read_text(encoding="utf-8"))
     errors: list[str] = []
     exp = build_experiment(d["exp"], errors=errors)
     if errors:
         raise ConfigError("; ".join(errors))
+    if config_hash(exp) != d["config_hash"]:  # the child trains exactly the config the plan hashed
+        raise RuntimeError(f"the payload's config hashes to {config_hash(exp)}, the plan's to {d['config_hash']}")
     return Run(exp, d["experiment_id"], d["run_id"], d["seed"], d["sweep"], d["config_hash"]), d

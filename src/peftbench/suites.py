@@ -1,7 +1,7 @@
 """Suite files -> experiments: defaults, explicit experiments, a matrix of axes, a seed axis.
 
 Usage:
-    name, description, experiments = experiments_from_raw(yaml.safe_load(text), name="demo",
+    name, description, experiments = experiments_from_raw(strictyaml.load(text), name="demo",
                                                           overrides=["train.max_steps=50"], seeds=None,
                                                           errors=errors)
 
@@ -17,16 +17,41 @@ import itertools
 import re
 from typing import Any
 
-from peftbench.config import (
-    ID_RE,
-    SECTIONS,
-    SUITE_KEYS,
-    Experiment,
-    build_experiment,
-    deep_merge,
-    parse_set,
-)
+import yaml
+
+from peftbench import strictyaml
+from peftbench.config import ID_RE, SECTIONS, SUITE_KEYS, Experiment, build_experiment
 from peftbench.errors import ConfigError
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "fields":
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_set(items: list[str] | None) -> dict:
+    """``["train.max_steps=5", "method.target_modules=[q,v]"]`` -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected section.field=value")
+        parts = key.strip().split(".")
+        if len(parts) != 2 or parts[0] not in SECTIONS:
+            raise ConfigError(f"--set {item!r}: key must be section.field with section one of {', '.join(SECTIONS)}")
+        try:
+            value = strictyaml.load(raw) if raw.strip() else None
+        except strictyaml.Refused as e:
+            raise ConfigError(f"--set {key.strip()}: {strictyaml.describe(e)}") from None
+        except yaml.YAMLError:
+            value = raw
+        out.setdefault(parts[0], {})[parts[1]] = value
+    return out
 
 
 def expand_matrix(matrix: dict, errors: list[str]) -> list[dict]:

@@ -1,8 +1,8 @@
 """The training loop: accelerate.Accelerator, AdamW, warm-up + decay, gradient accumulation.
 
 Usage:
-    out = train(model, features, args=train_args, accelerator=acc, pad_id=0, learning_rate=2e-4,
-                speed=speed.resolve(...), evaluate=lambda step: {...})
+    out = train(model, features, args=train_args, settings=settings, accelerator=acc, pad_id=0,
+                evaluate=lambda step: {...})      # settings: peftbench.settings.Settings
     out.loss_curve, out.eval_curve, out.laps, out.seconds, out.tokens_per_second, out.peak_memory_bytes
 
 Nothing here reads a clock: the steps run inside a ``WorkTimer`` and a ``MemoryTracker``, and
@@ -33,6 +33,7 @@ from peftbench.distributed import peak_per_process, shard
 from peftbench.errors import Diverged
 from peftbench.measure import MemoryTracker, Throughput, WorkTimer
 from peftbench.measure.memory import tensor_bytes
+from peftbench.settings import Settings
 from peftbench.speed import CompiledRegions, LossModule
 
 WARMUP_STEPS = 2  # laps of their own, left out of the steady rate
@@ -124,12 +125,6 @@ def varying(features: list[dict]) -> bool:
     return len({len(f["input_ids"]) for f in features}) > 1
 
 
-def total_steps(args: TrainArgs, n_batches: int) -> int:
-    if args.max_steps > 0:
-        return args.max_steps
-    return max(1, math.ceil(n_batches * args.epochs / args.gradient_accumulation_steps))
-
-
 def log_every(args: TrainArgs, device_type: str) -> int:
     """``log_steps``, or when unset: every step on CPU, every 10 on GPUs (each read is a host sync)."""
     return args.log_steps if args.log_steps else (10 if device_type == "cuda" else 1)
@@ -153,26 +148,26 @@ def _optimizer(params, *, learning_rate: float, args: TrainArgs, fused: bool):
     return torch.optim.AdamW(params, lr=learning_rate, weight_decay=args.weight_decay, **kw)
 
 
-def _prepare(model, loader, *, args, accelerator, speed: dict, learning_rate: float, steps: int, dynamic):
+def _prepare(model, loader, *, args, settings: Settings, accelerator, speed: dict, dynamic):
     """The loss module, optimizer, loader and schedule, placed by accelerate (or sharded: FSDP2), and
-    the compiled regions when blocks are compiled one by one."""
+    the compiled regions when blocks are compiled one by one. The schedule is not given to accelerate:
+    its ``AcceleratedScheduler`` steps once per process on every optimizer step (for a schedule sized
+    for one process's data), so two processes reached the end of a ``max_steps`` schedule halfway.
+    The loop steps it once per optimizer step instead, on every process alike."""
     from transformers import get_scheduler
 
     module = LossModule(model, fused_loss=speed["fused_loss"])
     if speed["sharded"]:  # FSDP2 replaces the parameters with shards: the optimizer is built on those
         speed["sharded"] = shard(module, mixed_precision=accelerator.mixed_precision) or True
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _optimizer(params, learning_rate=learning_rate, args=args, fused=speed["fused_optimizer"])
-    scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=int(args.warmup_ratio * steps),
-        num_training_steps=steps,
-    )
+    optimizer = _optimizer(params, learning_rate=settings.learning_rate, args=args, fused=speed["fused_optimizer"])
+    steps = settings.total_steps
+    warmup = int(args.warmup_ratio * steps)
+    scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=warmup, num_training_steps=steps)
     if speed["sharded"]:  # not wrapped again (DDP): the loop's autocast gives the mixed precision
-        optimizer, loader, scheduler = accelerator.prepare(optimizer, loader, scheduler)
+        optimizer, loader = accelerator.prepare(optimizer, loader)
     else:
-        module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
+        module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
     regions = None
     if speed["compile"] == "regions":
         regions = CompiledRegions(model, dynamic=dynamic)
@@ -181,7 +176,7 @@ def _prepare(model, loader, *, args, accelerator, speed: dict, learning_rate: fl
     return module, optimizer, loader, scheduler, params, regions
 
 
-def _setup(model, features, *, args, accelerator, pad_id, speed, learning_rate, hooks) -> tuple[_Loop, DataLoader]:
+def _setup(model, features, *, args, settings, accelerator, pad_id, speed, hooks) -> tuple[_Loop, DataLoader]:
     """The loader, and the loop over the prepared (or sharded, or compiled) module and optimizer."""
     start_id = getattr(getattr(model, "config", None), "decoder_start_token_id", None) or 0
     multiple_of = 8 if accelerator.device.type == "cuda" else 1
@@ -194,18 +189,14 @@ def _setup(model, features, *, args, accelerator, pad_id, speed, learning_rate, 
         speed=speed,
         start_id=start_id,
     )
-    steps = total_steps(args, len(loader))
     dynamic = True if varying(features) else None  # compiled for dynamic shapes at once, not on a recompile
     module, optimizer, loader, scheduler, params, regions = _prepare(
-        model,
-        loader,
-        args=args,
-        accelerator=accelerator,
-        speed=speed,
-        learning_rate=learning_rate,
-        steps=steps,
-        dynamic=dynamic,
+        model, loader, args=args, settings=settings, accelerator=accelerator, speed=speed, dynamic=dynamic
     )
+    if len(loader) != settings.batches_per_epoch:  # the steps were counted for another split of the data
+        raise RuntimeError(
+            f"each process draws {len(loader)} batches per epoch, {settings.batches_per_epoch} were planned"
+        )
     loop = _Loop(
         args=args,
         accelerator=accelerator,
@@ -213,8 +204,8 @@ def _setup(model, features, *, args, accelerator, pad_id, speed, learning_rate, 
         optimizer=optimizer,
         scheduler=scheduler,
         params=params,
-        steps=steps,
-        learning_rate=learning_rate,
+        steps=settings.total_steps,
+        learning_rate=settings.learning_rate,
         regions=regions,
         log_steps=log_every(args, accelerator.device.type),
         **hooks,
@@ -227,20 +218,20 @@ def train(
     features: list[dict],
     *,
     args: TrainArgs,
+    settings: Settings,
     accelerator,
     pad_id: int,
-    learning_rate: float,
-    speed: dict | None = None,
     evaluate: Callable[[int], dict] | None = None,
     progress: Callable[[int, float, float], None] | None = None,
     step_hook: Callable[[int], None] | None = None,
     on_log: Callable[[dict, int], None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place; ``step_hook(step)`` runs after each optimizer step, before the
+    """Train ``model`` in place for ``settings.total_steps`` optimizer steps at ``settings.learning_rate``
+    with ``settings.speed``'s switches; ``step_hook(step)`` runs after each optimizer step, before the
     gradients are cleared (AdaLoRA's rank reallocation); ``on_log(values, step)`` gets each logged
     loss and evaluation (experiment trackers)."""
 
-    speed = {**PLAIN, **(speed or {})}
+    speed = {**PLAIN, **(settings.speed or {})}
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     hooks = {"step_hook": step_hook, "on_log": on_log, "evaluate": evaluate, "progress": progress}
@@ -248,10 +239,10 @@ def train(
         model,
         features,
         args=args,
+        settings=settings,
         accelerator=accelerator,
         pad_id=pad_id,
         speed=speed,
-        learning_rate=learning_rate,
         hooks=hooks,
     )
     regions = loop.regions
@@ -321,8 +312,9 @@ class _Loop:
             self.acc.backward(loss)
             if self.acc.sync_gradients and self.args.max_grad_norm > 0:
                 self.acc.clip_grad_norm_(self.params, self.args.max_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
+            self.optimizer.step()  # accelerate's optimizer skips this between accumulated micro-batches
+            if self.acc.sync_gradients and not getattr(self.optimizer, "step_was_skipped", False):
+                self.scheduler.step()  # once per optimizer step taken (fp16 skips a step on overflow)
             if self.step_hook and self.acc.sync_gradients:
                 self.step_hook(self.step + 1)
             self.optimizer.zero_grad(set_to_none=True)

@@ -17,7 +17,7 @@ import io
 import re
 from pathlib import Path
 
-from peftbench.methods import CURATED
+from peftbench.methodspecs import CURATED
 from peftbench.report.aggregate import Agg, against_base, aggregate, summarize, unmerged_overhead, verdicts
 from peftbench.report.metrics import METRICS, PRIMARY_QUALITY, QUALITY, TABLE_COLUMNS, fmt, get_in, is_random
 from peftbench.report.plots import PARETO_AXES, pareto_sets, plot_group
@@ -314,6 +314,16 @@ def _blocks(out_dir: Path, results: list[dict], aggs: list[Agg]) -> tuple[list[t
                 "table",
                 ["run", "status", "error"],
                 [[r.get("run_id", "?"), r.get("status", "?"), str(r.get("error", ""))[:300]] for r in bad],
+            )
+        )
+    attempts = load_results(out_dir / "attempts") if (out_dir / "attempts").is_dir() else []
+    if attempts:  # a rerun that did not succeed: its run's last success is what the tables above report
+        blocks.append(("h2", "Later attempts that did not succeed (the last success is reported)"))
+        blocks.append(
+            (
+                "table",
+                ["run", "attempt", "finished", "error"],
+                [[a["run_id"], a["status"], a.get("finished_at") or "", str(a.get("error"))[:300]] for a in attempts],
             )
         )
     return blocks, verdict_groups
