@@ -1,6 +1,6 @@
 # make demo: set up .venv, then run the offline demo suite (CPU is fine; ~10 min on 2 cores)
 # make test: set up .venv, then run the test suite
-# make lint: ruff check, ruff format --check and the size limits (run by .ci/run before the tests)
+# make lint: ruff check, ruff format --check, the size limits and the import rules (run by .ci/run before the tests)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -27,11 +27,13 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# make lint: ruff (rules and format in pyproject.toml) and the house limits (functions <= 60 lines, modules <= 400)
+# make lint: ruff (rules and format in pyproject.toml), the house limits (functions <= 60 lines, modules <= 600,
+# a warning over 400) and the import rules (layers, no circle, torch-free parts: tools/check_imports.py)
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python tools/check_sizes.py
+	$(BIN)/python tools/check_imports.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -28,10 +28,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from peftbench import methods, models  # noqa: E402
+from peftbench.catalog import (
+    methods,
+    models,  # noqa: E402
+)
+from peftbench.catalog.models import resolve_dtype  # noqa: E402
 from peftbench.measure import measure_latency  # noqa: E402
 from peftbench.measure.inference import make_inputs  # noqa: E402
-from peftbench.models import resolve_dtype  # noqa: E402
 from peftbench.results import capture_env  # noqa: E402
 
 VARIANTS = ["base", "lora merged", "lora unmerged", "ia3 merged", "ia3 unmerged"]

@@ -17,7 +17,7 @@ WORDS = (
 
 
 def main(out: Path) -> None:
-    from peftbench import models
+    from peftbench.catalog import models
 
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)

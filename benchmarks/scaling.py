@@ -39,13 +39,13 @@ from peftbench.report.scaling import fits_lines, fits_table, plot_scaling, scali
 
 
 def params_of(model: str) -> int:
-    from peftbench import models
+    from peftbench.catalog import models
 
     return models.count_parameters(models.build_random(model, seed=0, device="meta"))[0]
 
 
 def family_of(spec: str) -> str:
-    from peftbench import models
+    from peftbench.catalog import models
 
     return "seq2seq" if models.is_seq2seq_spec(spec) else "causal"
 

@@ -36,11 +36,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from peftbench import methods, models  # noqa: E402
-from peftbench.batches import IGNORE, pad_batch  # noqa: E402
-from peftbench.config import TrainArgs  # noqa: E402
-from peftbench.speed import resolve  # noqa: E402
-from peftbench.train import PLAIN, make_loader, varying  # noqa: E402
+from peftbench.catalog import (
+    methods,
+    models,  # noqa: E402
+)
+from peftbench.catalog.batches import IGNORE, pad_batch  # noqa: E402
+from peftbench.run.speed import resolve  # noqa: E402
+from peftbench.run.train import PLAIN, make_loader, varying  # noqa: E402
+from peftbench.spec.config import TrainArgs  # noqa: E402
 
 PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12}
 WARMUP = 10  # steps left out of the steady rate (compilation, recompilation for new shapes)
@@ -94,9 +97,9 @@ def sync(device):
 
 
 def run_peftbench(shape, method, feats, *, steps, batch, device, profile=None, overrides=None) -> dict:
-    from peftbench.distributed import make_accelerator
-    from peftbench.settings import for_loop
-    from peftbench.train import train
+    from peftbench.run.distributed import make_accelerator
+    from peftbench.run.settings import for_loop
+    from peftbench.run.train import train
 
     model, lr = build(shape, method, device)
     task, family = WORKLOADS[shape]

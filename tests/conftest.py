@@ -59,9 +59,18 @@ def data_dir(tmp_path_factory):
 def save_tiny(tmp_path_factory, shape: str):
     """A tiny random model and the byte tokenizer saved to a folder: it loads like a pretrained model,
     so quality is scored."""
-    from peftbench import models
+    from peftbench.catalog import models
 
     d = tmp_path_factory.mktemp(shape)
     models.build_random(shape, seed=0).save_pretrained(d)
     models.load_tokenizer("bytes").save_pretrained(d)
     return d
+
+
+def single(command: str, model: str, method: str, task: str, dataset: str) -> list[str]:
+    """The argv of a one-experiment command: ``peftbench COMMAND --model M --method X --task T --dataset D``."""
+    return [command, "--model", model, "--method", method, "--task", task, "--dataset", dataset]
+
+
+# measurement settings small enough for tests (every timed scenario still runs, with two iterations)
+FAST_MEASURE = {"warmup": 0, "iterations": 2, "min_seconds": 0.0, "large_batch_size": 0, "seq_len": 16, "new_tokens": 3}

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from peftbench import config, plan
 from peftbench.errors import ConfigError
+from peftbench.run import plan
+from peftbench.spec import config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,6 +126,43 @@ def test_shipped_suites_load_and_validate(name):
     methods = {e.method.name for e in s.experiments}
     assert {"none", "full", "lora", "ia3"} <= methods
     assert {e.data.task for e in s.experiments} == {"summarization", "classification", "language-modeling"}
+
+
+SHIPPED = sorted(p.relative_to(ROOT) for d in ("experiments", "benchmarks") for p in (ROOT / d).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=str)
+def test_every_shipped_yaml_loads_and_plans(path, tmp_path, monkeypatch):
+    """Each suite file, and the scaling study's suites as benchmarks/scaling.py builds them; the GPU smoke
+    suite on the data benchmarks/make_data.py writes (its paths moved into this test's folder)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    monkeypatch.setattr(sys, "path", sys.path)
+    text = (ROOT / path).read_text()
+    if "/tmp/pbdata" in text:
+        made = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "make_data.py"), str(tmp_path)])
+        assert made.returncode == 0
+        (tmp_path / "suite.yaml").write_text(text.replace("/tmp/pbdata", str(tmp_path)))
+        suites = [plan.load_suite(str(tmp_path / "suite.yaml"))]
+    elif path.name == "scaling.yaml":
+        import scaling
+
+        study = yaml.safe_load(text)
+        suites = [
+            plan.suite_from_dict(scaling.suite_for(study, m, study["methods"], g), name="s")
+            for m in study["models"]
+            for g in (1, 2)
+        ]
+    else:
+        suites = [plan.load_suite(str(ROOT / path))]
+    for s in suites:
+        runs = plan.plan_runs(s)
+        assert runs and len({r.run_id for r in runs}) == len(runs)
+        assert all(config.hash_of(r.exp.to_dict()) == r.config_hash for r in runs)
 
 
 def test_seed_suite_is_the_original_study():

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from peftbench import data
-from peftbench.config import DataArgs
+from peftbench.catalog import data
 from peftbench.errors import ConfigError
+from peftbench.spec.config import DataArgs
 
 
 def args(path, task, **kw):

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import single
 
-from peftbench import cli, models
-from peftbench.config import TrainArgs
-from peftbench.distributed import strategy
+from peftbench import cli
+from peftbench.catalog import models
+from peftbench.run.distributed import strategy
+from peftbench.spec.config import TrainArgs
 
 # Published parameter counts (the model cards'), from shapes alone: tied embeddings counted once.
 PUBLISHED = {
@@ -58,15 +60,7 @@ def test_strategy_is_single_with_one_process_and_ddp_by_default():
 def test_bad_distributed_settings_exit_2(tmp_path, monkeypatch, capsys, setting, fragment):
     monkeypatch.chdir(tmp_path)
     argv = [
-        "run",
-        "--model",
-        "random:tiny-llama",
-        "--method",
-        "lora",
-        "--task",
-        "classification",
-        "--dataset",
-        "hf:imdb",
+        *single("run", "random:tiny-llama", "lora", "classification", "hf:imdb"),
         "--set",
         "train.distributed=fsdp",
         "--set",

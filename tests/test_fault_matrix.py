@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from peftbench import cli, config, data, plan, record, results
-from peftbench.config import DataArgs
+from peftbench import cli, results
+from peftbench.catalog import data
+from peftbench.run import plan, record
+from peftbench.spec import config
+from peftbench.spec.config import DataArgs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -164,7 +167,7 @@ BAD = [
 
 @pytest.mark.parametrize("extra, fragment", BAD, ids=[b[1][:30] for b in BAD])
 def test_bad_values_are_refused_before_anything_loads(tmp_path, data_dir, monkeypatch, capsys, extra, fragment):
-    from peftbench import models
+    from peftbench.catalog import models
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("a model was loaded"))

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import single
 
-from peftbench import cli, data, plan, results
-from peftbench.config import DataArgs
+from peftbench import cli, results
+from peftbench.catalog import data
+from peftbench.run import plan
+from peftbench.spec.config import DataArgs
 
 LM = [
     "--method",
@@ -276,15 +279,7 @@ def test_bad_input_is_caught_before_anything_is_written(tmp_path, data_dir, monk
 
 def test_lm_blocks_of_one_token_are_rejected(data_dir, capsys):
     argv = [
-        "list",
-        "--model",
-        "random:tiny-gpt2",
-        "--method",
-        "lora",
-        "--task",
-        "language-modeling",
-        "--dataset",
-        f"file:{data_dir}/lm.jsonl",
+        *single("list", "random:tiny-gpt2", "lora", "language-modeling", f"file:{data_dir}/lm.jsonl"),
         "--set",
         "data.max_source_length=1",
     ]
@@ -326,15 +321,7 @@ def _model_dir(tmp_path, name, files, config=None):
 def test_model_folders_are_refused_before_running(tmp_path, data_dir, capsys, name, files, config, fragment):
     d = _model_dir(tmp_path, name, files, config)
     argv = [
-        "run",
-        "--model",
-        str(d),
-        "--method",
-        "lora",
-        "--task",
-        "language-modeling",
-        "--dataset",
-        f"file:{data_dir}/lm.jsonl",
+        *single("run", str(d), "lora", "language-modeling", f"file:{data_dir}/lm.jsonl"),
         "--out",
         str(tmp_path / "out"),
     ]
@@ -374,7 +361,7 @@ def test_data_validation_reads_files_not_the_hub():
 def _documented_keys() -> list[str]:
     import dataclasses
 
-    from peftbench import config
+    from peftbench.spec import config
 
     keys = [f"{s}.{f.name}" for s, cls in config.SECTION_TYPES.items() for f in dataclasses.fields(cls)]
     return keys + ["method.r", "method.lora_alpha", "method.lora_dropout", "method.target_modules", "method.bias"]
@@ -434,15 +421,7 @@ def test_fuzzing_set_gives_exit_0_or_a_clean_exit_2(lm_file, tmp_path, capsys):
         st.floats(allow_nan=True, allow_infinity=True).map(repr),
     )
     base = [
-        "list",
-        "--model",
-        "random:tiny-gpt2",
-        "--method",
-        "lora",
-        "--task",
-        "language-modeling",
-        "--dataset",
-        f"file:{lm_file}",
+        *single("list", "random:tiny-gpt2", "lora", "language-modeling", f"file:{lm_file}"),
         "--out",
         str(tmp_path / "never"),
     ]

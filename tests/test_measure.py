@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from peftbench import models
+from peftbench.catalog import models
 from peftbench.measure import Latency, MemoryTracker, WorkTimer, dir_bytes, measure_latency
 from peftbench.measure.latency import percentile
 
@@ -101,8 +101,8 @@ def test_saved_bytes_are_written_once_per_architecture_and_dtype(tmp_path):
 
 @pytest.mark.parametrize("shape,family", [("tiny-gpt2", "causal"), ("tiny-t5", "seq2seq")])
 def test_static_cache_generation_gives_the_eager_tokens_and_is_reported_beside_it(shape, family):
-    from peftbench.config import MeasureArgs
     from peftbench.measure.inference import _gen_kwargs, make_inputs, measure_inference
+    from peftbench.spec.config import MeasureArgs
 
     model = models.build_random(shape, seed=0).eval()
     inputs = make_inputs(
@@ -149,8 +149,8 @@ def test_compiled_generation_compiles_the_decoding_step_and_keeps_the_tokens():
     too): the model then holds a compiled call, and its greedy tokens are the eager ones."""
     from transformers import CompileConfig
 
-    from peftbench.config import MeasureArgs
     from peftbench.measure.inference import _gen_kwargs, make_inputs, measure_inference
+    from peftbench.spec.config import MeasureArgs
 
     model = models.build_random("tiny-gpt2", seed=0).eval()
     args = MeasureArgs(

@@ -7,23 +7,17 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import save_tiny
+from conftest import FAST_MEASURE, save_tiny
 
-from peftbench import cli, methods, models
-from peftbench.config import TrainArgs
-from peftbench.loftq import NF4_LEVELS, nf4_roundtrip
+from peftbench import cli
+from peftbench.catalog import methods, models
+from peftbench.catalog.loftq import NF4_LEVELS, nf4_roundtrip
+from peftbench.spec.config import TrainArgs
 
 FAST = {
     "train": {"max_steps": 2, "batch_size": 4},
     "data": {"max_train_samples": 16, "max_eval_samples": 4, "max_source_length": 48, "max_target_length": 4},
-    "measure": {
-        "warmup": 0,
-        "iterations": 2,
-        "min_seconds": 0.0,
-        "large_batch_size": 0,
-        "seq_len": 16,
-        "new_tokens": 3,
-    },
+    "measure": {**FAST_MEASURE},
 }
 
 
@@ -94,8 +88,8 @@ def test_adalora_gets_the_run_length_and_its_rank_budget_each_step(prompt_runs):
 def test_adalora_hook_masks_ranks_down_to_the_target():
     from accelerate import Accelerator
 
-    from peftbench.settings import for_loop
-    from peftbench.train import train
+    from peftbench.run.settings import for_loop
+    from peftbench.run.train import train
 
     applied = methods.apply(
         name="adalora",

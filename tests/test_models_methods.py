@@ -7,10 +7,10 @@ import os
 import pytest
 import torch
 
-from peftbench import methods, models
-from peftbench.config import ModelArgs, TrainArgs
+from peftbench.catalog import methods, models
 from peftbench.errors import ConfigError
-from peftbench.settings import for_loop
+from peftbench.run.settings import for_loop
+from peftbench.spec.config import ModelArgs, TrainArgs
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_lora_at_init_leaves_logits_unchanged(name, family):
 def _train_steps(model, family, steps=3):
     from accelerate import Accelerator
 
-    from peftbench.train import train
+    from peftbench.run.train import train
 
     feats = [{"input_ids": list(range(5, 15)), "labels": list(range(5, 15))} for _ in range(8)]
     if family == "seq2seq":
@@ -184,8 +184,8 @@ def test_good_model_specs():
 def test_epochs_and_gradient_accumulation_count_optimizer_steps():
     from accelerate import Accelerator
 
-    from peftbench.settings import total_steps
-    from peftbench.train import train
+    from peftbench.run.settings import total_steps
+    from peftbench.run.train import train
 
     assert total_steps(TrainArgs(max_steps=-1, epochs=2.0, gradient_accumulation_steps=2), 5) == 5
     assert total_steps(TrainArgs(max_steps=7), 5) == 7

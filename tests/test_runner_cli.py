@@ -5,21 +5,17 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import save_tiny
+from conftest import FAST_MEASURE, save_tiny, single
 
-from peftbench import cli, config, models, plan, results, runner
+from peftbench import cli, results
+from peftbench.catalog import models
+from peftbench.run import plan, runner
+from peftbench.spec import config
 
 FAST = {
     "train": {"max_steps": 2, "batch_size": 4, "eval_steps": 1},
     "data": {"max_train_samples": 16, "max_eval_samples": 4, "max_source_length": 48, "max_target_length": 4},
-    "measure": {
-        "warmup": 0,
-        "iterations": 2,
-        "min_seconds": 0.0,
-        "large_batch_size": 2,
-        "seq_len": 16,
-        "new_tokens": 3,
-    },
+    "measure": {**FAST_MEASURE, "large_batch_size": 2},
 }
 
 
@@ -172,20 +168,12 @@ def test_failed_experiment_is_recorded_and_suite_goes_on(tmp_path, data_dir):
         (["run", "nosuchsuite"], "unknown suite 'nosuchsuite'"),
         (["run", "--model", "random:tiny-gpt2", "--method", "lora", "--task", "classification"], "needs --dataset"),
         (
-            ["run", "--model", "random:gpt9", "--method", "lora", "--task", "classification", "--dataset", "hf:imdb"],
+            [*single("run", "random:gpt9", "lora", "classification", "hf:imdb")],
             "unknown random model 'gpt9'",
         ),
         (
             [
-                "run",
-                "--model",
-                "random:tiny-gpt2",
-                "--method",
-                "lora",
-                "--task",
-                "classification",
-                "--dataset",
-                "hf:imdb",
+                *single("run", "random:tiny-gpt2", "lora", "classification", "hf:imdb"),
                 "--set",
                 "train.max_steps=-5",
             ],
@@ -193,15 +181,7 @@ def test_failed_experiment_is_recorded_and_suite_goes_on(tmp_path, data_dir):
         ),
         (
             [
-                "run",
-                "--model",
-                "random:tiny-gpt2",
-                "--method",
-                "lora",
-                "--task",
-                "classification",
-                "--dataset",
-                "hf:imdb",
+                *single("run", "random:tiny-gpt2", "lora", "classification", "hf:imdb"),
                 "--set",
                 "method.alpha=3",
             ],
@@ -247,7 +227,7 @@ def test_single_experiment_mode_and_list(tmp_path, data_dir, capsys):
 
 
 def test_seeded_runs_are_reproducible(tmp_path, data_dir):
-    from peftbench.experiment import Recipe
+    from peftbench.run.recipe import Recipe
 
     suite = plan.single_experiment(
         model="random:tiny-gpt2",
@@ -268,22 +248,14 @@ def test_seeded_runs_are_reproducible(tmp_path, data_dir):
 
 
 def test_interrupt_records_cancelled_and_exits_130(tmp_path, data_dir, monkeypatch, capsys):
-    from peftbench import experiment
+    from peftbench.run import recipe
 
     def interrupted(self):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(experiment.Recipe, "run", interrupted)
+    monkeypatch.setattr(recipe.Recipe, "run", interrupted)
     argv = [
-        "run",
-        "--model",
-        "random:tiny-gpt2",
-        "--method",
-        "lora",
-        "--task",
-        "language-modeling",
-        "--dataset",
-        f"file:{data_dir}/lm.jsonl",
+        *single("run", "random:tiny-gpt2", "lora", "language-modeling", f"file:{data_dir}/lm.jsonl"),
         "--id",
         "stopped",
         "--out",
@@ -377,19 +349,11 @@ def test_gpus_start_each_experiment_through_accelerates_launcher(tmp_path, capsy
         "--num_processes",
         "4",
         "-m",
-        "peftbench.child",
+        "peftbench.run.child",
     ]
-    assert runner.child_command(tmp_path / "p.json", 1)[1:3] == ["-m", "peftbench.child"]
+    assert runner.child_command(tmp_path / "p.json", 1)[1:3] == ["-m", "peftbench.run.child"]
     argv = [
-        "run",
-        "--model",
-        "random:tiny-gpt2",
-        "--method",
-        "lora",
-        "--task",
-        "language-modeling",
-        "--dataset",
-        "hf:x",
+        *single("run", "random:tiny-gpt2", "lora", "language-modeling", "hf:x"),
         "--gpus",
         "2",
         "--out",
@@ -403,15 +367,7 @@ def test_gpus_start_each_experiment_through_accelerates_launcher(tmp_path, capsy
 def test_progress_lines_appear_in_a_captured_log(tmp_path, data_dir, capsys):
     """Not a terminal: plain lines with step n/N, loss, tokens/s and an ETA, at least every 10 %."""
     argv = [
-        "run",
-        "--model",
-        "random:tiny-gpt2",
-        "--method",
-        "lora",
-        "--task",
-        "language-modeling",
-        "--dataset",
-        f"file:{data_dir}/lm.jsonl",
+        *single("run", "random:tiny-gpt2", "lora", "language-modeling", f"file:{data_dir}/lm.jsonl"),
         "--set",
         "train.max_steps=20",
         "--set",
@@ -433,7 +389,7 @@ def test_progress_lines_appear_in_a_captured_log(tmp_path, data_dir, capsys):
 def test_line_progress_writes_every_30_seconds_between_tenths():
     import io
 
-    from peftbench.progress import LineProgress
+    from peftbench.run.progress import LineProgress
 
     now = [0.0]
     out = io.StringIO()

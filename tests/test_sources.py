@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftbench import converters, models, sources
+from peftbench.catalog import converters, models, sources
 from peftbench.errors import SourceError
 
 
@@ -187,8 +187,8 @@ def test_real_fetch_counts_checksums_and_a_pretrained_model():
     tok = models.load_tokenizer("builtin:gpt2-tokenizer")
     assert len(tok) == 50257 and tok("Hello world")["input_ids"] == [15496, 995]
 
-    from peftbench import tasks
-    from peftbench.config import DataArgs, ModelArgs
+    from peftbench.catalog import tasks
+    from peftbench.spec.config import DataArgs, ModelArgs
 
     pre = models.load(ModelArgs(spec="builtin:smollm2-135m"), seed=0)
     assert pre.pretrained and models.count_parameters(pre.model)[0] == 134_515_008

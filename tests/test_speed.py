@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from peftbench import methods, models
-from peftbench.batches import (
+from peftbench.catalog import methods, models
+from peftbench.catalog.batches import (
     IGNORE,
     LengthGroupedBatches,
     loss_positions,
@@ -20,9 +20,8 @@ from peftbench.batches import (
     pad_batch,
     segment_masks,
 )
-from peftbench.config import TrainArgs
-from peftbench.settings import for_loop
-from peftbench.speed import (
+from peftbench.run.settings import for_loop
+from peftbench.run.speed import (
     LossModule,
     chunked_linear_cross_entropy,
     packs_correctly,
@@ -30,6 +29,7 @@ from peftbench.speed import (
     seq2seq_packs_correctly,
     split_head,
 )
+from peftbench.spec.config import TrainArgs
 
 
 def _features(n=12, seed=0, vocab=200, answer_only=True):
@@ -165,7 +165,7 @@ def test_length_grouped_batches_hold_every_example_once_with_little_padding():
 
 
 def test_grouped_loader_counts_every_token_and_its_padding():
-    from peftbench.train import PLAIN, make_loader
+    from peftbench.run.train import PLAIN, make_loader
 
     feats = [dict(f, input_ids=list(range(3, 3 + len(f["input_ids"])))) for f in _summaries(160, seed=1)]
     speed = {**PLAIN, "group_by_length": True}
@@ -266,7 +266,7 @@ def test_switches_resolve_off_on_cpu_and_say_why_when_they_cannot_apply():
 def _run(speed, steps=12, method="lora", dropout=0.0):
     from accelerate import Accelerator
 
-    from peftbench.train import train
+    from peftbench.run.train import train
 
     base = models.build_random("tiny-gpt2", seed=0)
     for m in base.modules():  # dropout draws its masks per layout: packed rows would draw other ones
@@ -310,7 +310,7 @@ def test_warmup_steps_are_laps_of_their_own_and_left_out_of_the_steady_rate():
 def test_compiled_regions_keep_the_loss_curve_and_hand_back_an_uncompiled_model():
     from accelerate import Accelerator
 
-    from peftbench.train import train
+    from peftbench.run.train import train
 
     plain = _run({})
     model = methods.apply(
@@ -356,7 +356,7 @@ def test_compiled_graphs_go_to_peftbench_cache_unless_the_user_chose_a_folder(mo
     replaces that (so the next run's process finds the graphs), but not a folder the user chose."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-    from peftbench import sources
+    from peftbench.catalog import sources
 
     ours = str(Path(os.environ["PEFTBENCH_CACHE"]) / "inductor")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())

@@ -73,7 +73,7 @@ def test_relative_timing_comparison_and_margin():
 
 
 def test_bleu_from_per_sentence_statistics_equals_sacrebleu_corpus_bleu():
-    from peftbench.tasks import summarization_scores
+    from peftbench.catalog.tasks import summarization_scores
 
     refs = ["the cat sat on the mat", "a quick brown fox jumps", "hello world again", "one two three four five"]
     preds = ["the cat sat on a mat", "a quick fox jumps", "hello there world", "one two three"]

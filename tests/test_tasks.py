@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from peftbench import batches, models, tasks
-from peftbench.config import DataArgs, ModelArgs
+from peftbench.catalog import batches, models, tasks
+from peftbench.spec.config import DataArgs, ModelArgs
 
 IGNORE = -100
 
@@ -174,7 +174,7 @@ def test_scoring_paths_of_one_family_agree(tok):
     """The causal fast path (one forward, next-token log-probs) and teacher-forced log-likelihood give the
     same numbers; both families' log-likelihood is minus their summed NLL; seq2seq windows are the
     training halves."""
-    from peftbench.scoring import scorer
+    from peftbench.catalog.scoring import scorer
 
     causal = models.load(ModelArgs(spec="random:tiny-gpt2"), seed=0).model.eval()
     s = scorer(causal, tok, family="causal", device=torch.device("cpu"), batch_size=3)
@@ -194,7 +194,7 @@ def test_scoring_paths_of_one_family_agree(tok):
     args = DataArgs(spec="x", task="language-modeling", max_source_length=10)
     recs = [{"text": "abcdefghijklmnopqrstuvwxyz"}]
     stream = tok(recs[0]["text"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    from peftbench.scoring import Seq2SeqScorer
+    from peftbench.catalog.scoring import Seq2SeqScorer
 
     windows, _ = Seq2SeqScorer.windows(stream, block=10, stride=5, limit=None)
     assert windows == tasks.encode_language_modeling(recs, tok=tok, family="seq2seq", args=args)
@@ -203,7 +203,7 @@ def test_scoring_paths_of_one_family_agree(tok):
 def test_evaluation_keeps_no_autograd_graph(tok):
     """Validation loss, perplexity, classification and generation run without gradients: a 7B shape's
     validation loss once kept every activation for a backward that never came (138 GiB on an H200)."""
-    from peftbench.scoring import scorer
+    from peftbench.catalog.scoring import scorer
 
     for family, spec in (("causal", "random:tiny-gpt2"), ("seq2seq", "random:tiny-t5")):
         m = models.load(ModelArgs(spec=spec), seed=0).model.eval()

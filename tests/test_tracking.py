@@ -4,20 +4,14 @@ import json
 
 import pytest
 import yaml
+from conftest import FAST_MEASURE, single
 
 from peftbench import cli
 
 FAST = {
     "train": {"max_steps": 4, "batch_size": 4, "log_steps": 1, "eval_steps": 2},
     "data": {"max_train_samples": 16, "max_eval_samples": 4, "max_source_length": 32},
-    "measure": {
-        "warmup": 0,
-        "iterations": 2,
-        "min_seconds": 0.0,
-        "large_batch_size": 0,
-        "seq_len": 16,
-        "new_tokens": 2,
-    },
+    "measure": {**FAST_MEASURE, "new_tokens": 2},
 }
 
 
@@ -86,15 +80,7 @@ def test_mlflow_file_store_holds_the_params_and_metrics(tracked, monkeypatch):
 def test_a_tracker_that_cannot_run_is_refused_before_anything_runs(flag, needle, tmp_path, capsys, data_dir):
     code = cli.main(
         [
-            "run",
-            "--model",
-            "random:tiny-gpt2",
-            "--method",
-            "lora",
-            "--task",
-            "language-modeling",
-            "--dataset",
-            f"file:{data_dir}/lm.jsonl",
+            *single("run", "random:tiny-gpt2", "lora", "language-modeling", f"file:{data_dir}/lm.jsonl"),
             "--out",
             str(tmp_path / "o"),
             "--log-with",

@@ -1,6 +1,8 @@
-"""House limits that ruff does not check: functions at most 60 lines, modules at most 400 (src/ only).
+"""House limits that ruff does not check (src/ only): functions at most 60 lines; modules over 400 lines
+are named as a warning (split by concern, never to meet a size: a cohesive module may pass 400), over 600
+an error.
 
-python tools/check_sizes.py        # exit 1 naming every function or module over its limit
+python tools/check_sizes.py        # exit 1 naming every function over 60 lines or module over 600
 """
 
 from __future__ import annotations
@@ -10,7 +12,13 @@ import sys
 from pathlib import Path
 
 MAX_FUNCTION_LINES = 60
-MAX_MODULE_LINES = 400
+WARN_MODULE_LINES = 400  # worth a look: is it one concern?
+MAX_MODULE_LINES = 600
+
+
+def warnings(root: Path) -> list[str]:
+    lengths = ((p, len(p.read_text(encoding="utf-8").splitlines())) for p in sorted(root.rglob("*.py")))
+    return [f"{p}: {n} lines (over {WARN_MODULE_LINES}: one concern?)" for p, n in lengths if WARN_MODULE_LINES < n]
 
 
 def problems(root: Path) -> list[str]:
@@ -29,6 +37,9 @@ def problems(root: Path) -> list[str]:
 
 
 if __name__ == "__main__":
-    found = problems(Path(__file__).resolve().parents[1] / "src")
+    src = Path(__file__).resolve().parents[1] / "src"
+    found = problems(src)
+    for line in warnings(src):
+        print(f"warning: {line}")
     print("\n".join(found) or "sizes ok")
     sys.exit(1 if found else 0)

@@ -21,8 +21,10 @@ import os
 import sys
 from pathlib import Path
 
-from peftbench import fs, tracking
+from peftbench import fs
 from peftbench.errors import Cancelled, ConfigError, FolderError, SourceError
+from peftbench.run import tracking
+from peftbench.run.progress import quiet_libraries
 
 
 class _Parser(argparse.ArgumentParser):
@@ -119,7 +121,7 @@ def _seed_list(text: str) -> list[int]:
 
 
 def _load(args):
-    from peftbench import plan
+    from peftbench.run import plan
 
     overrides = list(args.set)
     seeds = getattr(args, "seeds", None)
@@ -147,7 +149,8 @@ def _load(args):
 
 
 def cmd_run(args) -> int:
-    from peftbench import config, plan, runner
+    from peftbench.run import plan, runner
+    from peftbench.spec import config
 
     if args.help_config:
         print(config.help_text())
@@ -186,7 +189,7 @@ METHOD_ARCHS = {
 
 def method_table() -> str:
     """The support table as markdown: each method applied to each architecture on the meta device."""
-    from peftbench import methods
+    from peftbench.catalog import methods
 
     rows = methods.support_table(METHOD_ARCHS)
     lines = ["| method | " + " | ".join(METHOD_ARCHS) + " | what it is |", "|---" * (len(METHOD_ARCHS) + 2) + "|"]
@@ -197,7 +200,8 @@ def method_table() -> str:
 
 
 def cmd_list(args) -> int:
-    from peftbench import plan, results, runner
+    from peftbench import results
+    from peftbench.run import plan, runner
 
     if args.methods:
         print(method_table())
@@ -226,12 +230,12 @@ def cmd_report(args) -> int:
         if problem is None:
             raise
         raise ConfigError(f"report: {problem}") from None
-    print(f"report: {paths['md']} (and {paths['html'].name}, {paths['csv'].name}, plots/)")
+    print(f"report: {paths['md']} (and {paths['html'].name}, {paths['csv'].name}, {paths['verdict'].name}, plots/)")
     return 0
 
 
 def cmd_fetch(args) -> int:
-    from peftbench import sources
+    from peftbench.catalog import sources
 
     names = args.names or list(sources.SOURCES)
     unknown = [n for n in names if n not in sources.SOURCES]
@@ -241,25 +245,6 @@ def cmd_fetch(args) -> int:
         path = sources.ensure(name, force=args.force)
         print(f"{name}: {path}")
     return 0
-
-
-def quiet_libraries() -> None:
-    """The libraries' own chatter (deprecations, per-step warnings) would bury our progress lines."""
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
-    try:
-        import datasets
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
-        datasets.disable_progress_bars()
-        datasets.logging.set_verbosity_error()
-    except ImportError:
-        pass
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "fetch": cmd_fetch}

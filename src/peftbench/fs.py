@@ -2,7 +2,8 @@
 the one-line words for a folder that cannot take a write (full, read-only).
 
 Usage: ``fs.is_file(user_path)``; ``fs.exists(p)``; ``fs.is_dir(p)``; ``fs.free_bytes(out)``;
-``fs.write_problem(os_error, out)`` -> "runs/x: no space left on its file system (0 B free) ..." or None.
+``fs.write_problem(os_error, out)`` -> "runs/x: no space left on its file system (0 B free) ..." or None;
+``fs.human_bytes(1_500_000)`` -> "1.5 MB".
 """
 
 from __future__ import annotations
@@ -51,10 +52,17 @@ def free_bytes(path) -> int | None:
         return None
 
 
+def human_bytes(n: float) -> str:
+    """Bytes in decimal units, three significant digits (the report's and the command line's)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
 def write_problem(error: BaseException, folder) -> str | None:
     """One line naming ``folder`` and its free space when ``error`` is the folder's fault, else None."""
-    from peftbench.report.metrics import human_bytes  # the report's units, so both read alike
-
     if not isinstance(error, OSError) or error.errno not in WRITE_ERRNOS:
         return None
     free = free_bytes(folder)

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from peftbench.errors import ConfigError
-from peftbench.typecheck import fits
+from peftbench.spec.typecheck import fits
 
 log = logging.getLogger("peftbench")
 
@@ -53,7 +53,7 @@ class Result:
     id: str  # the experiment id (seeds and learning rates of one experiment share it)
     run_id: str  # the file name: <id>[--lr<rate>][--seed<n>]
     status: str  # success | failed | cancelled | skipped
-    config: dict  # the effective config, every default and resolved value filled in
+    config: dict  # the plan's config, every default filled in (its hash is config_hash); run-time values: resolved
     config_hash: str  # identity of the numbers, with the id (plan.Run.config_hash)
     error: str | None = None
     traceback: str | None = None

@@ -14,10 +14,10 @@ from collections.abc import Callable
 
 import torch
 
-from peftbench import sources
-from peftbench.config import MeasureArgs
+from peftbench.catalog import sources
 from peftbench.measure.latency import measure_latency
 from peftbench.measure.memory import MemoryTracker, tensor_bytes
+from peftbench.spec.config import MeasureArgs
 
 
 def make_inputs(

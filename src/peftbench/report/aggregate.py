@@ -20,10 +20,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from peftbench import stats
+from peftbench.catalog.methodspecs import is_zero_shot
 from peftbench.report.metrics import (
     METRICS,
     PRIMARY_QUALITY,
     QUALITY,
+    VERDICT_MEASURES,
     get_in,
     is_random,
     margin,
@@ -32,17 +34,6 @@ from peftbench.report.metrics import (
     task_of,
     value,
 )
-
-VERDICT_MEASURES = [
-    "QUALITY",
-    "trainable",
-    "adapter_bytes",
-    "train_tokens_per_second",
-    "train_peak_memory_bytes",
-    "deploy_p50_ms",
-    "throughput",
-    "inference_peak_memory_bytes",
-]
 
 
 @dataclass
@@ -147,7 +138,15 @@ def _sweep_table(runs: list[dict], rates: list) -> tuple[list[dict], str]:
 
 def summarize(agg: Agg, key: str) -> dict | None:
     """Mean over seeds with a 95 % interval: Student's t across seeds when there are several,
-    else the run's own bootstrap interval (examples or timed calls); exact counts have none."""
+    else the run's own bootstrap interval (examples or timed calls); exact counts have none. Computed
+    once per experiment and measure (tables, plots, CSV and verdicts all ask)."""
+    cache = agg.__dict__.setdefault("_summaries", {})
+    if key not in cache:
+        cache[key] = _summarize(agg, key)
+    return cache[key]
+
+
+def _summarize(agg: Agg, key: str) -> dict | None:
     metric = METRICS[key]
     vals = [value(r, key) for r in agg.runs]
     vals = [v for v in vals if v is not None]
@@ -290,7 +289,7 @@ def against_base(aggs: list[Agg], key: str = "latency_p50_ms") -> list[dict]:
     """Each trained experiment's latency relative to the zero-shot base (the `none` experiment),
     unmerged and merged, with intervals: a fully fine-tuned model has the base's architecture, so
     anything beyond the noise would be a measurement artefact."""
-    base = next((a for a in aggs if a.method == "none"), None)
+    base = next((a for a in aggs if is_zero_shot(a.method)), None)
     if base is None:
         return []
     out = []

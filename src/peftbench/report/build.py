@@ -17,10 +17,19 @@ import io
 import re
 from pathlib import Path
 
-from peftbench.methodspecs import CURATED
+from peftbench.catalog.methodspecs import CURATED, is_zero_shot
 from peftbench.report.aggregate import Agg, against_base, aggregate, summarize, unmerged_overhead, verdicts
-from peftbench.report.metrics import METRICS, PRIMARY_QUALITY, QUALITY, TABLE_COLUMNS, fmt, get_in, is_random
-from peftbench.report.plots import PARETO_AXES, pareto_sets, plot_group
+from peftbench.report.metrics import (
+    METRICS,
+    PARETO_AXES,
+    PRIMARY_QUALITY,
+    QUALITY,
+    TABLE_COLUMNS,
+    fmt,
+    get_in,
+    is_random,
+)
+from peftbench.report.plots import pareto_sets, plot_group
 from peftbench.report.render import html_page, markdown
 from peftbench.report.scaling import scaling_blocks
 from peftbench.report.summary import csv_fields, csv_rows
@@ -193,7 +202,7 @@ def _describe(aggs: list[Agg], task: str) -> str:
             f" Inference shapes: batch {shapes['batch_size']}, {shapes['seq_len']} input tokens, "
             f"{shapes['new_tokens']} new tokens."
         )
-    trained = [a for a in aggs if a.method != "none"]
+    trained = [a for a in aggs if not is_zero_shot(a.method)]
     if trained:
         t = get_in(trained[0].runs[0], "config", "train") or {}
         seen = get_in(trained[0].runs[0], "train", "examples_seen")

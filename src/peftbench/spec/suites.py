@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from peftbench import strictyaml
-from peftbench.config import ID_RE, SECTIONS, SUITE_KEYS, Experiment, build_experiment
 from peftbench.errors import ConfigError
+from peftbench.spec import strictyaml
+from peftbench.spec.config import ID_RE, SECTIONS, SUITE_KEYS, Experiment, build_experiment
 
 
 def deep_merge(base: dict, over: dict) -> dict:

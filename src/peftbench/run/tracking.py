@@ -72,18 +72,16 @@ def numbers(d: dict) -> dict[str, float]:
 
 
 def final_values(result) -> dict[str, Any]:
-    """A result's quality, efficiency and storage numbers, as logged at a tracker run's last step."""
-    inf = result.inference or {}
+    """A result's quality, efficiency and storage numbers, as logged at a tracker run's last step: every
+    metric with a tracker name (``report.metrics``: each metric declared once), the task's quality only."""
+    from peftbench.report.metrics import METRICS
+
+    d = result.to_dict()
+    tracked = [m for m in METRICS.values() if m.tracked_as and (m.kind != "quality" or m.key in (result.quality or {}))]
     return {
-        **{f"test/{k}": v for k, v in (result.quality or {}).items()},
+        **{m.tracked_as: m.get(d) for m in tracked},
         **{f"validation/{k}": v for k, v in (result.validation or {}).items()},
-        "train/steady_tokens_per_second": result.train.get("steady_tokens_per_second"),
-        "train/peak_memory_bytes": result.train.get("peak_memory_bytes"),
-        "inference/p50_ms": (inf.get("latency_ms") or {}).get("p50_ms"),
-        "inference/tokens_per_second": inf.get("throughput_tokens_per_second"),
-        "params/trainable": result.params["trainable"],
         "params/total": result.params["total"],
-        "storage/adapter_bytes": result.storage["adapter_bytes"],
     }
 
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from peftbench.scoring import SCORERS, scorer
-from peftbench.taskspecs import SPECS, TaskSpec
+from peftbench.catalog.scoring import SCORERS, scorer
+from peftbench.catalog.taskspecs import SPECS, TaskSpec
 
 SUMMARY_PROMPT = " TL;DR:"
 T5_SUMMARY_PREFIX = "summarize: "

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from peftbench.converters import (
+from peftbench.catalog.converters import (
     convert_gpt2_tokenizer,
     convert_moby_dick,
     convert_smollm2,

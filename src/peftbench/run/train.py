@@ -2,7 +2,7 @@
 
 Usage:
     out = train(model, features, args=train_args, settings=settings, accelerator=acc, pad_id=0,
-                evaluate=lambda step: {...})      # settings: peftbench.settings.Settings
+                evaluate=lambda step: {...})      # settings: peftbench.run.settings.Settings
     out.loss_curve, out.eval_curve, out.laps, out.seconds, out.tokens_per_second, out.peak_memory_bytes
 
 Nothing here reads a clock: the steps run inside a ``WorkTimer`` and a ``MemoryTracker``, and
@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader
 
-from peftbench.batches import IGNORE, LengthGroupedBatches, loss_positions, pack_batch, pack_seq2seq, pad_batch
-from peftbench.config import TrainArgs
-from peftbench.distributed import peak_per_process, shard
+from peftbench.catalog.batches import IGNORE, LengthGroupedBatches, loss_positions, pack_batch, pack_seq2seq, pad_batch
 from peftbench.errors import Diverged
 from peftbench.measure import MemoryTracker, Throughput, WorkTimer
 from peftbench.measure.memory import tensor_bytes
-from peftbench.settings import Settings
-from peftbench.speed import CompiledRegions, LossModule
+from peftbench.run.distributed import peak_per_process, shard
+from peftbench.run.settings import Settings
+from peftbench.run.speed import CompiledRegions, LossModule
+from peftbench.spec.config import TrainArgs
 
 WARMUP_STEPS = 2  # laps of their own, left out of the steady rate
 PLAIN = {

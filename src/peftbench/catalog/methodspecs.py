@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from peftbench.spec.config import method_name
+
 
 @dataclass(frozen=True)
 class Method:
@@ -22,6 +24,20 @@ class Method:
     rate_source: str = "untuned: LoRA's rate"
     quantization: str | None = None  # a base quantisation the method implies (qlora: nf4)
     extra_options: dict = field(default_factory=dict)  # our options that are not config fields: name -> type
+    trains_base: bool = False  # every weight of the base trains: ships a full checkpoint, no quantised base
+    init_before_quantization: bool = False  # initialised on the full-precision base, which is then quantised
+
+
+def traits(name: str) -> Method:
+    """A method's traits by name, torch- and peft-free (what the report reads): the curated record, else
+    an adapter method's traits (``methods.lookup`` gives peft's other types their defaults and rates)."""
+    key = method_name(name)
+    return CURATED.get(key) or Method(key, key.upper(), {}, 2e-4)
+
+
+def is_zero_shot(name: str) -> bool:
+    """The baseline that trains nothing (``none``): what the other methods are measured against."""
+    return not traits(name).trains
 
 
 PROMPT_DEFAULTS = {"num_virtual_tokens": 20}
@@ -36,6 +52,7 @@ REQUIRED = {
 }
 LOFTQ_OPTIONS = {"bits": int, "iterations": int}
 LOFTQ_BITS = {"nf4": 4, "int8": 8}  # the quantisation LoftQ initialises for -> its option ``bits``
+LOFTQ_DEFAULT_BITS = 4  # LoftQ's ``bits`` when not given (nf4, its documented use)
 
 # Default peak learning rates, from published practice (a suite should still sweep them, e.g.
 # `train.learning_rate: [1e-4, 3e-4, 1e-3]`: an untuned rate per method compares rates, not methods).
@@ -48,6 +65,7 @@ CURATED: dict[str, Method] = {
             None,
             {},
             5e-5,
+            trains_base=True,
             description="full fine-tuning: every weight trains",
             rate_source="transformers' TrainingArguments default, the usual full fine-tuning rate for GPT-2/T5",
         ),
@@ -107,6 +125,7 @@ CURATED: dict[str, Method] = {
             description="LoftQ: LoRA initialised against the quantisation error (options bits: 4 or 8, iterations: 1)",
             rate_source="as LoRA (untuned)",
             extra_options=LOFTQ_OPTIONS,
+            init_before_quantization=True,
         ),
         Method(
             "qlora",

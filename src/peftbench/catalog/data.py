@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peftbench import fs
-from peftbench.config import DataArgs
-from peftbench.datafiles import read_rows
+from peftbench.catalog.datafiles import read_rows
+from peftbench.catalog.taskspecs import SPECS
 from peftbench.errors import ConfigError
-from peftbench.taskspecs import SPECS
+from peftbench.spec.config import DataArgs
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 # Column names of well-known hub datasets, so their specs work without a field mapping.
@@ -60,7 +60,7 @@ def check_spec(spec: str) -> list[str]:
         if not fs.is_file(p):
             return [f"data.spec: file {rest!r} not found"]
     if prefix == "builtin":
-        from peftbench.sources import SOURCES
+        from peftbench.catalog.sources import SOURCES
 
         names = [n for n, s in SOURCES.items() if s.kind == "dataset"]
         if rest not in names:
@@ -164,8 +164,8 @@ def _load_file(rest: str, args: DataArgs) -> tuple[dict[str, list[dict]], dict]:
 
 
 def _load_builtin(rest: str, args: DataArgs) -> tuple[dict[str, list[dict]], dict]:
-    from peftbench import sources
-    from peftbench.converters import SPLITS
+    from peftbench.catalog import sources
+    from peftbench.catalog.converters import SPLITS
 
     meta = sources.load_meta(rest)
     return (

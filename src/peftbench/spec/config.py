@@ -24,7 +24,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from peftbench.typecheck import as_float, fits, type_name
+from peftbench.spec.typecheck import as_float, fits, type_name
 
 SECTIONS = ("model", "data", "method", "train", "measure")
 SUITE_KEYS = ("name", "description", "defaults", "experiments", "matrix", "seeds", "log_with")
@@ -240,7 +240,7 @@ class Suite:
     experiments: list[Experiment]
     description: str = ""
     path: str | None = None
-    log_with: list[str] = field(default_factory=list)  # experiment trackers (peftbench.tracking)
+    log_with: list[str] = field(default_factory=list)  # experiment trackers (peftbench.run.tracking)
 
 
 SECTION_TYPES = {"model": ModelArgs, "data": DataArgs, "method": MethodArgs, "train": TrainArgs, "measure": MeasureArgs}

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from peftbench import fs
-from peftbench.config import ModelArgs
+from peftbench.catalog.shapes import BUILTIN_MODELS, BUILTIN_TOKENIZERS, RANDOM_CONFIGS, RANDOM_TOKENIZERS
 from peftbench.errors import ConfigError
-from peftbench.shapes import BUILTIN_MODELS, BUILTIN_TOKENIZERS, RANDOM_CONFIGS, RANDOM_TOKENIZERS
+from peftbench.spec.config import ModelArgs
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -175,14 +175,18 @@ def check_tokenizer_spec(spec: str) -> list[str]:
 # ---------------------------------------------------------------- loading
 
 
+def bf16_by_default(device_type: str) -> bool:
+    """What ``auto`` means for 16-bit work, decided here once: bf16 on GPUs that support it (mixed
+    precision in training, the inference dtype), fp32 elsewhere."""
+    return device_type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
 def resolve_dtype(name: str, device: torch.device, *, inference: bool = False) -> torch.dtype:
     """A ``DTYPE_CHOICES`` name as a torch dtype. ``auto``: fp32 weights for training (bf16 compute
-    comes from train.mixed_precision's autocast); for inference bf16 on GPUs that support it."""
+    comes from train.mixed_precision's autocast); for inference bf16 where ``bf16_by_default``."""
     if name != "auto":
         return getattr(torch, name)
-    if inference and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    return torch.bfloat16 if inference and bf16_by_default(device.type) else torch.float32
 
 
 def load_tokenizer(spec: str, *, trust_remote_code: bool = False, revision: str | None = None):
@@ -191,7 +195,7 @@ def load_tokenizer(spec: str, *, trust_remote_code: bool = False, revision: str 
     if spec == "bytes":
         tok = ByT5Tokenizer()
     elif spec.startswith("builtin:"):
-        from peftbench import sources
+        from peftbench.catalog import sources
 
         tok = AutoTokenizer.from_pretrained(sources.ensure(spec.split(":", 1)[1]))
     else:
@@ -281,7 +285,7 @@ def _load_pretrained(args: ModelArgs, path: str, dtype: torch.dtype) -> LoadedMo
 
 
 def _load_builtin(args: ModelArgs, name: str, dtype: torch.dtype) -> LoadedModel:
-    from peftbench import sources
+    from peftbench.catalog import sources
 
     folder = sources.ensure(name)
     loaded = _load_pretrained(ModelArgs(spec=str(folder), tokenizer=args.tokenizer), str(folder), dtype)

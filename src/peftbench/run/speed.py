@@ -4,8 +4,8 @@ never materialises the vocabulary-sized logits.
 Usage:
     switches = resolve(train_args, device_type="cuda", family="causal", task="classification", model=model)
     module = LossModule(model, fused_loss=switches["fused_loss"])   # forward(batch) -> scalar loss
-    batch = pack_batch(features, pad_id=0)                          # one row, position ids restart per example
-    batch = pack_seq2seq(features, pad_id=0, start_id=0)            # encoder-decoders: segment masks, few rows
+    regions = CompiledRegions(model, dynamic=True)                  # one graph per repeated block
+(packed and length-grouped batches themselves are built in ``catalog.batches``)
 
 Every switch is ``auto`` by default: on where it helps on CUDA, off on CPU (the CPU path stays the
 plain one the tests pin down); ``on``/``off`` force it. A switch that cannot apply (a fused loss on
@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import torch
 
-from peftbench.batches import pack_seq2seq, segment_masks
-from peftbench.taskspecs import SPECS
+from peftbench.catalog.batches import pack_seq2seq, segment_masks
+from peftbench.catalog.taskspecs import SPECS
 
 # what auto resolves to on CUDA where measuring chose off (t5-base, H200, benchmarks/results/train_speed_h200.md)
 SEQ2SEQ_PACKING = (

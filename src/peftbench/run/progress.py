@@ -5,6 +5,7 @@ Usage:
     with progress(total=300, desc="train x") as bar:
         bar.set_postfix(loss="2.31")
         bar.update(1)
+    quiet_libraries()    # the libraries' own warnings and bars off: they would bury these lines
 """
 
 from __future__ import annotations
@@ -64,3 +65,22 @@ def progress(*, total: int | None = None, desc: str = "", file=None):
     if hasattr(file, "isatty") and file.isatty():
         return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=file)
     return LineProgress(total=total, desc=desc, file=file)
+
+
+def quiet_libraries() -> None:
+    """The libraries' own chatter (deprecations, per-step warnings) would bury our progress lines."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+    try:
+        import datasets
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    except ImportError:
+        pass

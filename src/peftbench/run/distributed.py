@@ -23,6 +23,8 @@ import os
 
 import torch
 
+from peftbench.catalog.models import bf16_by_default
+
 _LAUNCHER_FSDP = os.environ.get("ACCELERATE_USE_FSDP")  # as the launcher left it, before any Accelerator
 
 
@@ -51,7 +53,7 @@ def make_accelerator(*, device: str, mixed_precision: str, grad_accum: int):
     os.environ.pop("ACCELERATE_USE_FSDP", None)
     use_cpu = device == "cpu" or not torch.cuda.is_available()
     if mixed_precision == "auto":
-        mixed_precision = "bf16" if not use_cpu and torch.cuda.is_bf16_supported() else "no"
+        mixed_precision = "bf16" if bf16_by_default("cpu" if use_cpu else "cuda") else "no"
     if not use_cpu:
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 on by default on GPUs (DESIGN.md)
         torch.backends.cudnn.allow_tf32 = True

@@ -1,7 +1,7 @@
-"""One run in its own process: ``python -m peftbench.child PAYLOAD.json`` (started by the runner).
+"""One run in its own process: ``python -m peftbench.run.child PAYLOAD.json`` (started by the runner).
 
 Usage (by ``runner.run_in_child``, never by hand):
-    python -m peftbench.child runs/demo/results/.<run>.payload-<attempt>.json
+    python -m peftbench.run.child runs/demo/results/.<run>.payload-<attempt>.json
 
 Exit codes: 0 success recorded, 1 failure recorded, 128+N cancelled by signal N (recorded). The
 process dies with its parent (``PR_SET_PDEATHSIG``), so a killed suite leaves no orphan training.
@@ -30,9 +30,9 @@ def main(argv: list[str]) -> int:
     _die_with_parent()
     cancel_on_signals()
     try:  # a signal while starting up is a cancellation too (the suite records it): no traceback
-        from peftbench.cli import quiet_libraries
-        from peftbench.record import execute
-        from peftbench.runner import read_payload
+        from peftbench.run.progress import quiet_libraries
+        from peftbench.run.record import execute
+        from peftbench.run.runner import read_payload
 
         run, d = read_payload(Path(argv[0]))
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

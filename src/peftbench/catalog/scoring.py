@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from peftbench.batches import IGNORE, pad_batch
+from peftbench.catalog.batches import IGNORE, pad_batch
 
 GENERATION = {"do_sample": False, "num_beams": 1}  # greedy: deterministic, so runs compare
 

@@ -6,7 +6,7 @@ Usage:
     code = run_suite(suite, out_dir=..., gpus=4)                               # accelerate's launcher
 
 A run whose result has the same config hash is skipped (``--force`` reruns); a changed config
-runs again and replaces it. Each run starts in a new process (``python -m peftbench.child``), so
+runs again and replaces it. Each run starts in a new process (``python -m peftbench.run.child``), so
 no run inherits another's heap, allocator caches or CUDA context; a child that dies (SIGKILL, the
 OOM killer, a segfault) is recorded as ``failed`` with the cause and the suite goes on. SIGINT and
 SIGTERM are passed to the running child, which records ``cancelled``; the suite stops with exit
@@ -30,8 +30,8 @@ from pathlib import Path
 
 from peftbench import fs, results
 from peftbench.errors import Cancelled, ConfigError, FolderError, keep_cancellations
-from peftbench.plan import Run, plan_runs
 from peftbench.results import Result
+from peftbench.run.plan import Run, plan_runs
 
 log = logging.getLogger("peftbench")
 GRACE_SECONDS = 60  # a signalled child gets this long to record `cancelled` before it is killed
@@ -124,10 +124,10 @@ def child_command(payload: Path, gpus: int) -> list[str]:
             "--num_processes",
             str(gpus),
             "-m",
-            "peftbench.child",
+            "peftbench.run.child",
             str(payload),
         ]
-    return [sys.executable, "-m", "peftbench.child", str(payload)]
+    return [sys.executable, "-m", "peftbench.run.child", str(payload)]
 
 
 def run_payload(run: Run, *, out_dir: Path, device: str, attempt: str, tracking: dict | None = None) -> dict:
@@ -166,7 +166,7 @@ def run_in_child(
     recorded = results.read_attempt(out_dir, run.run_id, attempt)
     if recorded is not None:
         return recorded
-    from peftbench.record import failure
+    from peftbench.run.record import failure
 
     if guard.received:
         status, why = "cancelled", f"cancelled by {signal.Signals(guard.received).name}"
@@ -276,7 +276,7 @@ def _folder_errors(out_dir: Path, started):
 
 def _run_here(run, *, out_dir: Path, device: str, guard, tracking: dict | None):
     """One run in this process (``--in-process``, or under a launcher); a signal cancels it."""
-    from peftbench.record import execute
+    from peftbench.run.record import execute
 
     try:
         return execute(run, out_dir=out_dir, device=device, attempt=uuid.uuid4().hex[:12], tracking=tracking)
@@ -317,9 +317,7 @@ def _summary_line(r: Result) -> str:
     q = {k: v for k, v in (r.quality or {}).items() if v is not None}
     qs = ", ".join(f"{k}={v:.4g}" for k, v in q.items()) or f"quality n/a ({r.quality_note})"
     lat = ((r.inference or {}).get("latency_ms") or {}).get("p50_ms")
-    from peftbench.report.metrics import human_bytes  # the report's own formatting, so both read alike
-
-    parts = [qs, f"trainable={r.params['trainable']:,}", f"adapter={human_bytes(r.storage['adapter_bytes'])}"]
+    parts = [qs, f"trainable={r.params['trainable']:,}", f"adapter={fs.human_bytes(r.storage['adapter_bytes'])}"]
     if lat is not None:
         parts.append(f"p50={lat:.2f} ms")
     return "; ".join(parts)
@@ -327,7 +325,7 @@ def _summary_line(r: Result) -> str:
 
 def read_payload(path: Path) -> tuple[Run, dict]:
     """The child's side of ``run_payload``."""
-    from peftbench.config import build_experiment, config_hash
+    from peftbench.spec.config import build_experiment, config_hash
 
     d = json.loads(Path(path).read_text(encoding="utf-8"))
     errors: list[str] = []
