@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -205,6 +206,18 @@ def longest_name(run_id: str) -> int:
     folders (``.<run>-XXXXXXXX``) and the old adapter's (``.<run>-old-<pid>``) are shorter."""
     payload = payload_path(Path(), run_id, "0" * 12).name
     return len(f".{payload}.{'x' * 8}".encode())
+
+
+def measurement_group(config: dict) -> str | None:
+    """The measurement stage's group of a run (``measurements/<group>.json``), from its config: runs of one
+    model (as loaded) and task under one measurement setting are timed together. None: the run times
+    itself (``measure.stage: off``, measurement off, or a quantised base, which only its own run holds)."""
+    m, model = config.get("measure") or {}, config.get("model") or {}
+    if m.get("stage") != "on" or not m.get("enabled", True) or model.get("quantization"):
+        return None
+    key = json.dumps({"model": {k: v for k, v in model.items() if k != "family"}, "measure": m}, sort_keys=True)
+    slug = "".join(c if c.isalnum() or c in "._-" else "-" for c in str(model.get("spec")))[-60:].strip("-.")
+    return f"{slug}--{(config.get('data') or {}).get('task')}--{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
 def attempt_path(out_dir: Path, run_id: str) -> Path:

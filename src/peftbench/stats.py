@@ -173,6 +173,39 @@ class Comparison:
         return d
 
 
+def compare_rounds(a: Sequence[float], b: Sequence[float], *, level: float = LEVEL) -> Comparison:
+    """``a`` against ``b`` measured in the same interleaved rounds (one value per round each, positive:
+    a time or a rate): the effect is a / b - 1 in percent, from Student's t over the rounds' log ratios,
+    so a drift of the machine between rounds moves both sides alike and cancels. Identical inputs give
+    0 with a [0, 0] interval; the interval is a ratio's, never past -100 %."""
+    from scipy import stats as st
+
+    logs = np.log(np.asarray(a, dtype=float)) - np.log(np.asarray(b, dtype=float))
+    n = len(logs)
+    mean = float(logs.mean())
+    sem = float(logs.std(ddof=1) / math.sqrt(n)) if n > 1 else math.inf
+    if sem == 0:
+        lo = hi = mean
+        p = 1.0 if mean == 0 else 0.0
+    elif math.isinf(sem):
+        lo, hi, p = -math.inf, math.inf, 1.0
+    else:
+        lo, hi = st.t.interval(level, n - 1, loc=mean, scale=sem)
+        p = float(2 * st.t.sf(abs(mean) / sem, n - 1))
+    pct = lambda x: 100 * math.expm1(x) if math.isfinite(x) else x  # noqa: E731
+    return Comparison(
+        effect=pct(mean),
+        low=pct(lo),
+        high=pct(hi),
+        p_value=p,
+        significant=bool(lo > 0 or hi < 0),
+        test=f"paired over {n} interleaved rounds (t on the rounds' log ratios)",
+        n_examples=n,
+        n_seeds=(1, 1),
+        relative=True,
+    )
+
+
 def _per_seed(runs: list[dict], name: str, idx_fn: Callable[[dict], np.ndarray]) -> np.ndarray:
     """(S, B) statistic values: each seed's run on the rows that idx_fn(run) picks."""
     return np.stack([STATISTICS[name](_columns(r), idx_fn(r), r.get("params") or {}) for r in runs])

@@ -145,3 +145,24 @@ def measure_latency(
             if time.perf_counter() - wall0 >= min_seconds:
                 break
     return tracker.latency()
+
+
+# The reference workload: a chain of float32 square matmuls of this size, large enough that every
+# intra-op thread works (a 192 matmul ran on one thread and missed a load that stalled training's two)
+REFERENCE_SIZE = 384
+
+
+def reference_ms(device: torch.device | str = "cpu", *, calls: int = 7) -> float:
+    """How fast this machine is right now: the median time of a fixed matmul workload (a few ms). Each
+    training run times it before and after training, so a comparison of two runs' training speed, made
+    at different moments, knows how much the machine itself changed between them."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(REFERENCE_SIZE, REFERENCE_SIZE, generator=g).to(device)
+
+    def work():
+        x = a
+        for _ in range(8):
+            x = torch.tanh(x @ a)
+        return x
+
+    return measure_latency(work, device=device, warmup=2, iterations=calls, min_seconds=0.0).p50_ms

@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from peftbench import stats
 from peftbench.catalog.methodspecs import is_zero_shot
+from peftbench.report import stages
 from peftbench.report.metrics import (
     METRICS,
     PRIMARY_QUALITY,
     QUALITY,
     VERDICT_MEASURES,
+    drift_percent,
     get_in,
     is_random,
     margin,
@@ -181,11 +184,15 @@ def _samples(runs: list[dict], key: str) -> list[dict] | None:
 def _latency_ratio(
     a_runs: list[dict], a_key: str, b_runs: list[dict], b_key: str, *, device: str, paired_seeds: bool | None = None
 ) -> dict | None:
-    """p50 latency of A against B in percent, with its interval; None where either lacks samples."""
+    """p50 latency of A against B in percent, with its interval; None where either lacks samples. Timed
+    together in a stage: paired round by round."""
+    c = stages.ratio(a_runs, METRICS[a_key].stage, b_runs, METRICS[b_key].stage)
     sa, sb = _samples(a_runs, a_key), _samples(b_runs, b_key)
-    if sa is None or sb is None:
+    if c is None and (sa is None or sb is None):
         return None
-    c = stats.compare(sa, sb, "median", relative=True, margin=margin(METRICS[a_key], device), paired_seeds=paired_seeds)
+    if c is None:
+        m = margin(METRICS[a_key], device)
+        c = stats.compare(sa, sb, "median", relative=True, margin=m, paired_seeds=paired_seeds)
     return {
         "percent": round(c.effect, 3),
         "low": round(c.low, 3),
@@ -198,13 +205,24 @@ def compare_aggs(best: Agg, other: Agg, key: str) -> stats.Comparison | None:
     """``best`` against ``other``; a positive effect means ``best`` is better (points, or percent)."""
     metric = METRICS[key]
     ra, rb, paired = _by_seed(best, other)
+    if metric.stage and (c := stages.paired(ra, rb, metric.stage)) is not None:
+        return c  # timed together, interleaved: paired round by round, no drift margin
     sa, sb = _samples(ra, key), _samples(rb, key)
     if sa is None or sb is None:
         return None
-    m = margin(metric, best.device)
+    m = margin(metric, best.device, ra + rb)
     if metric.better == "max":
         return stats.compare(sa, sb, metric.statistic, relative=metric.relative, margin=m, paired_seeds=paired)
     return stats.compare(sb, sa, metric.statistic, relative=metric.relative, margin=m, paired_seeds=paired)
+
+
+def _margin_text(used: float, runs: list[dict]) -> str:
+    if math.isinf(used):
+        return (
+            f"; not compared: the machine's speed moved {drift_percent(runs):g} % between these runs (their "
+            f"reference timings before and after training), so their training speeds measure the moments"
+        )
+    return f"; effects under {used:g} % are ties (between-process drift)"
 
 
 def verdict_for(aggs: list[Agg], key: str) -> dict | None:
@@ -264,7 +282,7 @@ def verdict_for(aggs: list[Agg], key: str) -> dict | None:
     )
     test = c.test if c is not None else "no per-sample data: not compared"
     if c is not None and c.margin:
-        test += f"; effects under {c.margin:g} % are ties (between-process drift)"
+        test += _margin_text(c.margin, best.runs + next(a for a, _ in cands if a.id == runner_id).runs)
     return {**entry, "winners": winners, "effect": effect, "test": test}
 
 

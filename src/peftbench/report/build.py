@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from peftbench.catalog.methodspecs import CURATED, is_zero_shot
+from peftbench.report import stages
 from peftbench.report.aggregate import Agg, against_base, aggregate, summarize, unmerged_overhead, verdicts
 from peftbench.report.metrics import (
     METRICS,
@@ -115,7 +116,9 @@ def _effect_text(v: dict, labels: dict[str, str]) -> str:
     else:
         amount = f"{e['estimate']:.2f} {e['unit']}".rstrip()
         interval = f"95 % interval {e['low']:.2f} to {e['high']:.2f}"
-    if e["low"] == e["high"]:  # measured once per run: no spread to show
+    if e["low"] == e["high"] == e["estimate"] == 0 and "interleaved rounds" in v.get("test", ""):
+        interval = "bit-identical models, timed once for both"
+    elif e["low"] == e["high"]:  # measured once per run: no spread to show
         interval = f"one measurement per run; gaps under {e.get('margin') or 0:g} % are ties"
     higher = v["better"] == "higher"
     if e["unit"] == "%":  # effect: best / other - 1 (higher is better), other / best - 1 (lower is better)
@@ -265,6 +268,7 @@ def _group(model: str, task: str, gaggs: list[Agg], plots_dir: Path) -> tuple[li
     vlist = verdicts(gaggs, task)
     header, rows = group_table(gaggs, task, vlist)
     blocks.append(("table", header, rows))
+    blocks += [("p", line) for line in stages.notes([r for a in gaggs for r in a.runs])]
     blocks.append(("h3", "Verdict"))
     blocks.append(("ul", verdict_lines(gaggs, task, vlist)))
     sweep = _sweep_block(gaggs)
@@ -340,7 +344,7 @@ def _blocks(out_dir: Path, results: list[dict], aggs: list[Agg]) -> tuple[list[t
 
 def build_report(out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
-    results = load_results(out_dir)
+    results = stages.attach(load_results(out_dir), out_dir)
     aggs = aggregate(results)
     blocks, verdict_groups = _blocks(out_dir, results, aggs)
     paths = {

@@ -9,6 +9,7 @@ Pareto fronts. Reads plain dicts only (no torch).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +104,8 @@ class Metric:
     views: frozenset = frozenset()  # where it is shown: VIEWS (every view selects by these tags)
     tracked_as: str | None = None  # its name in experiment trackers (the last step's values)
     axis: tuple | None = None  # the Pareto view's x axis: (place, label, log scale)
+    stage: tuple | None = None  # in a measurement stage: (candidate: unmerged | merged | deployed, forward | generate)
+    across_runs: bool = False  # timed inside each run (training): drift between runs is measured, not guessed
 
     @property
     def relative(self) -> bool:
@@ -124,10 +127,23 @@ TABLE, VERDICT, CSV, PARETO = (frozenset(v) for v in (("table", "verdict", "csv"
 MARGIN_PERCENT = {("timing", "cpu"): 25.0, ("memory", "cpu"): 20.0, ("timing", "cuda"): 10.0, ("memory", "cuda"): 3.0}
 
 
-def margin(metric: Metric, device: str) -> float:
+def margin(metric: Metric, device: str, runs: list[dict] = ()) -> float:
+    """Effects under this (percent) are ties. A measure timed inside runs at different moments (training)
+    whose runs timed the reference workload before and after (``train.reference_ms``): when those
+    references moved by more than the fixed margin between the compared runs, the machine changed under
+    them (a load came or went) and their speeds are not compared at all (an infinite margin: a load
+    slows training and the reference by different factors, so no margin derived from it would hold)."""
     if metric.kind not in ("timing", "memory"):
         return 0.0
-    return MARGIN_PERCENT[(metric.kind, "cuda" if str(device).startswith("cuda") else "cpu")]
+    fixed = MARGIN_PERCENT[(metric.kind, "cuda" if str(device).startswith("cuda") else "cpu")]
+    drift = drift_percent(runs) if metric.across_runs else None
+    return math.inf if drift is not None and drift > fixed else fixed
+
+
+def drift_percent(runs: list[dict]) -> float | None:
+    """How much the machine's speed moved across these runs' reference timings (max over min, less one)."""
+    refs = [v for r in runs for v in (get_in(r, "train", "reference_ms") or {}).values() if v]
+    return round(100 * (max(refs) / min(refs) - 1), 2) if runs and len(refs) == 2 * len(runs) else None
 
 
 QUALITY = {
@@ -199,6 +215,7 @@ METRICS: dict[str, Metric] = {
             unit="tokens/s",
             views=frozenset(TABLE),
             tracked_as="train/steady_tokens_per_second",
+            across_runs=True,
         ),
         Metric(
             "train_peak_memory_bytes",
@@ -227,6 +244,7 @@ METRICS: dict[str, Metric] = {
             unit="ms",
             views=frozenset({"table", "csv"}),
             tracked_as="inference/p50_ms",
+            stage=("unmerged", "forward"),
         ),
         Metric(
             "latency_p95_ms",
@@ -247,6 +265,7 @@ METRICS: dict[str, Metric] = {
             statistic="median",
             unit="ms",
             views=frozenset({"table", "csv"}),
+            stage=("merged", "forward"),
         ),
         Metric(
             "deploy_p50_ms",
@@ -260,6 +279,7 @@ METRICS: dict[str, Metric] = {
             unit="ms",
             views=frozenset(VERDICT | {"pareto"}),
             axis=(1, "deployed latency p50 (ms)", False),
+            stage=("deployed", "forward"),
         ),
         Metric(
             "throughput",
@@ -273,6 +293,7 @@ METRICS: dict[str, Metric] = {
             unit="tokens/s",
             views=frozenset(TABLE),
             tracked_as="inference/tokens_per_second",
+            stage=("unmerged", "generate"),
         ),
         Metric(
             "merged_throughput",
@@ -284,6 +305,7 @@ METRICS: dict[str, Metric] = {
             samples=_throughput_samples("inference", "merged"),
             statistic="rate",
             unit="tokens/s",
+            stage=("merged", "generate"),
         ),
         Metric(
             "inference_peak_memory_bytes",

@@ -84,6 +84,7 @@ def runs_of(exp: Experiment) -> list[Run]:
             e = copy.deepcopy(exp)
             e.train.learning_rate, e.train.seed, e.seeds = lr, seed, None
             e.model.family = e.model.family or models.family_of_spec(e.model.spec)
+            e.model.quantization = e.model.quantization or (method.quantization if method else None)
             run_id = exp.id + (f"--lr{_rate(lr)}" if len(lrs) > 1 else "") + (f"--seed{seed}" if exp.seeds else "")
             out.append(Run(e, exp.id, run_id, seed, len(lrs) > 1, config_hash(e)))
     return out
@@ -160,6 +161,7 @@ def _choices(exp: Experiment) -> list[str]:
         ("model.quantization", exp.model.quantization, QUANTIZATION_CHOICES),
         ("train.distributed", exp.train.distributed, DISTRIBUTED_CHOICES),
         ("measure.optimized", exp.measure.optimized, OPTIMIZED_CHOICES),
+        ("measure.stage", exp.measure.stage, ("on", "off")),
     ]
     problems = [
         f"{key}: {value!r} is not one of {', '.join(str(c) for c in choices)}"
@@ -230,6 +232,8 @@ def _ranges(exp: Experiment) -> list[str]:
         "measure.batch_size": m.batch_size,
         "measure.seq_len": m.seq_len,
         "measure.new_tokens": m.new_tokens,
+        "measure.rounds": m.rounds,
+        "measure.block_iterations": m.block_iterations,
     }
     problems += [f"{k}: must be > 0, got {v}" for k, v in positive.items() if v <= 0]
     optional = {

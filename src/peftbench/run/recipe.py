@@ -29,6 +29,7 @@ from peftbench.catalog.tasks import TASKS, mean_loss
 from peftbench.errors import Skipped
 from peftbench.measure import dir_bytes
 from peftbench.measure.inference import logits_for, measure_inference
+from peftbench.measure.latency import reference_ms
 from peftbench.measure.memory import free_cached_memory
 from peftbench.measure.storage import file_sizes, saved_bytes
 from peftbench.results import Result
@@ -172,6 +173,7 @@ class Recipe:
             models.enable_checkpointing(self.model)
         if self.settings.speed["compile"] != "off":  # compiled graphs are reused by the next run's process
             sources.use_inductor_cache()
+        before = reference_ms(self.dev)  # the machine's speed now, and after: drift between runs
         with progress(total=self.settings.total_steps, desc=f"train {self.plan.run_id}") as bar:
             tr = train(
                 self.model,
@@ -188,6 +190,7 @@ class Recipe:
                     bar.update(step - bar.n),
                 ),
             )
+        after = reference_ms(self.dev)
         self.model = self.accelerator.unwrap_model(self.model)
         self._release_training_state()
         if self.strategy == "fsdp":
@@ -195,6 +198,7 @@ class Recipe:
         self.out["train"] = {
             **vars(tr),
             "eval_curve": curve + tr.eval_curve,
+            "reference_ms": {"before": round(before, 5), "after": round(after, 5)},
             "examples": len(self.features),
             "examples_seen": tr.steps
             * exp.train.batch_size
@@ -278,7 +282,10 @@ class Recipe:
         tok = self.loaded.tokenizer
         model = merged_model = self.model
         inference = None
-        if exp.measure.enabled:
+        group = results.measurement_group(self.plan.exp.to_dict())
+        if group is not None:  # timed with its group after training (measure.stage), never alone
+            inference = {"stage": {"file": f"measurements/{group}.json"}}
+        if exp.measure.enabled and group is None:
             self._cast(model, models.resolve_dtype(exp.measure.dtype, dev, inference=True))
             vocab = model.config.vocab_size if hasattr(model, "config") else len(tok)
             kw = {"family": self.loaded.family, "vocab_size": vocab, "args": exp.measure, "device": dev}

@@ -32,6 +32,7 @@ from peftbench import fs, results
 from peftbench.errors import Cancelled, ConfigError, FolderError, keep_cancellations
 from peftbench.results import Result
 from peftbench.run.plan import Run, plan_runs
+from peftbench.run.stage import measure_groups, stage_groups
 
 log = logging.getLogger("peftbench")
 GRACE_SECONDS = 60  # a signalled child gets this long to record `cancelled` before it is killed
@@ -254,6 +255,9 @@ def run_suite(
                 echo(f"[{i}/{len(runs)}] {run.run_id}: cancelled")
                 break
             failed += _announce(f"[{i}/{len(runs)}] {run.run_id}", result, echo, out_dir=out_dir)
+        if main and not guard.received:  # every group of the suite, with the successes it has
+            groups = stage_groups(plan_runs(suite))
+            measure_groups(groups, out_dir=out_dir, device=device, in_process=in_process, echo=echo, guard=guard)
         if report and main:
             _report(out_dir, echo)
     if guard.received:

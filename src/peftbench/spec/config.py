@@ -30,6 +30,7 @@ SECTIONS = ("model", "data", "method", "train", "measure")
 SUITE_KEYS = ("name", "description", "defaults", "experiments", "matrix", "seeds", "log_with")
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: no trailing newline slips in
 ON_OFF_FIELDS = {"chat_template", "compile", "fused_optimizer", "fused_loss", "packing", "group_by_length", "optimized"}
+ON_OFF_FIELDS |= {"stage"}
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # model.dtype and measure.dtype (torch.<name>)
 SWITCH_CHOICES = ("auto", "on", "off")
 FUSED_LOSS_CHOICES = ("auto", "on", "liger", "chunked", "off")
@@ -197,6 +198,13 @@ class MeasureArgs:
         "also measure generation with a static KV cache (static) and a compiled forward "
         "(compile): auto (compile with CUDA, off on CPU) | static | compile | off",
     )
+    stage: str = _f(
+        "off",
+        "on: time the (model, task) group's candidates together after training, interleaved in rounds "
+        "(measurements/<group>.json; comparisons paired round by round) | off: each run times itself",
+    )
+    rounds: int = _f(8, "stage: rounds; every candidate is timed once per round, in a shuffled order")
+    block_iterations: int = _f(2, "stage: timed calls per candidate, scenario and round")
 
 
 @dataclass
