@@ -5,6 +5,7 @@ summary.csv columns), HTML embeds every image, and the report imports without to
 import copy
 import csv
 import json
+import math
 import random
 import re
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 
 from peftbench import stats
 from peftbench.report import aggregate, build
-from peftbench.report.metrics import pareto
+from peftbench.report.metrics import pareto, value
 from peftbench.results import load_results
 
 N_TEST = 200
@@ -322,3 +323,23 @@ def test_report_text_is_byte_identical_to_the_golden_one(tmp_path):
     if os.environ.get("PEFTBENCH_UPDATE_GOLDEN"):
         shutil.copy(verdict, GOLDEN / "verdict.json")
     assert verdict.read_bytes() == (GOLDEN / "verdict.json").read_bytes()
+
+
+def test_intervals_over_seeds_respect_their_quantity(tmp_path):
+    """2 seeds: too few for an interval (t on one degree of freedom spans more than the value); 3 seeds of
+    a time: a ratio's interval around the geometric mean, never below zero however far apart they are."""
+    two = [result(M, C, "lora", correct=150, p50=p, seed=s) for s, p in ((1, 10.0), (2, 60.0))]
+    (tmp_path / "two").mkdir()
+    _, aggs = group_verdicts(write(tmp_path / "two", two))
+    s = aggregate.summarize(aggs[0], "latency_p50_ms")
+    vals = [value(r, "latency_p50_ms") for r in aggs[0].runs]
+    assert s["mean"] == pytest.approx(sum(vals) / 2) and (s["low"], s["high"]) == (None, None)
+    assert s["how"] == "2 seeds: too few for an interval"
+    three = [result(M, C, "lora", correct=150, p50=p, seed=s) for s, p in ((1, 10.0), (2, 60.0), (3, 12.0))]
+    (tmp_path / "three").mkdir()
+    _, aggs = group_verdicts(write(tmp_path / "three", three))
+    s = aggregate.summarize(aggs[0], "latency_p50_ms")
+    vals = [value(r, "latency_p50_ms") for r in aggs[0].runs]
+    g, lo, hi = stats.t_interval([math.log(v) for v in vals])
+    assert (s["mean"], s["low"], s["high"]) == pytest.approx((math.exp(g), math.exp(lo), math.exp(hi)))
+    assert 0 < s["low"] < s["mean"] < s["high"] and stats.t_interval(vals)[1] < 0  # the linear one: below zero

@@ -157,7 +157,14 @@ def _summarize(agg: Agg, key: str) -> dict | None:
         return None
     if metric.kind == "exact":
         return {"mean": vals[0], "low": vals[0], "high": vals[0], "n": len(vals), "how": "exact"}
-    if len(vals) >= 2:
+    if len(vals) == 2:  # Student's t on one degree of freedom: wider than the value itself, below zero
+        mean = sum(vals) / 2
+        return {"mean": mean, "low": None, "high": None, "n": 2, "how": "2 seeds: too few for an interval"}
+    if len(vals) > 2 and metric.relative and min(vals) > 0:  # a time, rate or size: a ratio's interval
+        g, lo, hi = stats.t_interval([math.log(v) for v in vals])
+        how = f"t over {len(vals)} seeds on the log scale (geometric mean)"
+        return {"mean": math.exp(g), "low": math.exp(lo), "high": math.exp(hi), "n": len(vals), "how": how}
+    if len(vals) > 2:
         mean, lo, hi = stats.t_interval(vals)
         return {"mean": mean, "low": lo, "high": hi, "n": len(vals), "how": f"t over {len(vals)} seeds"}
     samples = metric.samples(agg.runs[0]) if metric.samples else None
