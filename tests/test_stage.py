@@ -135,3 +135,22 @@ def test_paired_rounds_cancel_drift_and_keep_ratio_intervals_positive():
     wild = stats.compare_rounds([1.0, 100.0, 1.0], [100.0, 1.0, 100.0])
     assert wild.low > -100 and not wild.significant  # a ratio's interval: never below -100 %
     assert results.measurement_group({"measure": {"stage": "off"}, "model": {"spec": "x"}}) is None
+
+
+def test_bit_identical_adapters_are_one_candidate_whatever_order_peft_wrote_their_set_options(tmp_path):
+    from peftbench.measure.stage import _fingerprint
+
+    for name, modules, weights in (
+        ("a", ["q_proj", "v_proj"], b"w1"),
+        ("b", ["v_proj", "q_proj"], b"w1"),
+        ("c", ["q_proj"], b"w1"),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_config.json").write_text(json.dumps({"r": 8, "target_modules": modules}))
+        (tmp_path / name / "adapter_model.safetensors").write_bytes(weights)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "adapter_config.json").write_text(json.dumps({"r": 8, "target_modules": ["q_proj", "v_proj"]}))
+    (tmp_path / "d" / "adapter_model.safetensors").write_bytes(b"w2")
+    prints = {n: _fingerprint(tmp_path / n, merged=True) for n in "abcd"}
+    assert prints["a"] == prints["b"] and len({prints["a"], prints["c"], prints["d"]}) == 3
+    assert _fingerprint(tmp_path / "a", merged=False) != prints["a"]  # merged candidates are part of what is built

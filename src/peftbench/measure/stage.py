@@ -104,8 +104,19 @@ def _fingerprint(folder: Path, *, merged: bool) -> str:
 
     h = hashlib.sha256(str(merged).encode())
     for f in sorted(folder.glob("*")) if folder.is_dir() else []:
-        h.update(f.name.encode() + f.read_bytes())
+        data = f.read_bytes()
+        if f.suffix == ".json":  # peft writes target_modules from a set: its order follows the hash seed
+            data = json.dumps(_canonical(json.loads(data)), sort_keys=True).encode()
+        h.update(f.name.encode() + data)
     return h.hexdigest()
+
+
+def _canonical(value):
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return sorted(value)
+    return [_canonical(v) for v in value] if isinstance(value, list) else value
 
 
 def _scenarios(args: MeasureArgs, *, family: str, vocab: int, pad_id, device) -> dict:
@@ -128,13 +139,18 @@ def _scenarios(args: MeasureArgs, *, family: str, vocab: int, pad_id, device) ->
 
 @torch.inference_mode()
 def _warm_and_peak(cands: list[Candidate], scenarios: dict, *, args: MeasureArgs, device) -> dict:
-    """Each candidate's warm-up calls, with its peak memory over one call of every scenario."""
+    """Every candidate's warm-up calls, then each one's peak memory over one call of every scenario (after
+    all the warm-ups, so no candidate pays for the process's first-touch allocations: measured during
+    its own warm-up, the first one read twice the others')."""
+    for c in cands:
+        for fn, _, _ in scenarios.values():
+            for _ in range(max(1, args.warmup)):
+                fn(c.model)
     peaks = {}
     for c in cands:
         with MemoryTracker(device, resident_bytes=tensor_bytes(c.model)) as mem:
             for fn, _, _ in scenarios.values():
-                for _ in range(max(1, args.warmup)):
-                    fn(c.model)
+                fn(c.model)
         peaks[c.name] = mem.result.to_dict()
         # every candidate sits on the device together: its own weights plus what its calls added
         peaks[c.name]["peak_bytes"] = tensor_bytes(c.model) + peaks[c.name]["delta_bytes"]
