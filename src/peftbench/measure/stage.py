@@ -120,7 +120,7 @@ def _canonical(value):
 
 
 def _scenarios(args: MeasureArgs, *, family: str, vocab: int, pad_id, device) -> dict:
-    """name -> (callable of a model, tokens per call, what a call does) at the group's fixed shapes."""
+    """name -> a call of a model, at the group's fixed shapes (the same inputs for every candidate)."""
     dec = args.decoder_len or args.seq_len
     out = {}
     for b in dict.fromkeys([args.batch_size] + ([args.large_batch_size] if args.large_batch_size else [])):
@@ -128,12 +128,11 @@ def _scenarios(args: MeasureArgs, *, family: str, vocab: int, pad_id, device) ->
             family=family, vocab_size=vocab, batch=b, seq_len=args.seq_len, decoder_len=dec, device=device
         )
         gen = {k: v for k, v in inputs.items() if k != "decoder_input_ids"}
-        tokens = b * (args.seq_len + (dec if family == "seq2seq" else 0))
-        out[f"forward_b{b}"] = (lambda m, i=inputs: m(**i), tokens, {"batch_size": b, "seq_len": args.seq_len})
+        out[f"forward_b{b}"] = lambda m, i=inputs: m(**i)
         if args.generate:
             n = args.new_tokens
-            out[f"generate_b{b}"] = (lambda m, g=gen, n=n: m.generate(**g, **_gen_kwargs(n, pad_id)), b * n, {})
-            out[f"first_token_b{b}"] = (lambda m, g=gen: m.generate(**g, **_gen_kwargs(1, pad_id)), b, {})
+            out[f"generate_b{b}"] = lambda m, g=gen, n=n: m.generate(**g, **_gen_kwargs(n, pad_id))
+            out[f"first_token_b{b}"] = lambda m, g=gen: m.generate(**g, **_gen_kwargs(1, pad_id))
     return out
 
 
@@ -143,13 +142,13 @@ def _warm_and_peak(cands: list[Candidate], scenarios: dict, *, args: MeasureArgs
     all the warm-ups, so no candidate pays for the process's first-touch allocations: measured during
     its own warm-up, the first one read twice the others')."""
     for c in cands:
-        for fn, _, _ in scenarios.values():
+        for fn in scenarios.values():
             for _ in range(max(1, args.warmup)):
                 fn(c.model)
     peaks = {}
     for c in cands:
         with MemoryTracker(device, resident_bytes=tensor_bytes(c.model)) as mem:
-            for fn, _, _ in scenarios.values():
+            for fn in scenarios.values():
                 fn(c.model)
         peaks[c.name] = mem.result.to_dict()
         # every candidate sits on the device together: its own weights plus what its calls added
@@ -169,7 +168,7 @@ def _rounds(cands: list[Candidate], scenarios: dict, *, args: MeasureArgs, devic
         rng.shuffle(order)
         orders.append([c.name for c in order])
         for c in order:
-            for s, (fn, _, _) in scenarios.items():
+            for s, fn in scenarios.items():
                 if c.role == "reference" and not s.startswith(f"forward_b{args.batch_size}"):
                     continue  # the reference is one workload: the base's forward at the latency shape
                 lat = measure_latency(
@@ -280,7 +279,7 @@ def _run_inference(doc: dict, run_id: str, *, args: MeasureArgs, family: str, no
 @torch.inference_mode()
 def _logit_diffs(cands: list[Candidate], scenarios: dict, *, args: MeasureArgs) -> dict:
     """Merged against unmerged logits at the latency shape: the merge is the same function."""
-    fn = scenarios[f"forward_b{args.batch_size}"][0]
+    fn = scenarios[f"forward_b{args.batch_size}"]
     by_name = {c.name: c for c in cands}
     return {
         c.name: float((fn(by_name[c.run_id].model).logits.float() - fn(c.model).logits.float()).abs().max())

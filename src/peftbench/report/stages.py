@@ -49,10 +49,11 @@ def _read(path: Path) -> dict | None:
 
 
 def _candidate(doc: dict, run_id: str, role: str) -> str | None:
-    run_id = doc.get("aliases", {}).get(run_id, run_id)  # bit-identical to a run timed once for both
-    names = {c["role"]: c["name"] for c in doc["candidates"] if c["run_id"] == run_id}
-    main = names.get("unmerged") or names.get("base") or names.get("full")
-    return {"unmerged": main, "merged": names.get("merged"), "deployed": names.get("merged") or main}[role]
+    """The candidate the stage timed for a run in a role, as its inference record names it (an alias's
+    record names the bit-identical run's candidates)."""
+    inf = doc["inference"][run_id]
+    main, merged = inf["stage"]["candidate"], ((inf.get("merged") or {}).get("stage") or {}).get("candidate")
+    return {"unmerged": main, "merged": merged, "deployed": merged or main}[role]
 
 
 def _per_round(runs: list[dict], doc: dict, role: str, scenario: str) -> list[float] | None:
