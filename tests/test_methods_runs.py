@@ -63,8 +63,13 @@ def prompt_runs(tmp_path_factory, data_dir, tiny_pretrained):
 def test_prompt_methods_train_save_score_and_measure_unmerged(prompt_runs):
     from peft import PeftModel
 
+    from peftbench.report import stages
+
     code, out, res = prompt_runs
     assert code == 0  # the skipped qlora run does not fail the suite
+    # pt and prefix are timed in their group's stage (measure.stage: auto), ptune-t5, alone, by its own run
+    assert res["pt"]["inference"]["stage"]["file"] and "stage" not in res["ptune-t5"]["inference"]
+    stages.attach(list(res.values()), out)
     for rid, peft_type in (("pt", "PROMPT_TUNING"), ("prefix", "PREFIX_TUNING"), ("ptune-t5", "P_TUNING")):
         r = res[rid]
         assert r["status"] == "success", r.get("error")

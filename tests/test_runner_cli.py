@@ -9,6 +9,7 @@ from conftest import FAST_MEASURE, save_tiny, single
 
 from peftbench import cli, results
 from peftbench.catalog import models
+from peftbench.report import stages
 from peftbench.run import plan, runner
 from peftbench.spec import config
 
@@ -69,7 +70,8 @@ def test_result_contract(suite_run):
     assert r["config"]["model"]["family"] == "causal" and r["config"]["train"]["learning_rate"] == 2e-4
     assert r["resolved"]["learning_rate"] == 2e-4 and r["resolved"]["family"] == "causal"
     exp = next(e for e in suite.experiments if e.id == r["id"])
-    (run,) = plan.runs_of(exp)  # the planned run: the method's rate and the model's family filled in
+    # the planned run: the method's rate, the model's family and the stage (auto: on in a group) filled in
+    (run,) = [p for p in plan.plan_runs(suite) if p.experiment_id == exp.id]
     assert r["run_id"] == r["id"] and r["config_hash"] == run.config_hash == config.hash_of(r["config"])
     for key in ("python", "torch", "transformers", "peft", "device"):
         assert r["env"][key]
@@ -86,8 +88,15 @@ def test_result_contract(suite_run):
     assert base["chance_accuracy"] == 50.0 and base["majority_class"] in ("bad", "good")
     assert [p["step"] for p in r["train"]["eval_curve"]] == [1, 2]
     assert len(r["train"]["loss_curve"]) == 2 and r["train"]["tokens_per_second"] > 0
-    lat = r["inference"]["latency_ms"]
-    assert lat["n"] == 2 and lat["p50_ms"] > 0 and set(lat) >= {"mean_ms", "p90_ms", "p95_ms", "p99_ms", "stdev_ms"}
+    # the run points to its group's stage (measure.stage: auto), whose record the report reads
+    assert set(r["inference"]) == {"stage"}
+    (r,) = stages.attach([r], out)
+    lat, m = r["inference"]["latency_ms"], r["config"]["measure"]
+    assert (
+        lat["n"] == m["rounds"] * m["block_iterations"]
+        and lat["p50_ms"] > 0
+        and set(lat) >= {"mean_ms", "p90_ms", "p95_ms", "p99_ms", "stdev_ms"}
+    )
     assert set(r["inference"]["scenarios"]) == {"forward_b1", "generate_b1", "forward_b2", "generate_b2"}
     merged = r["inference"]["merged"]
     assert merged["max_abs_logit_diff"] < 1e-4 and "unmerged_overhead_percent" in merged
@@ -124,7 +133,9 @@ def test_rerun_skips_completed(suite_run, capsys):
     code, out, suite = suite_run
     before = {p.name: p.read_text() for p in (out / "results").glob("*.json")}
     assert runner.run_suite(suite, out_dir=out, device="cpu", report=False, in_process=True) == 0
-    assert capsys.readouterr().out.count("done, skipped") == len(before)
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("[") and "done, skipped" in line for line in lines) == len(before)
+    assert sum(line.startswith("measure ") and "done, skipped" in line for line in lines) == 2  # both groups
     assert {p.name: p.read_text() for p in (out / "results").glob("*.json")} == before
 
 

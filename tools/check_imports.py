@@ -17,6 +17,7 @@ LAYERS = [
     {"spec"},  # what the user declares
     {"results"},  # records, strict JSON, the folder lock
     {"catalog"},  # what can be run
+    {"deploy"},  # the forms a model ships in (ONNX, quantised), built from the catalog's models
     {"measure"},  # clocks and memory counters
     {"report"},  # reads results only
     {"run"},  # how a run happens
@@ -24,7 +25,7 @@ LAYERS = [
 ]
 # read by the report (and the plan's torch-free paths): these and what they import must not need torch
 TORCH_FREE = {"errors", "fs", "stats", "results", "spec", "report", "catalog.methodspecs", "catalog.taskspecs"}
-TORCH_FREE |= {"catalog.shapes", "catalog"}
+TORCH_FREE |= {"catalog.shapes", "catalog", "deploy", "deploy.targets"}
 
 
 def rank(module: str) -> int:
@@ -86,7 +87,7 @@ def problems(root: Path) -> list[str]:
                 out.append(
                     f"{mod} imports {dep}: an upward import ({dep.split('.')[0]} sits above {mod.split('.')[0]})"
                 )
-    for mod in sorted(m for m in graph if m in TORCH_FREE or m.split(".")[0] in TORCH_FREE - {"catalog"}):
+    for mod in sorted(m for m in graph if m in TORCH_FREE or m.split(".")[0] in TORCH_FREE - {"catalog", "deploy"}):
         reached, todo = set(), [mod]
         while todo:
             m = todo.pop()

@@ -343,7 +343,7 @@ class FolderLock:
 def clean_stale(out_dir: Path) -> list[Path]:
     """Remove temp files and folders that a killed run left behind (hold the lock first)."""
     out_dir = Path(out_dir)
-    stale = [p for d in ("adapters", "results", "attempts") for p in (out_dir / d).glob(".*")]
+    stale = [p for d in ("adapters", "results", "attempts", "measurements") for p in (out_dir / d).glob(".*")]
     for p in stale:
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)

@@ -382,7 +382,11 @@ def base_state_dict(model: torch.nn.Module) -> dict:
 
 def merge(model) -> tuple[torch.nn.Module, str | None]:
     """The merged model, or the model itself and why it could not merge (peft offers merging for
-    methods that then refuse, e.g. a bias adapter on a layer without bias)."""
+    methods that then refuse, e.g. a bias adapter on a layer without bias). Prompt methods have nothing to
+    merge: their virtual tokens are inputs (peft's merge_and_unload would hand back the bare base)."""
+    config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", None))
+    if getattr(config, "is_prompt_learning", False):
+        return model, "prompt methods do not merge: their virtual tokens stay in every forward"
     try:
         return model.merge_and_unload(), None
     except (NotImplementedError, ValueError, TypeError, AttributeError, RuntimeError) as e:

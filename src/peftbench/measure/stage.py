@@ -22,10 +22,12 @@ report reads (the shape a run's own ``inference`` section has).
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import random
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,8 @@ import torch
 from peftbench import results
 from peftbench.catalog import methods, models
 from peftbench.catalog.methodspecs import traits
+from peftbench.deploy.targets import TARGETS
+from peftbench.measure.deployed import checks, deploy_candidates, rescore
 from peftbench.measure.inference import _gen_kwargs, make_inputs
 from peftbench.measure.latency import Latency, measure_latency
 from peftbench.measure.memory import MemoryTracker, tensor_bytes
@@ -55,8 +59,11 @@ NOISY_SPREAD = 0.10
 class Candidate:
     name: str  # the run id, "<run id>:merged", or "reference"
     run_id: str | None
-    role: str  # base | unmerged | merged | full | reference
+    role: str  # base | unmerged | merged | full | reference | deployed
     model: torch.nn.Module
+    device: torch.device | None = None  # where its calls run (None: the stage's device)
+    resident: int | None = None  # bytes it holds before a call (None: its tensors)
+    target: str = "torch"
 
 
 def stage_path(out_dir: Path, group: str) -> Path:
@@ -91,7 +98,7 @@ def _load_candidates(runs: list[results.Result], *, out_dir: Path, device: torch
             methods.cast(model, dtype)
             cands.append(Candidate(r.run_id, r.run_id, "unmerged", model))
             merged, notes[r.run_id] = methods.merge(copy.deepcopy(model)) if args.merged else (model, None)
-            if merged is not model:
+            if args.merged and notes[r.run_id] is None:  # a refusal hands back the unmerged copy
                 cands.append(Candidate(f"{r.run_id}:merged", r.run_id, "merged", merged.eval()))
     return loaded, cands, notes, aliases
 
@@ -137,43 +144,44 @@ def _scenarios(args: MeasureArgs, *, family: str, vocab: int, pad_id, device) ->
 
 
 @torch.inference_mode()
-def _warm_and_peak(cands: list[Candidate], scenarios: dict, *, args: MeasureArgs, device) -> dict:
+def _warm_and_peak(cands: list[Candidate], by_device: dict, *, args: MeasureArgs, device) -> dict:
     """Every candidate's warm-up calls, then each one's peak memory over one call of every scenario (after
     all the warm-ups, so no candidate pays for the process's first-touch allocations: measured during
     its own warm-up, the first one read twice the others')."""
     for c in cands:
-        for fn in scenarios.values():
+        for fn in by_device[str(c.device or device)].values():
             for _ in range(max(1, args.warmup)):
                 fn(c.model)
     peaks = {}
     for c in cands:
-        with MemoryTracker(device, resident_bytes=tensor_bytes(c.model)) as mem:
-            for fn in scenarios.values():
+        resident = tensor_bytes(c.model) if c.resident is None else c.resident
+        with MemoryTracker(c.device or device, resident_bytes=resident) as mem:
+            for fn in by_device[str(c.device or device)].values():
                 fn(c.model)
         peaks[c.name] = mem.result.to_dict()
         # every candidate sits on the device together: its own weights plus what its calls added
-        peaks[c.name]["peak_bytes"] = tensor_bytes(c.model) + peaks[c.name]["delta_bytes"]
+        peaks[c.name]["peak_bytes"] = resident + peaks[c.name]["delta_bytes"]
     return peaks
 
 
 @torch.inference_mode()
-def _rounds(cands: list[Candidate], scenarios: dict, *, args: MeasureArgs, device, progress=None) -> dict:
+def _rounds(cands: list[Candidate], by_device: dict, *, args: MeasureArgs, device, progress=None) -> dict:
     """``args.rounds`` rounds, the candidates in a fresh seeded order each; per candidate and scenario a
     block of ``args.block_iterations`` timed calls after ``BLOCK_WARMUP`` untimed ones."""
     rng = random.Random(ORDER_SEED)
-    timings = {s: {c.name: [] for c in cands} for s in scenarios}
+    timings = {s: {c.name: [] for c in cands} for s in by_device[str(device)]}
     orders = []
     for r in range(args.rounds):
         order = list(cands)
         rng.shuffle(order)
         orders.append([c.name for c in order])
         for c in order:
-            for s, fn in scenarios.items():
+            for s, fn in by_device[str(c.device or device)].items():
                 if c.role == "reference" and not s.startswith(f"forward_b{args.batch_size}"):
                     continue  # the reference is one workload: the base's forward at the latency shape
                 lat = measure_latency(
                     lambda fn=fn, m=c.model: fn(m),
-                    device=device,
+                    device=c.device or device,
                     warmup=BLOCK_WARMUP,
                     iterations=args.block_iterations,
                     min_seconds=0.0,
@@ -273,7 +281,23 @@ def _run_inference(doc: dict, run_id: str, *, args: MeasureArgs, family: str, no
         )
         inf["merged"] = m
     inf["stage"] = {"file": f"measurements/{doc['group']}.json", "candidate": main}
+    inf["deploy"] = {
+        target: _deployed_of(recs[timed], doc, args=args, family=family)
+        for target, recs in (doc.get("deploy") or {}).items()
+        if timed in recs
+    }
     return inf
+
+
+def _deployed_of(rec: dict, doc: dict, *, args: MeasureArgs, family: str) -> dict:
+    """A run's numbers on one deployment target: what was built (or why not), its timings from the rounds."""
+    out = dict(rec)
+    name = rec.get("candidate")
+    if name and doc["timings"][f"forward_b{args.batch_size}"].get(name):
+        numbers = _inference_of(name, doc, args=args, family=family)
+        numbers.pop("shapes")
+        out.update(numbers)
+    return out
 
 
 @torch.inference_mode()
@@ -298,15 +322,55 @@ def measure_group(*, group: str, run_ids: list[str], out_dir: Path, device: str,
     args = MeasureArgs(**{k: v for k, v in runs[0].config["measure"].items() if k in MeasureArgs.__dataclass_fields__})
     torch.manual_seed(0)
     loaded, cands, notes, aliases = _load_candidates(runs, out_dir=out_dir, device=dev, args=args)
-    vocab = loaded.model.config.vocab_size
-    scenarios = _scenarios(args, family=loaded.family, vocab=vocab, pad_id=loaded.tokenizer.pad_token_id, device=dev)
-    started = time.time()
-    memory = _warm_and_peak(cands, scenarios, args=args, device=dev)
-    measured = _rounds(cands, scenarios, args=args, device=dev, progress=progress)
-    diffs = _logit_diffs(cands, scenarios, args=args)
-    ref = measured["timings"][f"forward_b{args.batch_size}"]["reference"]
-    spread = reference_spread(ref)
-    doc = {
+    vocab, family = loaded.model.config.vocab_size, loaded.family
+    scen = functools.partial(_scenarios, args, family=family, vocab=vocab, pad_id=loaded.tokenizer.pad_token_id)
+    stage_path(out_dir, group).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".deploy-", dir=stage_path(out_dir, group).parent) as tmp:
+        built, deploy = deploy_candidates(cands, runs, args=args, family=family, aliases=aliases, workdir=Path(tmp))
+        timed = cands + [
+            Candidate(b.name, b.run_id, "deployed", b.model, device=b.device, resident=b.resident, target=b.target)
+            for b in built
+        ]
+        by_device = {str(d): scen(device=d) for d in {dev, *(b.device for b in built)}}
+        inputs = functools.lru_cache(
+            lambda d: make_inputs(
+                family=family,
+                vocab_size=vocab,
+                batch=args.batch_size,
+                seq_len=args.seq_len,
+                decoder_len=args.decoder_len or args.seq_len,
+                device=d,
+            )
+        )
+        checks(built, cands, inputs_for=lambda m: inputs(_device_of(m, dev)))
+        started = time.time()
+        memory = _warm_and_peak(timed, by_device, args=args, device=dev)
+        measured = _rounds(timed, by_device, args=args, device=dev, progress=progress)
+        diffs = _logit_diffs(cands, by_device[str(dev)], args=args)
+        rescore(built, runs, loaded=loaded, family=family)
+    doc = _document(group, runs, timed, dev=dev, args=args, started=started, diffs=diffs, aliases=aliases)
+    doc.update(memory=memory, deploy=deploy, **measured)
+    spread = reference_spread(measured["timings"][f"forward_b{args.batch_size}"]["reference"])
+    doc["reference"] = {"scenario": f"forward_b{args.batch_size}", "spread": round(spread, 5)}
+    doc.update(noisy=spread > NOISY_SPREAD, noisy_threshold=NOISY_SPREAD)
+    doc["inference"] = {r.run_id: _run_inference(doc, r.run_id, args=args, family=family, notes=notes) for r in runs}
+    results.write_json_atomic(stage_path(out_dir, group), doc)
+    return doc
+
+
+def _device_of(model, default: torch.device) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _dtype_of(c: Candidate) -> str:
+    if c.target != "torch":
+        return TARGETS[c.target].weights
+    return str(next(c.model.parameters()).dtype).replace("torch.", "")
+
+
+def _document(group, runs, cands, *, dev, args, started, diffs, aliases) -> dict:
+    return {
         "schema": SCHEMA,
         "group": group,
         "device": str(dev),
@@ -322,23 +386,15 @@ def measure_group(*, group: str, run_ids: list[str], out_dir: Path, device: str,
                 "name": c.name,
                 "run_id": c.run_id,
                 "role": c.role,
-                "dtype": str(next(c.model.parameters()).dtype).replace("torch.", ""),
+                "target": c.target,
+                "device": str(c.device or dev),
+                "dtype": _dtype_of(c),
                 "max_abs_logit_diff": diffs.get(c.name),
             }
             for c in cands
         ],
         "aliases": aliases,
-        "memory": memory,
-        "reference": {"scenario": f"forward_b{args.batch_size}", "spread": round(spread, 5)},
-        "noisy": spread > NOISY_SPREAD,
-        "noisy_threshold": NOISY_SPREAD,
-        **measured,
     }
-    doc["inference"] = {
-        r.run_id: _run_inference(doc, r.run_id, args=args, family=loaded.family, notes=notes) for r in runs
-    }
-    results.write_json_atomic(stage_path(out_dir, group), doc)
-    return doc
 
 
 def is_current(out_dir: Path, group: str, run_ids: list[str]) -> bool:

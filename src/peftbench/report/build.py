@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from peftbench.catalog.methodspecs import CURATED, is_zero_shot
-from peftbench.report import stages
+from peftbench.report import deploy, stages
 from peftbench.report.aggregate import Agg, against_base, aggregate, summarize, unmerged_overhead, verdicts
 from peftbench.report.metrics import (
     METRICS,
@@ -279,6 +279,9 @@ def _group(model: str, task: str, gaggs: list[Agg], plots_dir: Path) -> tuple[li
         gaggs, folder=plots_dir, slug=_slug(f"{model}--{task}"), title=title, task=task
     ).items():
         blocks.append(("img", name, path))
+    deployed = [t for t in deploy.targets(gaggs)]
+    for target in deployed:
+        blocks += _deploy_blocks(gaggs, target, task, plots_dir / f"{_slug(f'{model}--{task}')}--{target}.png", title)
     verdict_group = {
         "model": model,
         "task": task,
@@ -287,11 +290,49 @@ def _group(model: str, task: str, gaggs: list[Agg], plots_dir: Path) -> tuple[li
         "measures": vlist,
         "latency_against_base": against_base(gaggs),
         "unmerged_overhead": unmerged_overhead(gaggs),
+        "deploy": [deploy.verdict(gaggs, t, task) for t in deployed],
         "learning_rates": {
             a.id: {"selected": a.selected_lr, "selected_by": a.selection, "sweep": a.sweep} for a in gaggs
         },
     }
     return blocks, verdict_group
+
+
+def _deploy_blocks(gaggs: list[Agg], target: str, task: str, plot_path: Path, title: str) -> list[tuple]:
+    """A target's table (winners bold), what its quality change says, and its plot."""
+    from peftbench.deploy.targets import TARGETS
+
+    t = TARGETS[target]
+    out: list[tuple] = [("h3", f"Deployed: {target} ({t.runtime}, {t.weights})")]
+    threads = {e.get("threads") for a in gaggs for e in deploy._entries(a, target) if e.get("threads")}
+    out.append(
+        (
+            "p",
+            f"{t.description}. Timed in the stage's rounds beside the PyTorch candidates"
+            + (f", {'/'.join(map(str, sorted(threads)))} CPU threads" if threads else "")
+            + "; quality re-scored on the same test examples, its change against the run's PyTorch result "
+            "with a paired 95 % interval"
+            + (
+                ". Generation on ONNX Runtime re-runs the sequence per token (no KV cache)."
+                if "ONNX" in t.runtime
+                else "."
+            ),
+        )
+    )
+    header, rows = deploy.table(gaggs, target, task)
+    out.append(("table", header, rows))
+    drops = []
+    for a in gaggs:
+        c = deploy.cells(a, target, task)["quality_change"]
+        if c is not None and c.get("low") is not None:
+            sig = "a significant change" if c["low"] > 0 or c["high"] < 0 else "no significant change"
+            drops.append(f"{a.id}: {c['mean']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}] ({sig})")
+    if drops:
+        out.append(("p", f"What {target} does to {PRIMARY_QUALITY[task]}: " + "; ".join(drops) + "."))
+    path = deploy.plot(gaggs, target, task, plot_path, f"{title} · {target}")
+    if path is not None:
+        out.append(("img", f"deploy {target}", path))
+    return out
 
 
 def _blocks(out_dir: Path, results: list[dict], aggs: list[Agg]) -> tuple[list[tuple], list[dict]]:
@@ -356,7 +397,7 @@ def build_report(out_dir: Path) -> dict[str, Path]:
     write_text_atomic(paths["md"], markdown(blocks, out_dir))
     write_text_atomic(paths["html"], html_page(blocks))
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=csv_fields())
+    w = csv.DictWriter(buf, fieldnames=csv_fields(aggs))
     w.writeheader()
     for row in csv_rows(results, aggs):
         w.writerow(row)

@@ -6,6 +6,7 @@ Usage:
 
 from __future__ import annotations
 
+from peftbench.report import deploy
 from peftbench.report.aggregate import Agg, summarize
 from peftbench.report.metrics import CSV_METRICS, get_in, method_of
 
@@ -55,6 +56,8 @@ def csv_rows(results: list[dict], aggs: list[Agg]) -> list[dict]:
                     f"{key}_ci95_high": None if s is None else s["high"],
                 }
             )
+        for target in deploy.targets([a]):
+            row.update(deploy.csv_cells(a, target, a.task))
         rows.append(row)
     done = {a.id for a in aggs}
     for r in results:  # experiments without a successful run still get their row
@@ -74,5 +77,7 @@ def csv_rows(results: list[dict], aggs: list[Agg]) -> list[dict]:
     return rows
 
 
-def csv_fields() -> list[str]:
-    return CSV_HEAD + [f"{k}_{part}" for k in CSV_METRICS for part in ("mean", "ci95_low", "ci95_high")]
+def csv_fields(aggs: list[Agg] | None = None) -> list[str]:
+    """The columns: the fixed head, every metric's mean and interval, and each deployment target present."""
+    base = CSV_HEAD + [f"{k}_{part}" for k in CSV_METRICS for part in ("mean", "ci95_low", "ci95_high")]
+    return base + deploy.csv_fields(deploy.targets(aggs or []))

@@ -14,7 +14,9 @@ so imports point one way.
 
 from __future__ import annotations
 
+import collections
 import copy
+import dataclasses
 import functools
 import importlib.util
 import tempfile
@@ -91,10 +93,59 @@ def runs_of(exp: Experiment) -> list[Run]:
 
 
 def plan_runs(suite: Suite) -> list[Run]:
-    return [run for exp in suite.experiments for run in runs_of(exp)]
+    return _staged([run for exp in suite.experiments for run in runs_of(exp)])
+
+
+def _staged(runs: list[Run]) -> list[Run]:
+    """``measure.stage: auto`` resolved: on where the run's group (``results.measurement_group``) holds
+    two runs or more, so the suite's comparisons are timed together, or where it names a deployment target
+    (the stage builds them); off for a run alone, which times itself. Written into the config before
+    hashing, as the other defaults are."""
+
+    def group(run: Run) -> str | None:
+        d = run.exp.to_dict()
+        d["measure"]["stage"] = "on"
+        return results.measurement_group(d)
+
+    auto = [r for r in runs if r.exp.measure.stage == "auto"]
+    sizes = collections.Counter(group(r) for r in auto)
+    out = []
+    for r in runs:
+        if r.exp.measure.stage == "auto":
+            g = group(r)
+            deploys = any(t != "torch" for t in r.exp.measure.targets)
+            r.exp.measure.stage = "on" if g is not None and (sizes[g] >= 2 or deploys) else "off"
+            r = dataclasses.replace(r, config_hash=config_hash(r.exp))
+        out.append(r)
+    return out
 
 
 # ---------------------------------------------------------------- validation
+
+
+def _targets(exp: Experiment) -> list[str]:
+    """``measure.targets``: known names, their extras installed (a source-built one is skipped instead), and
+    a stage to build them in."""
+    from peftbench.deploy.targets import TARGETS, missing_extra
+
+    m = exp.measure
+    if not isinstance(m.targets, list) or not all(isinstance(t, str) for t in m.targets):
+        return [f"measure.targets: a list of target names, got {m.targets!r}"]
+    unknown = [t for t in m.targets if t not in TARGETS]
+    if unknown:
+        return [f"measure.targets: unknown {', '.join(map(repr, unknown))} (known: {', '.join(TARGETS)})"]
+    problems = [f"measure.targets: {t!r} named twice" for t in dict.fromkeys(m.targets) if m.targets.count(t) > 1]
+    problems += [p for t in dict.fromkeys(m.targets) if not TARGETS[t].skip_when_missing and (p := missing_extra(t))]
+    if any(t != "torch" for t in m.targets):
+        if not m.enabled:
+            problems.append("measure.targets: deployment targets are measured; measure.enabled is false")
+        elif m.stage == "off":
+            problems.append("measure.targets: deployment targets are built in the stage; measure.stage is off")
+        elif exp.model.quantization:
+            problems.append("measure.targets: a quantised base (model.quantization) has no deployment targets yet")
+    if m.cpu_threads < 1:
+        problems.append(f"measure.cpu_threads: must be >= 1, got {m.cpu_threads}")
+    return problems
 
 
 def validate(exp: Experiment) -> list[str]:
@@ -104,6 +155,7 @@ def validate(exp: Experiment) -> list[str]:
     if exp.model.tokenizer:
         problems += models.check_tokenizer_spec(exp.model.tokenizer)
     problems += _choices(exp)
+    problems += _targets(exp)
     problems += data.check_spec(exp.data.spec)
     if exp.data.task not in SPECS:
         problems.append(f"data.task: unknown task {exp.data.task!r} (known: {', '.join(SPECS)})")
@@ -161,7 +213,7 @@ def _choices(exp: Experiment) -> list[str]:
         ("model.quantization", exp.model.quantization, QUANTIZATION_CHOICES),
         ("train.distributed", exp.train.distributed, DISTRIBUTED_CHOICES),
         ("measure.optimized", exp.measure.optimized, OPTIMIZED_CHOICES),
-        ("measure.stage", exp.measure.stage, ("on", "off")),
+        ("measure.stage", exp.measure.stage, SWITCH_CHOICES),
     ]
     problems = [
         f"{key}: {value!r} is not one of {', '.join(str(c) for c in choices)}"

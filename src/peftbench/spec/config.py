@@ -199,12 +199,19 @@ class MeasureArgs:
         "(compile): auto (compile with CUDA, off on CPU) | static | compile | off",
     )
     stage: str = _f(
-        "off",
+        "auto",
         "on: time the (model, task) group's candidates together after training, interleaved in rounds "
-        "(measurements/<group>.json; comparisons paired round by round) | off: each run times itself",
+        "(measurements/<group>.json; comparisons paired round by round) | off: each run times itself | "
+        "auto: on where a suite's group holds two runs or more",
     )
     rounds: int = _f(8, "stage: rounds; every candidate is timed once per round, in a shuffled order")
     block_iterations: int = _f(2, "stage: timed calls per candidate, scenario and round")
+    targets: list[str] = _f(
+        ["torch"],
+        "where the models will run, each timed and re-scored in the stage: torch (the training device) | cpu | "
+        "onnx | onnx-int8 | onnx-int4 | gpu-int8 | gpu-int4 | gguf-q8_0 | gguf-q4_k_m",
+    )
+    cpu_threads: int = _f(4, "threads of the CPU targets (at most the usable cores)")
 
 
 @dataclass
