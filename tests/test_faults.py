@@ -446,6 +446,8 @@ def test_fuzzing_set_gives_exit_0_or_a_clean_exit_2(lm_file, tmp_path, capsys):
 
 def test_a_signal_during_a_result_write_waits_until_the_file_is_complete(tmp_path, monkeypatch):
     """SIGINT arriving between writing and renaming: the rename still happens, then the interrupt."""
+    # the interpreter's own SIGINT handler, whatever an earlier test in this process left installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     path = tmp_path / "results" / "x.json"
     real_replace = os.replace
 
@@ -456,5 +458,6 @@ def test_a_signal_during_a_result_write_waits_until_the_file_is_complete(tmp_pat
     monkeypatch.setattr(results.os, "replace", replace_after_a_signal)
     with pytest.raises(KeyboardInterrupt):
         results.write_json_atomic(path, {"status": "success", "n": 1})
+    signal.signal(signal.SIGINT, previous)
     assert json.loads(path.read_text()) == {"status": "success", "n": 1}
     assert [p.name for p in path.parent.iterdir()] == ["x.json"]  # no temp file left
