@@ -154,6 +154,7 @@ def _suite(tmp_path, measure: dict, n: int = 1) -> str:
         ({"targets": ["onnx"], "stage": "off"}, "deployment targets are built in the stage; measure.stage is off"),
         ({"targets": ["cpu", "cpu"]}, "measure.targets: 'cpu' named twice"),
         ({"targets": ["cpu"], "cpu_threads": 0}, "measure.cpu_threads: must be >= 1"),
+        ({"targets": ["onnx"], "merged": False}, "deployment targets ship the merged model; measure.merged is false"),
     ],
 )
 def test_bad_targets_exit_2_before_training(tmp_path, capsys, measure, fragment):
@@ -197,3 +198,13 @@ def test_gpt2s_conv1d_layers_become_the_same_linear_layers_for_torchao():
         after = m(input_ids=ids).logits
     assert n == 4 * m.config.n_layer and not any(type(x).__name__ == "Conv1D" for x in m.modules())
     assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_plot_labels_drop_what_every_id_shares():
+    from peftbench.report.deploy import short_labels
+
+    ids = ["smollm2--classification--none", "smollm2--classification--lora", "smollm2--classification--lora-r16"]
+    assert short_labels(ids) == dict(zip(ids, ["none", "lora", "lora-r16"]))
+    assert short_labels(["a", "ab"]) == {"a": "a", "ab": "ab"} and short_labels(["only--one"]) == {
+        "only--one": "only--one"
+    }

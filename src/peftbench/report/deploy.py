@@ -225,6 +225,18 @@ def csv_cells(a, target: str, task: str) -> dict:
     return out
 
 
+def short_labels(ids: list[str]) -> dict[str, str]:
+    """Experiment ids without the part they all share (a suite's matrix ids repeat the model and task)."""
+    if len(ids) < 2:
+        return {i: i for i in ids}
+    head = ids[0]
+    for i in ids[1:]:
+        while not i.startswith(head):
+            head = head[:-1]
+    cut = head.rfind("--") + 2 if "--" in head else 0
+    return {i: i[cut:] or i for i in ids}
+
+
 def plot(gaggs, target: str, task: str, path, title: str):
     """Quality after export against deployed latency (both intervals, the front joined) where quality is
     scored; else latency against shipped bytes. None when fewer than one experiment was built."""
@@ -241,19 +253,19 @@ def plot(gaggs, target: str, task: str, path, title: str):
     ykey = "quality" if scored else "bytes"
     fig, ax = plt.subplots(figsize=(6, 4))
     front = set(fronts(gaggs, target, task).get("quality_vs_latency_p50_ms", []))
+    short = short_labels([a.id for a, _ in pts])
     for a, c in pts:
         x, y = c["latency_p50_ms"], c[ykey]
         xerr = [[x["mean"] - x["low"]], [x["high"] - x["mean"]]] if x.get("low") is not None else None
         yerr = [[y["mean"] - y["low"]], [y["high"] - y["mean"]]] if y.get("low") is not None else None
-        ax.errorbar(x["mean"], y["mean"], xerr=xerr, yerr=yerr, fmt="o", capsize=3, label=a.id)
-        ax.annotate(a.id + (" *" if a.id in front else ""), (x["mean"], y["mean"]), fontsize=8)
+        ax.errorbar(x["mean"], y["mean"], xerr=xerr, yerr=yerr, fmt="o", capsize=3)
+        ax.annotate(short[a.id] + (" *" if a.id in front else ""), (x["mean"], y["mean"]), fontsize=8)
     if front:
         line = sorted((c["latency_p50_ms"]["mean"], c["quality"]["mean"]) for a, c in pts if a.id in front)
         ax.plot([p[0] for p in line], [p[1] for p in line], "--", color="grey", linewidth=1)
     ax.set_xlabel(f"p50 forward latency on {target} (ms)")
     ax.set_ylabel(f"{PRIMARY_QUALITY[task]} after export" if scored else "shipped bytes")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
+    ax.set_title(title + ("  (* Pareto front)" if front else ""), fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -143,6 +143,8 @@ def _targets(exp: Experiment) -> list[str]:
             problems.append("measure.targets: deployment targets are built in the stage; measure.stage is off")
         elif exp.model.quantization:
             problems.append("measure.targets: a quantised base (model.quantization) has no deployment targets yet")
+        elif not m.merged:
+            problems.append("measure.targets: deployment targets ship the merged model; measure.merged is false")
     if m.cpu_threads < 1:
         problems.append(f"measure.cpu_threads: must be >= 1, got {m.cpu_threads}")
     return problems
