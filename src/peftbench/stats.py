@@ -149,6 +149,12 @@ def t_interval(values: Sequence[float], *, level: float = LEVEL) -> tuple[float,
     return mean, float(lo), float(hi)
 
 
+def log_t_interval(values: Sequence[float], *, level: float = LEVEL) -> tuple[float, float | None, float | None]:
+    """A positive quantity's (geometric mean, low, high): ``t_interval`` on the logs, so never below zero."""
+    g, lo, hi = t_interval([math.log(v) for v in values], level=level)
+    return math.exp(g), None if lo is None else math.exp(lo), None if hi is None else math.exp(hi)
+
+
 # ---------------------------------------------------------------- comparisons
 
 

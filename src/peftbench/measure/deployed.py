@@ -3,7 +3,7 @@
 Usage (inside ``measure.stage.measure_group``):
     built, records = deploy_candidates(cands, runs, args=args, family="causal", workdir=tmp)
     ... the built candidates join the stage's rounds beside the PyTorch ones ...
-    checks(built, cands, records, inputs=...)                 # logits against PyTorch's at the fixed shape
+    checks(built, cands, forward=...)                          # logits against PyTorch's at the fixed shape
     rescore(built, runs, records, loaded=loaded)               # the task's test examples, re-scored
 
 For every target of ``measure.targets`` but ``torch``, each run's deployable model (the base for zero-shot,
@@ -110,14 +110,14 @@ def deploy_candidates(cands, runs, *, args, family: str, aliases: dict, workdir:
 
 
 @torch.inference_mode()
-def checks(built: list[Built], cands, *, inputs_for) -> None:
+def checks(built: list[Built], cands, *, forward) -> None:
     """Each built model's logits against its PyTorch source's at the stage's forward shape: the largest
     difference and the share of positions whose top token agrees (1.0 and ~1e-6 for fp32 exports)."""
     by_name = {c.name: c for c in cands}
     for b in built:
         src = by_name[b.source]
-        ref = src.model(**inputs_for(src.model)).logits.float().cpu()
-        got = b.model(**inputs_for(b.model)).logits.float().cpu()
+        ref = forward(src.model).logits.float().cpu()
+        got = forward(b.model).logits.float().cpu()
         b.record["max_abs_logit_diff"] = float((ref - got).abs().max())
         b.record["top1_agreement"] = round(float((ref.argmax(-1) == got.argmax(-1)).float().mean()), 6)
         b.record["reference_dtype"] = str(next(src.model.parameters()).dtype).replace("torch.", "")

@@ -332,17 +332,8 @@ def measure_group(*, group: str, run_ids: list[str], out_dir: Path, device: str,
             for b in built
         ]
         by_device = {str(d): scen(device=d) for d in {dev, *(b.device for b in built)}}
-        inputs = functools.lru_cache(
-            lambda d: make_inputs(
-                family=family,
-                vocab_size=vocab,
-                batch=args.batch_size,
-                seq_len=args.seq_len,
-                decoder_len=args.decoder_len or args.seq_len,
-                device=d,
-            )
-        )
-        checks(built, cands, inputs_for=lambda m: inputs(_device_of(m, dev)))
+        fwd = f"forward_b{args.batch_size}"  # the built models checked against their sources at the latency shape
+        checks(built, cands, forward=lambda m: by_device[str(_device_of(m))][fwd](m))
         started = time.time()
         memory = _warm_and_peak(timed, by_device, args=args, device=dev)
         measured = _rounds(timed, by_device, args=args, device=dev, progress=progress)
@@ -358,9 +349,11 @@ def measure_group(*, group: str, run_ids: list[str], out_dir: Path, device: str,
     return doc
 
 
-def _device_of(model, default: torch.device) -> torch.device:
+def _device_of(model) -> torch.device:
+    """Where a candidate's calls run, as the stage names devices (``cuda``, ``cpu``): its weights' device type
+    (CPU for an ONNX Runtime session, which has none)."""
     p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+    return torch.device(p.device.type) if p is not None else torch.device("cpu")
 
 
 def _dtype_of(c: Candidate) -> str:

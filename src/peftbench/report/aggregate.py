@@ -161,9 +161,9 @@ def _summarize(agg: Agg, key: str) -> dict | None:
         mean = sum(vals) / 2
         return {"mean": mean, "low": None, "high": None, "n": 2, "how": "2 seeds: too few for an interval"}
     if len(vals) > 2 and metric.relative and min(vals) > 0:  # a time, rate or size: a ratio's interval
-        g, lo, hi = stats.t_interval([math.log(v) for v in vals])
+        g, lo, hi = stats.log_t_interval(vals)
         how = f"t over {len(vals)} seeds on the log scale (geometric mean)"
-        return {"mean": math.exp(g), "low": math.exp(lo), "high": math.exp(hi), "n": len(vals), "how": how}
+        return {"mean": g, "low": lo, "high": hi, "n": len(vals), "how": how}
     if len(vals) > 2:
         mean, lo, hi = stats.t_interval(vals)
         return {"mean": mean, "low": lo, "high": hi, "n": len(vals), "how": f"t over {len(vals)} seeds"}

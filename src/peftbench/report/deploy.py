@@ -15,11 +15,11 @@ the quality change is the stage's own paired comparison with the run's PyTorch r
 
 from __future__ import annotations
 
-import math
 import statistics
 
 from peftbench import stats
 from peftbench.fs import human_bytes
+from peftbench.report import stages
 from peftbench.report.metrics import LOWER_IS_BETTER, PRIMARY_QUALITY, pareto
 from peftbench.report.stages import STAGE
 
@@ -40,28 +40,19 @@ def _entries(a, target: str) -> list[dict]:
 
 def _rounds(a, target: str) -> list[float] | None:
     """Per round, the geometric mean over the experiment's seeds of its candidate's median forward time."""
-    cols = []
-    for r, e in zip(a.runs, _entries(a, target)):
-        doc, name = r.get(STAGE), e.get("candidate")
-        if doc is None or not name:
-            return None
-        scenario = f"forward_b{r['inference']['shapes']['batch_size']}"
-        blocks = doc["timings"].get(scenario, {}).get(name)
-        if not blocks:
-            return None
-        cols.append([statistics.median(b) for b in blocks])
-    return [math.exp(sum(math.log(c[i]) for c in cols) / len(cols)) for i in range(len(cols[0]))]
+    doc = a.runs[0].get(STAGE)
+    if doc is None or any(r.get(STAGE) is not doc for r in a.runs):
+        return None
+    scenario = f"forward_b{a.runs[0]['inference']['shapes']['batch_size']}"
+    return stages.per_round(doc, scenario, [e.get("candidate") for e in _entries(a, target)])
 
 
 def _log_interval(values: list[float]) -> dict | None:
     """Geometric mean with a t interval on the log scale (never below zero)."""
     if not values or min(values) <= 0:
         return None
-    logs = [math.log(v) for v in values]
-    m, lo, hi = stats.t_interval(logs)
-    if lo is None:
-        return {"mean": math.exp(m), "low": None, "high": None}
-    return {"mean": math.exp(m), "low": math.exp(lo), "high": math.exp(hi)}
+    m, lo, hi = stats.log_t_interval(values)
+    return {"mean": m, "low": lo, "high": hi}
 
 
 def cells(a, target: str, task: str) -> dict[str, dict | None]:

@@ -57,10 +57,15 @@ def _candidate(doc: dict, run_id: str, role: str) -> str | None:
 
 
 def _per_round(runs: list[dict], doc: dict, role: str, scenario: str) -> list[float] | None:
-    """One side's value per round: its runs' candidates' medians, their geometric mean across seeds."""
+    """One side's value per round: its runs' candidates in a role (see ``per_round``)."""
+    return per_round(doc, scenario, [_candidate(doc, r["run_id"], role) for r in runs])
+
+
+def per_round(doc: dict, scenario: str, names: list[str | None]) -> list[float] | None:
+    """Per round, the geometric mean over the named candidates (an experiment's seeds) of each one's median
+    (None: one of them was not timed in that scenario)."""
     cols = []
-    for r in runs:
-        name = _candidate(doc, r["run_id"], role)
+    for name in names:
         blocks = (doc["timings"].get(scenario) or {}).get(name) if name else None
         if not blocks:
             return None
