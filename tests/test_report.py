@@ -343,3 +343,36 @@ def test_intervals_over_seeds_respect_their_quantity(tmp_path):
     g, lo, hi = stats.t_interval([math.log(v) for v in vals])
     assert (s["mean"], s["low"], s["high"]) == pytest.approx((math.exp(g), math.exp(lo), math.exp(hi)))
     assert 0 < s["low"] < s["mean"] < s["high"] and stats.t_interval(vals)[1] < 0  # the linear one: below zero
+
+
+def test_three_identical_candidates_tie_under_the_family_correction(tmp_path):
+    a = result(M, C, "lora", correct=150, trainable=16, adapter=80, p50=12.0, merged_p50=10.0, exp_id="a")
+    copies = []
+    for name in ("b", "c"):
+        x = copy.deepcopy(a)
+        x["id"], x["run_id"] = name, f"{name}--seed42"
+        copies.append(x)
+    v, _ = group_verdicts(write(tmp_path, [a, *copies]))
+    assert v and all(set(m["winners"]) == {"a", "b", "c"} for m in v.values()), {k: m["winners"] for k, m in v.items()}
+    acc = v["accuracy"]
+    assert acc["correction"] == {"method": "holm", "family_size": 2, "alpha": 0.05}
+    assert acc["effect"]["p_value"] == 1.0 and acc["effect"]["p_holm"] == 1.0
+
+
+def test_a_win_must_hold_for_the_group_not_for_one_comparison(tmp_path):
+    """Five more examples right of 200 (each paired comparison p ~ 2e^-5 = 0.013) is a win against one
+    rival, but not against nine such rivals at once: Holm multiplies the smallest p by nine."""
+    one = [result(M, C, "full", correct=150, exp_id="best"), result(M, C, "lora", correct=145, exp_id="r0")]
+    (tmp_path / "one").mkdir()
+    (tmp_path / "nine").mkdir()
+    v, _ = group_verdicts(write(tmp_path / "one", one))
+    assert v["accuracy"]["winners"] == ["best"] and v["accuracy"]["correction"]["family_size"] == 1
+    nine = [result(M, C, "full", correct=150, exp_id="best")]
+    nine += [result(M, C, "lora", correct=145, exp_id=f"r{i}") for i in range(9)]
+    v, aggs = group_verdicts(write(tmp_path / "nine", nine))
+    acc = v["accuracy"]
+    assert acc["correction"]["family_size"] == 9 and len(acc["winners"]) == 10
+    e = acc["effect"]
+    assert e["low"] > 0 and e["p_value"] < 0.05 <= e["p_holm"] and not e["significant"]  # each alone: a win
+    lines = "\n".join(build.verdict_lines(aggs, C, aggregate.verdicts(aggs, C)))
+    assert "not significant once the group's 9 comparisons are corrected (Holm)" in lines

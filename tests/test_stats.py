@@ -135,3 +135,15 @@ def test_accuracy_and_macro_f1_equal_scikit_learn(seed):
     s = {"n": n, "params": {"n_labels": 5}, "columns": {"pred": pred, "gold": gold}}  # class 4 absent everywhere
     assert stats.statistic(s, "accuracy") == pytest.approx(100 * accuracy_score(gold, pred))
     assert stats.statistic(s, "macro_f1") == pytest.approx(100 * f1_score(gold, pred, average="macro", zero_division=0))
+
+
+def test_holm_adjusted_p_values_by_hand_and_the_family_wise_rate():
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # 3p, 2p, then monotone
+    assert stats.holm([0.5, 0.001]) == pytest.approx([0.5, 0.002]) and stats.holm([]) == []
+    assert stats.holm([0.9, 0.8]) == [1.0, 1.0]  # 2 x 0.8 capped at 1, and the larger p never below it
+    # ten true nulls, each p uniform: some p < 0.05 in about 40 % of families, Holm's any-rejection rate <= 5 %
+    rng = np.random.default_rng(0)
+    ps = rng.uniform(size=(4000, 10))
+    raw = (ps < 0.05).any(axis=1).mean()
+    corrected = np.mean([min(stats.holm(list(row))) < 0.05 for row in ps])
+    assert raw > 0.35 and corrected <= 0.06

@@ -287,6 +287,31 @@ def compare(
     return Comparison(float(est), lo, hi, p, bool(significant), test, n, (len(a), len(b)), relative, margin)
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values of one family of comparisons, in the input's order: the k-th
+    smallest p times (m - k + 1), made monotone and capped at 1. Rejecting where the adjusted p is below
+    alpha keeps the chance of any false winner in the family at most alpha, whatever their dependence."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [1.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))
+        adjusted[i] = running
+    return adjusted
+
+
+def correct(comps: dict[str, Comparison | None], *, alpha: float = round(1 - LEVEL, 6)) -> dict:
+    """The best's comparisons with the others as one family (Holm-Bonferroni over their p-values): a
+    comparison stays significant only when its interval excludes zero (and any margin) *and* Holm rejects,
+    so the chance of naming any false winner in the group stays at most ``alpha``. Changes ``comps`` in
+    place; returns what ``verdict.json`` records (method, family size, each adjusted p)."""
+    tested = {k: c for k, c in comps.items() if c is not None}
+    adjusted = dict(zip(tested, holm([c.p_value for c in tested.values()])))
+    for k, c in tested.items():
+        c.significant = bool(c.significant and adjusted[k] < alpha)
+    return {"method": "holm", "family_size": len(tested), "alpha": alpha, "p_holm": adjusted}
+
+
 def fingerprint(items: Sequence[str]) -> str:
     """A short hash of the examples a run was scored on, to know when two runs can be paired."""
     import hashlib

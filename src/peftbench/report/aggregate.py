@@ -269,6 +269,7 @@ def verdict_for(aggs: list[Agg], key: str) -> dict | None:
         )
         return {**entry, "winners": winners, "effect": effect, "test": "exact count (no noise)"}
     comps = {a.id: compare_aggs(best, a, key) for a, _ in cands[1:]}
+    family = stats.correct(comps)
     winners = [best.id] + [aid for aid, c in comps.items() if c is None or not c.significant]
     runner_id = next((a.id for a, _ in cands[1:] if a.id not in winners), cands[1][0].id)
     c = comps[runner_id]
@@ -284,13 +285,15 @@ def verdict_for(aggs: list[Agg], key: str) -> dict | None:
             "relative": c.relative,
             "significant": c.significant,
             "p_value": round(c.p_value, 4),
+            "p_holm": round(family["p_holm"][runner_id], 4),
             "margin": c.margin,
         }
     )
     test = c.test if c is not None else "no per-sample data: not compared"
     if c is not None and c.margin:
         test += _margin_text(c.margin, best.runs + next(a for a, _ in cands if a.id == runner_id).runs)
-    return {**entry, "winners": winners, "effect": effect, "test": test}
+    correction = {k: v for k, v in family.items() if k != "p_holm"}
+    return {**entry, "winners": winners, "effect": effect, "test": test, "correction": correction}
 
 
 def _round(s: dict) -> dict:

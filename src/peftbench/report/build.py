@@ -127,6 +127,15 @@ def _effect_text(v: dict, labels: dict[str, str]) -> str:
         gap = f"{amount} {'above' if higher else 'below'} {other}"
     if e.get("significant"):
         return f"; {gap} ({interval})"
+    family = (v.get("correction") or {}).get("family_size") or 0
+    outside = e["low"] > 0 or e["high"] < 0
+    if (
+        outside
+        and family > 1
+        and (e.get("p_holm") or 0) >= v["correction"]["alpha"]
+        and abs(e["estimate"]) >= (e.get("margin") or 0)
+    ):
+        return f"; {gap} ({interval}): not significant once the group's {family} comparisons are corrected (Holm)"
     return f"; {gap} ({interval}): inside the noise"
 
 
@@ -350,7 +359,9 @@ def _blocks(out_dir: Path, results: list[dict], aggs: list[Agg]) -> tuple[list[t
             f"{', '.join(sorted(str(e) for e in envs)) or 'n/a'}. Cells are means with 95 % intervals "
             f"(Student's t over seeds, or a bootstrap over test examples / timed calls for one seed). "
             f"Bold marks the winners of a column: one bold cell is a significant win, several are a "
-            f"tie. Storage, trainable parameters and training numbers exclude the zero-shot baseline. "
+            f"tie; a win holds for the group: each measure's comparisons with its best are corrected together "
+            f"(Holm-Bonferroni, family-wise 5 %). Storage, trainable parameters and training numbers exclude "
+            f"the zero-shot baseline. "
             f"Latency is the forward pass; 'merged' is the model after merging the adapter.",
         )
     )

@@ -107,20 +107,34 @@ def _winners(gaggs, target: str, task: str, measure: str) -> dict | None:
     )
     best = (min if lower else max)(vals, key=lambda k: vals[k]["mean"])
     by_id = {a.id: a for a in built}
+    comps = {o: _compare(by_id[best], by_id[o], target, task, measure) for o in vals if o != best}
+    family = stats.correct(comps)  # one family per target and measure, as the suite's verdicts
     effects, ties = {}, [best]
-    for other in vals:
-        if other == best:
-            continue
-        c = _compare(by_id[best], by_id[other], target, task, measure)
+    for other, c in comps.items():
         if c is None:
             if vals[other]["mean"] == vals[best]["mean"]:
                 ties.append(other)
             effects[other] = None
             continue
-        effects[other] = {"effect": c.effect, "low": c.low, "high": c.high, "test": c.test}
+        effects[other] = {
+            "effect": c.effect,
+            "low": c.low,
+            "high": c.high,
+            "test": c.test,
+            "p_value": round(c.p_value, 4),
+            "p_holm": round(family["p_holm"][other], 4),
+        }
         if not c.significant:
             ties.append(other)
-    return {"measure": measure, "best": best, "winners": ties, "lower_is_better": lower, "against_best": effects}
+    correction = {k: v for k, v in family.items() if k != "p_holm"}
+    return {
+        "measure": measure,
+        "best": best,
+        "winners": ties,
+        "lower_is_better": lower,
+        "against_best": effects,
+        "correction": correction,
+    }
 
 
 def _compare(best, other, target: str, task: str, measure: str):
