@@ -73,4 +73,13 @@ def single(command: str, model: str, method: str, task: str, dataset: str) -> li
 
 
 # measurement settings small enough for tests (every timed scenario still runs, with two iterations)
-FAST_MEASURE = {"warmup": 0, "iterations": 2, "min_seconds": 0.0, "large_batch_size": 0, "seq_len": 16, "new_tokens": 3}
+# forgetting: off unless a test measures it (its default corpus is an offline source fetched from a registry)
+FAST_MEASURE = {
+    "warmup": 0,
+    "iterations": 2,
+    "min_seconds": 0.0,
+    "large_batch_size": 0,
+    "seq_len": 16,
+    "new_tokens": 3,
+    "forgetting": None,
+}

@@ -69,6 +69,7 @@ def deployed(tmp_path_factory, data_dir):
                 "large_batch_size": 0,
                 "targets": ["torch", "cpu", "onnx", "onnx-int8", "gguf-q8_0"],
                 "cpu_threads": 1,
+                "forgetting": None,
             },
         },
         "experiments": [

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "model": {"spec": "random:tiny-gpt2"},
     "train": {"max_steps": 2, "batch_size": 2},
-    "measure": {"enabled": False},
+    "measure": {"enabled": False, "forgetting": None},
 }
 
 

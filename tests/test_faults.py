@@ -41,7 +41,7 @@ def lm_suite(tmp_path, data_dir, ids=("first", "second"), **train):
             "model": {"spec": "random:tiny-gpt2"},
             "data": {"spec": f"file:{data_dir}/lm.jsonl", "task": "language-modeling", "max_source_length": 32},
             "train": {"max_steps": 2, **train},
-            "measure": {"enabled": False},
+            "measure": {"enabled": False, "forgetting": None},
         },
         "experiments": [{"id": i, "method": {"name": "lora"}} for i in ids],
     }

@@ -320,7 +320,7 @@ def test_seeds_and_a_rate_sweep_run_aggregate_and_select_on_validation(tmp_path,
         "defaults": {
             **FAST,
             "model": {"spec": str(tiny_pretrained)},
-            "measure": {"enabled": False},
+            "measure": {"enabled": False, "forgetting": None},
             "data": {**FAST["data"], "spec": f"file:{data_dir}/cls.jsonl", "task": "classification"},
             "train": {**FAST["train"], "eval_steps": 0, "learning_rate": [1e-3, 3e-2]},
         },

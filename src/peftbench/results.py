@@ -76,6 +76,7 @@ class Result:
     quality_note: str | None = None
     quality_split: str | None = None
     quality_details: dict | None = None
+    forgetting: dict | None = None  # NLL increase on general text, base before vs trained after (per window)
     generation: dict | None = None
     inference: dict | None = None
     started_at: str | None = None

@@ -87,6 +87,11 @@ def _mean(c, idx, p):
     return c["x"][idx].mean(axis=1)
 
 
+def _increase(c, idx, p):
+    """Forgetting: the mean of after - before over the rows (windows of general text)."""
+    return (c["after"][idx] - c["before"][idx]).mean(axis=1)
+
+
 def _median(c, idx, p):
     return np.median(c["x"][idx], axis=1)
 
@@ -103,6 +108,7 @@ STATISTICS: dict[str, Callable] = {
     "rougeL": _mean100("rougeL"),
     "bleu": _bleu,
     "perplexity": _perplexity,
+    "forgetting": _increase,
     # efficiency: latency samples (x), throughput laps (volume, seconds)
     "mean": _mean,
     "median": _median,

@@ -34,6 +34,7 @@ from peftbench.report.metrics import (
     margin,
     method_of,
     model_of,
+    pareto,
     task_of,
     value,
 )
@@ -311,6 +312,33 @@ def verdicts(aggs: list[Agg], task: str) -> list[dict]:
         else:
             keys.append(k)
     return [v for k in keys if (v := verdict_for(aggs, k)) is not None]
+
+
+def forgetting_of(agg: Agg) -> dict | None:
+    """An experiment's forgetting summary; the zero-shot base forgets nothing by definition (0, [0, 0])
+    where its runs measured the probe, so it sits on the learning-forgetting plane as the reference."""
+    if is_zero_shot(agg.method):
+        if all(get_in(r, "forgetting", "increase") == 0 for r in agg.runs):
+            return {"mean": 0.0, "low": 0.0, "high": 0.0, "n": len(agg.runs), "how": "the base itself"}
+        return None
+    return summarize(agg, "forgetting")
+
+
+def learning_forgetting(aggs: list[Agg], task: str) -> dict | None:
+    """Target quality against forgetting, one point per experiment with both intervals, and the Pareto
+    front (least forgetting, best quality); None where forgetting or quality was not measured."""
+    q = PRIMARY_QUALITY.get(task)
+    points = []
+    for a in aggs:
+        f, s = forgetting_of(a), summarize(a, q) if q else None
+        if f is not None and s is not None:
+            points.append({"id": a.id, "method": a.method, "forgetting": _round(f), "quality": _round(s)})
+    if len(points) < 2:
+        return None
+    front = pareto(
+        [(p["id"], p["forgetting"]["mean"], p["quality"]["mean"]) for p in points], ("min", METRICS[q].better)
+    )
+    return {"quality": q, "unit": "nats/token", "points": points, "pareto": front}
 
 
 def against_base(aggs: list[Agg], key: str = "latency_p50_ms") -> list[dict]:

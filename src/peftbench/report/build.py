@@ -19,7 +19,15 @@ from pathlib import Path
 
 from peftbench.catalog.methodspecs import CURATED, is_zero_shot
 from peftbench.report import deploy, stages
-from peftbench.report.aggregate import Agg, against_base, aggregate, summarize, unmerged_overhead, verdicts
+from peftbench.report.aggregate import (
+    Agg,
+    against_base,
+    aggregate,
+    learning_forgetting,
+    summarize,
+    unmerged_overhead,
+    verdicts,
+)
 from peftbench.report.metrics import (
     METRICS,
     PARETO_AXES,
@@ -300,6 +308,7 @@ def _group(model: str, task: str, gaggs: list[Agg], plots_dir: Path) -> tuple[li
         "latency_against_base": against_base(gaggs),
         "unmerged_overhead": unmerged_overhead(gaggs),
         "deploy": [deploy.verdict(gaggs, t, task) for t in deployed],
+        "learning_forgetting": learning_forgetting(gaggs, task),
         "learning_rates": {
             a.id: {"selected": a.selected_lr, "selected_by": a.selection, "sweep": a.sweep} for a in gaggs
         },

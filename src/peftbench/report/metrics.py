@@ -203,6 +203,20 @@ METRICS: dict[str, Metric] = {
             for k, label in QUALITY.items()
         ],
         Metric(
+            "forgetting",
+            "forgetting",
+            lambda r: get_in(r, "forgetting", "increase"),
+            "min",
+            "float",
+            trained_only=True,
+            kind="forgetting",
+            samples=lambda r: get_in(r, "forgetting", "samples"),
+            statistic="forgetting",
+            unit="nats/token",
+            views=TABLE,
+            tracked_as="forgetting/nll_increase",
+        ),
+        Metric(
             "train_tokens_per_second",
             "train tok/s",
             train_rate,

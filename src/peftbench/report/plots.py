@@ -18,7 +18,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from peftbench.catalog.methodspecs import is_zero_shot  # noqa: E402
 from peftbench.fs import human_bytes  # noqa: E402
-from peftbench.report.aggregate import summarize  # noqa: E402
+from peftbench.report.aggregate import learning_forgetting, summarize  # noqa: E402
 from peftbench.report.metrics import METRICS, PARETO_AXES, PRIMARY_QUALITY, QUALITY, is_random, pareto, value  # noqa: E402
 
 COLORS = {
@@ -320,6 +320,52 @@ def plot_pareto(aggs: list, path: Path, title: str, task: str) -> Path | None:
     return _save(fig, path)
 
 
+def plot_learning_forgetting(aggs: list, path: Path, title: str, task: str) -> Path | None:
+    """Target quality against forgetting on general text, one point per method with both 95 % intervals,
+    the Pareto front (least forgetting, best quality) ringed and joined; the zero-shot base at 0."""
+    lf = learning_forgetting(aggs, task)
+    if lf is None:
+        return None
+    q, front = lf["quality"], set(lf["pareto"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for p in lf["points"]:
+        xs, ys, on = p["forgetting"], p["quality"], p["id"] in front
+        ax.errorbar(
+            [xs["mean"]],
+            [ys["mean"]],
+            xerr=[[v] for v in _err(xs)],
+            yerr=[[v] for v in _err(ys)],
+            fmt="none",
+            ecolor=_color(p["method"]),
+            lw=1,
+            capsize=3,
+            zorder=2,
+        )
+        ax.scatter(
+            [xs["mean"]],
+            [ys["mean"]],
+            s=90 if on else 40,
+            color=_color(p["method"]),
+            edgecolor="black" if on else "none",
+            lw=1.5,
+            zorder=3,
+            marker="o" if on else "X",
+        )
+        name = p["method"] if sum(a.method == p["method"] for a in aggs) == 1 else p["id"]
+        ax.annotate(name, (xs["mean"], ys["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    fp = sorted((p["forgetting"]["mean"], p["quality"]["mean"]) for p in lf["points"] if p["id"] in front)
+    if len(fp) > 1:
+        ax.plot([x for x, _ in fp], [y for _, y in fp], ls="--", color="black", lw=0.8, zorder=1)
+    ax.axvline(0, color="#7f7f7f", lw=0.6, ls=":")
+    spec = next((r["forgetting"]["spec"] for a in aggs for r in a.runs if r.get("forgetting")), "general text")
+    ax.set_xlabel(f"forgetting: NLL increase on {spec} (nats/token) — lower is better")
+    ax.set_ylabel(QUALITY[q] + (" (lower is better)" if METRICS[q].better == "min" else " (higher is better)"))
+    ax.grid(alpha=0.3)
+    note = "(95 % intervals as bars; ringed: the Pareto front)"
+    ax.set_title(f"Learning against forgetting: {title}\n{note}", fontsize=9)
+    return _save(fig, path)
+
+
 def plot_group(aggs: list, *, folder: Path, slug: str, title: str, task: str) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     random_weights = all(is_random(a.runs[0]) for a in aggs)
@@ -331,5 +377,6 @@ def plot_group(aggs: list, *, folder: Path, slug: str, title: str, task: str) ->
         "params_storage": plot_params_storage(aggs, folder / f"{slug}-params-storage.png", title),
         "latency": plot_latency(aggs, folder / f"{slug}-latency-throughput.png", title),
         "pareto": plot_pareto(aggs, folder / f"{slug}-pareto.png", title, task),
+        "learning_forgetting": plot_learning_forgetting(aggs, folder / f"{slug}-learning-forgetting.png", title, task),
     }
     return {k: v for k, v in made.items() if v is not None}

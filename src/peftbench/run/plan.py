@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from peftbench import fs, results
-from peftbench.catalog import data, methods, models
+from peftbench.catalog import data, forgetting, methods, models
 from peftbench.catalog.methodspecs import LOFTQ_BITS, LOFTQ_DEFAULT_BITS
 from peftbench.catalog.taskspecs import SPECS
 from peftbench.errors import ConfigError
@@ -87,6 +87,9 @@ def runs_of(exp: Experiment) -> list[Run]:
             e.train.learning_rate, e.train.seed, e.seeds = lr, seed, None
             e.model.family = e.model.family or models.family_of_spec(e.model.spec)
             e.model.quantization = e.model.quantization or (method.quantization if method else None)
+            e.measure.forgetting = forgetting.resolve(
+                e.measure.forgetting, model_spec=e.model.spec, task_data=e.data.spec
+            )
             run_id = exp.id + (f"--lr{_rate(lr)}" if len(lrs) > 1 else "") + (f"--seed{seed}" if exp.seeds else "")
             out.append(Run(e, exp.id, run_id, seed, len(lrs) > 1, config_hash(e)))
     return out
@@ -150,6 +153,16 @@ def _targets(exp: Experiment) -> list[str]:
     return problems
 
 
+def _forgetting(exp: Experiment) -> list[str]:
+    """``measure.forgetting``: its keys and numbers, and a corpus spec the data layer knows."""
+    setting = exp.measure.forgetting
+    found = forgetting.problems(setting)
+    spec = setting.get("spec", "auto") if isinstance(setting, dict) else None
+    if not found and isinstance(spec, str) and spec not in ("auto", "off"):
+        found += [f"measure.forgetting.spec: {p.removeprefix('data.spec: ')}" for p in data.check_spec(spec)]
+    return found
+
+
 def validate(exp: Experiment) -> list[str]:
     """Every problem of one experiment, each as ``"<id>: problem"``."""
     problems = check_numbers(exp)
@@ -158,6 +171,7 @@ def validate(exp: Experiment) -> list[str]:
         problems += models.check_tokenizer_spec(exp.model.tokenizer)
     problems += _choices(exp)
     problems += _targets(exp)
+    problems += _forgetting(exp)
     problems += data.check_spec(exp.data.spec)
     if exp.data.task not in SPECS:
         problems.append(f"data.task: unknown task {exp.data.task!r} (known: {', '.join(SPECS)})")

@@ -24,6 +24,7 @@ import torch
 from peftbench import results, stats
 from peftbench.catalog import data as data_mod
 from peftbench.catalog import methods, models, sources
+from peftbench.catalog.forgetting import Probe
 from peftbench.catalog.scoring import GENERATION
 from peftbench.catalog.tasks import TASKS, mean_loss
 from peftbench.errors import Skipped
@@ -118,6 +119,7 @@ class Recipe:
             if why:
                 raise Skipped(why)
         self.loaded = models.load(exp.model, seed=exp.model.seed, device=self.dev)
+        self._forgetting_before()
         self.loftq_factors = None
         if self.quantization:
             if methods.lookup(exp.method.name).init_before_quantization:  # LoftQ: full-precision init, then quantised
@@ -259,6 +261,7 @@ class Recipe:
             }
         if self.task.label_field:
             self.out["quality_baselines"] = data_mod.baselines(self.splits)
+        self._forgetting_after()
 
     def save(self) -> None:
         """The adapter (or full checkpoint) to a temp folder beside its final place."""
@@ -411,6 +414,7 @@ class Recipe:
             quality_note=loaded.quality_note,
             quality_split="test" if self.quality_on else None,
             quality_details=self.out.get("quality_details") or {},
+            forgetting=self.out.get("forgetting"),
             generation={**GENERATION, "max_new_tokens": exp.data.max_target_length} if self.task.generates else None,
             inference=self.out.get("inference"),
             started_at=results.timestamp(self.started),
@@ -481,6 +485,37 @@ class Recipe:
         self.accelerator.free_memory()  # drops accelerate's references to optimizer and scheduler
         self.model.zero_grad(set_to_none=True)
         free_cached_memory()
+
+    def _forgetting_before(self) -> None:
+        """The base model's NLL on the general-text probe, before any method touches it (LoftQ, a
+        quantised base and PiSSA change the weights they start from)."""
+        self.probe = self.before = None
+        setting = self.exp.measure.forgetting
+        if not setting or not self.loaded.pretrained or not self.main:
+            return
+        config = getattr(self.loaded.model, "config", None)
+        positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        self.probe = Probe.load(
+            setting, tok=self.loaded.tokenizer, family=self.loaded.family, data_seed=self.exp.data.seed,
+            max_positions=positions if self.loaded.family == "causal" else None,
+        )
+        self.before = self._probe_nll(self.loaded.model, "before")
+
+    def _forgetting_after(self) -> None:
+        """The trained model on the same windows (the zero-shot run is its own base: 0, exactly)."""
+        if self.probe is None:
+            return
+        after = self._probe_nll(self.model, "after") if self.applied.trains else list(self.before)
+        self.out["forgetting"] = self.probe.record(self.before, after)
+
+    def _probe_nll(self, model, when: str) -> list[float]:
+        with progress(total=None, desc=f"forgetting {when} {self.plan.run_id}"):
+            return self.probe.nll(
+                self.accelerator.unwrap_model(model),
+                tok=self.loaded.tokenizer,
+                device=self.dev,
+                batch_size=max(1, self.exp.train.batch_size),
+            )
 
     def _chat_template(self, tok) -> bool:
         wanted = self.exp.model.chat_template

@@ -212,6 +212,13 @@ class MeasureArgs:
         "onnx | onnx-int8 | onnx-int4 | gpu-int8 | gpu-int4 | gguf-q8_0 | gguf-q4_k_m",
     )
     cpu_threads: int = _f(4, "threads of the CPU targets (at most the usable cores)")
+    forgetting: dict | None = _f(
+        {"spec": "auto", "samples": 32, "tokens": 128},
+        "what training costs on general text: the mean NLL increase per token over `samples` windows of "
+        "`tokens` tokens of `spec` (builtin:NAME | file:PATH | hf:NAME), base before against trained after; "
+        "spec auto: builtin:moby-dick for pretrained models (builtin:sotu when the task's data is Moby-Dick), "
+        "off for random weights; null or spec off: not measured",
+    )
 
 
 @dataclass
