@@ -67,7 +67,7 @@ def test_zero_shot_and_a_zero_adapter_forget_exactly_nothing(tiny_pretrained, ge
     assert (zero["increase"], zero["low"], zero["high"]) == (0, 0, 0)
     # a changed weight moves it, and the interval holds the estimate
     with torch.no_grad():
-        next(p for n, p in merged.named_parameters() if "wte" in n).add_(torch.randn_like(merged.transformer.wte.weight))
+        merged.transformer.wte.weight.add_(torch.randn_like(merged.transformer.wte.weight))
     moved = probe.record(before, probe.nll(merged, tok=loaded.tokenizer, device="cpu", batch_size=4))
     assert moved["increase"] > 0 and moved["low"] <= moved["increase"] <= moved["high"]
 
@@ -94,9 +94,7 @@ def _suite(tmp_path, model, data_dir, general, experiments, **forgetting):
     return path
 
 
-def test_a_huge_rate_forgets_more_than_a_tiny_one_and_the_report_says_so(
-    tmp_path, tiny_pretrained, data_dir, general
-):
+def test_a_huge_rate_forgets_more_than_a_tiny_one_and_the_report_says_so(tmp_path, tiny_pretrained, data_dir, general):
     exps = [
         {"id": "none", "method": {"name": "none"}},
         {"id": "tiny", "method": {"name": "full"}, "train": {"learning_rate": 1.0e-7}},

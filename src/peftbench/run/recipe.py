@@ -496,7 +496,10 @@ class Recipe:
         config = getattr(self.loaded.model, "config", None)
         positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
         self.probe = Probe.load(
-            setting, tok=self.loaded.tokenizer, family=self.loaded.family, data_seed=self.exp.data.seed,
+            setting,
+            tok=self.loaded.tokenizer,
+            family=self.loaded.family,
+            data_seed=self.exp.data.seed,
             max_positions=positions if self.loaded.family == "causal" else None,
         )
         self.before = self._probe_nll(self.loaded.model, "before")
