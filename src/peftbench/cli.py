@@ -201,17 +201,29 @@ def method_table() -> str:
 
 def cmd_list(args) -> int:
     from peftbench import results
-    from peftbench.run import plan, runner
+    from peftbench.run import plan, runner, search
 
     if args.methods:
         print(method_table())
         return 0
     suite = _load(args)
     out = args.out or Path("runs") / suite.name
-    for run in runner.select(plan.plan_runs(suite), args.only):
-        state = results.describe(out, run.run_id, run.config_hash)
+    runs = runner.select(plan.plan_runs(suite), args.only)
+    studies = search.replay(runs, out)  # a search's trials, as far as its results go
+    for run in runs:
+        note = ""
+        if run.trial is not None:
+            study, done = studies[run.experiment_id]
+            if run.trial <= done and run.trial < study.setting["trials"]:
+                run = study.concrete(run)  # told trials, and the next one: asked again from the results
+                note = f" [{search.describe_params(run)}]"
+            else:
+                note = f" [search trial: asked after trial {run.trial - 1}]"
+        state = results.describe(out, run.run_id, run.config_hash) if run.config_hash else "todo"
         exp = run.exp
-        print(f"{state:10s} {run.run_id}  ({exp.model.spec} | {exp.data.task} {exp.data.spec} | {exp.method.name})")
+        print(
+            f"{state:10s} {run.run_id}  ({exp.model.spec} | {exp.data.task} {exp.data.spec} | {exp.method.name}){note}"
+        )
     return 0
 
 

@@ -47,10 +47,11 @@ class Agg:
     id: str
     runs: list[dict]
     all_runs: list[dict]
-    sweep: list[dict] = field(default_factory=list)  # per rate: lr, n, validation score, selected
+    sweep: list[dict] = field(default_factory=list)  # per rate (or trial): lr, params, n, validation score, selected
     selected_lr: float | None = None
     selection: str | None = None  # what picked the rate, e.g. "validation accuracy"
     left_out: int = 0  # older runs of the same id under another configuration
+    search: dict | None = None  # a search (train.search): trials, cost, the default and the selected trial
 
     @property
     def method(self) -> str:
@@ -77,57 +78,108 @@ def _lr(r: dict):
     return get_in(r, "config", "train", "learning_rate")
 
 
+def _searched(r: dict) -> list[str]:
+    """The ``section.field`` keys a run's search varies (none outside a search)."""
+    return sorted((get_in(r, "config", "train", "search", "space") or {}).keys())
+
+
 def _config_key(r: dict) -> str:
-    """The configuration without what varies inside one experiment (seed, learning rate)."""
+    """The configuration without what varies inside one experiment (seed, learning rate, searched keys)."""
     c = copy.deepcopy(r.get("config") or {})
     c.pop("id", None)
     c.pop("description", None)
     for key in ("seed", "learning_rate"):
         (c.get("train") or {}).pop(key, None)
+    for key in _searched(r):
+        section, _, name = key.partition(".")
+        (c.get(section) or {}).pop(name, None)
     return json.dumps(c, sort_keys=True, default=str)
+
+
+def _params(r: dict) -> dict:
+    """A run's point in its experiment's space: the learning rate and every searched key."""
+    out = {"train.learning_rate": _lr(r)}
+    for key in _searched(r):
+        section, _, name = key.partition(".")
+        out[key] = get_in(r, "config", section, name)
+    return out
+
+
+def _point(r: dict) -> str:
+    return json.dumps(_params(r), sort_keys=True, default=str)
+
+
+def selection(task: str, *, pretrained: bool) -> tuple[str, str, str]:
+    """What picks a sweep's rate or a search's trial: (validation key, optuna direction, label). The task's
+    primary metric on validation for pretrained models, else the validation loss; never test."""
+    q = PRIMARY_QUALITY.get(task)
+    if pretrained and q is not None:
+        return q, "maximize" if METRICS[q].better == "max" else "minimize", f"validation {QUALITY[q]}"
+    return "loss", "minimize", "validation loss"
 
 
 def aggregate(results: list[dict]) -> list[Agg]:
     """One Agg per experiment id. Runs left in the folder from another configuration of the same id
-    (an earlier --set, say) are left out: the newest run's configuration decides."""
+    (an earlier --set, say) are left out: the newest run's configuration decides. Several learning rates
+    (a sweep) or several trials (a search) are resolved on validation: only the selected point's runs, one
+    per seed, enter tables and verdicts."""
     by_id: dict[str, list[dict]] = defaultdict(list)
+    failed_trials: dict[str, int] = defaultdict(int)
     for r in results:
         if r.get("status") == "success":
             by_id[r["id"]].append(r)
+        elif r.get("trial") is not None:
+            failed_trials[r["id"]] += 1
     out = []
     for exp_id, runs in sorted(by_id.items()):
         key = _config_key(max(runs, key=lambda r: str(r.get("finished_at") or "")))
         current = [r for r in runs if _config_key(r) == key]
         left_out = len(runs) - len(current)
-        runs = sorted(current, key=lambda r: (str(_lr(r)), r.get("seed") or 0))
-        rates = sorted({_lr(r) for r in runs}, key=lambda x: (x is None, x or 0))
-        if len(rates) < 2:
-            out.append(Agg(exp_id, runs, runs, selected_lr=rates[0] if rates else None, left_out=left_out))
+        runs = sorted(current, key=lambda r: (_trial_number(r), str(_lr(r)), r.get("seed") or 0))
+        points = list(dict.fromkeys(_point(r) for r in runs))
+        searched = any(r.get("trial") is not None for r in runs)
+        if len(points) < 2 and not searched:
+            lr = _lr(runs[0]) if runs else None
+            out.append(Agg(exp_id, runs, runs, selected_lr=lr, left_out=left_out))
             continue
-        table, criterion = _sweep_table(runs, rates)
+        table, criterion = _sweep_table(runs, points)
         best = next(row for row in table if row["selected"])
-        chosen = [r for r in runs if _lr(r) == best["learning_rate"]]
-        out.append(Agg(exp_id, chosen, runs, table, best["learning_rate"], criterion, left_out))
+        chosen = [r for r in runs if _point(r) == best["point"]]
+        agg = Agg(exp_id, chosen, runs, table, best["learning_rate"], criterion, left_out)
+        if searched:
+            agg.search = _search_summary(agg, table, failed_trials[exp_id])
+        out.append(agg)
     return out
 
 
-def _sweep_table(runs: list[dict], rates: list) -> tuple[list[dict], str]:
+def _trial_number(r: dict) -> int:
+    return int((r.get("trial") or {}).get("number") or 0)
+
+
+def _sweep_table(runs: list[dict], points: list[str]) -> tuple[list[dict], str]:
     task = task_of(runs[0])
     q = PRIMARY_QUALITY.get(task)
     use_quality = q is not None and all(get_in(r, "validation", q) is not None for r in runs)
-    key, better = (q, METRICS[q].better) if use_quality else ("loss", "min")
-    criterion = f"validation {QUALITY[q]}" if use_quality else "validation loss"
+    key, _, criterion = selection(task, pretrained=use_quality)
+    better = METRICS[key].better if key in METRICS else "min"
     table = []
-    for lr in rates:
-        vals = [get_in(r, "validation", key) for r in runs if _lr(r) == lr]
+    for point in points:
+        mine = [r for r in runs if _point(r) == point]
+        vals = [get_in(r, "validation", key) for r in mine]
         vals = [v for v in vals if isinstance(v, (int, float))]
-        test = [value(r, q) for r in runs if _lr(r) == lr and q and value(r, q) is not None]
+        test = [value(r, q) for r in mine if q and value(r, q) is not None]
+        trial = mine[0].get("trial") or {}
         table.append(
             {
-                "learning_rate": lr,
+                "learning_rate": _lr(mine[0]),
+                "params": _params(mine[0]),
+                "point": point,
+                "trial": trial.get("number"),
+                "default": bool(trial.get("default")),
                 "n": len(vals),
                 "validation": sum(vals) / len(vals) if vals else None,
                 "test": sum(test) / len(test) if test else None,
+                "train_seconds": round(sum(get_in(r, "train", "seconds") or 0 for r in mine), 3),
                 "selected": False,
             }
         )
@@ -135,6 +187,51 @@ def _sweep_table(runs: list[dict], rates: list) -> tuple[list[dict], str]:
     pick = (max if better == "max" else min)(scored, key=lambda row: row["validation"]) if scored else table[0]
     pick["selected"] = True
     return table, criterion
+
+
+def _search_summary(agg: Agg, table: list[dict], failed: int) -> dict:
+    """A search's cost and what it bought: trials run, training seconds over all of them, the configured
+    default (trial 0) beside the selected trial, and the selected one's test gain over it with its interval."""
+    setting = get_in(agg.all_runs[0], "config", "train", "search") or {}
+    default = next((row for row in table if row["default"]), None)
+    chosen = next(row for row in table if row["selected"])
+    out = {
+        "trials": setting.get("trials"),
+        "done": len(table),
+        "failed": failed,
+        "sampler": setting.get("sampler"),
+        "space": setting.get("space"),
+        "train_seconds": round(sum(row["train_seconds"] for row in table), 3),
+        "selected": chosen,
+        "default": default,
+        "gain": None,
+    }
+    q = PRIMARY_QUALITY.get(agg.task)
+    if default is not None and default is not chosen and q:
+        d_runs = [r for r in agg.all_runs if _point(r) == default["point"]]
+        tuned, base = Agg(agg.id, agg.runs, agg.runs), Agg(agg.id, d_runs, d_runs)
+        c = compare_aggs(tuned, base, q) if all(value(r, q) is not None for r in agg.runs + d_runs) else None
+        if c is not None:
+            out["gain"] = {
+                "measure": q,
+                "estimate": round(c.effect, 4),
+                "low": round(c.low, 4),
+                "high": round(c.high, 4),
+                "unit": METRICS[q].unit,
+                "significant": c.significant,
+                "test": c.test,
+            }
+    elif default is chosen:
+        out["gain"] = {
+            "measure": q,
+            "estimate": 0.0,
+            "low": 0.0,
+            "high": 0.0,
+            "unit": METRICS[q].unit if q else "",
+            "significant": False,
+            "test": "the default was selected",
+        }
+    return out
 
 
 # ---------------------------------------------------------------- one measure of one experiment
@@ -241,7 +338,7 @@ def verdict_for(aggs: list[Agg], key: str) -> dict | None:
         return None
     sign = -1 if metric.better == "max" else 1
     cands.sort(key=lambda c: (sign * c[1]["mean"], c[0].id))
-    best, best_s = cands[0]
+    best = cands[0][0]
     entry = {
         "measure": key,
         "label": metric.label,
@@ -253,22 +350,7 @@ def verdict_for(aggs: list[Agg], key: str) -> dict | None:
     if len(cands) == 1:
         return {**entry, "winners": [best.id], "effect": None, "test": "only one experiment measured it"}
     if metric.kind == "exact":
-        winners = [a.id for a, s in cands if s["mean"] == best_s["mean"]]
-        runner = next(((a, s) for a, s in cands if a.id not in winners), None)
-        effect = (
-            None
-            if runner is None
-            else {
-                "versus": runner[0].id,
-                "estimate": runner[1]["mean"] - best_s["mean"],
-                "low": None,
-                "high": None,
-                "unit": metric.unit,
-                "relative": False,
-                "significant": True,
-            }
-        )
-        return {**entry, "winners": winners, "effect": effect, "test": "exact count (no noise)"}
+        return _exact_verdict(entry, cands, metric)
     comps = {a.id: compare_aggs(best, a, key) for a, _ in cands[1:]}
     family = stats.correct(comps)
     winners = [best.id] + [aid for aid, c in comps.items() if c is None or not c.significant]
@@ -290,11 +372,32 @@ def verdict_for(aggs: list[Agg], key: str) -> dict | None:
             "margin": c.margin,
         }
     )
-    test = c.test if c is not None else "no per-sample data: not compared"
-    if c is not None and c.margin:
+    test = c.test if c else "no per-sample data: not compared"
+    if c and c.margin:
         test += _margin_text(c.margin, best.runs + next(a for a, _ in cands if a.id == runner_id).runs)
-    correction = {k: v for k, v in family.items() if k != "p_holm"}
-    return {**entry, "winners": winners, "effect": effect, "test": test, "correction": correction}
+    family.pop("p_holm")
+    return {**entry, "winners": winners, "effect": effect, "test": test, "correction": family}
+
+
+def _exact_verdict(entry: dict, cands: list, metric) -> dict:
+    """Exact counts (parameters, bytes): the best value's experiments win; no noise, no test."""
+    best_s = cands[0][1]
+    winners = [a.id for a, s in cands if s["mean"] == best_s["mean"]]
+    runner = next(((a, s) for a, s in cands if a.id not in winners), None)
+    effect = (
+        None
+        if runner is None
+        else {
+            "versus": runner[0].id,
+            "estimate": runner[1]["mean"] - best_s["mean"],
+            "low": None,
+            "high": None,
+            "unit": metric.unit,
+            "relative": False,
+            "significant": True,
+        }
+    )
+    return {**entry, "winners": winners, "effect": effect, "test": "exact count (no noise)"}
 
 
 def _round(s: dict) -> dict:

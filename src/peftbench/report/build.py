@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from peftbench.catalog.methodspecs import CURATED, is_zero_shot
-from peftbench.report import deploy, stages
+from peftbench.report import deploy, stages, tuning
 from peftbench.report.aggregate import (
     Agg,
     against_base,
@@ -259,6 +259,8 @@ def _describe(aggs: list[Agg], task: str) -> str:
 def _sweep_block(aggs: list[Agg]) -> tuple | None:
     rows = []
     for a in aggs:
+        if a.search is not None:  # a search has its own tables
+            continue
         for row in a.sweep:
             rows.append(
                 [
@@ -272,7 +274,7 @@ def _sweep_block(aggs: list[Agg]) -> tuple | None:
             )
     if not rows:
         return None
-    crit = next(a.selection for a in aggs if a.sweep)
+    crit = next(a.selection for a in aggs if a.sweep and a.search is None)
     return ("table", ["method", "learning rate", "seeds", crit, "test (not used to select)", ""], rows)
 
 
@@ -292,6 +294,7 @@ def _group(model: str, task: str, gaggs: list[Agg], plots_dir: Path) -> tuple[li
     if sweep:
         blocks.append(("h3", "Learning-rate sweep (selected on validation)"))
         blocks.append(sweep)
+    blocks += tuning.blocks(gaggs, _label)
     for name, path in plot_group(
         gaggs, folder=plots_dir, slug=_slug(f"{model}--{task}"), title=title, task=task
     ).items():
@@ -309,6 +312,8 @@ def _group(model: str, task: str, gaggs: list[Agg], plots_dir: Path) -> tuple[li
         "unmerged_overhead": unmerged_overhead(gaggs),
         "deploy": [deploy.verdict(gaggs, t, task) for t in deployed],
         "learning_forgetting": learning_forgetting(gaggs, task),
+        "tuning": {a.id: a.search for a in gaggs if a.search is not None} or None,
+        "tuning_budget": tuning.budget(gaggs),
         "learning_rates": {
             a.id: {"selected": a.selected_lr, "selected_by": a.selection, "sweep": a.sweep} for a in gaggs
         },

@@ -6,6 +6,8 @@ Usage:
 
 from __future__ import annotations
 
+import json
+
 from peftbench.report import deploy
 from peftbench.report.aggregate import Agg, summarize
 from peftbench.report.metrics import CSV_METRICS, get_in, method_of
@@ -19,6 +21,9 @@ CSV_HEAD = [
     "method",
     "learning_rate",
     "selected_by",
+    "tuning_trials",
+    "tuning_train_seconds",
+    "selected_params",
     "n_seeds",
     "seeds",
     "total_params",
@@ -41,6 +46,11 @@ def csv_rows(results: list[dict], aggs: list[Agg]) -> list[dict]:
             "method": a.method,
             "learning_rate": a.selected_lr,
             "selected_by": a.selection,
+            "tuning_trials": None if a.search is None else a.search["done"],
+            "tuning_train_seconds": None if a.search is None else a.search["train_seconds"],
+            "selected_params": None
+            if a.search is None
+            else json.dumps(a.search["selected"]["params"], sort_keys=True, default=str),
             "n_seeds": len(a.runs),
             "seeds": " ".join(str(x) for x in a.seeds),
             "total_params": get_in(r, "params", "total"),

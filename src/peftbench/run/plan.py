@@ -30,7 +30,7 @@ from peftbench.catalog import data, forgetting, methods, models
 from peftbench.catalog.methodspecs import LOFTQ_BITS, LOFTQ_DEFAULT_BITS
 from peftbench.catalog.taskspecs import SPECS
 from peftbench.errors import ConfigError
-from peftbench.run import tracking
+from peftbench.run import search, tracking
 from peftbench.spec import strictyaml
 from peftbench.spec.config import (
     COMPILE_CHOICES,
@@ -59,8 +59,11 @@ class Run:
     experiment_id: str
     run_id: str  # the result file's name: <id>[--lr<rate>][--seed<n>]
     seed: int
-    sweep: bool  # one of several learning rates of a sweep
-    config_hash: str
+    sweep: bool  # one of several learning rates of a sweep, or a trial of a search (validation quality is scored)
+    config_hash: str  # a search's slot: "" until its trial is asked (run.search.Study.concrete)
+    trial: int | None = None  # the trial of a search (train.search) this run belongs to
+    trial_params: dict | None = None  # the trial's values of the searched keys, once asked
+    trial_default: bool = False  # trial 0: the experiment as configured, the default the tuned result faces
 
 
 def _rate(lr: float) -> str:
@@ -80,18 +83,45 @@ def runs_of(exp: Experiment) -> list[Run]:
     elif lrs == [None] and method is not None:
         lrs = [method.learning_rate]
     seeds = exp.seeds or [exp.train.seed]
+    setting = search.resolve(exp.train.search, method=exp.method.name) if trains else None
+    if setting is not None:
+        return _slots(exp, setting, seeds)
     out = []
     for lr in lrs:
         for seed in seeds:
             e = copy.deepcopy(exp)
             e.train.learning_rate, e.train.seed, e.seeds = lr, seed, None
-            e.model.family = e.model.family or models.family_of_spec(e.model.spec)
-            e.model.quantization = e.model.quantization or (method.quantization if method else None)
-            e.measure.forgetting = forgetting.resolve(
-                e.measure.forgetting, model_spec=e.model.spec, task_data=e.data.spec
-            )
+            e = _filled(e)
             run_id = exp.id + (f"--lr{_rate(lr)}" if len(lrs) > 1 else "") + (f"--seed{seed}" if exp.seeds else "")
             out.append(Run(e, exp.id, run_id, seed, len(lrs) > 1, config_hash(e)))
+    return out
+
+
+def _filled(exp: Experiment) -> Experiment:
+    """What the plan writes into a run's config before hashing: the model's family where the spec says it,
+    the method's implied quantisation, the forgetting probe resolved, a search's defaults."""
+    method = methods.lookup(exp.method.name)
+    e = copy.deepcopy(exp)
+    e.model.family = e.model.family or models.family_of_spec(e.model.spec)
+    e.model.quantization = e.model.quantization or (method.quantization if method else None)
+    e.measure.forgetting = forgetting.resolve(e.measure.forgetting, model_spec=e.model.spec, task_data=e.data.spec)
+    trains = method.trains if method else True
+    e.train.search = search.resolve(e.train.search, method=e.method.name) if trains else None
+    return e
+
+
+def _slots(exp: Experiment, setting: dict, seeds: list[int]) -> list[Run]:
+    """A search's runs, trial by seed: each slot's configuration is asked when its turn comes."""
+    out = []
+    for k in range(setting["trials"]):
+        for seed in seeds:
+            e = _filled(exp)
+            e.train.seed, e.seeds = seed, None
+            method = methods.lookup(exp.method.name)
+            if e.train.learning_rate is None and method is not None:  # the rate trial 0 starts from
+                e.train.learning_rate = method.learning_rate
+            run_id = f"{exp.id}--trial{k}" + (f"--seed{seed}" if exp.seeds else "")
+            out.append(Run(e, exp.id, run_id, seed, True, "", trial=k))
     return out
 
 
@@ -111,14 +141,17 @@ def _staged(runs: list[Run]) -> list[Run]:
         return results.measurement_group(d)
 
     auto = [r for r in runs if r.exp.measure.stage == "auto"]
-    sizes = collections.Counter(group(r) for r in auto)
+    # a search's trials are one candidate per seed in the stage (only its selected trial is timed there)
+    sizes = collections.Counter(
+        group(r) for r in {(r.experiment_id, r.seed) if r.trial is not None else id(r): r for r in auto}.values()
+    )
     out = []
     for r in runs:
         if r.exp.measure.stage == "auto":
             g = group(r)
             deploys = any(t != "torch" for t in r.exp.measure.targets)
             r.exp.measure.stage = "on" if g is not None and (sizes[g] >= 2 or deploys) else "off"
-            r = dataclasses.replace(r, config_hash=config_hash(r.exp))
+            r = dataclasses.replace(r, config_hash=config_hash(r.exp) if r.trial is None else "")
         out.append(r)
     return out
 
@@ -172,6 +205,7 @@ def validate(exp: Experiment) -> list[str]:
     problems += _choices(exp)
     problems += _targets(exp)
     problems += _forgetting(exp)
+    problems += search.problems(exp.train.search, exp)
     problems += data.check_spec(exp.data.spec)
     if exp.data.task not in SPECS:
         problems.append(f"data.task: unknown task {exp.data.task!r} (known: {', '.join(SPECS)})")

@@ -415,6 +415,9 @@ class Recipe:
             quality_split="test" if self.quality_on else None,
             quality_details=self.out.get("quality_details") or {},
             forgetting=self.out.get("forgetting"),
+            trial=None
+            if self.plan.trial is None
+            else {"number": self.plan.trial, "params": self.plan.trial_params, "default": self.plan.trial_default},
             generation={**GENERATION, "max_new_tokens": exp.data.max_target_length} if self.task.generates else None,
             inference=self.out.get("inference"),
             started_at=results.timestamp(self.started),

@@ -40,6 +40,9 @@ def failure(
         config_hash=run.config_hash,
         attempt=attempt,
         seed=run.seed,
+        trial=None
+        if run.trial is None
+        else {"number": run.trial, "params": run.trial_params, "default": run.trial_default},
         env=results.capture_env(device),
         started_at=results.timestamp(started),
         finished_at=results.now(),

@@ -31,6 +31,7 @@ from pathlib import Path
 from peftbench import fs, results
 from peftbench.errors import Cancelled, ConfigError, FolderError, keep_cancellations
 from peftbench.results import Result
+from peftbench.run import search
 from peftbench.run.plan import Run, plan_runs
 from peftbench.run.stage import measure_groups, stage_groups
 
@@ -62,12 +63,14 @@ def check_gpus(gpus: int, *, device: str) -> None:
 
 
 def select(runs: list[Run], only: str | None) -> list[Run]:
-    """Runs whose experiment id or run id matches the glob."""
+    """Runs whose experiment id or run id matches the glob (a search is taken whole: its trials depend on
+    each other)."""
     if not only:
         return list(runs)
     chosen = [r for r in runs if fnmatch.fnmatch(r.experiment_id, only) or fnmatch.fnmatch(r.run_id, only)]
     if not chosen:
         raise ConfigError(f"--only {only!r} matches no experiment id")
+    search.check_selection(runs, {r.run_id for r in chosen})
     return chosen
 
 
@@ -139,6 +142,9 @@ def run_payload(run: Run, *, out_dir: Path, device: str, attempt: str, tracking:
         "seed": run.seed,
         "sweep": run.sweep,
         "config_hash": run.config_hash,
+        "trial": run.trial,
+        "trial_params": run.trial_params,
+        "trial_default": run.trial_default,
         "out_dir": str(out_dir),
         "device": device,
         "attempt": attempt,
@@ -222,47 +228,60 @@ def run_suite(
     """Run the suite's runs; returns the exit code (0 all succeeded, 1 some failed, 128+N on signal N)."""
     device = resolve_device(device)
     runs = select(plan_runs(suite), only)
-    launched = launched_world_size() > 1
-    if gpus > 1 and (in_process or launched):
-        raise ConfigError(
-            "--gpus: not with --in-process or inside accelerate launch (which already starts the processes)"
-        )
+    launched = _launched(gpus, in_process=in_process)
     main = is_main_rank()
     if not main:
         echo = lambda *a, **k: None  # noqa: E731  (every rank runs the loop; one talks)
     out_dir = Path(out_dir)
     in_process = in_process or launched
     failed = started = 0
+    studies = search.studies(runs)
     lock = results.FolderLock(out_dir) if main else contextlib.nullcontext()
     with lock, _Signals(in_process=in_process) as guard, _folder_errors(out_dir, lambda: started):
-        if main:
-            for p in results.clean_stale(out_dir):
-                log.info("removed %s, left by an interrupted run", p)
+        for p in results.clean_stale(out_dir) if main else []:
+            log.info("removed %s, left by an interrupted run", p)
         for i, run in enumerate(runs, 1):
             if guard.received:
                 break
+            study = studies.get(run.experiment_id) if run.trial is not None else None
+            run = study.concrete(run) if study else run  # a search's trial: asked now, from those told so far
+            head = f"[{i}/{len(runs)}] {run.run_id}"
             state = results.state(results.result_path(out_dir, run.run_id), run.config_hash)
             if state == "done" and not force:
-                echo(f"[{i}/{len(runs)}] {run.run_id}: done, skipped (--force reruns)")
+                echo(f"{head}: done, skipped (--force reruns)")
+                if study:
+                    study.record(run, search.read(out_dir, run.run_id))
                 continue
-            echo(f"[{i}/{len(runs)}] {run.run_id}: running" + (" (config changed)" if state == "stale" else ""))
+            echo(f"{head}: running" + (" (config changed)" if state == "stale" else "") + _trial_note(run, study))
             started += 1
             if in_process:
                 result = _run_here(run, out_dir=out_dir, device=device, guard=guard, tracking=tracking)
             else:
                 result = run_in_child(run, out_dir=out_dir, device=device, gpus=gpus, guard=guard, tracking=tracking)
             if guard.received:
-                echo(f"[{i}/{len(runs)}] {run.run_id}: cancelled")
+                echo(f"{head}: cancelled")
                 break
-            failed += _announce(f"[{i}/{len(runs)}] {run.run_id}", result, echo, out_dir=out_dir)
+            failed += _announce(head, result, echo, out_dir=out_dir)
+            if study:
+                study.record(run, search.read(out_dir, run.run_id) if result is not None else None)
         if main and not guard.received:  # every group of the suite, with the successes it has
-            groups = stage_groups(plan_runs(suite))
+            groups = stage_groups(search.for_stage(plan_runs(suite), out_dir))
             measure_groups(groups, out_dir=out_dir, device=device, in_process=in_process, echo=echo, guard=guard)
         if report and main:
             _report(out_dir, echo)
     if guard.received:
         return 128 + guard.received
     return 1 if failed else 0
+
+
+def _launched(gpus: int, *, in_process: bool) -> bool:
+    """Whether an outer launcher started this process among several; ``--gpus`` cannot start more then."""
+    launched = launched_world_size() > 1
+    if gpus > 1 and (in_process or launched):
+        raise ConfigError(
+            "--gpus: not with --in-process or inside accelerate launch (which already starts the processes)"
+        )
+    return launched
 
 
 @contextlib.contextmanager
@@ -317,6 +336,12 @@ def _report(out_dir: Path, echo) -> None:
     echo(f"report: {paths['md']} (and {paths['html'].name}, {paths['csv'].name}, verdict.json, plots/)")
 
 
+def _trial_note(run: Run, study) -> str:
+    if study is None:
+        return ""
+    return f" (search trial {run.trial} of 0-{study.setting['trials'] - 1}: {search.describe_params(run)})"
+
+
 def _summary_line(r: Result) -> str:
     q = {k: v for k, v in (r.quality or {}).items() if v is not None}
     qs = ", ".join(f"{k}={v:.4g}" for k, v in q.items()) or f"quality n/a ({r.quality_note})"
@@ -338,4 +363,10 @@ def read_payload(path: Path) -> tuple[Run, dict]:
         raise ConfigError("; ".join(errors))
     if config_hash(exp) != d["config_hash"]:  # the child trains exactly the config the plan hashed
         raise RuntimeError(f"the payload's config hashes to {config_hash(exp)}, the plan's to {d['config_hash']}")
-    return Run(exp, d["experiment_id"], d["run_id"], d["seed"], d["sweep"], d["config_hash"]), d
+    run = Run(exp, d["experiment_id"], d["run_id"], d["seed"], d["sweep"], d["config_hash"])
+    run.trial, run.trial_params, run.trial_default = (
+        d.get("trial"),
+        d.get("trial_params"),
+        d.get("trial_default", False),
+    )
+    return run, d

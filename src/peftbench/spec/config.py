@@ -175,6 +175,13 @@ class TrainArgs:
     gradient_checkpointing: bool = _f(
         False, "recompute each block's activations in the backward pass: less memory, about a third more compute"
     )
+    search: dict | None = _f(
+        None,
+        "an equal tuning budget per method (Optuna): {trials: N, sampler: tpe | random | grid, space: auto | "
+        "{section.field: [values] | {low, high, log}}, seed: 0, startup: N/4}; auto: the method's own space "
+        "(learning rate for all, rank/alpha/init for LoRA, tokens/init for prompt methods); trial 0 is the "
+        "configured default; selected on validation; null: no search",
+    )
 
 
 @dataclass
