@@ -262,7 +262,7 @@ def test_report_files_verdict_json_and_summary_csv(fixture_dir):
     assert "## builtin:m · classification" in md and "## random:gpt2 · summarization" in md
     assert re.search(r"\| full \| 1,000 \| 4 KB \| \*\*90 \(8\d[.\d]*–9\d[.\d]*\)\*\* \|", md)
     assert "always 'a' (the majority class) scores 40.0 % accuracy" in md and "(40 examples seen)" in md
-    assert "Failed or cancelled" in md and "ValueError: boom" in md
+    assert "Failed, cancelled, skipped or pruned" in md and "ValueError: boom" in md
     pngs = sorted((fixture_dir / "plots").glob("*.png"))
     assert len(pngs) >= 7 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
     assert sorted(re.findall(r"\]\((plots/[^)]+)\)", md)) == sorted(f"plots/{p.name}" for p in pngs)

@@ -170,7 +170,7 @@ def test_failed_experiment_is_recorded_and_suite_goes_on(tmp_path, data_dir):
     assert not (tmp_path / "o" / "adapters" / "broken").exists()
     assert [p.name for p in (tmp_path / "o" / "adapters").iterdir() if p.name.startswith(".")] == []
     md = (tmp_path / "o" / "report.md").read_text()
-    assert "Failed or cancelled" in md and "broken" in md
+    assert "Failed, cancelled, skipped or pruned" in md and "broken" in md
 
 
 @pytest.mark.parametrize(

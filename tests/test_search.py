@@ -2,6 +2,7 @@
 
 import csv
 import json
+import statistics
 
 import pytest
 import yaml
@@ -130,3 +131,79 @@ def test_a_search_is_taken_whole_and_replaces_a_rate_sweep(tmp_path, data_dir, c
     sweep = [{"id": "lora", "method": {"name": "lora"}, "train": {"learning_rate": [1e-4, 1e-3]}}]
     with pytest.raises(ConfigError, match="not with a train.learning_rate sweep"):
         load_suite(_suite(tmp_path, data_dir, sweep))
+
+
+def test_pruning_stops_the_trials_below_the_earlier_median_and_records_them(
+    tmp_path, tmp_path_factory, data_dir, monkeypatch
+):
+    """A pretrained model's validation accuracy made a known function of the rate (the scoring is patched, the
+    pruning is not): from trial `startup` on, a trial whose periodic score is below the median of the complete
+    trials at that step is stopped, recorded `pruned`, told to Optuna as pruned and never selected."""
+    from conftest import save_tiny
+
+    from peftbench.run.recipe import Recipe
+
+    def score(lr):
+        return 50 + 1e4 * lr
+
+    original = Recipe._quality
+
+    def scored(self, records, **kw):
+        q = original(self, records, **kw)
+        q["accuracy"] = score(self.exp.train.learning_rate)
+        return q
+
+    monkeypatch.setattr(Recipe, "_quality", scored)
+    rates = [1e-3, 2e-3, 1e-5, 5e-3, 3e-4, 4e-3]
+    search = {
+        "trials": 6,
+        "sampler": "grid",
+        "seed": 1,
+        "startup": 2,
+        "prune": True,
+        "space": {"train.learning_rate": rates},
+    }
+    exps = [
+        {
+            "id": "lora",
+            "method": {"name": "lora"},
+            "model": {"spec": str(save_tiny(tmp_path_factory, "tiny-gpt2"))},
+            "train": {"eval_steps": 1, "eval_samples": 4},
+        }
+    ]
+    out = tmp_path / "out"
+    assert (
+        cli.main(
+            [
+                "run",
+                _suite(tmp_path, data_dir, exps, search=search),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--in-process",
+            ]
+        )
+        == 0
+    )
+    res = {r["run_id"]: r for r in load_results(out)}
+    trials = [res[f"lora--trial{k}"] for k in range(6)]
+    lrs = [t["config"]["train"]["learning_rate"] for t in trials]
+    assert sorted(lrs) == sorted(rates)  # the grid, in its seeded order
+    complete = []
+    for k, t in enumerate(trials):
+        if k < 2:
+            assert t["status"] == "success"
+        else:
+            pruned = score(lrs[k]) < statistics.median(complete)
+            assert t["status"] == ("pruned" if pruned else "success"), (k, lrs[k], complete)
+            if pruned:
+                assert t["error"].startswith("pruned at step 1: validation accuracy") and t["train"]["seconds"] >= 0
+        if t["status"] == "success":
+            complete.append(score(lrs[k]))
+    assert any(t["status"] == "pruned" for t in trials)
+    agg = next(a for a in aggregate.aggregate(load_results(out)) if a.id == "lora")
+    assert agg.search["pruned"] == sum(t["status"] == "pruned" for t in trials)
+    assert agg.runs[0]["config"]["train"]["learning_rate"] == max(
+        lr for lr, t in zip(lrs, trials) if t["status"] == "success"
+    )

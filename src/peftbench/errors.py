@@ -45,6 +45,11 @@ class Skipped(Exception):
     """The run cannot happen here (a quantised base without CUDA): recorded as ``skipped``, not failed."""
 
 
+class Pruned(Exception):
+    """A search's trial stopped early: its periodic validation fell below the median of the earlier trials
+    at the same step (``train.search.prune``). Recorded as ``pruned``; the suite goes on."""
+
+
 def _cancel(signum, frame):
     raise Cancelled(signum)
 

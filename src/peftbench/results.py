@@ -44,7 +44,7 @@ from peftbench.spec.typecheck import fits
 log = logging.getLogger("peftbench")
 
 SCHEMA = "peftbench.result/2"
-STATUSES = ("success", "failed", "cancelled", "skipped")
+STATUSES = ("success", "failed", "cancelled", "skipped", "pruned")
 
 
 @dataclass

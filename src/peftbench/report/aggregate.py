@@ -124,12 +124,12 @@ def aggregate(results: list[dict]) -> list[Agg]:
     (a sweep) or several trials (a search) are resolved on validation: only the selected point's runs, one
     per seed, enter tables and verdicts."""
     by_id: dict[str, list[dict]] = defaultdict(list)
-    failed_trials: dict[str, int] = defaultdict(int)
+    unfinished: dict[str, list[dict]] = defaultdict(list)  # a search's failed and pruned trials
     for r in results:
         if r.get("status") == "success":
             by_id[r["id"]].append(r)
         elif r.get("trial") is not None:
-            failed_trials[r["id"]] += 1
+            unfinished[r["id"]].append(r)
     out = []
     for exp_id, runs in sorted(by_id.items()):
         key = _config_key(max(runs, key=lambda r: str(r.get("finished_at") or "")))
@@ -147,7 +147,7 @@ def aggregate(results: list[dict]) -> list[Agg]:
         chosen = [r for r in runs if _point(r) == best["point"]]
         agg = Agg(exp_id, chosen, runs, table, best["learning_rate"], criterion, left_out)
         if searched:
-            agg.search = _search_summary(agg, table, failed_trials[exp_id])
+            agg.search = _search_summary(agg, table, unfinished[exp_id])
         out.append(agg)
     return out
 
@@ -189,7 +189,7 @@ def _sweep_table(runs: list[dict], points: list[str]) -> tuple[list[dict], str]:
     return table, criterion
 
 
-def _search_summary(agg: Agg, table: list[dict], failed: int) -> dict:
+def _search_summary(agg: Agg, table: list[dict], unfinished: list[dict]) -> dict:
     """A search's cost and what it bought: trials run, training seconds over all of them, the configured
     default (trial 0) beside the selected trial, and the selected one's test gain over it with its interval."""
     setting = get_in(agg.all_runs[0], "config", "train", "search") or {}
@@ -198,10 +198,13 @@ def _search_summary(agg: Agg, table: list[dict], failed: int) -> dict:
     out = {
         "trials": setting.get("trials"),
         "done": len(table),
-        "failed": failed,
+        "failed": sum(r.get("status") != "pruned" for r in unfinished),
+        "pruned": sum(r.get("status") == "pruned" for r in unfinished),
         "sampler": setting.get("sampler"),
         "space": setting.get("space"),
-        "train_seconds": round(sum(row["train_seconds"] for row in table), 3),
+        "train_seconds": round(
+            sum(row["train_seconds"] for row in table) + sum(get_in(r, "train", "seconds") or 0 for r in unfinished), 3
+        ),
         "selected": chosen,
         "default": default,
         "gain": None,

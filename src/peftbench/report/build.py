@@ -364,8 +364,10 @@ def _blocks(out_dir: Path, results: list[dict], aggs: list[Agg]) -> tuple[list[t
     bad = [r for r in results if r.get("status") != "success"]
     envs = {get_in(r, "env", "gpu") or f"CPU ({get_in(r, 'env', 'cpu_count')} cores)" for r in ok}
     n_skip = sum(r.get("status") == "skipped" for r in bad)
-    n_ok, n_bad = len(ok), len(bad) - n_skip
+    n_pruned = sum(r.get("status") == "pruned" for r in bad)
+    n_ok, n_bad = len(ok), len(bad) - n_skip - n_pruned
     skipped = f", {n_skip} skipped (cannot run on this machine)" if n_skip else ""
+    skipped += f", {n_pruned} search trials pruned (below the earlier trials' median)" if n_pruned else ""
     blocks.append(
         (
             "p",
@@ -387,7 +389,7 @@ def _blocks(out_dir: Path, results: list[dict], aggs: list[Agg]) -> tuple[list[t
         verdict_groups.append(verdict_group)
     blocks += scaling_blocks(results, plots_dir)
     if bad:
-        blocks.append(("h2", "Failed or cancelled"))
+        blocks.append(("h2", "Failed, cancelled, skipped or pruned"))
         blocks.append(
             (
                 "table",

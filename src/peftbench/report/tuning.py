@@ -49,7 +49,9 @@ def _summary_row(a: Agg, name: str) -> list[str]:
     d, c = s["default"], s["selected"]
     return [
         name,
-        f"{s['done']} of {s['trials']}" + (f", {s['failed']} failed" if s["failed"] else ""),
+        f"{s['done']} of {s['trials']}"
+        + (f", {s['pruned']} pruned" if s.get("pruned") else "")
+        + (f", {s['failed']} failed" if s["failed"] else ""),
         f"{s['train_seconds']:.1f}",
         _shown(d["params"]) if d else "–",
         f"{_num(d['validation'])} / {_num(d['test'])}" if d else "–",

@@ -64,6 +64,7 @@ class Run:
     trial: int | None = None  # the trial of a search (train.search) this run belongs to
     trial_params: dict | None = None  # the trial's values of the searched keys, once asked
     trial_default: bool = False  # trial 0: the experiment as configured, the default the tuned result faces
+    prune: dict | None = None  # {key, better, thresholds: {step: median of earlier trials}} (train.search.prune)
 
 
 def _rate(lr: float) -> str:

@@ -27,7 +27,7 @@ from peftbench.catalog import methods, models, sources
 from peftbench.catalog.forgetting import Probe
 from peftbench.catalog.scoring import GENERATION
 from peftbench.catalog.tasks import TASKS, mean_loss
-from peftbench.errors import Skipped
+from peftbench.errors import Pruned, Skipped
 from peftbench.measure import dir_bytes
 from peftbench.measure.inference import logits_for, measure_inference
 from peftbench.measure.latency import reference_ms
@@ -176,6 +176,7 @@ class Recipe:
         if self.settings.speed["compile"] != "off":  # compiled graphs are reused by the next run's process
             sources.use_inductor_cache()
         before = reference_ms(self.dev)  # the machine's speed now, and after: drift between runs
+        self.train_started = time.time()  # a pruned trial's cost is recorded from here
         with progress(total=self.settings.total_steps, desc=f"train {self.plan.run_id}") as bar:
             tr = train(
                 self.model,
@@ -563,4 +564,19 @@ class Recipe:
 
     def _periodic_eval(self, step: int) -> dict:
         q = self._quality(self.eval_records, desc=f"eval@{step}", limit=self.exp.train.eval_samples)
-        return {k: v for k, v in q.items() if isinstance(v, (int, float))}
+        scores = {k: v for k, v in q.items() if isinstance(v, (int, float))}
+        self._prune_check(step, scores)
+        return scores
+
+    def _prune_check(self, step: int, scores: dict) -> None:
+        """A search's hopeless trial stops here: worse than the earlier trials' median at this step."""
+        rule = self.plan.prune
+        limit = (rule or {}).get("thresholds", {}).get(str(step))
+        v = scores.get((rule or {}).get("key"))
+        if limit is None or v is None:
+            return
+        if (v < limit) if rule["better"] == "max" else (v > limit):
+            raise Pruned(
+                f"pruned at step {step}: validation {rule['key']} {v:.4g} is worse than the earlier trials' "
+                f"median {limit:.4g} at that step"
+            )

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 from peftbench import fs, results
-from peftbench.errors import Cancelled, Diverged, FolderError, Skipped
+from peftbench.errors import Cancelled, Diverged, FolderError, Pruned, Skipped
 from peftbench.results import Result
 from peftbench.run.faults import fault_point
 from peftbench.run.plan import Run
@@ -58,6 +58,8 @@ def _known_so_far(result: Result, recipe) -> None:
         result.params = {"total": total, "trainable": trainable}
     if getattr(recipe, "settings", None):
         result.resolved = recipe.settings.to_dict()
+    if result.status == "pruned" and getattr(recipe, "train_started", None):
+        result.train = {"seconds": round(time.time() - recipe.train_started, 3)}
 
 
 def execute(
@@ -78,6 +80,9 @@ def execute(
         raise Cancelled(signum) from None
     except Skipped as e:  # cannot run on this machine: recorded as such, and the suite goes on
         result = failure(run, "skipped", str(e), started=started, device=device, attempt=attempt)
+    except Pruned as e:  # a hopeless trial of a search, stopped early: recorded, and the search goes on
+        result = failure(run, "pruned", str(e), started=started, device=device, attempt=attempt)
+        _known_so_far(result, recipe)
     except Exception as e:  # recorded, and the suite goes on
         tb = traceback.format_exc(limit=20)
         log.debug("run %s failed\n%s", run.run_id, tb)

@@ -145,6 +145,7 @@ def run_payload(run: Run, *, out_dir: Path, device: str, attempt: str, tracking:
         "trial": run.trial,
         "trial_params": run.trial_params,
         "trial_default": run.trial_default,
+        "prune": run.prune,
         "out_dir": str(out_dir),
         "device": device,
         "attempt": attempt,
@@ -247,7 +248,7 @@ def run_suite(
             run = study.concrete(run) if study else run  # a search's trial: asked now, from those told so far
             head = f"[{i}/{len(runs)}] {run.run_id}"
             state = results.state(results.result_path(out_dir, run.run_id), run.config_hash)
-            if state == "done" and not force:
+            if (state == "done" or (study and state == "pruned")) and not force:  # a pruned trial stays pruned
                 echo(f"{head}: done, skipped (--force reruns)")
                 if study:
                     study.record(run, search.read(out_dir, run.run_id))
@@ -319,6 +320,8 @@ def _announce(head: str, result, echo, *, out_dir: Path) -> int:
         echo(f"{head}: {_summary_line(result)}")
     elif result.status == "skipped":
         echo(f"{head}: skipped: {result.error}{kept}")
+    elif result.status == "pruned":
+        echo(f"{head}: pruned: {result.error}")
     else:
         echo(f"{head}: FAILED {result.error}{kept}")
         return 1
@@ -364,9 +367,6 @@ def read_payload(path: Path) -> tuple[Run, dict]:
     if config_hash(exp) != d["config_hash"]:  # the child trains exactly the config the plan hashed
         raise RuntimeError(f"the payload's config hashes to {config_hash(exp)}, the plan's to {d['config_hash']}")
     run = Run(exp, d["experiment_id"], d["run_id"], d["seed"], d["sweep"], d["config_hash"])
-    run.trial, run.trial_params, run.trial_default = (
-        d.get("trial"),
-        d.get("trial_params"),
-        d.get("trial_default", False),
-    )
+    run.trial, run.trial_params, run.trial_default = d.get("trial"), d.get("trial_params"), bool(d.get("trial_default"))
+    run.prune = d.get("prune")
     return run, d

@@ -24,6 +24,7 @@ import copy
 import importlib.util
 import logging
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from peftbench.spec.config import Experiment, config_hash
 log = logging.getLogger("peftbench")
 
 SAMPLERS = ("tpe", "random", "grid")
-KEYS = frozenset({"trials", "sampler", "space", "seed", "startup"})
+KEYS = frozenset({"trials", "sampler", "space", "seed", "startup", "prune"})
 TRAIN_KEYS = ("learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "batch_size", "lr_scheduler")
 
 
@@ -48,7 +49,7 @@ def resolve(setting, *, method: str) -> dict | None:
     m = methods.lookup(method)
     if m is not None and not m.trains:
         return None
-    d = {"sampler": "tpe", "space": "auto", "seed": 0, **setting}
+    d = {"sampler": "tpe", "space": "auto", "seed": 0, "prune": False, **setting}
     if d["space"] == "auto":
         d["space"] = default_space(method)
     trials = d.get("trials")
@@ -75,6 +76,13 @@ def problems(setting, exp: Experiment) -> list[str]:
         v = setting.get(key, 0)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             out.append(f"train.search.{key}: an integer >= 0, got {v!r}")
+    if setting.get("prune", False) not in (True, False):
+        out.append(f"train.search.prune: true or false, got {setting.get('prune')!r}")
+    elif setting.get("prune") and (not exp.train.eval_steps or exp.model.spec.startswith("random:")):
+        out.append(
+            "train.search.prune: needs periodic validation quality to compare trials step by step: "
+            "train.eval_steps > 0 and a pretrained model"
+        )
     if isinstance(exp.train.learning_rate, list):
         out.append("train.search: not with a train.learning_rate sweep (put the rates in train.search.space)")
     space = setting.get("space", "auto")
@@ -241,8 +249,33 @@ class Study:
 
         e = apply_point(slot.exp, params)
         return dataclasses.replace(
-            slot, exp=e, config_hash=config_hash(e), trial_params=params, trial_default=slot.trial == 0
+            slot,
+            exp=e,
+            config_hash=config_hash(e),
+            trial_params=params,
+            trial_default=slot.trial == 0,
+            prune=self._thresholds(slot.trial),
         )
+
+    def _thresholds(self, k: int) -> dict | None:
+        """The median rule (Optuna's MedianPruner): trial k stops at a periodic evaluation whose validation
+        score is worse than the median of the earlier completed trials' scores at that step; from trial
+        ``startup`` on, once two trials are complete."""
+        if not self.setting.get("prune") or k < self.setting["startup"]:
+            return None
+        key, direction = self.objective[0], self.objective[1]
+        at: dict[int, list[float]] = {}
+        for t in self.trials.values():
+            if t.number >= k or not all(r and r.get("status") == "success" for r in t.results.values()):
+                continue
+            for r in t.results.values():
+                for point in (r.get("train") or {}).get("eval_curve") or []:
+                    if isinstance(point.get(key), (int, float)) and point.get("step"):
+                        at.setdefault(int(point["step"]), []).append(float(point[key]))
+        thresholds = {str(s): statistics.median(v) for s, v in sorted(at.items()) if len(v) >= 2}
+        if not thresholds:
+            return None
+        return {"key": key, "better": "max" if direction == "maximize" else "min", "thresholds": thresholds}
 
     def record(self, run, result: dict | None) -> None:
         """One run's result (None: it did not run, e.g. cancelled); the trial is told once all its seeds are in."""
@@ -254,10 +287,16 @@ class Study:
 
         scores = [score_of(r, self.objective[0]) for r in trial.results.values()]
         ot = self._optuna_trials[run.trial]
-        if scores and all(s is not None for s in scores):
-            self.study.tell(ot, sum(scores) / len(scores))
-        else:
-            self.study.tell(ot, state=TrialState.FAIL)
+        try:
+            if any(r and r.get("status") == "pruned" for r in trial.results.values()):
+                self.study.tell(ot, state=TrialState.PRUNED)
+            elif scores and all(s is not None for s in scores):
+                self.study.tell(ot, sum(scores) / len(scores))
+            else:
+                self.study.tell(ot, state=TrialState.FAIL)
+        except RuntimeError as e:  # the grid sampler stops the study once its grid is done: stored by then
+            if "Study.stop" not in str(e):
+                raise
         trial.told = True
 
     def selected(self) -> list:
@@ -330,7 +369,7 @@ def replay(runs: list, out_dir: Path) -> dict:
             trial_runs = study.runs_of(k)
             found = [
                 read(out_dir, r.run_id)
-                if results.state(results.result_path(out_dir, r.run_id), r.config_hash) == "done"
+                if results.state(results.result_path(out_dir, r.run_id), r.config_hash) in ("done", "pruned")
                 else None
                 for r in trial_runs
             ]
