@@ -85,6 +85,15 @@ def test_a_search_of_four_trials_on_two_methods_gives_four_results_each_selected
     assert set(verdict["tuning"]) == {"lora", "ia3"} and verdict["tuning_budget"]["equal"] is True
     report = (out / "report.md").read_text()
     assert "Tuning at an equal budget" in report and "Every trial" in report
+    # the complete search keeps its selected trial's adapter; the others' go, and their results say so
+    for m in ("lora", "ia3"):
+        chosen = aggs[m].runs[0]["run_id"]
+        for k in range(4):
+            r = json.loads((out / "results" / f"{m}--trial{k}.json").read_text())
+            kept = r["run_id"] == chosen
+            assert (out / "adapters" / r["run_id"]).is_dir() == kept
+            assert (r["storage"]["adapter_dir"] is not None) == kept
+            assert kept or r["storage"]["adapter_removed"] == "not the selected trial of its search"
     # the stage times the selected trial of each search, not every trial
     stage = json.loads(next((out / "measurements").glob("*.json")).read_text())
     timed = {c["run_id"] for c in stage["candidates"] if c.get("run_id")}

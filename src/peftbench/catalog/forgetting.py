@@ -30,16 +30,15 @@ KEYS = frozenset(DEFAULT)
 
 
 def resolve(setting, *, model_spec: str, task_data: str) -> dict | None:
-    """``measure.forgetting`` as a run measures it: None (off) for random weights or ``spec: off``;
+    """``measure.forgetting`` as a run measures it: None (off) for random weights (whatever the spec) or
+    ``spec: off``;
     ``auto`` names the offline general corpus (another one when the task's own data is that corpus)."""
     if setting is None or setting is False:
         return None
     d = {**DEFAULT, **(setting if isinstance(setting, dict) else {})}
-    if d["spec"] in ("off", None, False):
-        return None
+    if d["spec"] in ("off", None, False) or model_spec.startswith("random:"):
+        return None  # random weights predict no text: nothing to forget
     if d["spec"] == "auto":
-        if model_spec.startswith("random:"):
-            return None  # random weights predict no text: nothing to forget
         d["spec"] = SECOND_CORPUS if task_data == DEFAULT_CORPUS else DEFAULT_CORPUS
     return d
 

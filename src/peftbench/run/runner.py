@@ -229,12 +229,10 @@ def run_suite(
     """Run the suite's runs; returns the exit code (0 all succeeded, 1 some failed, 128+N on signal N)."""
     device = resolve_device(device)
     runs = select(plan_runs(suite), only)
-    launched = _launched(gpus, in_process=in_process)
+    in_process = _launched(gpus, in_process=in_process) or in_process
     main = is_main_rank()
-    if not main:
-        echo = lambda *a, **k: None  # noqa: E731  (every rank runs the loop; one talks)
+    echo = echo if main else lambda *a, **k: None  # every rank runs the loop; one talks
     out_dir = Path(out_dir)
-    in_process = in_process or launched
     failed = started = 0
     studies = search.studies(runs)
     lock = results.FolderLock(out_dir) if main else contextlib.nullcontext()
@@ -265,7 +263,8 @@ def run_suite(
             failed += _announce(head, result, echo, out_dir=out_dir)
             if study:
                 study.record(run, search.read(out_dir, run.run_id) if result is not None else None)
-        if main and not guard.received:  # every group of the suite, with the successes it has
+        if main and not guard.received:  # searches keep their selected adapters; every group is measured
+            _finish_searches(studies, out_dir, echo)
             groups = stage_groups(search.for_stage(plan_runs(suite), out_dir))
             measure_groups(groups, out_dir=out_dir, device=device, in_process=in_process, echo=echo, guard=guard)
         if report and main:
@@ -273,6 +272,14 @@ def run_suite(
     if guard.received:
         return 128 + guard.received
     return 1 if failed else 0
+
+
+def _finish_searches(studies: dict, out_dir: Path, echo) -> None:
+    """Complete searches keep the selected trial's adapters only (``train.search.keep``)."""
+    for study in studies.values():
+        gone = search.drop_unselected_adapters(study, out_dir)
+        if gone:
+            echo(f"search {study.exp.id}: the adapters of {len(gone)} runs not selected removed (keep: all keeps them)")
 
 
 def _launched(gpus: int, *, in_process: bool) -> bool:

@@ -24,6 +24,7 @@ import copy
 import importlib.util
 import logging
 import math
+import shutil
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,8 @@ from peftbench.spec.config import Experiment, config_hash
 log = logging.getLogger("peftbench")
 
 SAMPLERS = ("tpe", "random", "grid")
-KEYS = frozenset({"trials", "sampler", "space", "seed", "startup", "prune"})
+KEYS = frozenset({"trials", "sampler", "space", "seed", "startup", "prune", "keep"})
+KEEP = ("selected", "all")  # which trials' adapters stay once a search is complete
 TRAIN_KEYS = ("learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "batch_size", "lr_scheduler")
 
 
@@ -49,7 +51,7 @@ def resolve(setting, *, method: str) -> dict | None:
     m = methods.lookup(method)
     if m is not None and not m.trains:
         return None
-    d = {"sampler": "tpe", "space": "auto", "seed": 0, "prune": False, **setting}
+    d = {"sampler": "tpe", "space": "auto", "seed": 0, "prune": False, "keep": "selected", **setting}
     if d["space"] == "auto":
         d["space"] = default_space(method)
     trials = d.get("trials")
@@ -76,6 +78,8 @@ def problems(setting, exp: Experiment) -> list[str]:
         v = setting.get(key, 0)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             out.append(f"train.search.{key}: an integer >= 0, got {v!r}")
+    if setting.get("keep", "selected") not in KEEP:
+        out.append(f"train.search.keep: {setting.get('keep')!r} is not one of {', '.join(KEEP)}")
     if setting.get("prune", False) not in (True, False):
         out.append(f"train.search.prune: true or false, got {setting.get('prune')!r}")
     elif setting.get("prune") and (not exp.train.eval_steps or exp.model.spec.startswith("random:")):
@@ -393,6 +397,29 @@ def for_stage(runs: list, out_dir: Path) -> list:
             placed.add(r.experiment_id)
             out += studies[r.experiment_id][0].selected()
     return out
+
+
+def drop_unselected_adapters(study: Study, out_dir: Path) -> list[str]:
+    """Once every trial is told, the adapters (or full checkpoints: 538 MB each for SmolLM2-135M) of the trials
+    not selected are removed unless ``keep: all``; their results stay, saying so (``storage.adapter_removed``).
+    Returns the run ids whose adapters went."""
+    if study.setting.get("keep") == "all" or len(study.trials) < study.setting["trials"]:
+        return []
+    if not all(t.told for t in study.trials.values()):
+        return []
+    chosen = {r.run_id for r in study.selected()}
+    gone = []
+    for trial in study.trials.values():
+        for run in trial.runs:
+            path = results.result_path(out_dir, run.run_id)
+            r = results.read_result(path)
+            if run.run_id in chosen or r is None or r.status != "success" or not (r.storage or {}).get("adapter_dir"):
+                continue
+            shutil.rmtree(Path(out_dir) / r.storage["adapter_dir"], ignore_errors=True)
+            r.storage = {**r.storage, "adapter_dir": None, "adapter_removed": "not the selected trial of its search"}
+            results.write_json_atomic(path, r.to_dict())
+            gone.append(run.run_id)
+    return gone
 
 
 def read(out_dir: Path, run_id: str) -> dict | None:
