@@ -171,3 +171,20 @@ def test_compiled_generation_compiles_the_decoding_step_and_keeps_the_tokens():
         eager = model.generate(**inputs, **_gen_kwargs(4, 0))
         compiled = model.generate(**inputs, **_gen_kwargs(4, 0), cache_implementation="static", compile_config=config)
     assert torch.equal(eager, compiled)
+
+
+def test_phases_time_a_known_sleep_and_sum_repeated_phases():
+    import time
+
+    from peftbench.measure.phases import Phases
+
+    phases = Phases(torch.device("cpu"))
+    with phases("sleep"):
+        time.sleep(0.2)
+    with phases("sleep"):
+        time.sleep(0.1)
+    phases.add("startup", 1.5)
+    d = phases.to_dict(train_tokens=100)
+    assert 0.3 <= d["seconds"]["sleep"] < 0.6 and d["seconds"]["startup"] == 1.5
+    assert d["total_seconds"] == pytest.approx(d["seconds"]["sleep"] + 1.5, abs=1e-3)
+    assert d["joules"] is None and d["energy_source"] == "no GPU" and "train_joules_per_token" not in d

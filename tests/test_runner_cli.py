@@ -234,6 +234,13 @@ def test_single_experiment_mode_and_list(tmp_path, data_dir, capsys):
     r = json.loads((out / "results" / "random-tiny-gpt2--language-modeling--full.json").read_text())
     assert r["inference"] is None and r["params"]["trainable"] == r["params"]["total"]
     assert r["storage"]["adapter_bytes"] == r["storage"]["full_model_bytes"] > 0
+    # where its time went: the child's phases, and the process's wall time around them
+    ph = r["phases"]
+    assert {"plan", "startup", "load", "encode", "train", "evaluate", "save", "measure"} <= set(ph["seconds"])
+    assert ph["total_seconds"] == pytest.approx(sum(ph["seconds"].values()), abs=1e-3)
+    assert ph["joules"] is None and ph["energy_source"] == "no GPU"
+    assert ph["process_wall_seconds"] >= ph["total_seconds"] - ph["seconds"]["plan"] > 0
+    assert ph["outside_phases_seconds"] == pytest.approx(ph["process_wall_seconds"] - ph["total_seconds"], abs=1e-2)
     capsys.readouterr()
 
 

@@ -76,6 +76,7 @@ class Result:
     quality_note: str | None = None
     quality_split: str | None = None
     quality_details: dict | None = None
+    phases: dict | None = None  # seconds (and NVML joules) per phase: plan, startup, load, encode, train, ...
     trial: dict | None = None  # a search's trial: {number, params, default}
     forgetting: dict | None = None  # NLL increase on general text, base before vs trained after (per window)
     generation: dict | None = None

@@ -358,6 +358,50 @@ def _deploy_blocks(gaggs: list[Agg], target: str, task: str, plot_path: Path, ti
     return out
 
 
+def phase_totals(results: list[dict]) -> dict | None:
+    """Every run's ``phases`` summed over the suite: seconds (and joules) per phase, and the process wall time
+    no phase holds (interpreter start, imports, writing the result)."""
+    with_phases = [r["phases"] for r in results if isinstance(r.get("phases"), dict)]
+    if not with_phases:
+        return None
+    seconds: dict[str, float] = {}
+    joules: dict[str, float] = {}
+    for p in with_phases:
+        for k, v in (p.get("seconds") or {}).items():
+            seconds[k] = seconds.get(k, 0.0) + v
+        for k, v in (p.get("joules") or {}).items():
+            joules[k] = joules.get(k, 0.0) + v
+        if p.get("outside_phases_seconds") is not None:
+            seconds["outside the phases"] = seconds.get("outside the phases", 0.0) + p["outside_phases_seconds"]
+    return {"runs": len(with_phases), "seconds": seconds, "joules": joules or None}
+
+
+def phase_blocks(results: list[dict]) -> list[tuple]:
+    totals = phase_totals(results)
+    if totals is None:
+        return []
+    whole = sum(totals["seconds"].values()) or 1.0
+    rows = [
+        [
+            name,
+            f"{s:.1f}",
+            f"{100 * s / whole:.1f} %",
+            "–" if not totals["joules"] or name not in totals["joules"] else f"{totals['joules'][name]:,.0f}",
+        ]
+        for name, s in sorted(totals["seconds"].items(), key=lambda kv: -kv[1])
+    ]
+    return [
+        ("h2", "Where the time went"),
+        (
+            "p",
+            f"Each run's phases summed over its {totals['runs']} runs (seconds of wall time; joules from NVML's "
+            f"energy counter on GPUs that have one). 'plan' is each run's share of reading and checking the suite, "
+            f"'startup' its process's interpreter and imports, 'outside the phases' what its process spent beyond.",
+        ),
+        ("table", ["phase", "seconds", "share", "joules"], rows),
+    ]
+
+
 def _blocks(out_dir: Path, results: list[dict], aggs: list[Agg]) -> tuple[list[tuple], list[dict]]:
     blocks: list[tuple] = [("h1", f"peftbench report: {out_dir.name}")]
     ok = [r for r in results if r.get("status") == "success"]
@@ -388,6 +432,7 @@ def _blocks(out_dir: Path, results: list[dict], aggs: list[Agg]) -> tuple[list[t
         blocks += group_blocks
         verdict_groups.append(verdict_group)
     blocks += scaling_blocks(results, plots_dir)
+    blocks += phase_blocks(results)
     if bad:
         blocks.append(("h2", "Failed, cancelled, skipped or pruned"))
         blocks.append(
@@ -429,5 +474,6 @@ def build_report(out_dir: Path) -> dict[str, Path]:
     for row in csv_rows(results, aggs):
         w.writerow(row)
     write_text_atomic(paths["csv"], buf.getvalue())
-    write_text_atomic(paths["verdict"], to_json({"schema": VERDICT_SCHEMA, "level": 0.95, "groups": verdict_groups}))
+    verdict = {"schema": VERDICT_SCHEMA, "level": 0.95, "groups": verdict_groups, "phases": phase_totals(results)}
+    write_text_atomic(paths["verdict"], to_json(verdict))
     return paths

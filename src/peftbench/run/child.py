@@ -39,14 +39,19 @@ def main(argv: list[str]) -> int:
         logging.getLogger("peftbench").setLevel(d.get("log_level") or logging.INFO)
         quiet_libraries()
         result = execute(
-            run, out_dir=Path(d["out_dir"]), device=d["device"], attempt=d["attempt"], tracking=d.get("tracking")
+            run,
+            out_dir=Path(d["out_dir"]),
+            device=d["device"],
+            attempt=d["attempt"],
+            tracking=d.get("tracking"),
+            timing=d.get("timing"),
         )
     except Cancelled as c:
         return 128 + c.signum
     except FolderError as e:  # the full or read-only folder, in one line (the suite's process says it too)
         print(f"peftbench: error: {e}", file=sys.stderr)
         return e.code
-    return 0 if result is None or result.status in ("success", "skipped") else 1
+    return 0 if result is None or result.status in ("success", "skipped", "pruned") else 1
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import importlib.util
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -438,6 +439,7 @@ def suite_from_dict(
     raw, *, name: str, overrides: list[str] | None = None, seeds: list[int] | None = None, path: str | None = None
 ) -> Suite:
     errors: list[str] = []
+    t0 = time.perf_counter()
     suite_name, description, experiments = experiments_from_raw(
         raw, name=name, overrides=overrides, seeds=seeds, errors=errors
     )
@@ -457,7 +459,9 @@ def suite_from_dict(
     log_with = tracking.parse(raw.get("log_with")) if isinstance(raw, dict) else []
     errors += tracking.check(log_with)
     _raise(errors)
-    return Suite(name=suite_name, experiments=experiments, description=description, path=path, log_with=log_with)
+    suite = Suite(name=suite_name, experiments=experiments, description=description, path=path, log_with=log_with)
+    suite.plan_seconds = time.perf_counter() - t0
+    return suite
 
 
 def builtin_suites() -> Path:

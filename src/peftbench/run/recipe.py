@@ -32,6 +32,7 @@ from peftbench.measure import dir_bytes
 from peftbench.measure.inference import logits_for, measure_inference
 from peftbench.measure.latency import reference_ms
 from peftbench.measure.memory import free_cached_memory
+from peftbench.measure.phases import Phases
 from peftbench.measure.storage import file_sizes, saved_bytes
 from peftbench.results import Result
 from peftbench.run import distributed
@@ -41,40 +42,28 @@ from peftbench.run.progress import progress
 from peftbench.run.settings import Settings, batches_per_process, total_steps
 from peftbench.run.speed import resolve as resolve_speed
 from peftbench.run.tracking import Trackers, final_values
-from peftbench.run.train import train, varying
+from peftbench.run.train import UNTRAINED, train, varying
 
 log = logging.getLogger("peftbench")
-
-
-# the train section of a run that trains nothing (the zero-shot baseline)
-UNTRAINED = {
-    "steps": 0,
-    "epochs": 0,
-    "seconds": 0.0,
-    "tokens": 0,
-    "tokens_per_second": None,
-    "samples_per_second": None,
-    "peak_memory_bytes": None,
-    "memory": None,
-    "loss_curve": [],
-    "laps": [],
-    "learning_rate": None,
-    "steady_tokens_per_second": None,
-    "warmup_seconds": None,
-    "padding_fraction": None,
-    "speed": None,
-    "examples_seen": 0,
-}
 
 
 class Recipe:
     """The phases of one run; ``run()`` drives them and returns the result (None off the main process)."""
 
     def __init__(
-        self, run: Run, *, out_dir: Path, device: str = "auto", attempt: str | None = None, tracking: dict | None = None
+        self,
+        run: Run,
+        *,
+        out_dir: Path,
+        device: str = "auto",
+        attempt: str | None = None,
+        tracking: dict | None = None,
+        timing: dict | None = None,
     ):
         self.plan, self.out_dir, self.device, self.attempt = run, Path(out_dir), device, attempt
         self.tracking = tracking or {}
+        self.timing = timing or {}  # {"spawned_at": when the suite started this process, "plan_seconds": ...}
+        self.phases: Phases | None = None
         self.trackers: Trackers | None = None
         self.exp = copy.deepcopy(run.exp)
         self.task = TASKS[self.exp.data.task]
@@ -87,12 +76,16 @@ class Recipe:
             self.prepare()
             fault_point("prepared", self.plan.run_id)
             self._start_trackers()
-            self.train()
+            with self.phases("train"):
+                self.train()
             if not self.main:  # under a multi-GPU launch, the main process evaluates, measures, records
                 return None
-            self.evaluate()
-            self.save()
-            self.measure()
+            with self.phases("evaluate"):
+                self.evaluate()
+            with self.phases("save"):
+                self.save()
+            with self.phases("measure"):
+                self.measure()
             return self.commit()
         finally:
             if self.trackers:
@@ -112,14 +105,17 @@ class Recipe:
         )
         self.dev = self.accelerator.device
         self.main = self.accelerator.is_main_process
+        self._start_phases()
         torch.manual_seed(exp.train.seed)
         self.quantization = exp.model.quantization or methods.lookup(exp.method.name).quantization
         if self.quantization:
             why = models.quantization_unavailable(self.quantization, self.dev)
             if why:
                 raise Skipped(why)
-        self.loaded = models.load(exp.model, seed=exp.model.seed, device=self.dev)
-        self._forgetting_before()
+        with self.phases("load"):
+            self.loaded = models.load(exp.model, seed=exp.model.seed, device=self.dev)
+        with self.phases("forgetting"):
+            self._forgetting_before()
         self.loftq_factors = None
         if self.quantization:
             if methods.lookup(exp.method.name).init_before_quantization:  # LoftQ: full-precision init, then quantised
@@ -128,9 +124,10 @@ class Recipe:
                 )
             self.loaded = models.quantize(self.loaded, self.quantization, self.dev)
         self.chat = self._chat_template(self.loaded.tokenizer)
-        self.splits = data_mod.load(exp.data)
-        enc_kw = {"limit": exp.data.max_train_samples} if self.task.blocks else {}
-        self.features = self._encode(self.splits.train, **enc_kw)
+        with self.phases("encode"):
+            self.splits = data_mod.load(exp.data)
+            enc_kw = {"limit": exp.data.max_train_samples} if self.task.blocks else {}
+            self.features = self._encode(self.splits.train, **enc_kw)
         if not self.features:
             raise ValueError(f"no training examples after tokenisation ({exp.data.spec})")
         n = self.accelerator.num_processes
@@ -138,7 +135,25 @@ class Recipe:
         self.steps = total_steps(exp.train, per_epoch)
         self._apply_method(self.loaded)
         self.params = models.count_parameters(self.model)  # before merging folds adapters away
-        self.settings = Settings(
+        self.settings = self._settings(n, per_epoch)
+        self.quality_on = self.loaded.pretrained
+        strat = self.task.label_field
+        self.eval_records = data_mod.sample(
+            self.splits.validation, exp.train.eval_samples, seed=exp.data.seed, stratify=strat
+        )
+
+    def _start_phases(self) -> None:
+        """The phase clocks, with this run's share of the suite's planning and its process's start-up."""
+        self.phases = Phases(self.dev)
+        if self.timing.get("plan_seconds") is not None:
+            self.phases.add("plan", self.timing["plan_seconds"])
+        if self.timing.get("spawned_at"):  # interpreter, imports and the payload, before this recipe
+            self.phases.add("startup", max(0.0, self.started - self.timing["spawned_at"]))
+
+    def _settings(self, n: int, per_epoch: int) -> Settings:
+        """What this run decided on its machine (``resolved`` in the result)."""
+        exp = self.exp
+        return Settings(
             family=self.loaded.family,
             tokenizer=self.loaded.tokenizer_spec,
             learning_rate=exp.train.learning_rate if self.applied.trains else None,
@@ -156,11 +171,6 @@ class Recipe:
             batches_per_epoch=per_epoch,
             total_steps=self.steps,
             speed=self._speed() if self.applied.trains else None,
-        )
-        self.quality_on = self.loaded.pretrained
-        strat = self.task.label_field
-        self.eval_records = data_mod.sample(
-            self.splits.validation, exp.train.eval_samples, seed=exp.data.seed, stratify=strat
         )
 
     def train(self) -> None:
@@ -262,7 +272,8 @@ class Recipe:
             }
         if self.task.label_field:
             self.out["quality_baselines"] = data_mod.baselines(self.splits)
-        self._forgetting_after()
+        with self.phases("forgetting"):
+            self._forgetting_after()
 
     def save(self) -> None:
         """The adapter (or full checkpoint) to a temp folder beside its final place."""
@@ -416,6 +427,7 @@ class Recipe:
             quality_split="test" if self.quality_on else None,
             quality_details=self.out.get("quality_details") or {},
             forgetting=self.out.get("forgetting"),
+            phases=self.phases.to_dict(train_tokens=(self.out.get("train") or {}).get("tokens")),
             trial=None
             if self.plan.trial is None
             else {"number": self.plan.trial, "params": self.plan.trial_params, "default": self.plan.trial_default},

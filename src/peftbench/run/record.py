@@ -58,12 +58,20 @@ def _known_so_far(result: Result, recipe) -> None:
         result.params = {"total": total, "trainable": trainable}
     if getattr(recipe, "settings", None):
         result.resolved = recipe.settings.to_dict()
+    if getattr(recipe, "phases", None):
+        result.phases = recipe.phases.to_dict()
     if result.status == "pruned" and getattr(recipe, "train_started", None):
         result.train = {"seconds": round(time.time() - recipe.train_started, 3)}
 
 
 def execute(
-    run: Run, *, out_dir: Path, device: str, attempt: str | None = None, tracking: dict | None = None
+    run: Run,
+    *,
+    out_dir: Path,
+    device: str,
+    attempt: str | None = None,
+    tracking: dict | None = None,
+    timing: dict | None = None,
 ) -> Result | None:
     """Run and record one run; re-raises ``Cancelled`` after recording it. None off the main process."""
     started = time.time()
@@ -71,7 +79,7 @@ def execute(
     try:
         from peftbench.run.recipe import Recipe  # models, data, training: only where a run happens
 
-        recipe = Recipe(run, out_dir=out_dir, device=device, attempt=attempt, tracking=tracking)
+        recipe = Recipe(run, out_dir=out_dir, device=device, attempt=attempt, tracking=tracking, timing=timing)
         result = recipe.run()
     except (Cancelled, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Cancelled) else signal.SIGINT

@@ -134,7 +134,9 @@ def child_command(payload: Path, gpus: int) -> list[str]:
     return [sys.executable, "-m", "peftbench.run.child", str(payload)]
 
 
-def run_payload(run: Run, *, out_dir: Path, device: str, attempt: str, tracking: dict | None = None) -> dict:
+def run_payload(
+    run: Run, *, out_dir: Path, device: str, attempt: str, tracking: dict | None = None, timing: dict | None = None
+) -> dict:
     return {
         "exp": run.exp.to_dict(),
         "experiment_id": run.experiment_id,
@@ -151,19 +153,29 @@ def run_payload(run: Run, *, out_dir: Path, device: str, attempt: str, tracking:
         "attempt": attempt,
         "log_level": logging.getLogger("peftbench").level,
         "tracking": tracking,
+        "timing": timing,
     }
 
 
 def run_in_child(
-    run: Run, *, out_dir: Path, device: str, gpus: int, guard: _Signals, tracking: dict | None = None
+    run: Run,
+    *,
+    out_dir: Path,
+    device: str,
+    gpus: int,
+    guard: _Signals,
+    tracking: dict | None = None,
+    plan_seconds: float | None = None,
 ) -> Result:
-    """Start the run in a fresh process and return what it recorded, or record how it died."""
+    """Start the run in a fresh process and return what it recorded, or record how it died. The process's
+    wall time goes into the result's ``phases`` beside the child's own, with what no phase holds."""
     attempt = uuid.uuid4().hex[:12]
     payload = results.payload_path(out_dir, run.run_id, attempt)
-    results.write_json_atomic(
-        payload, run_payload(run, out_dir=out_dir, device=device, attempt=attempt, tracking=tracking)
-    )
     started = time.time()
+    timing = {"spawned_at": started, "plan_seconds": plan_seconds}
+    results.write_json_atomic(
+        payload, run_payload(run, out_dir=out_dir, device=device, attempt=attempt, tracking=tracking, timing=timing)
+    )
     try:
         proc = subprocess.Popen(child_command(payload, gpus), start_new_session=True)  # signals come from us
         guard.child = proc
@@ -173,6 +185,11 @@ def run_in_child(
         payload.unlink(missing_ok=True)
     recorded = results.read_attempt(out_dir, run.run_id, attempt)
     if recorded is not None:
+        if recorded.phases:
+            wall = time.time() - started
+            recorded.phases["process_wall_seconds"] = round(wall, 3)
+            recorded.phases["outside_phases_seconds"] = round(wall - recorded.phases["total_seconds"], 3)
+            results.write_result(out_dir, recorded)
         return recorded
     from peftbench.run.record import failure
 
@@ -253,10 +270,9 @@ def run_suite(
                 continue
             echo(f"{head}: running" + (" (config changed)" if state == "stale" else "") + _trial_note(run, study))
             started += 1
-            if in_process:
-                result = _run_here(run, out_dir=out_dir, device=device, guard=guard, tracking=tracking)
-            else:
-                result = run_in_child(run, out_dir=out_dir, device=device, gpus=gpus, guard=guard, tracking=tracking)
+            share = suite.plan_seconds / max(1, len(runs))  # each run's `plan` phase
+            kw = {"out_dir": out_dir, "device": device, "guard": guard, "tracking": tracking}
+            result = _run_here(run, **kw) if in_process else run_in_child(run, gpus=gpus, plan_seconds=share, **kw)
             if guard.received:
                 echo(f"{head}: cancelled")
                 break

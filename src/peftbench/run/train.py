@@ -49,6 +49,27 @@ PLAIN = {
 }
 
 
+# the train section of a run that trains nothing (the zero-shot baseline)
+UNTRAINED = {
+    "steps": 0,
+    "epochs": 0,
+    "seconds": 0.0,
+    "tokens": 0,
+    "tokens_per_second": None,
+    "samples_per_second": None,
+    "peak_memory_bytes": None,
+    "memory": None,
+    "loss_curve": [],
+    "laps": [],
+    "learning_rate": None,
+    "steady_tokens_per_second": None,
+    "warmup_seconds": None,
+    "padding_fraction": None,
+    "speed": None,
+    "examples_seen": 0,
+}
+
+
 @dataclass
 class TrainResult:
     steps: int

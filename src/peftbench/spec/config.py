@@ -270,6 +270,7 @@ class Suite:
     description: str = ""
     path: str | None = None
     log_with: list[str] = field(default_factory=list)  # experiment trackers (peftbench.run.tracking)
+    plan_seconds: float = 0.0  # how long reading and checking the suite took (each run's `plan` phase: a share)
 
 
 SECTION_TYPES = {"model": ModelArgs, "data": DataArgs, "method": MethodArgs, "train": TrainArgs, "measure": MeasureArgs}
