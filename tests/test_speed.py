@@ -365,3 +365,23 @@ def test_compiled_graphs_go_to_peftbench_cache_unless_the_user_chose_a_folder(mo
     assert sources.use_inductor_cache() == str(tmp_path / "inductor")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert sources.use_inductor_cache() == str(tmp_path / "mine")
+
+
+def test_compile_auto_compiles_regions_only_where_the_run_repays_it():
+    from peftbench.run.speed import REPAYS_TOKENS, _compile_mode, is_warm, mark_warm, warm_key
+
+    def pick(value="auto", cuda=True, varying=False, tokens=None, warm=False):
+        reasons = {}
+        return _compile_mode(value, cuda=cuda, varying=varying, reasons=reasons, tokens=tokens, warm=warm), reasons
+
+    mode, why = pick(tokens=80 * 8192)  # issue 26's 80 steps of 16 x 512: 0.66 M tokens, under the cold 2.2 M
+    assert mode == "off" and "0.66 M tokens to train, under the 2.20 M a cold compilation repays" in why["compile"]
+    assert pick(tokens=80 * 8192, warm=True)[0] == "regions"  # warm graphs repay from 0.27 M
+    assert pick(tokens=REPAYS_TOKENS["cold"])[0] == "regions" and pick(tokens=None)[0] == "regions"
+    assert pick(varying=True, tokens=1e7)[0] == "regions"  # no whole-model graph from auto, fixed shapes or not
+    assert pick("on")[0] == "model" and pick("on", varying=True)[0] == "regions"  # `on` keeps its meaning
+    assert pick(cuda=False, tokens=1e9) == ("off", {"compile": "auto: off on CPU"})
+    key = warm_key("random:gpt2", "lora", {"r": 8}, "bf16", False)
+    assert key != warm_key("random:gpt2", "ia3", {}, "bf16", False) and not is_warm(key)
+    mark_warm(key)
+    assert is_warm(key) and not is_warm(warm_key("random:gpt2", "lora", {"r": 16}, "bf16", False))

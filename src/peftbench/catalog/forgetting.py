@@ -101,6 +101,20 @@ class Probe:
         print_ = stats.fingerprint([setting["spec"], protocol, *(",".join(map(str, b)) for b in blocks)])
         return cls(setting["spec"], family, block, feats, print_, protocol)
 
+    @classmethod
+    def for_model(cls, setting: dict, loaded, *, data_seed: int) -> Probe:
+        """The probe for a loaded model (``catalog.models.LoadedModel``): windows within its positions."""
+        config = getattr(loaded.model, "config", None)
+        positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        causal = loaded.family == "causal"
+        return cls.load(
+            setting,
+            tok=loaded.tokenizer,
+            family=loaded.family,
+            data_seed=data_seed,
+            max_positions=positions if causal else None,
+        )
+
     def nll(self, model, *, tok, device, batch_size: int) -> list[float]:
         """Mean negative log-likelihood per scored token of each window (nats)."""
         was_training = model.training

@@ -40,6 +40,7 @@ from peftbench.run.faults import fault_point
 from peftbench.run.plan import Run
 from peftbench.run.progress import progress
 from peftbench.run.settings import Settings, batches_per_process, total_steps
+from peftbench.run.speed import is_warm, mark_warm, planned_tokens, warm_key
 from peftbench.run.speed import resolve as resolve_speed
 from peftbench.run.tracking import Trackers, final_values
 from peftbench.run.train import UNTRAINED, train, varying
@@ -204,6 +205,8 @@ class Recipe:
                 ),
             )
         after = reference_ms(self.dev)
+        if self.settings.speed["compile"] != "off":  # the next run of this model and method finds its graphs
+            mark_warm(self.warm_key)
         self.model = self.accelerator.unwrap_model(self.model)
         self._release_training_state()
         if self.strategy == "fsdp":
@@ -485,15 +488,22 @@ class Recipe:
         self.model = self.applied.model.to(self.dev)
 
     def _speed(self) -> dict:
-        """The speed switches for this run's device, model and data (``speed.resolve``)."""
+        """The speed switches for this run's device, model and data (``speed.resolve``): compilation where the
+        run's tokens repay it (fewer needed when this model and method compiled here before)."""
+        t, e, shapes_vary = self.exp.train, self.exp, varying(self.features)
+        tokens = planned_tokens(self.features, steps=self.steps, args=t, processes=self.accelerator.num_processes)
+        key = [e.model.spec, e.method.name, e.method.options, self.accelerator.mixed_precision, shapes_vary]
+        self.warm_key = warm_key(*key)
         return resolve_speed(
-            self.exp.train,
+            t,
             device_type=self.dev.type,
             family=self.loaded.family,
             task=self.task.name,
             model=self.model,
-            varying=varying(self.features),
+            varying=shapes_vary,
             sharded=self.strategy == "fsdp",
+            tokens=tokens,
+            warm=is_warm(self.warm_key),
         )
 
     def _release_training_state(self) -> None:
@@ -505,20 +515,10 @@ class Recipe:
     def _forgetting_before(self) -> None:
         """The base model's NLL on the general-text probe, before any method touches it (LoftQ, a
         quantised base and PiSSA change the weights they start from)."""
-        self.probe = self.before = None
         setting = self.exp.measure.forgetting
-        if not setting or not self.loaded.pretrained or not self.main:
-            return
-        config = getattr(self.loaded.model, "config", None)
-        positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-        self.probe = Probe.load(
-            setting,
-            tok=self.loaded.tokenizer,
-            family=self.loaded.family,
-            data_seed=self.exp.data.seed,
-            max_positions=positions if self.loaded.family == "causal" else None,
-        )
-        self.before = self._probe_nll(self.loaded.model, "before")
+        ok = setting and self.loaded.pretrained and self.main
+        self.probe = Probe.for_model(setting, self.loaded, data_seed=self.exp.data.seed) if ok else None
+        self.before = self._probe_nll(self.loaded.model, "before") if self.probe else None
 
     def _forgetting_after(self) -> None:
         """The trained model on the same windows (the zero-shot run is its own base: 0, exactly)."""

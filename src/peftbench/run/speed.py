@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -66,7 +69,16 @@ def split_head(model) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
 
 
 def resolve(
-    args, *, device_type: str, family: str, task: str, model, varying: bool = False, sharded: bool = False
+    args,
+    *,
+    device_type: str,
+    family: str,
+    task: str,
+    model,
+    varying: bool = False,
+    sharded: bool = False,
+    tokens: float | None = None,
+    warm: bool = False,
 ) -> dict:
     """The speed switches as they will run here: {"compile": "off" | "model" | "regions", ..., "reasons": {...}}.
 
@@ -83,7 +95,7 @@ def resolve(
             return cuda
         return value == "on"
 
-    compile_mode = _compile_mode(args.compile, cuda=cuda, varying=varying, reasons=reasons)
+    compile_mode = _compile_mode(args.compile, cuda=cuda, varying=varying, reasons=reasons, tokens=tokens, warm=warm)
     if sharded and args.compile == "auto" and compile_mode != "off":
         compile_mode, reasons["compile"] = "off", f"auto: off under FSDP ({FSDP_COMPILE})"
     out = {"compile": compile_mode, "fused_optimizer": on_off("fused_optimizer")}
@@ -115,20 +127,86 @@ def resolve(
     return out
 
 
-def _compile_mode(value: str, *, cuda: bool, varying: bool, reasons: dict) -> str:
-    """``model`` (one graph for the whole forward) or ``regions`` (one graph per repeated block).
+# What compilation costs and saves (one H200, random:gpt2-medium full fine-tuning, 16 x 512 tokens per step, issue
+# 26's table): regional compilation warms up in 11.3 s with a cold cache and 2.0 s with a warm one, eager
+# training 0.7 s; steady rates 128-138k tok/s compiled against 78.5k eager, so each token saves about 4.9 us.
+# Compilation repays itself after about 10.6 s / 4.9 us = 2.2 M tokens (cold) and 1.3 s / 4.9 us = 0.27 M (warm).
+# A whole-model graph is no faster once warm (138.7k against 138.5k) and costs 50.9 s cold, 14.8 s warm.
+REPAYS_TOKENS = {"cold": 2.2e6, "warm": 2.7e5}
+COMPILE_SOURCE = "gpt2-medium on an H200: 4.9 us saved per token against 10.6 s (cold) or 1.3 s (warm) of compiling"
 
-    On GPUs ``model`` measured fastest for fixed shapes (gpt2-medium, benchmarks/train_speed.py)
-    but a whole 30-layer model compiled for dynamic shapes took 280 s; ``regions`` compiles one
-    block, so it is the choice when batch shapes vary."""
+
+def _compile_mode(
+    value: str, *, cuda: bool, varying: bool, reasons: dict, tokens: float | None = None, warm: bool = False
+) -> str:
+    """``off``, ``model`` (one graph for the whole forward) or ``regions`` (one graph per repeated block).
+
+    ``auto`` picks what pays for this run: ``regions`` (as fast as one whole-model graph once warm, at a fifth of
+    its compile time, and the only one that copes with varying shapes: a whole 30-layer model compiled for
+    dynamic shapes took 280 s), or ``off`` where the run trains fewer ``tokens`` than compilation repays
+    (``REPAYS_TOKENS``, lower when this model and method compiled here before: ``warm``). ``on`` keeps its
+    meaning: ``model`` for fixed shapes, ``regions`` for varying ones."""
     if value in ("off", "model", "regions"):
         return value
     if value == "auto" and not cuda:
         reasons["compile"] = "auto: off on CPU"
         return "off"
-    mode = "regions" if varying else "model"
-    reasons["compile"] = f"{value}: {mode} ({'batch shapes vary' if varying else 'fixed batch shapes'})"
-    return mode
+    if value == "on":
+        mode = "regions" if varying else "model"
+        reasons["compile"] = f"on: {mode} ({'batch shapes vary' if varying else 'fixed batch shapes'})"
+        return mode
+    cache = "warm" if warm else "cold"
+    if tokens is not None and tokens < REPAYS_TOKENS[cache]:
+        reasons["compile"] = (
+            f"auto: off ({tokens / 1e6:.2f} M tokens to train, under the {REPAYS_TOKENS[cache] / 1e6:.2f} M a "
+            f"{cache} compilation repays; {COMPILE_SOURCE})"
+        )
+        return "off"
+    reasons["compile"] = (
+        f"auto: regions ({'' if tokens is None else f'{tokens / 1e6:.2f} M tokens, '}{cache} cache; as fast as "
+        f"a whole-model graph once warm at a fifth of its compile time)"
+    )
+    return "regions"
+
+
+def planned_tokens(features: list[dict], *, steps: int, args, processes: int) -> float:
+    """Tokens a run will train on: steps x examples per step x the mean example's tokens (T5: source + target)."""
+    per = sum(len(f["input_ids"]) + len(f.get("labels") or []) * bool(f.get("decoder")) for f in features)
+    return steps * args.batch_size * args.gradient_accumulation_steps * processes * per / max(1, len(features))
+
+
+def warm_key(model_spec: str, method: str, options: dict, precision: str, varying: bool) -> str:
+    """What a run's compiled regions depend on: the architecture, the method's wrapping, the compute dtype."""
+    import hashlib
+
+    text = json.dumps([model_spec, method, sorted(options.items()), precision, varying], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _warm_file() -> Path:
+    from peftbench.catalog.sources import cache_dir
+
+    return cache_dir() / "inductor" / "peftbench-compiled.json"
+
+
+def is_warm(key: str) -> bool:
+    """Whether a run with this key compiled here before (its graphs are in the inductor cache)."""
+    try:
+        return key in json.loads(_warm_file().read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def mark_warm(key: str) -> None:
+    path = _warm_file()
+    try:
+        known = set(json.loads(path.read_text())) if path.exists() else set()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(sorted(known | {key})))
+        os.replace(tmp, path)
+    except (OSError, ValueError):
+        pass  # a missing mark only costs the next run a cold estimate
 
 
 def _fused_loss(value: str, *, cuda: bool, model, reasons: dict) -> str:
