@@ -34,8 +34,16 @@ from peftbench.run.speed import LossModule  # noqa: E402
 SHAPES = {  # name: (model_type, config); the 262k vocabulary is Gemma 3's (the issue's 270M model), 4 layers here
     "gpt2-50k": (
         "gpt2",
-        {"n_layer": 4, "n_embd": 768, "n_head": 12, "vocab_size": 50257, "n_positions": 1024, "resid_pdrop": 0.0,
-         "embd_pdrop": 0.0, "attn_pdrop": 0.0},
+        {
+            "n_layer": 4,
+            "n_embd": 768,
+            "n_head": 12,
+            "vocab_size": 50257,
+            "n_positions": 1024,
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+        },
     ),
     "smollm2-49k": (
         "llama",
