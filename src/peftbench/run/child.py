@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import logging
 import signal
 import sys
 from pathlib import Path
 
-from peftbench.errors import Cancelled, FolderError, cancel_on_signals
+from peftbench.errors import Cancelled, ConfigError, FolderError, cancel_on_signals
 
 
 def _die_with_parent() -> None:
@@ -32,7 +33,6 @@ def main(argv: list[str]) -> int:
     try:  # a signal while starting up is a cancellation too (the suite records it): no traceback
         from peftbench.run.progress import quiet_libraries
         from peftbench.run.record import execute
-        from peftbench.run.runner import read_payload
 
         run, d = read_payload(Path(argv[0]))
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -52,6 +52,24 @@ def main(argv: list[str]) -> int:
         print(f"peftbench: error: {e}", file=sys.stderr)
         return e.code
     return 0 if result is None or result.status in ("success", "skipped", "pruned") else 1
+
+
+def read_payload(path: Path) -> tuple:
+    """The child's side of ``run_payload``."""
+    from peftbench.run.plan import Run
+    from peftbench.spec.config import build_experiment, config_hash
+
+    d = json.loads(Path(path).read_text(encoding="utf-8"))
+    errors: list[str] = []
+    exp = build_experiment(d["exp"], errors=errors)
+    if errors:
+        raise ConfigError("; ".join(errors))
+    if config_hash(exp) != d["config_hash"]:  # the child trains exactly the config the plan hashed
+        raise RuntimeError(f"the payload's config hashes to {config_hash(exp)}, the plan's to {d['config_hash']}")
+    run = Run(exp, d["experiment_id"], d["run_id"], d["seed"], d["sweep"], d["config_hash"])
+    run.trial, run.trial_params, run.trial_default = d.get("trial"), d.get("trial_params"), bool(d.get("trial_default"))
+    run.prune = d.get("prune")
+    return run, d
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import json
 import logging
 import os
 import signal
@@ -31,7 +30,7 @@ from pathlib import Path
 from peftbench import fs, results
 from peftbench.errors import Cancelled, ConfigError, FolderError, keep_cancellations
 from peftbench.results import Result
-from peftbench.run import search
+from peftbench.run import forked, search
 from peftbench.run.plan import Run, plan_runs
 from peftbench.run.stage import measure_groups, stage_groups
 
@@ -177,7 +176,10 @@ def run_in_child(
         payload, run_payload(run, out_dir=out_dir, device=device, attempt=attempt, tracking=tracking, timing=timing)
     )
     try:
-        proc = subprocess.Popen(child_command(payload, gpus), start_new_session=True)  # signals come from us
+        if gpus == 1 and forked.available():  # a warm interpreter: the imports paid once per suite
+            proc = forked.start(payload)
+        else:
+            proc = subprocess.Popen(child_command(payload, gpus), start_new_session=True)  # signals come from us
         guard.child = proc
         code = _wait(proc, guard)
     finally:
@@ -188,7 +190,8 @@ def run_in_child(
         if recorded.phases:
             wall = time.time() - started
             recorded.phases["process_wall_seconds"] = round(wall, 3)
-            recorded.phases["outside_phases_seconds"] = round(wall - recorded.phases["total_seconds"], 3)
+            inside = recorded.phases["total_seconds"] - recorded.phases["seconds"].get("plan", 0.0)  # plan: before
+            recorded.phases["outside_phases_seconds"] = round(wall - inside, 3)
             results.write_result(out_dir, recorded)
         return recorded
     from peftbench.run.record import failure
@@ -376,20 +379,3 @@ def _summary_line(r: Result) -> str:
     if lat is not None:
         parts.append(f"p50={lat:.2f} ms")
     return "; ".join(parts)
-
-
-def read_payload(path: Path) -> tuple[Run, dict]:
-    """The child's side of ``run_payload``."""
-    from peftbench.spec.config import build_experiment, config_hash
-
-    d = json.loads(Path(path).read_text(encoding="utf-8"))
-    errors: list[str] = []
-    exp = build_experiment(d["exp"], errors=errors)
-    if errors:
-        raise ConfigError("; ".join(errors))
-    if config_hash(exp) != d["config_hash"]:  # the child trains exactly the config the plan hashed
-        raise RuntimeError(f"the payload's config hashes to {config_hash(exp)}, the plan's to {d['config_hash']}")
-    run = Run(exp, d["experiment_id"], d["run_id"], d["seed"], d["sweep"], d["config_hash"])
-    run.trial, run.trial_params, run.trial_default = d.get("trial"), d.get("trial_params"), bool(d.get("trial_default"))
-    run.prune = d.get("prune")
-    return run, d
