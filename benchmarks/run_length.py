@@ -50,6 +50,8 @@ def one(label, compile_, cache, steps, *, data: str, cache_dir: Path, work: Path
     if proc.returncode != 0:
         return {"label": label, "compile": compile_, "cache": cache, "error": proc.stderr[-800:]}
     r = json.loads(next((out / "results").glob("*.json")).read_text())
+    if r["status"] != "success":
+        return {"label": label, "compile": compile_, "cache": cache, "error": str(r.get("error"))[-800:]}
     t, ph = r["train"], r["phases"]
     return {
         "label": label,

@@ -424,3 +424,17 @@ def test_line_progress_writes_every_30_seconds_between_tenths():
         "x: 2/1000 (0 %)",
         "x: 3/1000 (0 %)",
     ]
+
+
+def test_a_forked_run_has_a_fresh_interpreters_start_method_and_workers(tmp_path, data_dir):
+    """Runs are forked from a warm server (run.forked); inside one, multiprocessing's default must be the
+    platform's, not the server's forkserver: data loader workers fork the run's dataset and local collate."""
+    from peftbench.run import forked
+
+    assert forked.available()
+    out = tmp_path / "o"
+    argv = single("run", "random:tiny-gpt2", "lora", "language-modeling", f"file:{data_dir}/lm.jsonl")
+    argv += ["--set", "train.max_steps=2", "--set", "train.dataloader_workers=2", "--set", "measure.enabled=false"]
+    assert cli.main([*argv, "--set", "data.max_source_length=32", "--out", str(out), "--device", "cpu"]) == 0
+    r = json.loads(next((out / "results").glob("*.json")).read_text())
+    assert r["status"] == "success" and r["resolved"]["speed"]["dataloader_workers"] == 2

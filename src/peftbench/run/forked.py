@@ -92,6 +92,9 @@ def _entry(payload: str, env: dict, out_fd: int, err_fd: int) -> None:
         os.close(fd)
     os.environ.clear()
     os.environ.update(env)
+    # a forkserver's child inherits "forkserver" as its default start method; a fresh interpreter has the
+    # platform's (data loader workers of a run fork their dataset and collate, which a forkserver would pickle)
+    multiprocessing.set_start_method(None, force=True)
     threads = env.get("OMP_NUM_THREADS")
     if threads and threads.isdigit():  # the server's torch read the variable at its own start
         import torch
