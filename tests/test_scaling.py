@@ -133,3 +133,15 @@ def test_runs_of_different_tasks_or_data_are_not_one_series():
     untrained = _result("s", int(SIZES["s"]), "none", 1)
     untrained["train"] = {"steps": 0}
     assert scaling_rows([untrained]) == []  # the zero-shot baseline trains nothing: no memory to scale
+
+
+def test_a_search_over_ranks_of_one_model_is_not_a_scaling_study(tmp_path):
+    """LoRA trials at r 4, 16 and 32 change the parameter count by a fraction of a percent: three counts of
+    one model, not three model sizes (once they made the fit's prefactor overflow and broke the report)."""
+    rs = [
+        _result("builtin:m", 134_515_008 + extra, "lora", 1, peak=1e9 + extra, rate=250.0 - extra / 1e4)
+        for extra in (230_400, 921_600, 1_843_200)
+    ]
+    assert scaling_blocks(rs, tmp_path) == []
+    assert power_fit([134.7e6, 135.4e6, 136.3e6], [1.0e9, 1.2e9, 0.9e9]) is None
+    assert power_fit([1e8, 4e8, 1.6e9], [1.0, 4.0, 16.0])["exponent"] == pytest.approx(1.0)

@@ -22,6 +22,7 @@ from peftbench.report.metrics import get_in, train_rate
 from peftbench.stats import LEVEL
 
 MIN_SIZES = 3  # model sizes a (method, GPUs) series needs before a fit is drawn
+SPAN = 1.5  # the largest model at least this many times the smallest's parameters, for a power law
 OOM_WORDS = ("out of memory", "outofmemoryerror")
 
 
@@ -78,6 +79,8 @@ def power_fit(xs, ys, *, level: float = LEVEL) -> dict | None:
     pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys) if x and y and x > 0 and y > 0]
     n = len(pts)
     if n < MIN_SIZES or len({p[0] for p in pts}) < 2:
+        return None
+    if max(p[0] for p in pts) - min(p[0] for p in pts) < math.log(SPAN):  # not model sizes (a rank search, say)
         return None
     lx, ly = np.array(pts).T
     slope, intercept = np.polyfit(lx, ly, 1)
@@ -215,8 +218,8 @@ def plot_scaling(rows: list[dict], path: Path, key: str, ylabel: str) -> Path | 
 def scaling_blocks(results: list[dict], plots_dir: Path) -> list[tuple]:
     """The report's scaling section, or nothing when no series has three model sizes."""
     rows = scaling_rows(results)
-    if not any(len(v) >= MIN_SIZES for v in series(rows, "params").values()):
-        return []
+    if not any(len({r["model"] for r in v}) >= MIN_SIZES for v in series(rows, "params").values()):
+        return []  # three models, not three runs of one model (a search's ranks change its parameter count)
     blocks: list[tuple] = [
         ("h2", "Scaling with model size"),
         (
