@@ -155,6 +155,10 @@ def cmd_run(args) -> int:
     if args.help_config:
         print(config.help_text())
         return 0
+    if not args.in_process and args.gpus == 1 and os.environ.get("WORLD_SIZE", "1") == "1":
+        from peftbench.run import forked
+
+        forked.warm_up()  # the runs' server imports while this process plans
     suite = _load(args)
     runner.resolve_device(args.device)
     if args.gpus < 1:

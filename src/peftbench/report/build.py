@@ -111,6 +111,11 @@ def group_table(aggs: list[Agg], task: str, verdict_list: list[dict]) -> tuple[l
 # ---------------------------------------------------------------- verdict lines
 
 
+def _fixed(v: float) -> str:
+    """Two decimals, or three significant digits below 1 (forgetting is thousandths of a nat per token)."""
+    return f"{v:.2f}" if v == 0 or abs(v) >= 0.995 else f"{v:.3g}"
+
+
 def _effect_text(v: dict, labels: dict[str, str]) -> str:
     e = v.get("effect")
     if not e:
@@ -122,8 +127,8 @@ def _effect_text(v: dict, labels: dict[str, str]) -> str:
         amount = f"{e['estimate']:.1f} %"
         interval = f"95 % interval {e['low']:.1f} to {e['high']:.1f} %"
     else:
-        amount = f"{e['estimate']:.2f} {e['unit']}".rstrip()
-        interval = f"95 % interval {e['low']:.2f} to {e['high']:.2f}"
+        amount = f"{_fixed(e['estimate'])} {e['unit']}".rstrip()
+        interval = f"95 % interval {_fixed(e['low'])} to {_fixed(e['high'])}"
     if e["low"] == e["high"] == e["estimate"] == 0 and "interleaved rounds" in v.get("test", ""):
         interval = "bit-identical models, timed once for both"
     elif e["low"] == e["high"]:  # measured once per run: no spread to show

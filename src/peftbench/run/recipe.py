@@ -83,6 +83,8 @@ class Recipe:
                 return None
             with self.phases("evaluate"):
                 self.evaluate()
+            with self.phases("forgetting"):  # phases never nest: each second is counted once
+                self._forgetting_after()
             with self.phases("save"):
                 self.save()
             with self.phases("measure"):
@@ -275,8 +277,6 @@ class Recipe:
             }
         if self.task.label_field:
             self.out["quality_baselines"] = data_mod.baselines(self.splits)
-        with self.phases("forgetting"):
-            self._forgetting_after()
 
     def save(self) -> None:
         """The adapter (or full checkpoint) to a temp folder beside its final place."""
