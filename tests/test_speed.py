@@ -230,7 +230,7 @@ def test_switches_resolve_off_on_cpu_and_say_why_when_they_cannot_apply():
     assert (s["compile"], s["fused_optimizer"], s["fused_loss"], s["packing"], s["dataloader_workers"]) == (
         "off",
         False,
-        "off",
+        "chunked",  # the one switch on by default on CPU (benchmarks/results/cpu_fused_loss_2core.md)
         False,
         0,
     )
@@ -385,3 +385,18 @@ def test_compile_auto_compiles_regions_only_where_the_run_repays_it():
     assert key != warm_key("random:gpt2", "ia3", {}, "bf16", False) and not is_warm(key)
     mark_warm(key)
     assert is_warm(key) and not is_warm(warm_key("random:gpt2", "lora", {"r": 16}, "bf16", False))
+
+
+def test_fused_loss_auto_is_chunked_on_cpu_and_trains_the_same_losses(data_dir):
+    """benchmarks/results/cpu_fused_loss_2core.md: on CPU the chunked loss was never slower and the same loss;
+    auto takes it for causal LMs whose logits are head(body(x)) and leaves encoder-decoders alone."""
+    from peftbench.run.speed import resolve
+    from peftbench.spec.config import TrainArgs
+
+    causal = models.build_random("tiny-gpt2", seed=0)
+    s = resolve(TrainArgs(), device_type="cpu", family="causal", task="classification", model=causal)
+    assert s["fused_loss"] == "chunked" and "auto: chunked on CPU" in s["reasons"]["fused_loss"]
+    t5 = models.build_random("tiny-t5", seed=0)
+    assert (
+        resolve(TrainArgs(), device_type="cpu", family="seq2seq", task="summarization", model=t5)["fused_loss"] == "off"
+    )

@@ -152,7 +152,7 @@ class TrainArgs:
         "auto",
         "causal LMs: linear + cross-entropy fused so the vocabulary-sized logits are never "
         "materialised, over the labelled positions only: auto (with CUDA: liger when "
-        "installed, else chunked) | on (liger or chunked) | liger | chunked | off",
+        "installed, else chunked; on CPU: chunked) | on (liger or chunked) | liger | chunked | off",
     )
     packing: str = _f(
         "auto",
