@@ -178,7 +178,8 @@ class TrainArgs:
     search: dict | None = _f(
         None,
         "an equal tuning budget per method (Optuna): {trials: N, sampler: tpe | random | grid, space: auto | "
-        "{section.field: [values] | {low, high, log}}, seed: 0, startup: N/4}; auto: the method's own space "
+        "{section.field: [values] | {low, high, log}}, seed: 0, startup: N/4, prune: false (median rule), "
+        "keep: selected | all (adapters kept)}; auto: the method's own space "
         "(learning rate for all, rank/alpha/init for LoRA, tokens/init for prompt methods); trial 0 is the "
         "configured default; selected on validation; null: no search",
     )
