@@ -199,6 +199,7 @@ def test_pruning_stops_the_trials_below_the_earlier_median_and_records_them(
     trials = [res[f"lora--trial{k}"] for k in range(6)]
     lrs = [t["config"]["train"]["learning_rate"] for t in trials]
     assert sorted(lrs) == sorted(rates)  # the grid, in its seeded order
+    assert not any(t["trial"]["default"] for t in trials)  # a grid has no configured default among its points
     complete = []
     for k, t in enumerate(trials):
         if k < 2:

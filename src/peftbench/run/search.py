@@ -214,7 +214,6 @@ class Study:
         self.exp = slots[0].exp
         self.setting = self.exp.train.search
         self.space = self.setting["space"]
-        self.seeds = sorted({s.seed for s in slots}, key=[s.seed for s in slots].index)
         self.objective = objective  # (key, direction, label) of report.aggregate.selection
         self.dists = _distributions(self.space)
         seed = self.setting["seed"]
@@ -257,7 +256,7 @@ class Study:
             exp=e,
             config_hash=config_hash(e),
             trial_params=params,
-            trial_default=slot.trial == 0,
+            trial_default=slot.trial == 0 and self.setting["sampler"] != "grid",  # a grid enqueues no default
             prune=self._thresholds(slot.trial),
         )
 
