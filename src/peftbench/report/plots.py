@@ -251,6 +251,31 @@ def plot_latency(aggs: list, path: Path, title: str) -> Path | None:
     return _save(fig, path)
 
 
+def _marked(ax, xs: dict, ys: dict, color: str, on_front: bool) -> None:
+    """One experiment on a Pareto plane: its means, both 95 % intervals as bars, ringed when non-dominated."""
+    ax.errorbar(
+        [xs["mean"]],
+        [ys["mean"]],
+        xerr=[[v] for v in _err(xs)],
+        yerr=[[v] for v in _err(ys)],
+        fmt="none",
+        ecolor=color,
+        lw=1,
+        capsize=3,
+        zorder=2,
+    )
+    ax.scatter(
+        [xs["mean"]],
+        [ys["mean"]],
+        s=90 if on_front else 40,
+        color=color,
+        edgecolor="black" if on_front else "none",
+        lw=1.5,
+        zorder=3,
+        marker="o" if on_front else "X",
+    )
+
+
 def _points(aggs: list, x_key: str, y_key: str) -> list[tuple]:
     """(agg, x summary, y summary) for the experiments that have both measures."""
     pts = [(a, summarize(a, x_key), summarize(a, y_key)) for a in aggs]
@@ -280,27 +305,7 @@ def plot_pareto(aggs: list, path: Path, title: str, task: str) -> Path | None:
         front = set(fronts.get(key, []))
         for a, xs, ys in pts:
             on = a.id in front
-            ax.errorbar(
-                [xs["mean"]],
-                [ys["mean"]],
-                xerr=[[v] for v in _err(xs)],
-                yerr=[[v] for v in _err(ys)],
-                fmt="none",
-                ecolor=_color(a.method),
-                lw=1,
-                capsize=3,
-                zorder=2,
-            )
-            ax.scatter(
-                [xs["mean"]],
-                [ys["mean"]],
-                s=90 if on else 40,
-                color=_color(a.method),
-                edgecolor="black" if on else "none",
-                lw=1.5,
-                zorder=3,
-                marker="o" if on else "X",
-            )
+            _marked(ax, xs, ys, _color(a.method), on)
             ax.annotate(a.method, (xs["mean"], ys["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
         fp = sorted((xs["mean"], ys["mean"]) for a, xs, ys in pts if a.id in front)
         if len(fp) > 1:
@@ -330,27 +335,7 @@ def plot_learning_forgetting(aggs: list, path: Path, title: str, task: str) -> P
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for p in lf["points"]:
         xs, ys, on = p["forgetting"], p["quality"], p["id"] in front
-        ax.errorbar(
-            [xs["mean"]],
-            [ys["mean"]],
-            xerr=[[v] for v in _err(xs)],
-            yerr=[[v] for v in _err(ys)],
-            fmt="none",
-            ecolor=_color(p["method"]),
-            lw=1,
-            capsize=3,
-            zorder=2,
-        )
-        ax.scatter(
-            [xs["mean"]],
-            [ys["mean"]],
-            s=90 if on else 40,
-            color=_color(p["method"]),
-            edgecolor="black" if on else "none",
-            lw=1.5,
-            zorder=3,
-            marker="o" if on else "X",
-        )
+        _marked(ax, xs, ys, _color(p["method"]), on)
         name = p["method"] if sum(a.method == p["method"] for a in aggs) == 1 else p["id"]
         ax.annotate(name, (xs["mean"], ys["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     fp = sorted((p["forgetting"]["mean"], p["quality"]["mean"]) for p in lf["points"] if p["id"] in front)

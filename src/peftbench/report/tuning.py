@@ -12,7 +12,8 @@ from peftbench.catalog.methodspecs import is_zero_shot
 from peftbench.report.aggregate import Agg
 
 
-def _shown(params: dict | None) -> str:
+def shown(params: dict | None) -> str:
+    """A trial's values as `name=value` (the section dropped), or a dash."""
     if not params:
         return "–"
     return ", ".join(
@@ -53,9 +54,9 @@ def _summary_row(a: Agg, name: str) -> list[str]:
         + (f", {s['pruned']} pruned" if s.get("pruned") else "")
         + (f", {s['failed']} failed" if s["failed"] else ""),
         f"{s['train_seconds']:.1f}",
-        _shown(d["params"]) if d else "–",
+        shown(d["params"]) if d else "–",
         f"{_num(d['validation'])} / {_num(d['test'])}" if d else "–",
-        _shown(c["params"]),
+        shown(c["params"]),
         f"{_num(c['validation'])} / {_num(c['test'])}",
         _gain(s["gain"]),
     ]
@@ -66,7 +67,7 @@ def _trial_rows(a: Agg, name: str) -> list[list[str]]:
         [
             name,
             str(row["trial"]) + (" (default)" if row["default"] else ""),
-            _shown(row["params"]),
+            shown(row["params"]),
             _num(row["validation"]),
             _num(row["test"]),
             f"{row['train_seconds']:.1f}",

@@ -85,9 +85,9 @@ def runs_of(exp: Experiment) -> list[Run]:
     elif lrs == [None] and method is not None:
         lrs = [method.learning_rate]
     seeds = exp.seeds or [exp.train.seed]
-    setting = search.resolve(exp.train.search, method=exp.method.name) if trains else None
-    if setting is not None:
-        return _slots(exp, setting, seeds)
+    filled = _filled(exp)
+    if filled.train.search is not None:
+        return _slots(filled, seeds)
     out = []
     for lr in lrs:
         for seed in seeds:
@@ -112,14 +112,15 @@ def _filled(exp: Experiment) -> Experiment:
     return e
 
 
-def _slots(exp: Experiment, setting: dict, seeds: list[int]) -> list[Run]:
-    """A search's runs, trial by seed: each slot's configuration is asked when its turn comes."""
+def _slots(exp: Experiment, seeds: list[int]) -> list[Run]:
+    """A search's runs (``exp`` as ``_filled`` leaves it), trial by seed: each slot's configuration is asked when
+    its turn comes."""
+    method = methods.lookup(exp.method.name)
     out = []
-    for k in range(setting["trials"]):
+    for k in range(exp.train.search["trials"]):
         for seed in seeds:
-            e = _filled(exp)
+            e = copy.deepcopy(exp)
             e.train.seed, e.seeds = seed, None
-            method = methods.lookup(exp.method.name)
             if e.train.learning_rate is None and method is not None:  # the rate trial 0 starts from
                 e.train.learning_rate = method.learning_rate
             run_id = f"{exp.id}--trial{k}" + (f"--seed{seed}" if exp.seeds else "")

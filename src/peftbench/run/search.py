@@ -339,11 +339,9 @@ def check_selection(runs: list, only_ids: set[str]) -> None:
 
 
 def describe_params(run) -> str:
-    shown = ", ".join(
-        f"{k.partition('.')[2]}={v:.3g}" if isinstance(v, float) else f"{k.partition('.')[2]}={v}"
-        for k, v in (run.trial_params or {}).items()
-    )
-    return shown + (" (the configured default)" if run.trial_default else "")
+    from peftbench.report.tuning import shown
+
+    return shown(run.trial_params) + (" (the configured default)" if run.trial_default else "")
 
 
 def _objective(exp) -> tuple[str, str, str]:
