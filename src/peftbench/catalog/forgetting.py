@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from peftbench import stats
-from peftbench.catalog.scoring import SCORERS, scorer
 
 DEFAULT_CORPUS = "builtin:moby-dick"  # general English prose, offline; a task on it probes with SECOND_CORPUS
 SECOND_CORPUS = "builtin:sotu"
@@ -93,6 +92,8 @@ class Probe:
             raise ValueError(f"measure.forgetting: {setting['spec']} holds fewer than two {block}-token windows")
         if family == "seq2seq":
             half = block // 2
+            from peftbench.catalog.scoring import SCORERS  # torch: the plan reads this module without it
+
             feats = [SCORERS[family].pair(b[:half], b[half:]) for b in blocks]
             protocol = f"seq2seq: the second {block - half} tokens of each {block}-token window given the first"
         else:
@@ -120,6 +121,8 @@ class Probe:
         was_training = model.training
         model.eval()
         try:
+            from peftbench.catalog.scoring import scorer
+
             sums, counts = scorer(model, tok, family=self.family, device=device, batch_size=batch_size).nll(self.feats)
         finally:
             model.train(was_training)

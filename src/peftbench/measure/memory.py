@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import os
 import resource
@@ -46,14 +47,21 @@ def rss_bytes() -> int:
         return peak if sys.platform == "darwin" else peak * 1024
 
 
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None (``find_library`` runs ldconfig: looked up once per process)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+
+
 def release_free_memory() -> bool:
     """Return the C heap's free pages to the OS, so that later growth shows in the RSS (glibc only)."""
     gc.collect()
-    name = ctypes.util.find_library("c")
-    try:
-        return bool(ctypes.CDLL(name).malloc_trim(0)) if name else False
-    except (OSError, AttributeError):
-        return False
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim else False
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import json
 import logging
 import signal
@@ -38,6 +39,9 @@ def main(argv: list[str]) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("peftbench").setLevel(d.get("log_level") or logging.INFO)
         quiet_libraries()
+        # what the imports built lives as long as the process: out of the collector's sight, so each of a run's
+        # gc.collect() calls (memory trackers, releases between phases) scans only the run's own objects
+        gc.freeze()
         result = execute(
             run,
             out_dir=Path(d["out_dir"]),

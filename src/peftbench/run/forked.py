@@ -70,12 +70,13 @@ def _received(dup) -> int:
 class Forked:
     """The forked run, answering as ``subprocess.Popen`` does (a negative code: killed by that signal)."""
 
-    def __init__(self, payload: str):
+    def __init__(self, payload: str, module: str = "peftbench.run.child"):
         streams = (_Fd(1), _Fd(2))  # what a Popen'd child would inherit: the suite's descriptors 1 and 2
-        self.process = _context().Process(target=_entry, args=(payload, dict(os.environ), *streams), daemon=False)
+        args = (module, payload, dict(os.environ), *streams)
+        self.process = _context().Process(target=_entry, args=args, daemon=False)
         self.process.start()
         self.pid = self.process.pid
-        self.args = ["forkserver", "peftbench.run.child", payload]
+        self.args = ["forkserver", module, payload]
 
     def poll(self) -> int | None:
         return self.process.exitcode
@@ -90,11 +91,13 @@ class Forked:
         self.process.kill()
 
 
-def start(payload) -> Forked:
-    return Forked(str(payload))
+def start(payload, module: str = "peftbench.run.child") -> Forked:
+    """``python -m MODULE PAYLOAD`` as a fork of the warm server: a run (``run.child``) or a group's measurement
+    stage (``run.stage``); the module's ``main([payload])`` gives the exit code."""
+    return Forked(str(payload), module)
 
 
-def _entry(payload: str, env: dict, out_fd: int, err_fd: int) -> None:
+def _entry(module: str, payload: str, env: dict, out_fd: int, err_fd: int) -> None:
     os.setsid()  # signals come from the suite, as with start_new_session
     for fd, target in ((out_fd, 1), (err_fd, 2)):
         os.dup2(fd, target)
@@ -109,9 +112,9 @@ def _entry(payload: str, env: dict, out_fd: int, err_fd: int) -> None:
         import torch
 
         torch.set_num_threads(int(threads))
-    from peftbench.run.child import main
+    import importlib
 
-    code = main([payload])
+    code = importlib.import_module(module).main([payload])
     sys.stdout.flush()
     sys.stderr.flush()
     sys.exit(code)

@@ -6,12 +6,14 @@ Usage:
     python -m peftbench.run.stage PAYLOAD.json                  # one group, in a process of its own
 
 After a suite's runs have trained, each group (``results.measurement_group``: one model and task under one
-measurement setting) is measured once by ``measure.stage.measure_group`` in a fresh process, so no
+measurement setting) is measured once by ``measure.stage.measure_group`` in a process of its own (forked from the warm server
+where the runs are, ``run.forked``), so no
 candidate inherits a training run's heap or caches, and again only when one of its runs changed.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import uuid
 from pathlib import Path
 
 from peftbench import results
+from peftbench.run import forked
 
 
 def stage_groups(runs) -> dict[str, list[str]]:
@@ -49,7 +52,10 @@ def measure_groups(groups: dict[str, list[str]], *, out_dir: Path, device: str, 
             payload, {"group": group, "run_ids": run_ids, "out_dir": str(out_dir), "device": device}
         )
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "peftbench.run.stage", str(payload)], start_new_session=True)
+            if forked.available():  # from the warm server, as the runs are: no imports per group
+                proc = forked.start(payload, module="peftbench.run.stage")
+            else:
+                proc = subprocess.Popen([sys.executable, "-m", "peftbench.run.stage", str(payload)], start_new_session=True)
             guard.child = proc
             code = proc.wait()
         finally:
@@ -68,6 +74,7 @@ def main(argv: list[str]) -> int:
     try:
         d = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
         quiet_libraries()
+        gc.freeze()  # the imports' objects out of the collector's sight (see run.child)
         with progress(total=None, desc=f"measure {d['group']} (rounds)") as bar:
             measure_group(
                 group=d["group"],

@@ -8,6 +8,8 @@ import peft  # noqa: F401
 import torch  # noqa: F401
 import transformers  # noqa: F401
 
+import peftbench.measure.stage  # noqa: F401
 import peftbench.run.child  # noqa: F401
 import peftbench.run.recipe  # noqa: F401
 import peftbench.run.record  # noqa: F401
+import peftbench.run.stage  # noqa: F401
