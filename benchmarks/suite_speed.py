@@ -239,8 +239,11 @@ def run_suite_side(a, steps: int, work: Path) -> dict:
     out = work / f"peftbench-{steps}"
     cmd = [sys.executable, "-m", "peftbench", "run", str(suite), "--device", a.device, "--out", str(out)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = _timestamped(proc, t0, a.timeout)
     wall = time.perf_counter() - t0
+    if a.out:  # the suite's progress lines with their second: where a study's wall time went
+        Path(a.out + f".suite{steps}.log").write_text("\n".join(lines) + "\n")
     results = [json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))]
     phases: dict[str, float] = {}
     for r in results:
@@ -255,8 +258,40 @@ def run_suite_side(a, steps: int, work: Path) -> dict:
         "wall_seconds": round(wall, 2),
         "train_seconds": round(sum((r.get("train") or {}).get("seconds") or 0 for r in results), 2),
         "phases_seconds": phases,
-        "stderr_tail": _errors(proc.stderr) if proc.returncode else "",
+        "per_run": [
+            {"run": r["run_id"], "wall": r.get("wall_seconds"), "phases": (r.get("phases") or {}).get("seconds")}
+            for r in results
+        ],
+        "stderr_tail": _errors("\n".join(lines)) if proc.returncode else "",
     }
+
+
+def _timestamped(proc, t0: float, timeout: float | None) -> list[str]:
+    """The process's stderr lines (its progress), each with the seconds since ``t0``; killed after ``timeout``."""
+    import threading
+
+    lines: list[str] = []
+
+    def read(stream):
+        for line in stream:
+            lines.append(f"{time.perf_counter() - t0:8.1f} {line.rstrip()}")
+
+    readers = [threading.Thread(target=read, args=(s,), daemon=True) for s in (proc.stdout, proc.stderr)]
+    for t in readers:
+        t.start()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:  # SIGTERM: the suite cancels its run or stage (their own sessions) first
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        lines.append(f"{time.perf_counter() - t0:8.1f} [benchmark: killed after {timeout} s]")
+    for t in readers:
+        t.join(timeout=5)
+    return [x for x in lines if "Warning" not in x and "warn(" not in x]
 
 
 def _errors(stderr: str) -> str:
@@ -286,7 +321,8 @@ def study(a) -> int:
     work = Path(tempfile.mkdtemp(prefix="suite-speed-"))
     rows = []
     for steps in (int(s) for s in a.steps.split(",")):
-        for side in (run_suite_side(a, steps, work), run_trainer_side(a, steps)):
+        for name in a.sides.split(","):
+            side = run_suite_side(a, steps, work) if name == "peftbench" else run_trainer_side(a, steps)
             rows.append(side)
             _log(a, side)
     lines = [
@@ -294,15 +330,16 @@ def study(a) -> int:
         "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        other = next(x for x in rows if x["steps"] == r["steps"] and x["side"] == "trainer")
+        other = next((x for x in rows if x["steps"] == r["steps"] and x["side"] == "trainer"), None)
+        ratio = f"{other['wall_seconds'] / r['wall_seconds']:.2f}x faster" if other else "–"
         lines.append(
             f"| {r['steps']} | {r['side']} | {r['runs']} | {r['exit']} | {r['wall_seconds']:.1f} | "
-            f"{r['train_seconds']:.1f} | {other['wall_seconds'] / r['wall_seconds']:.2f}x faster |"
+            f"{r['train_seconds']:.1f} | {ratio} |"
         )
     for r in rows:
         if r["side"] == "peftbench":
             lines.append(f"\npeftbench at {r['steps']} steps, Σ phases over its runs (s): `{r['phases_seconds']}`")
-    return _write(a, rows, "\n".join(lines) + "\n", ok=all(r["exit"] == 0 for r in rows))
+    return _write(a, rows, "\n".join(lines) + "\n", ok=all(r["exit"] == 0 for r in rows))  # study
 
 
 # ---------------------------------------------------------------- throughput: gpt2-medium, full and LoRA
@@ -350,8 +387,8 @@ def trainer_throughput(a) -> int:
     device = torch.device(a.device)
     shape = "tiny-gpt2" if a.smoke else "gpt2-medium"
     rows = []
-    for method in ("full", "lora"):
-        for steps in (int(s) for s in a.steps.split(",")):
+    for method in a.methods.split(","):
+        for steps in (int(s) for s in (a.trainer_steps or a.steps).split(",")):
             ts.WARMUP = min(10, steps - 1)
             feats = ts.features(shape, 2000, 50257 if not a.smoke else 384)
             r = ts.run_trainer(shape, method, feats, steps=steps, batch=16, device=device)
@@ -373,11 +410,12 @@ def _pick(r: dict) -> dict:
 def throughput(a) -> int:
     work = Path(tempfile.mkdtemp(prefix="suite-speed-tp-"))
     rows = []
-    for method in ("full", "lora"):
+    for method in a.methods.split(","):
         for steps in (int(s) for s in a.steps.split(",")):
             rows.append(peftbench_row(method, steps, data=Path(a.data), device=a.device, work=work, smoke=a.smoke))
             _log(a, rows[-1])
-    cmd = [sys.executable, __file__, "trainer-throughput", "--data", a.data, "--steps", a.steps, "--device", a.device]
+    cmd = [sys.executable, __file__, "trainer-throughput", "--data", a.data, "--steps", a.trainer_steps or a.steps]
+    cmd += ["--device", a.device, "--methods", a.methods]
     proc = subprocess.run(cmd + (["--smoke"] if a.smoke else []), capture_output=True, text=True)
     failed = [{"loop": "trainer", "error": proc.stderr[-800:]}]
     rows += json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else failed
@@ -393,6 +431,7 @@ def throughput(a) -> int:
             continue
         key = (r["method"], r["steps"])
         tr = next((x for x in rows if x["loop"] == "trainer" and (x.get("method"), x.get("steps")) == key), None)
+        tr = tr or next((x for x in rows if x["loop"] == "trainer" and x.get("method") == r["method"]), None)
         ratio = f"{r['all_steps_tokens_per_second'] / tr['all_steps_tokens_per_second']:.2f}x" if tr else "–"
         lines.append(
             f"| {r['method']} | {r['steps']} | {r['loop']} | {r.get('compile', '–')} | "
@@ -434,6 +473,10 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes (a CPU check of the script)")
     ap.add_argument("--out", default=None, help="write OUT.json and OUT.md")
+    ap.add_argument("--sides", default="peftbench,trainer", help="study: which sides run")
+    ap.add_argument("--timeout", type=float, default=None, help="study: the suite's process is killed after this")
+    ap.add_argument("--methods", default="full,lora", help="throughput: methods")
+    ap.add_argument("--trainer-steps", default=None, help="throughput: Trainer's steps (default: --steps)")
     a = ap.parse_args(argv)
     if a.part == "trainer-study":
         a.steps = int(a.steps)
