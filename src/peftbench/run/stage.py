@@ -6,9 +6,9 @@ Usage:
     python -m peftbench.run.stage PAYLOAD.json                  # one group, in a process of its own
 
 After a suite's runs have trained, each group (``results.measurement_group``: one model and task under one
-measurement setting) is measured once by ``measure.stage.measure_group`` in a process of its own (forked from the warm server
-where the runs are, ``run.forked``), so no
-candidate inherits a training run's heap or caches, and again only when one of its runs changed.
+measurement setting) is measured once by ``measure.stage.measure_group`` in a process of its own (forked from the
+runs' warm server, ``run.forked``), so no candidate inherits a training run's heap or caches, and again only when
+one of its runs changed.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def measure_groups(groups: dict[str, list[str]], *, out_dir: Path, device: str, 
             if forked.available():  # from the warm server, as the runs are: no imports per group
                 proc = forked.start(payload, module="peftbench.run.stage")
             else:
-                proc = subprocess.Popen([sys.executable, "-m", "peftbench.run.stage", str(payload)], start_new_session=True)
+                cmd = [sys.executable, "-m", "peftbench.run.stage", str(payload)]
+                proc = subprocess.Popen(cmd, start_new_session=True)
             guard.child = proc
             code = proc.wait()
         finally:
