@@ -83,6 +83,22 @@ def _run_flags(run) -> None:
         help="experiment trackers: tensorboard, mlflow, wandb, trackio (comma-separated or repeated; "
         "overrides the suite's log_with; offline; pip install 'peftbench[tracking]')",
     )
+    run.add_argument(
+        "--executor",
+        default="serial",
+        choices=["serial", "local", "ray"],
+        help="serial: one run after another (default) | local: --jobs runs at once on this machine | ray: each run "
+        "a Ray task on a cluster (--address; pip install 'peftbench[ray]')",
+    )
+    run.add_argument("--jobs", type=int, metavar="N", help="runs at once (default: one per GPU; 2 on CPU)")
+    run.add_argument("--address", metavar="auto|HOST:PORT", help="the Ray cluster (default: a local Ray started here)")
+    run.add_argument(
+        "--runs-per-gpu",
+        type=int,
+        default=1,
+        metavar="K",
+        help="quality-only suites (measure.enabled: false): K runs share each GPU",
+    )
     run.add_argument("--help-config", action="store_true", help="list every config field with its default and exit")
     run.add_argument("-v", "--verbose", action="store_true", help="log details (tracebacks of failures)")
 
@@ -149,7 +165,7 @@ def _load(args):
 
 
 def cmd_run(args) -> int:
-    from peftbench.run import plan, runner
+    from peftbench.run import executors, plan, runner, spread
     from peftbench.spec import config
 
     if args.help_config:
@@ -166,7 +182,11 @@ def cmd_run(args) -> int:
     if args.gpus > 1:
         runner.check_gpus(args.gpus, device=args.device)
     out = args.out or Path("runs") / suite.name
-    runner.select(plan.plan_runs(suite), args.only)
+    chosen = runner.select(plan.plan_runs(suite), args.only)
+    options = executors.Options(args.executor, jobs=args.jobs, address=args.address, runs_per_gpu=args.runs_per_gpu)
+    executors.check(options, runs=chosen, device=args.device, gpus=args.gpus)
+    if options.parallel and args.in_process:
+        raise ConfigError(f"--executor {args.executor}: not with --in-process (each run needs a process of its own)")
     plan.check_out_dir(out)
     log_with = tracking.parse(args.log_with) or suite.log_with
     problems = tracking.check(log_with)
@@ -181,6 +201,7 @@ def cmd_run(args) -> int:
         in_process=args.in_process,
         gpus=args.gpus,
         tracking={"log_with": log_with, "project": suite.name} if log_with else None,
+        executor=spread.Spread(options) if options.parallel else None,
     )
 
 

@@ -392,6 +392,7 @@ def capture_env(device: str | None = None) -> dict:
         "git_commit": git_commit(),
         **{pkg: _version(pkg) for pkg in ("torch", "transformers", "peft", "accelerate", "datasets")},
     }
+    env["node"] = platform.node()
     if "torch" in sys.modules:
         import torch
 
@@ -400,5 +401,10 @@ def capture_env(device: str | None = None) -> dict:
             env["cuda"] = torch.version.cuda
             env["gpu"] = torch.cuda.get_device_name(0)
             env["gpu_count"] = torch.cuda.device_count()
+            env["gpu_uuid"] = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
     env["device"] = device
+    placement = os.environ.get("PEFTBENCH_PLACEMENT")  # set by an executor (run.executors): where and beside what
+    if placement:
+        with contextlib.suppress(ValueError):
+            env["placement"] = json.loads(placement)
     return env

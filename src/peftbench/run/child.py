@@ -28,6 +28,22 @@ def _die_with_parent() -> None:
         ctypes.CDLL(libc).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def child_command(payload: Path, gpus: int) -> list[str]:
+    if gpus > 1:  # one process per GPU, through accelerate's own launcher
+        return [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(gpus),
+            "-m",
+            "peftbench.run.child",
+            str(payload),
+        ]
+    return [sys.executable, "-m", "peftbench.run.child", str(payload)]
+
+
 def main(argv: list[str]) -> int:
     _die_with_parent()
     cancel_on_signals()

@@ -70,9 +70,9 @@ def _received(dup) -> int:
 class Forked:
     """The forked run, answering as ``subprocess.Popen`` does (a negative code: killed by that signal)."""
 
-    def __init__(self, payload: str, module: str = "peftbench.run.child"):
+    def __init__(self, payload: str, module: str = "peftbench.run.child", env: dict | None = None):
         streams = (_Fd(1), _Fd(2))  # what a Popen'd child would inherit: the suite's descriptors 1 and 2
-        args = (module, payload, dict(os.environ), *streams)
+        args = (module, payload, {**os.environ, **(env or {})}, *streams)
         self.process = _context().Process(target=_entry, args=args, daemon=False)
         self.process.start()
         self.pid = self.process.pid
@@ -91,10 +91,11 @@ class Forked:
         self.process.kill()
 
 
-def start(payload, module: str = "peftbench.run.child") -> Forked:
+def start(payload, module: str = "peftbench.run.child", env: dict | None = None) -> Forked:
     """``python -m MODULE PAYLOAD`` as a fork of the warm server: a run (``run.child``) or a group's measurement
-    stage (``run.stage``); the module's ``main([payload])`` gives the exit code."""
-    return Forked(str(payload), module)
+    stage (``run.stage``); the module's ``main([payload])`` gives the exit code. ``env``: variables added to the
+    suite's environment for this child (an executor's slot)."""
+    return Forked(str(payload), module, env)
 
 
 def _entry(module: str, payload: str, env: dict, out_fd: int, err_fd: int) -> None:

@@ -22,7 +22,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -31,6 +30,7 @@ from peftbench import fs, results
 from peftbench.errors import Cancelled, ConfigError, FolderError, keep_cancellations
 from peftbench.results import Result
 from peftbench.run import forked, search
+from peftbench.run.child import child_command
 from peftbench.run.plan import Run, plan_runs
 from peftbench.run.stage import measure_groups, stage_groups
 
@@ -92,7 +92,15 @@ class _Signals:
     def __init__(self, *, in_process: bool):
         self.in_process = in_process
         self.received: int | None = None
-        self.child: subprocess.Popen | None = None
+        self.children: set = set()  # the runs' (and a stage's) processes now running
+
+    @property
+    def child(self):
+        return next(iter(self.children), None)
+
+    @child.setter
+    def child(self, proc) -> None:  # one process at a time (the serial suite, the stage)
+        self.children = {proc} if proc is not None else set()
 
     def __enter__(self):
         self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -109,28 +117,13 @@ class _Signals:
         self.received = self.received or signum
         if self.in_process:
             raise Cancelled(signum)
-        if self.child is not None and self.child.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.child.pid, signum)
+        for child in list(self.children):
+            if child.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signum)
 
 
 # ---------------------------------------------------------------- one run in a child process
-
-
-def child_command(payload: Path, gpus: int) -> list[str]:
-    if gpus > 1:  # one process per GPU, through accelerate's own launcher
-        return [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            str(gpus),
-            "-m",
-            "peftbench.run.child",
-            str(payload),
-        ]
-    return [sys.executable, "-m", "peftbench.run.child", str(payload)]
 
 
 def run_payload(
@@ -165,9 +158,11 @@ def run_in_child(
     guard: _Signals,
     tracking: dict | None = None,
     plan_seconds: float | None = None,
+    env: dict | None = None,
 ) -> Result:
     """Start the run in a fresh process and return what it recorded, or record how it died. The process's
-    wall time goes into the result's ``phases`` beside the child's own, with what no phase holds."""
+    wall time goes into the result's ``phases`` beside the child's own, with what no phase holds. ``env``:
+    variables added to the child's environment (an executor's slot: its GPU or its threads)."""
     attempt = uuid.uuid4().hex[:12]
     payload = results.payload_path(out_dir, run.run_id, attempt)
     started = time.time()
@@ -175,15 +170,16 @@ def run_in_child(
     results.write_json_atomic(
         payload, run_payload(run, out_dir=out_dir, device=device, attempt=attempt, tracking=tracking, timing=timing)
     )
+    proc = None
     try:
         if gpus == 1 and forked.available():  # a warm interpreter: the imports paid once per suite
-            proc = forked.start(payload)
-        else:
-            proc = subprocess.Popen(child_command(payload, gpus), start_new_session=True)  # signals come from us
-        guard.child = proc
+            proc = forked.start(payload, env=env)
+        else:  # signals come from us
+            proc = subprocess.Popen(child_command(payload, gpus), start_new_session=True, env=_env(env))
+        guard.children.add(proc)
         code = _wait(proc, guard)
     finally:
-        guard.child = None
+        guard.children.discard(proc)
         payload.unlink(missing_ok=True)
     recorded = results.read_attempt(out_dir, run.run_id, attempt)
     if recorded is not None:
@@ -203,6 +199,10 @@ def run_in_child(
     result = failure(run, status, why, started=started, device=device, attempt=attempt)
     results.write_result(out_dir, result)
     return result
+
+
+def _env(extra: dict | None) -> dict | None:
+    return {**os.environ, **extra} if extra else None
 
 
 def _wait(proc: subprocess.Popen, guard: _Signals) -> int:
@@ -245,8 +245,10 @@ def run_suite(
     gpus: int = 1,
     echo=_say,
     tracking: dict | None = None,
+    executor=None,
 ) -> int:
-    """Run the suite's runs; returns the exit code (0 all succeeded, 1 some failed, 128+N on signal N)."""
+    """Run the suite's runs; returns the exit code (0 all succeeded, 1 some failed, 128+N on signal N).
+    ``executor``: ``spread.Spread`` for several runs at once (``--executor local|ray``); None: one by one."""
     device = resolve_device(device)
     runs = select(plan_runs(suite), only)
     in_process = _launched(gpus, in_process=in_process) or in_process
@@ -259,6 +261,10 @@ def run_suite(
     with lock, _Signals(in_process=in_process) as guard, _folder_errors(out_dir, lambda: started):
         for p in results.clean_stale(out_dir) if main else []:
             log.info("removed %s, left by an interrupted run", p)
+        if executor is not None:  # several at once: ``spread.Spread`` hands them to its executor
+            kw = {"out_dir": out_dir, "device": device, "gpus": gpus, "force": force, "tracking": tracking}
+            failed, started = executor.run(runs, suite=suite, guard=guard, echo=echo, **kw)
+            runs = []
         for i, run in enumerate(runs, 1):
             if guard.received:
                 break
