@@ -113,13 +113,33 @@ def test_adapter_bytes_are_the_files_written_and_reload(suite_run, tiny_pretrain
         if r["config"]["method"]["name"] == "none":
             assert r["storage"]["adapter_bytes"] == 0 and not adir.exists()
             continue
-        on_disk = sum(f.stat().st_size for f in adir.rglob("*") if f.is_file())
+        on_disk = sum(f.stat().st_size for f in adir.rglob("*") if f.is_file() and f.name != "README.md")
         assert r["storage"]["adapter_bytes"] == on_disk == sum(r["storage"]["adapter_files"].values())
+        weights = sum(f.stat().st_size for f in adir.glob("*.safetensors"))  # what peft counts
+        assert r["storage"]["adapter_weights_bytes"] == weights < r["storage"]["adapter_bytes"]
     r = json.loads(next((out / "results").glob("*--classification--ia3.json")).read_text())
     base = models.load(config.ModelArgs(spec=str(tiny_pretrained))).model
     peft_model = PeftModel.from_pretrained(base, out / "adapters" / r["id"])
     assert sorted(r["storage"]["adapter_files"]) == ["adapter_config.json", "adapter_model.safetensors"]
     assert sum(p.numel() for n, p in peft_model.named_parameters() if "ia3_" in n) == r["params"]["trainable"]
+
+
+def test_every_saved_adapter_gets_a_model_card_with_its_numbers_and_still_loads(suite_run, tiny_pretrained):
+    from peft import PeftModel
+
+    _, out, _ = suite_run
+    r = json.loads(next((out / "results").glob("*--classification--lora.json")).read_text())
+    text = (out / "adapters" / r["id"] / "README.md").read_text()
+    assert text.startswith('---\nlibrary_name: "peft"\ntags: ["peftbench", "lora", "classification"]')
+    iv = r["quality_interval"]["accuracy"]
+    assert f"| accuracy (test) | {r['quality']['accuracy']:g} (95 % interval {iv['low']:g} to {iv['high']:g}) |" in text
+    assert f"| trainable parameters | {r['params']['trainable']:,} of" in text and "## Verdict" in text
+    assert '"r": 8' in text and "PeftModel.from_pretrained" in text
+    base = models.load(config.ModelArgs(spec=str(tiny_pretrained))).model
+    PeftModel.from_pretrained(base, out / "adapters" / r["id"])  # the card does not disturb peft's loading
+    assert not (
+        out / "adapters" / next(iter(json.loads(p.read_text())["id"] for p in (out / "results").glob("*--none.json")))
+    ).exists()
 
 
 def test_random_models_report_null_quality(suite_run):

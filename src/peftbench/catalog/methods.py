@@ -330,12 +330,28 @@ def apply(
                 "note": "the adapter pairs with the quantised base: base + B A approximates the original weights",
             },
         )
+    frozen = _freeze_ranknum(peft_model) if method.name == "adalora" else 0
+    if frozen:
+        resolved["workarounds"] = [
+            f"AdaLoRA's {frozen} ranknum scalars frozen: peft's adapter-dtype cast re-wraps them as trainable "
+            "Parameters under a bf16/fp16 base (peft 0.21), so the optimizer moved them"
+        ]
     prompt = cfg.is_prompt_learning
     can_merge = hasattr(peft_model, "merge_and_unload") and not prompt
     hook = getattr(peft_model.base_model, "update_and_allocate", None)  # AdaLoRA: every step
 
     note = "prompt methods do not merge: their virtual tokens stay in every forward" if prompt else None
     return Applied(peft_model, True, can_merge, resolved, method.learning_rate, hook, note)
+
+
+def _freeze_ranknum(model: torch.nn.Module) -> int:
+    """AdaLoRA's per-layer ``ranknum`` (the rank it scales by) is a constant, not a weight: keep it out of training."""
+    n = 0
+    for name, p in model.named_parameters():
+        if ".ranknum." in name and p.requires_grad:
+            p.requires_grad_(False)
+            n += 1
+    return n
 
 
 def loftq_base(*, options: dict, model: torch.nn.Module, family: str) -> tuple[torch.nn.Module, dict]:

@@ -1,7 +1,8 @@
 """Storage: bytes on disk of what was actually written.
 
 Usage:
-    dir_bytes(Path("runs/demo/adapters/x"))   # sum of the sizes of every file below the folder
+    dir_bytes(Path("runs/demo/adapters/x"))   # sum of the sizes of every file below the folder (the tables' storage)
+    weights_bytes(file_sizes(path))           # the weight files alone (peft's count)
     saved_bytes(model, scratch=Path("runs/demo/adapters"), cache=Path("~/.cache/peftbench/full-model-bytes.json"))
 """
 
@@ -20,6 +21,14 @@ def dir_bytes(path: Path | str) -> int:
 def file_sizes(path: Path | str) -> dict[str, int]:
     p = Path(path)
     return {str(f.relative_to(p)): f.stat().st_size for f in sorted(p.rglob("*")) if f.is_file()}
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def weights_bytes(files: dict[str, int]) -> int:
+    """The weight files' bytes among ``file_sizes``' (what peft counts: adapter_model.safetensors, not the config)."""
+    return sum(size for name, size in files.items() if name.endswith(WEIGHT_SUFFIXES))
 
 
 def storage_key(model, state_dict: dict | None = None) -> str:

@@ -28,6 +28,7 @@ from peftbench.report.aggregate import (
     unmerged_overhead,
     verdicts,
 )
+from peftbench.report.cards import write_cards
 from peftbench.report.metrics import (
     METRICS,
     PARETO_AXES,
@@ -426,7 +427,8 @@ def _blocks(out_dir: Path, results: list[dict], aggs: list[Agg]) -> tuple[list[t
             f"Bold marks the winners of a column: one bold cell is a significant win, several are a "
             f"tie; a win holds for the group: each measure's comparisons with its best are corrected together "
             f"(Holm-Bonferroni, family-wise 5 %). Storage, trainable parameters and training numbers exclude "
-            f"the zero-shot baseline. "
+            f"the zero-shot baseline. Storage counts every file the adapter folder holds (its config included); "
+            f"peft counts the weights file alone, which summary.csv gives as adapter_weights_bytes. "
             f"Latency is the forward pass; 'merged' is the model after merging the adapter.",
         )
     )
@@ -481,4 +483,5 @@ def build_report(out_dir: Path) -> dict[str, Path]:
     write_text_atomic(paths["csv"], buf.getvalue())
     verdict = {"schema": VERDICT_SCHEMA, "level": 0.95, "groups": verdict_groups, "phases": phase_totals(results)}
     write_text_atomic(paths["verdict"], to_json(verdict))
+    write_cards(out_dir, results, verdict_groups)  # adapters/<run>/README.md, now that the verdict is known
     return paths

@@ -186,6 +186,17 @@ METRICS: dict[str, Metric] = {
             tracked_as="storage/adapter_bytes",
             axis=(0, "storage to ship (log scale)", True),
         ),
+        Metric(  # peft's own count: the weights file(s) alone, without adapter_config.json
+            "adapter_weights_bytes",
+            "weights",
+            lambda r: get_in(r, "storage", "adapter_weights_bytes"),
+            "min",
+            "bytes",
+            trained_only=True,
+            kind="display",
+            unit="bytes",
+            views=CSV,
+        ),
         *[
             Metric(
                 k,

@@ -7,6 +7,7 @@ Usage:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib
@@ -52,6 +53,16 @@ def _err(s: dict | None) -> tuple[float, float]:
     return max(0.0, s["mean"] - s["low"]), max(0.0, s["high"] - s["mean"])
 
 
+def exp_label(a, aggs: list) -> str:
+    """What a plot calls an experiment: its method where no other experiment of the plot has that method, else
+    its id (without the group's shared ``model--task--`` prefix): two LoRA experiments are not both "lora"."""
+    if sum(b.method == a.method for b in aggs) == 1:
+        return a.method
+    shared = os.path.commonprefix([b.id for b in aggs])
+    shared = shared[: shared.rfind("--") + 2] if "--" in shared else ""
+    return a.id[len(shared) :] or a.id
+
+
 def plot_loss(aggs: list, path: Path, title: str) -> Path | None:
     if not any((r.get("train") or {}).get("loss_curve") for a in aggs for r in a.runs):
         return None
@@ -66,7 +77,7 @@ def plot_loss(aggs: list, path: Path, title: str) -> Path | None:
                     color=_color(a.method),
                     lw=1.2,
                     alpha=0.85 if len(a.runs) == 1 else 0.5,
-                    label=a.method if i == 0 else None,
+                    label=exp_label(a, aggs) if i == 0 else None,
                 )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")
@@ -107,7 +118,7 @@ def plot_quality(aggs: list, path: Path, title: str, task: str) -> Path | None:
             edgecolor="black",
             lw=0.5,
         )
-        ax.set_xticks(range(len(rows)), [a.method for a, _ in rows], fontsize=8)
+        ax.set_xticks(range(len(rows)), [exp_label(a, aggs) for a, _ in rows], fontsize=8)
         if majority is not None and key == "accuracy":
             ax.axhline(majority, color="black", ls="--", lw=1, label=f"majority class ({majority:.1f})")
             ax.legend(fontsize=7)
@@ -144,7 +155,7 @@ def plot_quality_curve(aggs: list, path: Path, title: str, task: str) -> Path | 
                     [p[key] for p in pts],
                     marker="o",
                     ms=3,
-                    label=a.method,
+                    label=exp_label(a, aggs),
                     color=_color(a.method),
                 )
         ax.set_xlabel("optimizer step")
@@ -167,7 +178,7 @@ def plot_learning_rates(aggs: list, path: Path, title: str) -> Path | None:
             for row in a.sweep
             if row["validation"] is not None
         ]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=_color(a.method), label=a.method)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=_color(a.method), label=exp_label(a, aggs))
         for lr, v, sel in pts:
             if sel:
                 ax.scatter([lr], [v], s=140, facecolor="none", edgecolor="black", lw=1.5, zorder=4)
@@ -181,15 +192,15 @@ def plot_learning_rates(aggs: list, path: Path, title: str) -> Path | None:
 
 
 def plot_params_storage(aggs: list, path: Path, title: str) -> Path | None:
-    rows = [(a.method, value(a.runs[0], "trainable"), value(a.runs[0], "adapter_bytes")) for a in aggs]
-    rows = [row for row in rows if row[1] or row[2]]
+    rows = [(a, value(a.runs[0], "trainable"), value(a.runs[0], "adapter_bytes")) for a in aggs]
+    rows = [(exp_label(a, aggs), t, b, a.method) for a, t, b in rows if t or b]
     if not rows:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.6))
     for ax, idx, label in ((axes[0], 1, "trainable parameters"), (axes[1], 2, "storage to ship")):
         names = [r[0] for r in rows]
         vals = [r[idx] or 0 for r in rows]
-        bars = ax.bar(names, vals, color=[_color(n) for n in names])
+        bars = ax.bar(names, vals, color=[_color(r[3]) for r in rows])
         ax.set_yscale("log")
         ax.set_ylabel(label + " (log scale)")
         if idx == 2:
@@ -223,7 +234,7 @@ def _paired_bars(ax, aggs: list, unmerged: str, merged: str) -> None:
             yerr=errs,
             capsize=3,
         )
-    ax.set_xticks(range(len(aggs)), [a.method for a in aggs])
+    ax.set_xticks(range(len(aggs)), [exp_label(a, aggs) for a in aggs])
     ax.grid(alpha=0.3, axis="y")
 
 
@@ -306,7 +317,9 @@ def plot_pareto(aggs: list, path: Path, title: str, task: str) -> Path | None:
         for a, xs, ys in pts:
             on = a.id in front
             _marked(ax, xs, ys, _color(a.method), on)
-            ax.annotate(a.method, (xs["mean"], ys["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+            ax.annotate(
+                exp_label(a, aggs), (xs["mean"], ys["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=8
+            )
         fp = sorted((xs["mean"], ys["mean"]) for a, xs, ys in pts if a.id in front)
         if len(fp) > 1:
             ax.plot([p[0] for p in fp], [p[1] for p in fp], ls="--", color="black", lw=0.8, zorder=2)

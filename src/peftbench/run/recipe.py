@@ -33,7 +33,7 @@ from peftbench.measure.inference import logits_for, measure_inference
 from peftbench.measure.latency import reference_ms
 from peftbench.measure.memory import free_cached_memory
 from peftbench.measure.phases import Phases
-from peftbench.measure.storage import file_sizes, saved_bytes
+from peftbench.measure.storage import file_sizes, saved_bytes, weights_bytes
 from peftbench.results import Result
 from peftbench.run import distributed
 from peftbench.run.faults import fault_point
@@ -378,7 +378,8 @@ class Recipe:
 
     def _storage(self, adapter_dir: str | None) -> dict:
         return {
-            "adapter_bytes": self.adapter_bytes,
+            "adapter_bytes": self.adapter_bytes,  # every file written, the config included (the report's "storage")
+            "adapter_weights_bytes": weights_bytes(self.adapter_files),  # the weight files alone (peft's count)
             "adapter_files": self.adapter_files,
             "adapter_dir": adapter_dir,
             "full_model_bytes": self.full_bytes,

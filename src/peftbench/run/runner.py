@@ -255,39 +255,17 @@ def run_suite(
     main = is_main_rank()
     echo = echo if main else lambda *a, **k: None  # every rank runs the loop; one talks
     out_dir = Path(out_dir)
-    failed = started = 0
+    count = {"started": 0}
     studies = search.studies(runs)
     lock = results.FolderLock(out_dir) if main else contextlib.nullcontext()
-    with lock, _Signals(in_process=in_process) as guard, _folder_errors(out_dir, lambda: started):
+    with lock, _Signals(in_process=in_process) as guard, _folder_errors(out_dir, lambda: count["started"]):
         for p in results.clean_stale(out_dir) if main else []:
             log.info("removed %s, left by an interrupted run", p)
+        kw = {"out_dir": out_dir, "device": device, "gpus": gpus, "force": force, "tracking": tracking}
         if executor is not None:  # several at once: ``spread.Spread`` hands them to its executor
-            kw = {"out_dir": out_dir, "device": device, "gpus": gpus, "force": force, "tracking": tracking}
-            failed, started = executor.run(runs, suite=suite, guard=guard, echo=echo, **kw)
-            runs = []
-        for i, run in enumerate(runs, 1):
-            if guard.received:
-                break
-            study = studies.get(run.experiment_id) if run.trial is not None else None
-            run = study.concrete(run) if study else run  # a search's trial: asked now, from those told so far
-            head = f"[{i}/{len(runs)}] {run.run_id}"
-            state = results.state(results.result_path(out_dir, run.run_id), run.config_hash)
-            if (state == "done" or (study and state == "pruned")) and not force:  # a pruned trial stays pruned
-                echo(f"{head}: done, skipped (--force reruns)")
-                if study:
-                    study.record(run, search.read(out_dir, run.run_id))
-                continue
-            echo(f"{head}: running" + (" (config changed)" if state == "stale" else "") + _trial_note(run, study))
-            started += 1
-            share = suite.plan_seconds / max(1, len(runs))  # each run's `plan` phase
-            kw = {"out_dir": out_dir, "device": device, "guard": guard, "tracking": tracking}
-            result = _run_here(run, **kw) if in_process else run_in_child(run, gpus=gpus, plan_seconds=share, **kw)
-            if guard.received:
-                echo(f"{head}: cancelled")
-                break
-            failed += _announce(head, result, echo, out_dir=out_dir)
-            if study:
-                study.record(run, search.read(out_dir, run.run_id) if result is not None else None)
+            failed, count["started"] = executor.run(runs, suite=suite, guard=guard, echo=echo, **kw)
+        else:
+            failed = _run_serial(runs, suite=suite, studies=studies, guard=guard, echo=echo, count=count, **kw)
         if main and not guard.received:  # searches keep their selected adapters; every group is measured
             _finish_searches(studies, out_dir, echo)
             groups = stage_groups(search.for_stage(plan_runs(suite), out_dir))
@@ -297,6 +275,36 @@ def run_suite(
     if guard.received:
         return 128 + guard.received
     return 1 if failed else 0
+
+
+def _run_serial(runs, *, suite, studies, guard, echo, count, out_dir, device, gpus, force, tracking) -> int:
+    """The runs one after another (searches ask each trial from the ones before); returns the runs failed."""
+    failed = 0
+    in_process = guard.in_process
+    for i, run in enumerate(runs, 1):
+        if guard.received:
+            break
+        study = studies.get(run.experiment_id) if run.trial is not None else None
+        run = study.concrete(run) if study else run  # a search's trial: asked now, from those told so far
+        head = f"[{i}/{len(runs)}] {run.run_id}"
+        state = results.state(results.result_path(out_dir, run.run_id), run.config_hash)
+        if (state == "done" or (study and state == "pruned")) and not force:  # a pruned trial stays pruned
+            echo(f"{head}: done, skipped (--force reruns)")
+            if study:
+                study.record(run, search.read(out_dir, run.run_id))
+            continue
+        echo(f"{head}: running" + (" (config changed)" if state == "stale" else "") + _trial_note(run, study))
+        count["started"] += 1
+        share = suite.plan_seconds / max(1, len(runs))  # each run's `plan` phase
+        kw = {"out_dir": out_dir, "device": device, "guard": guard, "tracking": tracking}
+        result = _run_here(run, **kw) if in_process else run_in_child(run, gpus=gpus, plan_seconds=share, **kw)
+        if guard.received:
+            echo(f"{head}: cancelled")
+            break
+        failed += _announce(head, result, echo, out_dir=out_dir)
+        if study:
+            study.record(run, search.read(out_dir, run.run_id) if result is not None else None)
+    return failed
 
 
 def _finish_searches(studies: dict, out_dir: Path, echo) -> None:
