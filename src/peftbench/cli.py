@@ -114,6 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild report.md/report.html/summary.csv/verdict.json/plots from results")
     rep.add_argument("dir", type=Path)
 
+    cmp_ = sub.add_parser("compare", help="two studies or more side by side: paired runs, differences with intervals")
+    cmp_.add_argument("dirs", nargs="+", type=Path, help="the studies' output folders (the first is the reference)")
+    cmp_.add_argument("--out", type=Path, help="also write the comparison here (.md, and .json beside it)")
+
     ls = sub.add_parser("list", help="the plan: run ids and whether each is done, todo or stale")
     _common(ls)
     ls.add_argument(
@@ -284,7 +288,21 @@ def cmd_fetch(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "fetch": cmd_fetch}
+def cmd_compare(args) -> int:
+    import json
+
+    from peftbench.report.compare import compare_dirs
+    from peftbench.results import write_text_atomic
+
+    text, data = compare_dirs(args.dirs)
+    print(text, end="")
+    if args.out:
+        write_text_atomic(args.out.with_suffix(".md"), text)
+        write_text_atomic(args.out.with_suffix(".json"), json.dumps(data, indent=1, default=str) + "\n")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "fetch": cmd_fetch, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

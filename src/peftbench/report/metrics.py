@@ -193,7 +193,7 @@ METRICS: dict[str, Metric] = {
             "min",
             "bytes",
             trained_only=True,
-            kind="display",
+            kind="exact",
             unit="bytes",
             views=CSV,
         ),

@@ -1,0 +1,71 @@
+"""`peftbench compare` (issue 28): two studies of one suite pair their runs by config hash; the same runs tie with
+a zero interval, a changed configuration is listed and not compared, and the environment's changes are named."""
+
+import json
+
+import pytest
+import yaml
+from conftest import FAST_MEASURE, save_tiny
+
+from peftbench import cli
+from peftbench.report.compare import compare_dirs
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory, data_dir):
+    model = save_tiny(tmp_path_factory, "tiny-llama")
+    tmp = tmp_path_factory.mktemp("cmp")
+
+    def study(name, lr):
+        raw = {
+            "name": name,
+            "defaults": {
+                "train": {"max_steps": 2, "batch_size": 4},
+                "data": {"max_train_samples": 16, "max_eval_samples": 8, "max_source_length": 48},
+                "measure": {**FAST_MEASURE, "large_batch_size": 0, "stage": "off"},
+            },
+            "matrix": {
+                "model_task": [
+                    {
+                        "model": {"spec": str(model)},
+                        "data": {"spec": f"file:{data_dir}/cls.jsonl", "task": "classification"},
+                    }  # noqa: E501
+                ],
+                "methods": [{"method": {"name": "lora"}, "train": {"learning_rate": lr}}, {"method": {"name": "ia3"}}],
+            },
+        }
+        (tmp / f"{name}.yaml").write_text(yaml.safe_dump(raw))
+        out = tmp / name
+        assert cli.main(["run", str(tmp / f"{name}.yaml"), "--out", str(out), "--device", "cpu", "--in-process"]) == 0
+        return out
+
+    return study("a", 1e-3), study("b", 1e-3), study("c", 2e-3)
+
+
+def test_the_same_suite_twice_ties_on_quality_and_counts(studies):
+    a, b, _ = studies
+    text, data = compare_dirs([a, b])
+    (block,) = data["against"]
+    assert len(block["paired"]) == 2 and not block["unpaired"]
+    for p in block["paired"]:
+        by = {m["measure"]: m for m in p["measures"]}
+        assert by["accuracy"]["effect"] == 0 and by["accuracy"]["low"] == by["accuracy"]["high"] == 0
+        assert by["accuracy"]["changed"] is False and "paired bootstrap over examples" in by["accuracy"]["test"]
+        assert by["trainable"]["effect"] == 0 and by["trainable"]["test"] == "exact"
+        assert by["latency_p50_ms"]["relative"] and by["latency_p50_ms"]["low"] < by["latency_p50_ms"]["high"]
+    assert "| accuracy |" in text and "git_commit" not in block["environment_changed"]
+
+
+def test_a_changed_configuration_is_listed_not_compared(studies, tmp_path, capsys):
+    a, _, c = studies
+    assert cli.main(["compare", str(a), str(c), "--out", str(tmp_path / "cmp")]) == 0
+    data = json.loads((tmp_path / "cmp.json").read_text())
+    (block,) = data["against"]
+    assert [u["why"] for u in block["unpaired"]] == ["configuration changed"]  # lora's rate differs
+    assert [p["id"] for p in block["paired"]] == [i for i in (p["id"] for p in block["paired"]) if "ia3" in i]
+    assert "not compared: configuration changed" in (tmp_path / "cmp.md").read_text()
+
+
+def test_compare_refuses_a_folder_without_results(tmp_path, capsys, studies):
+    assert cli.main(["compare", str(studies[0]), str(tmp_path)]) == 2
+    assert "holds no results/ folder" in capsys.readouterr().err
