@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from peftbench import fs, results
-from peftbench.catalog import data, forgetting, methods, models
+from peftbench.catalog import data, forgetting, methods, models, peftfiles
 from peftbench.catalog.methodspecs import LOFTQ_BITS, LOFTQ_DEFAULT_BITS
 from peftbench.catalog.taskspecs import SPECS
 from peftbench.errors import ConfigError
@@ -447,6 +447,11 @@ def suite_from_dict(
     _raise(errors)
     seen: set[str] = set()
     for exp in experiments:
+        if exp.method.peft_config:  # peft's own adapter_config.json: the method and options it names
+            found = peftfiles.expand(exp.method)[0]
+            errors += found
+            if found:
+                continue
         if exp.id in seen:
             errors.append(f"{exp.id}: duplicate experiment id (give one an explicit id)")
         seen.add(exp.id)

@@ -22,6 +22,7 @@ import re
 import sys
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from peftbench.spec.typecheck import as_float, fits, type_name
@@ -111,6 +112,11 @@ class MethodArgs:
         "(peftbench list --methods); '-' or '_'",
     )
     options: dict = _f({}, "peft config options; in YAML and --set written as method.<option>")
+    peft_config: str = _f(
+        "",
+        "a peft adapter_config.json (peft's method_comparison experiments, a saved adapter): its method and options, "
+        "options given beside it winning; keys this peft lacks are dropped with a warning",
+    )
 
     def __post_init__(self):
         if isinstance(self.name, str):  # one spelling downstream
@@ -244,6 +250,8 @@ class Experiment:
         """The sections as one plain dict (method options flattened next to ``name``)."""
         d = {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
         options = d["method"].pop("options")
+        if not d["method"]["peft_config"]:  # expanded by the plan (or never set): not part of the config's identity
+            del d["method"]["peft_config"]
         d["method"].update(options)
         return {"id": self.id, "description": self.description, **d}
 
@@ -308,7 +316,7 @@ def _build_section(section: str, raw: Any, errors: list[str]) -> Any:
             options = {}
         options = dict(options)
         for k in list(raw):
-            if k != "name":
+            if k not in ("name", "peft_config"):
                 options[k] = raw.pop(k)
         raw["options"] = {str(k): v for k, v in options.items()}
     for key, value in raw.items():
@@ -339,8 +347,20 @@ def experiment_id(d: dict) -> str:
     model = str(_get(d, "model", "spec") or "model").rstrip("/").split("/")[-1]
     model = model.replace(":", "-")
     task = _get(d, "data", "task") or "task"
-    method = method_name(_get(d, "method", "name") or "method")
+    method = method_name(_get(d, "method", "name") or peft_file_method(_get(d, "method", "peft_config")) or "method")
     return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model}--{task}--{method}")
+
+
+def peft_file_method(path) -> str | None:
+    """The method a peft adapter_config.json names (its ``peft_type``, lower-cased), or None."""
+    if not isinstance(path, str) or not path:
+        return None
+    try:
+        doc = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    kind = doc.get("peft_type") if isinstance(doc, dict) else None
+    return kind.lower() if isinstance(kind, str) else None
 
 
 def _get(d: dict, section: str, key: str) -> Any:
