@@ -376,3 +376,19 @@ def test_a_win_must_hold_for_the_group_not_for_one_comparison(tmp_path):
     assert e["low"] > 0 and e["p_value"] < 0.05 <= e["p_holm"] and not e["significant"]  # each alone: a win
     lines = "\n".join(build.verdict_lines(aggs, C, aggregate.verdicts(aggs, C)))
     assert "not significant once the group's 9 comparisons are corrected (Holm)" in lines
+
+
+def test_the_report_says_when_prompts_were_wrapped_in_a_chat_template(tmp_path):
+    rs = [result(M, C, m, correct=60, trainable=4, adapter=20) for m in ("none", "lora")]
+    for r in rs:
+        r["config"]["model"]["chat_template"] = "auto"
+
+    def report(name, used):
+        for r, u in zip(rs, used):
+            r["resolved"] = {"chat_template": u}
+        (tmp_path / name).mkdir()
+        return build.build_report(write(tmp_path / name, rs))["md"].read_text()
+
+    assert "Prompts wrapped in the tokenizer's chat template (model.chat_template: auto)" in report("a", [True, True])
+    assert "some did not (see resolved.chat_template)" in report("b", [True, False])
+    assert "chat template" not in report("c", [False, False])

@@ -218,6 +218,21 @@ def verdict_lines(aggs: list[Agg], task: str, verdict_list: list[dict]) -> list[
 # ---------------------------------------------------------------- documents
 
 
+def _chat_sentence(aggs: list[Agg]) -> str:
+    """What ``model.chat_template`` decided, said where it changes the prompts (wrapping a base model's prompts
+    in its folder's template moves zero-shot quality and how labels split into tokens)."""
+    used = {bool(get_in(r, "resolved", "chat_template")) for a in aggs for r in a.runs if get_in(r, "resolved")}
+    setting = get_in(aggs[0].runs[0], "config", "model", "chat_template") or "auto"
+    if used == {True}:
+        return (
+            f" Prompts wrapped in the tokenizer's chat template (model.chat_template: {setting}); "
+            "model.chat_template: off scores the plain prompts."
+        )
+    if used == {True, False}:
+        return " Some runs wrapped their prompts in the chat template and some did not (see resolved.chat_template)."
+    return ""
+
+
 def _describe(aggs: list[Agg], task: str) -> str:
     first = aggs[0].runs[0]
     data = get_in(first, "config", "data") or {}
@@ -245,6 +260,7 @@ def _describe(aggs: list[Agg], task: str) -> str:
         )
     seeds = sorted({len(a.runs) for a in aggs})
     desc += f" Seeds per experiment: {', '.join(map(str, seeds))}."
+    desc += _chat_sentence(aggs)
     left = sum(a.left_out for a in aggs)
     if left:
         desc += f" {left} older run{'s' * (left != 1)} of another configuration left out."
