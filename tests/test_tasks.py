@@ -97,6 +97,20 @@ def test_rank_classification_picks_the_likeliest_label(tok, names):
     assert m["accuracy"] == 50.0  # predicts names[1] for both
 
 
+@pytest.mark.parametrize("names", [["a", "b"], ["xx", "yyyy"]])
+def test_classification_evaluation_reports_progress_batch_by_batch(tok, names):
+    """Validation and test sat minutes without a line on CPU: the bar now moves after every batch, in examples."""
+    args = DataArgs(spec="x", task="classification", max_source_length=32)
+    fav = tasks.label_ids(tok, names[1], "causal")[0]
+    recs = [{"text": f"t{i}", "label": i % 2} for i in range(7)]
+    steps = []
+    tasks.evaluate_classification(
+        Fixed(384, fav), recs, tok=tok, family="causal", args=args, device="cpu", batch_size=2, label_names=names,
+        progress=steps.append,
+    )  # fmt: skip
+    assert sum(steps) == 7 and len([s for s in steps if s]) >= 3  # 7 examples in batches of 2 (pairs: 14 features)
+
+
 def test_perplexity_of_uniform_model_is_vocab_size(tok):
     model = models.build_random("tiny-gpt2", seed=0).eval()
     with torch.no_grad():

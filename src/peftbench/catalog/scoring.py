@@ -43,14 +43,17 @@ class Scorer:
         return logits, labels
 
     @torch.no_grad()
-    def loglikelihood(self, feats: list[dict]) -> list[float]:
-        """Sum of log p(label tokens | prompt) for each feature (labels -100 where not scored)."""
+    def loglikelihood(self, feats: list[dict], progress: Callable[[int], None] | None = None) -> list[float]:
+        """Sum of log p(label tokens | prompt) for each feature (labels -100 where not scored); ``progress(n)``
+        after each batch of n features."""
         scores: list[float] = []
-        for _, batch in self._batches(feats):
+        for chunk, batch in self._batches(feats):
             logits, labels = self._scored(self.model(**batch).logits.float(), batch["labels"])
             logp = torch.log_softmax(logits, dim=-1)
             picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
             scores += (picked * (labels != IGNORE)).sum(-1).tolist()
+            if progress:
+                progress(len(chunk))
         return scores
 
     @torch.no_grad()
@@ -95,8 +98,9 @@ class Scorer:
     def _continuation(self, gen: torch.Tensor, batch: dict) -> torch.Tensor:
         return gen
 
-    def next_token_logprobs(self, prompts: list[list[int]], cands: list[list[int]]) -> list[list[float]] | None:
-        """log p(each candidate | prompt) from one forward per prompt, where the family can (else None)."""
+    def next_token_logprobs(self, prompts: list[list[int]], cands: list[list[int]], progress=None) -> list | None:
+        """log p(each candidate | prompt) from one forward per prompt, where the family can (else None);
+        ``progress(n)`` after each batch of n prompts."""
         return None
 
 
@@ -117,16 +121,18 @@ class CausalScorer(Scorer):
         return gen[:, batch["input_ids"].shape[1] :]
 
     @torch.no_grad()
-    def next_token_logprobs(self, prompts, cands):
+    def next_token_logprobs(self, prompts, cands, progress=None):
         """Every candidate one distinct token: the next-token log-probs at each prompt's end."""
         if not all(len(c) == 1 for c in cands) or len({c[0] for c in cands}) != len(cands):
             return None
         out: list[list[float]] = []
-        for _, batch in self._batches([{"input_ids": p} for p in prompts], side="left"):
+        for chunk, batch in self._batches([{"input_ids": p} for p in prompts], side="left"):
             # left padding: positions count from each prompt's first real token, as teacher forcing sees them
             batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
             logits = _last_logits(self.model, batch)
             out += torch.log_softmax(logits, dim=-1)[:, [c[0] for c in cands]].tolist()
+            if progress:
+                progress(len(chunk))
         return out
 
     @staticmethod

@@ -188,14 +188,20 @@ def evaluate_classification(
     s = scorer(model, tok, family=family, device=device, batch_size=batch_size)
     prompts = [class_prompt(tok, r["text"], label_names, family, args.max_source_length, chat=chat) for r in records]
     cands = [label_ids(tok, name, family, chat=chat) for name in label_names]
-    rows = s.next_token_logprobs(prompts, cands)  # one forward per prompt, where the family allows it
+    done = [0]
+
+    def step(n: int, per: int = 1) -> None:  # the bar counts examples: a pair-scoring pass has k features each
+        if progress:
+            before = done[0] // per
+            done[0] += n
+            progress(done[0] // per - before)
+
+    rows = s.next_token_logprobs(prompts, cands, progress=step)  # one forward per prompt, where the family allows it
     if rows is not None:
         preds = [max(range(k), key=lambda j: row[j]) for row in rows]
     else:
-        scores = s.loglikelihood([s.pair(p, c) for p in prompts for c in cands])
+        scores = s.loglikelihood([s.pair(p, c) for p in prompts for c in cands], progress=lambda n: step(n, k))
         preds = [max(range(k), key=lambda j: scores[i * k + j]) for i in range(len(records))]
-    if progress:
-        progress(len(records))
     return classification_scores(preds, golds, k)
 
 
