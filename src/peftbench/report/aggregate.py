@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -116,6 +117,19 @@ def selection(task: str, *, pretrained: bool) -> tuple[str, str, str]:
     if pretrained and q is not None:
         return q, "maximize" if METRICS[q].better == "max" else "minimize", f"validation {QUALITY[q]}"
     return "loss", "minimize", "validation loss"
+
+
+def label(a, aggs: list, *, short: bool = False) -> str:
+    """What tables and plots call an experiment: its method where no other experiment of ``aggs`` has that method,
+    else its id (``short``: without the group's shared ``model--task--`` prefix, for a plot's axis): two LoRA
+    experiments are not both "lora"."""
+    if sum(b.method == a.method for b in aggs) == 1:
+        return a.method
+    if not short:
+        return a.id
+    shared = os.path.commonprefix([b.id for b in aggs])
+    shared = shared[: shared.rfind("--") + 2] if "--" in shared else ""
+    return a.id[len(shared) :] or a.id
 
 
 def aggregate(results: list[dict]) -> list[Agg]:

@@ -23,6 +23,7 @@ from peftbench.report.aggregate import (
     Agg,
     against_base,
     aggregate,
+    label,
     learning_forgetting,
     summarize,
     unmerged_overhead,
@@ -65,11 +66,6 @@ def groups(aggs: list[Agg]) -> dict[tuple[str, str], list[Agg]]:
     return {k: sorted(v, key=_order) for k, v in sorted(out.items())}
 
 
-def _label(a: Agg, aggs: list[Agg]) -> str:
-    """The method name, or the id where two experiments of a group share a method."""
-    return a.method if sum(b.method == a.method for b in aggs) == 1 else a.id
-
-
 # ---------------------------------------------------------------- tables
 
 
@@ -98,7 +94,7 @@ def group_table(aggs: list[Agg], task: str, verdict_list: list[dict]) -> tuple[l
     header = ["method"] + [METRICS[c].label for c in cols]
     rows = []
     for a in aggs:
-        cells = [_label(a, aggs)]
+        cells = [label(a, aggs)]
         for c in cols:
             s = summarize(a, c)
             text = cell(c, s)
@@ -154,7 +150,7 @@ def _effect_text(v: dict, labels: dict[str, str]) -> str:
 
 
 def verdict_lines(aggs: list[Agg], task: str, verdict_list: list[dict]) -> list[str]:
-    labels = {a.id: _label(a, aggs) for a in aggs}
+    labels = {a.id: label(a, aggs) for a in aggs}
     lines = []
     if all(is_random(a.runs[0]) for a in aggs):
         lines.append(
@@ -248,7 +244,7 @@ def _describe(aggs: list[Agg], task: str) -> str:
         t = get_in(trained[0].runs[0], "config", "train") or {}
         seen = get_in(trained[0].runs[0], "train", "examples_seen")
         lrs = ", ".join(
-            f"{_label(a, aggs)} {a.selected_lr:g}" + (" (selected)" if a.sweep else "")
+            f"{label(a, aggs)} {a.selected_lr:g}" + (" (selected)" if a.sweep else "")
             for a in trained
             if a.selected_lr is not None
         )
@@ -286,7 +282,7 @@ def _sweep_block(aggs: list[Agg]) -> tuple | None:
         for row in a.sweep:
             rows.append(
                 [
-                    _label(a, aggs),
+                    label(a, aggs),
                     f"{row['learning_rate']:g}",
                     str(row["n"]),
                     "–" if row["validation"] is None else f"{row['validation']:.4g}",
@@ -316,7 +312,7 @@ def _group(model: str, task: str, gaggs: list[Agg], plots_dir: Path) -> tuple[li
     if sweep:
         blocks.append(("h3", "Learning-rate sweep (selected on validation)"))
         blocks.append(sweep)
-    blocks += tuning.blocks(gaggs, _label)
+    blocks += tuning.blocks(gaggs, label)
     for name, path in plot_group(
         gaggs, folder=plots_dir, slug=_slug(f"{model}--{task}"), title=title, task=task
     ).items():

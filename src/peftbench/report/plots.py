@@ -7,7 +7,6 @@ Usage:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +18,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from peftbench.catalog.methodspecs import is_zero_shot  # noqa: E402
 from peftbench.fs import human_bytes  # noqa: E402
+from peftbench.report.aggregate import label as table_label  # noqa: E402
 from peftbench.report.aggregate import learning_forgetting, summarize  # noqa: E402
 from peftbench.report.metrics import METRICS, PARETO_AXES, PRIMARY_QUALITY, QUALITY, is_random, pareto, value  # noqa: E402
 
@@ -54,13 +54,8 @@ def _err(s: dict | None) -> tuple[float, float]:
 
 
 def exp_label(a, aggs: list) -> str:
-    """What a plot calls an experiment: its method where no other experiment of the plot has that method, else
-    its id (without the group's shared ``model--task--`` prefix): two LoRA experiments are not both "lora"."""
-    if sum(b.method == a.method for b in aggs) == 1:
-        return a.method
-    shared = os.path.commonprefix([b.id for b in aggs])
-    shared = shared[: shared.rfind("--") + 2] if "--" in shared else ""
-    return a.id[len(shared) :] or a.id
+    """A plot's name for an experiment: the tables' (``aggregate.label``), without the group's shared prefix."""
+    return table_label(a, aggs, short=True)
 
 
 def plot_loss(aggs: list, path: Path, title: str) -> Path | None:
@@ -346,10 +341,11 @@ def plot_learning_forgetting(aggs: list, path: Path, title: str, task: str) -> P
         return None
     q, front = lf["quality"], set(lf["pareto"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    by_id = {a.id: a for a in aggs}
     for p in lf["points"]:
         xs, ys, on = p["forgetting"], p["quality"], p["id"] in front
         _marked(ax, xs, ys, _color(p["method"]), on)
-        name = p["method"] if sum(a.method == p["method"] for a in aggs) == 1 else p["id"]
+        name = table_label(by_id[p["id"]], aggs)
         ax.annotate(name, (xs["mean"], ys["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     fp = sorted((p["forgetting"]["mean"], p["quality"]["mean"]) for p in lf["points"] if p["id"] in front)
     if len(fp) > 1:
