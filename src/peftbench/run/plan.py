@@ -91,9 +91,8 @@ def runs_of(exp: Experiment) -> list[Run]:
     out = []
     for lr in lrs:
         for seed in seeds:
-            e = copy.deepcopy(exp)
+            e = copy.deepcopy(filled)  # what _filled writes does not depend on the rate or the seed
             e.train.learning_rate, e.train.seed, e.seeds = lr, seed, None
-            e = _filled(e)
             run_id = exp.id + (f"--lr{_rate(lr)}" if len(lrs) > 1 else "") + (f"--seed{seed}" if exp.seeds else "")
             out.append(Run(e, exp.id, run_id, seed, len(lrs) > 1, config_hash(e)))
     return out
