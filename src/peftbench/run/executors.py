@@ -126,12 +126,6 @@ def visible_gpus(device: str) -> list[str]:
     return ids[: torch.cuda.device_count()]
 
 
-def _timed(start, env: dict):
-    began = time.time()
-    result = start(env)
-    return result, {"began": began, "ended": time.time()}
-
-
 class LocalExecutor:
     """N slots on this machine; a run takes a free slot, and its child process gets the slot's environment."""
 
@@ -153,10 +147,14 @@ class LocalExecutor:
     def submit(self, run, start) -> concurrent.futures.Future:
         """``start(env)`` runs the run's child with ``env`` added and returns its Result (called in a thread)."""
         slot = self.free.pop(0)
-        placement = {"executor": "local", "slot": slot, "slots": self.capacity, "node": os.uname().nodename}
-        placement |= {"runs_per_gpu": self.options.runs_per_gpu}
+        placement = {
+            "executor": "local",
+            "slot": slot,
+            "slots": self.capacity,
+            "runs_per_gpu": self.options.runs_per_gpu,
+        }
         env = {**self.slots[slot], PLACEMENT_ENV: json.dumps(placement)}
-        future = self.pool.submit(_timed, start, env)
+        future = self.pool.submit(start, env)
         future.add_done_callback(lambda f, s=slot: self.free.append(s))
         return future
 
@@ -241,7 +239,7 @@ def run_on_worker(payload: dict, gpus: int, placement: dict) -> dict:
     payload = {**payload, "out_dir": str(work)}
     path = results.payload_path(work, payload["run_id"], payload["attempt"])
     results.write_json_atomic(path, payload)
-    env = {**os.environ, PLACEMENT_ENV: json.dumps({**placement, "node": platform.node()})}
+    env = {**os.environ, PLACEMENT_ENV: json.dumps(placement)}  # the node is in the result's env.node
     if gpus == 0:
         env.setdefault("OMP_NUM_THREADS", "1")
     code = subprocess.run(child_command(path, max(1, gpus)), env=env).returncode
@@ -266,11 +264,17 @@ def _maybe_lose_worker(run_id: str) -> None:
 
 def pack(folder: Path, run_id: str) -> bytes:
     """The run's result, attempt and adapter files under ``folder``, as a tar archive."""
+    from peftbench import results
+
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for rel in (f"results/{run_id}.json", f"attempts/{run_id}.json", f"adapters/{run_id}"):
-            if (folder / rel).exists():
-                tar.add(folder / rel, arcname=rel)
+        for path in (
+            results.result_path(folder, run_id),
+            results.attempt_path(folder, run_id),
+            folder / "adapters" / run_id,
+        ):
+            if path.exists():
+                tar.add(path, arcname=str(path.relative_to(folder)))
     return buf.getvalue()
 
 

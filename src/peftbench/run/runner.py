@@ -94,14 +94,6 @@ class _Signals:
         self.received: int | None = None
         self.children: set = set()  # the runs' (and a stage's) processes now running
 
-    @property
-    def child(self):
-        return next(iter(self.children), None)
-
-    @child.setter
-    def child(self, proc) -> None:  # one process at a time (the serial suite, the stage)
-        self.children = {proc} if proc is not None else set()
-
     def __enter__(self):
         self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
         if self.in_process:
@@ -183,11 +175,16 @@ def run_in_child(
         payload.unlink(missing_ok=True)
     recorded = results.read_attempt(out_dir, run.run_id, attempt)
     if recorded is not None:
+        ended = time.time()
+        placement = (recorded.env or {}).get("placement")
+        if placement is not None:  # an executor's slot: the span its process ran in (who shared the machine)
+            placement.update(began=round(started, 3), ended=round(ended, 3))
         if recorded.phases:
-            wall = time.time() - started
+            wall = ended - started
             recorded.phases["process_wall_seconds"] = round(wall, 3)
             inside = recorded.phases["total_seconds"] - recorded.phases["seconds"].get("plan", 0.0)  # plan: before
             recorded.phases["outside_phases_seconds"] = round(wall - inside, 3)
+        if placement is not None or recorded.phases:
             results.write_result(out_dir, recorded)
         return recorded
     from peftbench.run.record import failure

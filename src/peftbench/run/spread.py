@@ -97,8 +97,7 @@ def _submit(ex, run, *, guard, out_dir, device, gpus, tracking, plan_seconds):
 def _outcome(future, run, ex, *, out_dir: Path, device: str):
     """The run's Result: what its child recorded (written into ``out_dir``), or how its worker was lost."""
     if isinstance(ex, executors.LocalExecutor):
-        result, span = future.result()  # run_in_child recorded it, death included
-        return _placed(result, span, out_dir=out_dir)
+        return future.result()  # run_in_child recorded it, death and the slot's span included
     from peftbench.run.record import failure
 
     try:
@@ -108,17 +107,7 @@ def _outcome(future, run, ex, *, out_dir: Path, device: str):
         result = failure(run, "failed", why, started=future.started, device=device, attempt=future.attempt)
         results.write_result(out_dir, result)
         return result
-    result = _receive(reply, run, out_dir=out_dir, device=device, attempt=future.attempt, started=future.started)
-    return _placed(result, {"began": reply["began"], "ended": reply["ended"]}, out_dir=out_dir)
-
-
-def _placed(result, span: dict, *, out_dir: Path):
-    """When the run's process ran on its slot (``env.placement.began``/``ended``, seconds since the epoch): which
-    runs shared the machine's time with it."""
-    if result is not None and result.env is not None and "placement" in result.env:
-        result.env["placement"].update({k: round(v, 3) for k, v in span.items()})
-        results.write_result(out_dir, result)
-    return result
+    return _receive(reply, run, out_dir=out_dir, device=device, attempt=future.attempt, started=future.started)
 
 
 def _receive(reply: dict, run, *, out_dir: Path, device: str, attempt: str, started: float):
@@ -132,7 +121,11 @@ def _receive(reply: dict, run, *, out_dir: Path, device: str, attempt: str, star
         if recorded is None:
             why = f"{runner._death(reply['code'])} (on Ray node {reply['node']})"
             recorded = failure(run, "failed", why, started=started, device=device, attempt=attempt)
-        elif recorded.status == "success" and (got / "adapters" / run.run_id).exists():
+        else:  # when the run's process ran on its worker (env.placement): which runs shared the machine with it
+            placement = (recorded.env or {}).get("placement")
+            if placement is not None:
+                placement.update(began=round(reply["began"], 3), ended=round(reply["ended"], 3))
+        if recorded.status == "success" and (got / "adapters" / run.run_id).exists():
             target = Path(out_dir) / "adapters" / run.run_id
             staged = target.with_name(f".{run.run_id}.received-{attempt}")
             shutil.copytree(got / "adapters" / run.run_id, staged)
@@ -150,10 +143,8 @@ def _cancelled(future, run, ex, *, out_dir: Path, device: str, signum: int) -> N
         try:
             future.result(timeout=runner.GRACE_SECONDS + 5)  # the child got the signal and records `cancelled`
             return
-        except concurrent.futures.CancelledError:
-            pass  # never started: recorded below
-        except concurrent.futures.TimeoutError:
-            pass
+        except (concurrent.futures.CancelledError, concurrent.futures.TimeoutError):
+            pass  # never started, or its child did not record in time: recorded here
     why = f"cancelled by {signal.Signals(signum).name}"
     started = getattr(future, "started", time.time())
     attempt = getattr(future, "attempt", uuid.uuid4().hex[:12])

@@ -51,16 +51,17 @@ def measure_groups(groups: dict[str, list[str]], *, out_dir: Path, device: str, 
         results.write_json_atomic(
             payload, {"group": group, "run_ids": run_ids, "out_dir": str(out_dir), "device": device}
         )
+        proc = None
         try:
             if forked.available():  # from the warm server, as the runs are: no imports per group
                 proc = forked.start(payload, module="peftbench.run.stage")
             else:
                 cmd = [sys.executable, "-m", "peftbench.run.stage", str(payload)]
                 proc = subprocess.Popen(cmd, start_new_session=True)
-            guard.child = proc
+            guard.children.add(proc)
             code = proc.wait()
         finally:
-            guard.child = None
+            guard.children.discard(proc)
             payload.unlink(missing_ok=True)
         if code != 0 and not guard.received:
             echo(f"measure {group}: FAILED (exit {code}); the runs keep their results, the report lacks their timings")
