@@ -12,11 +12,10 @@ itself warns and ignores such keys; peftbench refuses them in options written by
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-from pathlib import Path
 
 from peftbench.catalog import methods
+from peftbench.spec.config import peft_type_method, read_peft_file
 
 log = logging.getLogger("peftbench")
 BOOKKEEPING = methods.INTERNAL_FIELDS | {"inference_mode", "peft_version"}
@@ -24,19 +23,19 @@ BOOKKEEPING = methods.INTERNAL_FIELDS | {"inference_mode", "peft_version"}
 
 def expand(method_args) -> tuple[list[str], list[str]]:
     """(problems, keys dropped); fills ``method_args.name`` and ``.options`` and clears ``.peft_config``."""
-    path = Path(method_args.peft_config).expanduser()
     where = f"method.peft_config: {method_args.peft_config}"
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = read_peft_file(method_args.peft_config)
     except FileNotFoundError:
         return [f"{where}: not found"], []
     except (OSError, ValueError) as e:
         return [f"{where}: not a readable JSON file ({type(e).__name__})"], []
-    kind = doc.get("peft_type") if isinstance(doc, dict) else None
-    method = methods.lookup(kind.lower()) if isinstance(kind, str) else None
+    name = peft_type_method(doc)
+    method = methods.lookup(name) if name else None
     if method is None or method.peft_type is None:
-        return [f"{where}: peft_type {kind!r} is not a peft method this peft has"], []
-    if method_args.name and methods.lookup(method_args.name).name != method.name:
+        return [f"{where}: peft_type {doc.get('peft_type')!r} is not a peft method this peft has"], []
+    given = methods.lookup(method_args.name) if method_args.name else None
+    if method_args.name and (given is None or given.name != method.name):
         return [f"{where}: the file is {method.name}, but method.name says {method_args.name}"], []
     fields = {f.name for f in dataclasses.fields(methods.config_class(method))}
     dropped = sorted(k for k in doc if k not in fields and k not in BOOKKEEPING)

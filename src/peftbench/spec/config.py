@@ -351,16 +351,28 @@ def experiment_id(d: dict) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model}--{task}--{method}")
 
 
+def read_peft_file(path: str) -> dict:
+    """A peft adapter_config.json as a dict (OSError, ValueError as they come)."""
+    doc = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    return doc
+
+
+def peft_type_method(doc: dict) -> str | None:
+    """The method a peft config names: its ``peft_type``, lower-cased (``LORA`` -> lora), or None."""
+    kind = doc.get("peft_type")
+    return kind.lower() if isinstance(kind, str) else None
+
+
 def peft_file_method(path) -> str | None:
-    """The method a peft adapter_config.json names (its ``peft_type``, lower-cased), or None."""
+    """The method a peft adapter_config.json names, or None (no such file, not a peft config)."""
     if not isinstance(path, str) or not path:
         return None
     try:
-        doc = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
+        return peft_type_method(read_peft_file(path))
     except (OSError, ValueError):
         return None
-    kind = doc.get("peft_type") if isinstance(doc, dict) else None
-    return kind.lower() if isinstance(kind, str) else None
 
 
 def _get(d: dict, section: str, key: str) -> Any:
