@@ -3,7 +3,7 @@
     python benchmarks/make_data.py /tmp/pbdata
     python benchmarks/spread.py --data /tmp/pbdata --device cpu --out benchmarks/results/spread_cpu2     # 2 cores
     python benchmarks/spread.py --data /tmp/pbdata --device cuda --model random:gpt2 --steps 150 --runs 8 \\
-        --modes serial,local:8:4 --out benchmarks/results/spread_h200      # one GPU, 4 runs per GPU
+        --modes serial,local:4:4 --out benchmarks/results/spread_h200      # one GPU, 4 runs on it
 
 The suite: ``--runs`` LoRA runs (seeds) of ``--model`` on made language-modelling data, quality only
 (``measure.enabled: false``). Each mode is one ``peftbench run`` process, timed from outside: ``serial`` (today's

@@ -263,7 +263,7 @@ def test_switches_resolve_off_on_cpu_and_say_why_when_they_cannot_apply():
     assert not s["packing"] and "encoder-decoder" in s["reasons"]["packing"]
 
 
-def _run(speed, steps=12, method="lora", dropout=0.0):
+def _run(speed, steps=12, method="lora", dropout=0.0, feats=None):
     from accelerate import Accelerator
 
     from peftbench.run.train import train
@@ -278,7 +278,7 @@ def _run(speed, steps=12, method="lora", dropout=0.0):
     args, acc, feats = (
         TrainArgs(max_steps=steps, batch_size=4, warmup_ratio=0.0, seed=3),
         Accelerator(cpu=True),
-        _features(40),
+        feats or _features(40),
     )
     settings = for_loop(n_examples=len(feats), args=args, learning_rate=1e-2, accelerator=acc, speed=speed)
     return train(model, feats, args=args, settings=settings, accelerator=acc, pad_id=0)
@@ -335,6 +335,27 @@ def test_compiled_regions_keep_the_loss_curve_and_hand_back_an_uncompiled_model(
     assert 1 <= counters["stats"]["unique_graphs"] <= 2  # one block's graph (and one for the first block's input)
     blocks = model.get_base_model().transformer.h
     assert len(blocks) == 2 and all(getattr(b, "_compiled_call_impl", None) is None for b in blocks)
+
+
+@pytest.mark.parametrize("compile_", ["regions", "model"])
+def test_a_compiled_run_of_fixed_length_blocks_runs_the_epochs_last_smaller_batch_eagerly(compile_):
+    """10 blocks in batches of 4: every epoch ends in a batch of 2. It runs eagerly (no second graph, no
+    dynamic one) and the loss curve is the eager run's."""
+    from torch._dynamo.utils import counters
+
+    rng = random.Random(1)
+    blocks = [
+        {"input_ids": ids, "labels": list(ids)}
+        for ids in ([rng.randrange(3, 200) for _ in range(8)] for _ in range(10))
+    ]
+    plain = _run({}, steps=9, feats=blocks)
+    counters.clear()
+    fast = _run({"compile": compile_}, steps=9, feats=blocks)
+    assert fast.speed["eager_batches"] == 3  # steps 3, 6 and 9
+    assert "eager_batches" not in plain.speed
+    a, b = [p["loss"] for p in plain.loss_curve], [p["loss"] for p in fast.loss_curve]
+    assert max(abs(x - y) / abs(x) for x, y in zip(a, b)) < 1e-4
+    assert 1 <= counters["stats"]["unique_graphs"] <= 2  # the batch of 4's graph(s) only
 
 
 def test_fused_loss_is_off_for_a_method_that_trains_beside_the_body():

@@ -171,9 +171,11 @@ def _optimizer(params, *, learning_rate: float, args: TrainArgs, fused: bool):
 
 def compile_dynamic(features: list[dict]) -> bool:
     """How a run's graphs are compiled: for dynamic shapes at once where the examples' lengths vary; else static,
-    also after the epoch's last, smaller batch. (Left to torch, that batch's recompilation marked the batch
-    dimension dynamic and every later step ran the slower dynamic graph: on one H200, gpt2-medium full fine-tuning
-    with regions trained at 95.9k tokens/s against 138k, and a whole-model graph at 7.7-29.6k.)"""
+    and a batch of another shape than the first (the epoch's last, smaller batch) runs eagerly (``_Loop.stance``).
+    Left to torch, that batch's recompilation marked the batch dimension dynamic and every later step ran the
+    slower dynamic graph (one H200, gpt2-medium full fine-tuning: regions 95.9k tokens/s against 138k, a
+    whole-model graph 7.7-29.6k); a static graph of its own cost a second compilation, once per shape (a cold
+    whole-model one took longer than the 80 steps it served)."""
     return bool(varying(features))
 
 
@@ -237,6 +239,7 @@ def _setup(model, features, *, args, settings, accelerator, pad_id, speed, hooks
         learning_rate=settings.learning_rate,
         regions=regions,
         log_steps=log_every(args, accelerator.device.type),
+        static=speed["compile"] != "off" and not dynamic,
         **hooks,
     )
     return loop, loader
@@ -284,6 +287,8 @@ def train(
             regions.undo()  # evaluation and inference run the model as it was given
     result = loop.finish(n_batches=len(loader))
     result.speed = {k: v for k, v in speed.items() if k != "reasons"}
+    if loop.static:  # batches of another shape than the compiled one (the epoch's last): run eagerly
+        result.speed["eager_batches"] = loop.eager_batches
     result.peak_memory_bytes = mem.result.peak_bytes
     result.memory = mem.result.to_dict()
     result.memory["per_process_peak_bytes"] = peak_per_process(accelerator, mem.result.peak_bytes)
@@ -311,8 +316,10 @@ class _Loop:
         progress,
         step_hook=None,
         on_log=None,
+        static=False,
     ):
         self.args, self.acc, self.module, self.regions = args, accelerator, module, regions
+        self.static, self.shape, self.eager_batches = static, None, 0
         self.step_hook, self.on_log = step_hook, on_log
         self.optimizer, self.scheduler, self.params = optimizer, scheduler, params
         self.steps, self.log_steps, self.evaluate, self.progress = steps, log_steps, evaluate, progress
@@ -335,7 +342,7 @@ class _Loop:
     def _micro_step(self, batch: dict) -> None:
         t = self.t
         n_tok, n_slots, n_ex = batch.pop("num_tokens"), batch.pop("num_slots"), batch.pop("num_examples")
-        with self.acc.accumulate(self.module):
+        with self.acc.accumulate(self.module), self.stance(batch):
             with self.acc.autocast():  # a prepared module autocasts itself; a sharded one is not prepared
                 loss = self.module(batch)
             self.acc.backward(loss)
@@ -351,6 +358,18 @@ class _Loop:
         t.samples, t.micro = t.samples + n_ex, t.micro + 1
         t.loss_sum = t.loss_sum + loss.detach().float()
         t.loss_n += 1
+
+    def stance(self, batch: dict):
+        """Compiled graphs for the first batch's shape; eagerly (forward and backward) a batch of another shape,
+        where examples have one length (the epoch's last batch): no second compilation, the same arithmetic."""
+        if not self.static:
+            return contextlib.nullcontext()
+        shape = tuple(batch["input_ids"].shape)
+        self.shape = self.shape or shape
+        if shape == self.shape:
+            return contextlib.nullcontext()
+        self.eager_batches += 1
+        return self.regions.off() if self.regions else torch.compiler.set_stance("force_eager")
 
     def _after_step(self, model) -> None:
         step, args, t = self.step, self.args, self.t
