@@ -1,5 +1,5 @@
 # make demo: set up .venv, then run the offline demo suite (CPU is fine; ~10 min on 2 cores)
-# make test: set up .venv, then run the test suite
+# make test: set up .venv (and Debian's chromium for the report's browser test, where missing), then run the test suite
 # make lint: ruff check, ruff format --check, the size limits and the import rules (run by .ci/run before the tests)
 PYTHON ?= python3
 VENV ?= .venv
@@ -25,6 +25,7 @@ demo: install
 	$(BIN)/peftbench run demo
 
 test: install
+	bash tools/ensure_chromium.sh
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # make lint: ruff (rules and format in pyproject.toml), the house limits (functions <= 60 lines, modules <= 600,

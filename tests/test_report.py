@@ -267,7 +267,9 @@ def test_report_files_verdict_json_and_summary_csv(fixture_dir):
     assert len(pngs) >= 7 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
     assert sorted(re.findall(r"\]\((plots/[^)]+)\)", md)) == sorted(f"plots/{p.name}" for p in pngs)
     html = paths["html"].read_text()
-    assert html.count("src='data:image/png;base64,") == len(pngs) and "plots/" not in html
+    figures = sorted((fixture_dir / "plots").glob("*.plotly.json"))  # each PNG's interactive figure, inlined
+    assert [f.name.replace(".plotly.json", ".png") for f in figures] == [p.name for p in pngs]
+    assert html.count("class='figure'") == len(pngs) and "plots/" not in html and "<img" not in html
     verdict = json.loads(paths["verdict"].read_text())
     group = next(g for g in verdict["groups"] if g["model"] == M)
     for m in group["measures"]:

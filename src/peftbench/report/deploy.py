@@ -250,6 +250,8 @@ def plot(gaggs, target: str, task: str, path, title: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from peftbench.report import interactive
+
     pts = [(a, cells(a, target, task)) for a in gaggs if _status(a, target) == "built"]
     pts = [(a, c) for a, c in pts if c["latency_p50_ms"]]
     if not pts:
@@ -259,20 +261,19 @@ def plot(gaggs, target: str, task: str, path, title: str):
     fig, ax = plt.subplots(figsize=(6, 4))
     front = set(fronts(gaggs, target, task).get("quality_vs_latency_p50_ms", []))
     short = short_labels([a.id for a, _ in pts])
+    ylabel = f"{PRIMARY_QUALITY[task]} after export" if scored else "shipped bytes"
     for a, c in pts:
         x, y = c["latency_p50_ms"], c[ykey]
         xerr = [[x["mean"] - x["low"]], [x["high"] - x["mean"]]] if x.get("low") is not None else None
         yerr = [[y["mean"] - y["low"]], [y["high"] - y["mean"]]] if y.get("low") is not None else None
-        ax.errorbar(x["mean"], y["mean"], xerr=xerr, yerr=yerr, fmt="o", capsize=3)
+        tip = interactive.hover(a.id, f"p50 latency on {target} (ms)", x, ylabel, y)
+        ax.errorbar(x["mean"], y["mean"], xerr=xerr, yerr=yerr, fmt="o", capsize=3, gid=tip)
         ax.annotate(short[a.id] + (" *" if a.id in front else ""), (x["mean"], y["mean"]), fontsize=8)
     if front:
         line = sorted((c["latency_p50_ms"]["mean"], c["quality"]["mean"]) for a, c in pts if a.id in front)
         ax.plot([p[0] for p in line], [p[1] for p in line], "--", color="grey", linewidth=1)
     ax.set_xlabel(f"p50 forward latency on {target} (ms)")
-    ax.set_ylabel(f"{PRIMARY_QUALITY[task]} after export" if scored else "shipped bytes")
+    ax.set_ylabel(ylabel)
     ax.set_title(title + ("  (* Pareto front)" if front else ""), fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return interactive.save(fig, path, dpi=110)

@@ -18,6 +18,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from peftbench.catalog.methodspecs import is_zero_shot  # noqa: E402
 from peftbench.fs import human_bytes  # noqa: E402
+from peftbench.report import interactive  # noqa: E402
 from peftbench.report.aggregate import label as table_label  # noqa: E402
 from peftbench.report.aggregate import learning_forgetting, summarize  # noqa: E402
 from peftbench.report.metrics import METRICS, PARETO_AXES, PRIMARY_QUALITY, QUALITY, is_random, pareto, value  # noqa: E402
@@ -40,10 +41,9 @@ def _color(method: str) -> str:
 
 
 def _save(fig, path: Path) -> Path:
+    """The PNG, and its interactive figure beside it (report.html draws that one)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return interactive.save(fig, path, dpi=DPI)
 
 
 def _err(s: dict | None) -> tuple[float, float]:
@@ -257,8 +257,9 @@ def plot_latency(aggs: list, path: Path, title: str) -> Path | None:
     return _save(fig, path)
 
 
-def _marked(ax, xs: dict, ys: dict, color: str, on_front: bool) -> None:
-    """One experiment on a Pareto plane: its means, both 95 % intervals as bars, ringed when non-dominated."""
+def _marked(ax, xs: dict, ys: dict, color: str, on_front: bool, hover_text: str | None = None) -> None:
+    """One experiment on a Pareto plane: its means, both 95 % intervals as bars, ringed when non-dominated;
+    ``hover_text``: what report.html shows on hovering the point."""
     ax.errorbar(
         [xs["mean"]],
         [ys["mean"]],
@@ -279,6 +280,7 @@ def _marked(ax, xs: dict, ys: dict, color: str, on_front: bool) -> None:
         lw=1.5,
         zorder=3,
         marker="o" if on_front else "X",
+        gid=hover_text,
     )
 
 
@@ -311,7 +313,10 @@ def plot_pareto(aggs: list, path: Path, title: str, task: str) -> Path | None:
         front = set(fronts.get(key, []))
         for a, xs, ys in pts:
             on = a.id in front
-            _marked(ax, xs, ys, _color(a.method), on)
+            tip = interactive.hover(table_label(a, aggs), label, xs, QUALITY[q], ys) + (
+                "<br>on the Pareto front" if on else ""
+            )
+            _marked(ax, xs, ys, _color(a.method), on, tip)
             ax.annotate(
                 exp_label(a, aggs), (xs["mean"], ys["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=8
             )

@@ -181,6 +181,8 @@ def plot_scaling(rows: list[dict], path: Path, key: str, ylabel: str) -> Path | 
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
+    from peftbench.report import interactive
+
     groups = {k: v for k, v in series(rows, key).items() if len(v) >= MIN_SIZES}
     if not groups:
         return None
@@ -208,11 +210,8 @@ def plot_scaling(rows: list[dict], path: Path, key: str, ylabel: str) -> Path | 
     if shared:
         ax.set_title(shared, fontsize=9)
     ax.legend(fontsize=7, loc="best")
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    return path
+    return interactive.save(fig, path, dpi=110, metadata={"Software": None})
 
 
 def scaling_blocks(results: list[dict], plots_dir: Path) -> list[tuple]:
