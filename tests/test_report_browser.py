@@ -61,6 +61,7 @@ def page(tmp_path_factory):
         pg.wait_for_selector("div.plot .main-svg")
         pg.info = {"errors": errors, "requests": requests, "pngs": pngs, "folder": folder}
         yield pg
+        pg.evaluate("window.scrollTo(0, 0)")
         shots = Path(os.environ.get("PEFTBENCH_SCREENSHOTS") or folder)
         shots.mkdir(parents=True, exist_ok=True)
         pg.screenshot(path=str(shots / "report-top.png"))

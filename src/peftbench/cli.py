@@ -118,6 +118,18 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("dirs", nargs="+", type=Path, help="the studies' output folders (the first is the reference)")
     cmp_.add_argument("--out", type=Path, help="also write the comparison here (.md, and .json beside it)")
 
+    imp = sub.add_parser("import-peft", help="a folder of peft method-comparison experiments -> a peftbench suite")
+    imp.add_argument("dir", type=Path, help="peft's method_comparison/<benchmark> folder, or its experiments/")
+    imp.add_argument("--out", type=Path, help="write the suite here (default: print it)")
+    imp.add_argument("--model", help="model spec for every experiment (default: hf:<model_id> of their parameters)")
+    imp.add_argument("--dataset", help="dataset spec (default: hf:meta-math/MetaMathQA, answers scored by ROUGE)")
+    imp.add_argument("--task", help="the dataset's task (with --dataset)")
+    exp = sub.add_parser(
+        "export-peft", help="a study's results in peft's result layout (run_info/train_info/meta_info)"
+    )
+    exp.add_argument("dir", type=Path, help="the study's output folder")
+    exp.add_argument("--out", type=Path, help="where the JSON files go (default: DIR/peft-results)")
+
     ls = sub.add_parser("list", help="the plan: run ids and whether each is done, todo or stale")
     _common(ls)
     ls.add_argument(
@@ -302,7 +314,38 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_import_peft(args) -> int:
+    import yaml
+
+    from peftbench.report.peftformat import import_peft
+    from peftbench.results import write_text_atomic
+
+    if args.task and not args.dataset:
+        raise ConfigError("import-peft: --task goes with --dataset")
+    data = {"spec": args.dataset, "task": args.task or ""} if args.dataset else None
+    suite, notes = import_peft(args.dir, model=args.model, data=data)
+    for line in notes:
+        print(f"peftbench: note: {line}", file=sys.stderr)
+    text = yaml.safe_dump(suite, sort_keys=False, width=120)
+    if args.out:
+        write_text_atomic(args.out, text)
+        print(f"{len(suite['experiments'])} experiments -> {args.out}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_export_peft(args) -> int:
+    from peftbench.report.peftformat import export_peft
+
+    written = export_peft(args.dir, args.out or args.dir / "peft-results")
+    for path in written:
+        print(path)
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "fetch": cmd_fetch, "compare": cmd_compare}
+COMMANDS |= {"import-peft": cmd_import_peft, "export-peft": cmd_export_peft}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -305,6 +305,23 @@ def _bars_only_on_terminals():
         gguf_utils.tqdm = original
 
 
+def _all_f32(gguf: Path) -> bool:
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    return all(t.tensor_type == GGMLQuantizationType.F32 for t in GGUFReader(str(gguf)).tensors)
+
+
+def convert_gguf(gguf: Path, out: Path) -> None:
+    """A GGUF file (llama.cpp's format) as a safetensors model folder with its tokenizer: float32 where every
+    tensor of the file is, else bfloat16 (a quantized file's weights dequantized)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _bars_only_on_terminals():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    save_converted(model, tokenizer, out, dtype="float32" if _all_f32(gguf) else "bfloat16")
+
+
 def convert_smollm2(archive: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -52,6 +52,27 @@ def _looks_local(spec: str) -> bool:
     return spec.startswith(("/", "./", "../", "~")) or fs.exists(spec)
 
 
+def local_path(spec: str) -> Path:
+    """A local spec's model folder: the folder itself, or for a ``.gguf`` file the safetensors folder it was
+    converted into (``$PEFTBENCH_CACHE/gguf/<name>-<sha256>/``, converted on first use)."""
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        from peftbench.catalog.sources import gguf_folder
+
+        return gguf_folder(path)
+    return path
+
+
+def _check_gguf(path: Path) -> list[str]:
+    if not path.is_file():
+        return [f"model.spec: GGUF file {str(path)!r} not found"]
+    try:
+        local_path(str(path))
+    except Exception as e:  # noqa: BLE001 (what transformers' GGUF reader says is the user's answer)
+        return [f"model.spec: {path}: not a GGUF model transformers can convert ({type(e).__name__}: {e})"[:400]]
+    return []
+
+
 def check_spec(spec: str, *, trust_remote_code: bool = False) -> list[str]:
     if not spec:
         return ["model.spec: missing (e.g. gpt2, random:gpt2, builtin:smollm2-135m)"]
@@ -66,6 +87,8 @@ def check_spec(spec: str, *, trust_remote_code: bool = False) -> list[str]:
         return []
     if sep and not _looks_local(spec):
         return [f"model.spec: unknown prefix {prefix!r} in {spec!r} (use random:, builtin:, a hub id or a directory)"]
+    if _looks_local(spec) and Path(spec).suffix.lower() == ".gguf":
+        return _check_gguf(Path(spec).expanduser())
     if _looks_local(spec):
         return check_model_dir(Path(spec).expanduser(), trust_remote_code=trust_remote_code)
     if not HUB_ID.match(spec):
@@ -116,7 +139,7 @@ def _known_config(spec: str) -> dict | None:
     if sep and prefix in ("random", "builtin"):
         return RANDOM_CONFIGS.get(name, {})
     if _looks_local(spec):
-        return _read_config(Path(spec).expanduser()) or {}
+        return _read_config(local_path(spec)) or {}
     return None
 
 
@@ -216,7 +239,7 @@ def has_chat_template(args: ModelArgs) -> bool | None:
     elif sep and prefix == "builtin":
         spec = args.spec
     else:
-        spec = str(Path(args.spec).expanduser()) if _looks_local(args.spec) else args.spec
+        spec = str(local_path(args.spec)) if _looks_local(args.spec) else args.spec
     try:
         tok = load_tokenizer(spec, trust_remote_code=args.trust_remote_code, revision=args.revision)
     except Exception:  # noqa: BLE001 (offline hub, a source not fetched: the run's own load reports it)
@@ -307,9 +330,7 @@ def load(args: ModelArgs, *, seed: int = 0, device: torch.device | None = None) 
     if sep and prefix in LOADERS:
         loaded = LOADERS[prefix](args, name, seed, dtype, device)
     else:
-        loaded = _load_pretrained(
-            args, str(Path(args.spec).expanduser()) if _looks_local(args.spec) else args.spec, dtype
-        )
+        loaded = _load_pretrained(args, str(local_path(args.spec)) if _looks_local(args.spec) else args.spec, dtype)
     if loaded.family == "causal" and getattr(loaded.model.config, "pad_token_id", None) is None:
         loaded.model.config.pad_token_id = loaded.tokenizer.pad_token_id
     return loaded

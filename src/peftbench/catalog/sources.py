@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftbench.catalog.converters import (
+    convert_gguf,
     convert_gpt2_tokenizer,
     convert_moby_dick,
     convert_smollm2,
@@ -338,3 +339,24 @@ SOURCES: dict[str, Source] = {
         ),
     ]
 }
+
+
+def gguf_folder(gguf: Path) -> Path:
+    """Where a GGUF file's converted model lies in the cache (converted now when it is not there yet: into a
+    temporary folder first, so an interrupted conversion leaves nothing half-written). Keyed by the file's sha256."""
+    h = hashlib.sha256()
+    with open(gguf, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    out = cache_dir() / "gguf" / f"{gguf.stem}-{h.hexdigest()[:16]}"
+    if (out / "config.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        convert_gguf(gguf, tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
