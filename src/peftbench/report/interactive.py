@@ -206,6 +206,22 @@ def _collections(ax) -> list[dict]:
     return out
 
 
+def _symbol(c) -> str:
+    """The scatter's marker, told by its path (matplotlib keeps no name): o, X, s, ^, v, D."""
+    from matplotlib.markers import MarkerStyle
+
+    paths = c.get_paths()
+    if not len(paths):
+        return "circle"
+    v = paths[0].vertices
+    for m in ("X", "s", "^", "v", "D", "o"):
+        style = MarkerStyle(m)
+        ref = style.get_path().transformed(style.get_transform()).vertices
+        if v.shape == ref.shape and abs(v - ref).max() < 1e-6:
+            return SYMBOLS[m]
+    return "circle"
+
+
 def _scatter(c) -> dict:
     pts = c.get_offsets()
     face, edge = c.get_facecolors(), c.get_edgecolors()
@@ -222,6 +238,7 @@ def _scatter(c) -> dict:
         "x": [float(p[0]) for p in pts],
         "y": [float(p[1]) for p in pts],
         "marker": {
+            "symbol": _symbol(c),
             "color": color,
             "size": [max(6.0, float(sizes[i % len(sizes)]) ** 0.5 * 1.2) for i in range(n)] if len(sizes) else 8,
             "line": {"color": _hex(edge[0]) if len(edge) else "#000", "width": 1.5 if len(edge) else 0},
