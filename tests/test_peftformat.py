@@ -44,7 +44,8 @@ def _peft_folder(tmp_path):
     (fa / "training_params.json").write_text(json.dumps({"optimizer_type": "lora-fa"}))
     full = root / "experiments" / "full-finetuning" / "tiny-lr"
     full.mkdir(parents=True)
-    (full / "training_params.json").write_text(json.dumps({"max_steps": 2, "optimizer_kwargs": {"lr": 1e-5}}))
+    params = {"max_steps": 2, "optimizer_kwargs": {"lr": 1e-5}, "init_kv_cache_prefix": True}  # a key not carried over
+    (full / "training_params.json").write_text(json.dumps(params))
     return root
 
 
@@ -53,7 +54,7 @@ def test_peft_experiments_become_a_suite_with_their_parameters_mapped(tmp_path):
     by = {e["id"]: e for e in suite["experiments"]}
     assert sorted(by) == ["full-finetuning--tiny-lr", "lora--tiny-rank8"]
     lora = by["lora--tiny-rank8"]
-    assert lora["model"] == {"spec": "hf:meta-llama/Llama-3.2-3B"}
+    assert lora["model"] == {"spec": "hf:meta-llama/Llama-3.2-3B", "dtype": "bfloat16"}
     assert lora["method"]["peft_config"].endswith("experiments/lora/tiny-rank8/adapter_config.json")
     assert lora["train"] == {
         "max_steps": 2,
@@ -66,11 +67,13 @@ def test_peft_experiments_become_a_suite_with_their_parameters_mapped(tmp_path):
         "seed": 0,
         "eval_steps": 250,
         "compile": "off",
+        "mixed_precision": "no",  # peft trains the bf16 weights without autocast
     }
     assert lora["data"] == {"max_source_length": 48}
     assert by["full-finetuning--tiny-lr"]["method"] == {"name": "full"}
     assert by["full-finetuning--tiny-lr"]["train"]["learning_rate"] == 1e-5
     assert any("lora--tiny-lorafa: left out: optimizer_type 'lora-fa'" in n for n in notes)
+    assert "full-finetuning--tiny-lr: not carried over: init_kv_cache_prefix" in notes
 
 
 def test_import_refuses_a_folder_without_experiments_in_one_line(tmp_path, capsys):

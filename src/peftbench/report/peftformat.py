@@ -8,9 +8,11 @@ In: a folder of peft experiments (``experiments/<method>/<name>/adapter_config.j
 ``training_params.json`` over ``default_training_params.json``; full fine-tuning has no adapter config) becomes one
 peftbench experiment each, id ``<method>--<name>`` (peft's own result-file name), the method given as the adapter
 file itself (``method: {peft_config: ...}``) and the training parameters mapped to peftbench's (steps, batch,
-learning rate, weight decay, clipping, schedule, seed, evaluation interval, sequence length). What peftbench cannot
+learning rate, weight decay, clipping, schedule, seed, evaluation interval, sequence length, weights dtype and
+autocast). What peftbench cannot
 express is said, not hidden: an experiment with another optimizer than AdamW (LoRA-FA, Riemannian LoRA) is left out
-with the reason; ``autocast_adapter_dtype: false`` and the generation settings are noted.
+with the reason; ``autocast_adapter_dtype: false``, the generation settings and any other key not carried over
+(prefix tuning's ``init_kv_cache_prefix``, say) are noted.
 
 Out: each successful run as peft's result layout (``run_info`` / ``train_info`` / ``meta_info``) with the fields
 that apply: the train config, the adapter's saved config, training time, peak memory, the adapter file's size (the
@@ -31,6 +33,11 @@ from peftbench.results import load_results
 # tenth of the steps
 TORCH_ADAMW_WEIGHT_DECAY = 0.01
 PEFT_WARMUP_RATIO = 0.1
+MAPPED = {"model_id", "dtype", "max_seq_length", "batch_size", "max_steps", "eval_steps", "compile", "seed",
+          "grad_norm_clip", "optimizer_type", "optimizer_kwargs", "lr_scheduler", "use_amp"}  # fmt: skip
+NOTED = {"autocast_adapter_dtype", "generation_kwargs", "query_template", "batch_size_eval", "max_generation_length",
+         "attn_implementation"}  # fmt: skip
+DTYPES = {"float32", "bfloat16", "float16"}
 PEFT_FOLDERS = {"full": "full-finetuning"}  # peftbench's method name -> peft's experiments/<folder>
 PACKAGES = ("transformers", "peft", "datasets", "torch", "accelerate", "peftbench")
 PEFT_ADAMW = {None, "AdamW", "adamw", "torch.optim.AdamW"}
@@ -76,12 +83,17 @@ def train_section(params: dict) -> tuple[dict, dict, list[str]]:
     train = {k: v for k, v in pairs if v is not None}
     if "compile" in params:
         train["compile"] = "model" if params["compile"] else "off"
+    if "use_amp" in params or params.get("dtype"):
+        train["mixed_precision"] = "bf16" if params.get("use_amp") else "no"  # peft: weights in `dtype`, no autocast
     if params.get("max_seq_length"):
         data["max_source_length"] = int(params["max_seq_length"])
     if params.get("autocast_adapter_dtype") is False:
         notes.append("autocast_adapter_dtype: false is not expressed (the adapter trains in peft's default dtype)")
     if params.get("generation_kwargs") or params.get("query_template"):
         notes.append("peft's query template and generation settings are not carried over (peftbench's task is used)")
+    other = sorted(set(params) - MAPPED - NOTED)
+    if other:
+        notes.append(f"not carried over: {', '.join(other)}")
     return train, data, notes
 
 
@@ -108,7 +120,8 @@ def import_peft(root: Path, *, model: str | None = None, data: dict | None = Non
         spec = model or (f"hf:{params['model_id']}" if params.get("model_id") else None)
         if spec is None:
             raise ConfigError(f"import-peft: {folder}: no model_id in its training parameters (give --model)")
-        exp = {"id": name.replace("+", "-"), "model": {"spec": spec}, "method": method, "train": train}
+        model_section = {"spec": spec} | ({"dtype": params["dtype"]} if params.get("dtype") in DTYPES else {})
+        exp = {"id": name.replace("+", "-"), "model": model_section, "method": method, "train": train}
         if data_over:
             exp["data"] = data_over
         experiments.append(exp)
