@@ -52,8 +52,9 @@ def test_planning_a_suite_with_a_common_schedule_leaves_transformers_trainer_uti
     assert plan.STEPPABLE <= set(plan.schedulers())
     data = tmp_path / "lm.jsonl"
     data.write_text('{"text": "call me ishmael some years ago never mind how long precisely"}\n' * 20)
-    raw = {"name": "s", "experiments": [{"id": "a", "model": {"spec": "random:tiny-gpt2"}, "method": {"name": "lora"},
-           "data": {"spec": f"file:{data}", "task": "language-modeling"}, "train": {"lr_scheduler": "cosine"}}]}  # fmt: skip
+    exp = {"id": "a", "model": {"spec": "random:tiny-gpt2"}, "method": {"name": "lora"}}
+    exp |= {"data": {"spec": f"file:{data}", "task": "language-modeling"}, "train": {"lr_scheduler": "cosine"}}
+    raw = {"name": "s", "experiments": [exp]}
     code = (
         "import sys; from peftbench.run.plan import suite_from_dict\n"
         f"suite_from_dict({raw!r}, name='s')\n"
