@@ -40,6 +40,9 @@ def test_fixed_length_examples_compile_static_graphs_varying_ones_dynamic():
     blocks = [{"input_ids": [1] * 8, "labels": [1] * 8} for _ in range(10)]  # 10 blocks, batch 4: a last batch of 2
     assert compile_dynamic(blocks) is False  # the last batch gets a static graph of its own, not a dynamic one
     assert compile_dynamic(blocks + [{"input_ids": [1] * 5, "labels": [1] * 5}]) is True
+    pairs = [{"input_ids": [1] * 8, "labels": [1] * n, "decoder": True} for n in (3, 3, 5)]  # one source length
+    assert compile_dynamic(pairs) is True  # the decoder's shape follows the targets
+    assert compile_dynamic([dict(p, labels=[1] * 3) for p in pairs]) is False
 
 
 def test_planning_a_suite_with_a_common_schedule_leaves_transformers_trainer_utilities_unimported(tmp_path):

@@ -142,8 +142,11 @@ def make_loader(
 
 
 def varying(features: list[dict]) -> bool:
-    """Whether batches change shape (examples of different lengths)."""
-    return len({len(f["input_ids"]) for f in features}) > 1
+    """Whether batches change shape: inputs of different lengths, or an encoder-decoder's targets of different
+    lengths (its decoder's shape is the targets')."""
+    if len({len(f["input_ids"]) for f in features}) > 1:
+        return True
+    return bool(features) and "decoder" in features[0] and len({len(f["labels"]) for f in features}) > 1
 
 
 def log_every(args: TrainArgs, device_type: str) -> int:
