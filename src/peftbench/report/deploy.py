@@ -20,7 +20,7 @@ import statistics
 from peftbench import stats
 from peftbench.fs import human_bytes
 from peftbench.report import stages
-from peftbench.report.metrics import LOWER_IS_BETTER, PRIMARY_QUALITY, pareto
+from peftbench.report.metrics import LOWER_IS_BETTER, PRIMARY_QUALITY, pareto, spread
 from peftbench.report.stages import STAGE
 
 MEASURES = ("latency_p50_ms", "tokens_per_second", "bytes", "peak_memory_bytes", "quality", "quality_change")
@@ -181,20 +181,18 @@ def fronts(gaggs, target: str, task: str) -> dict[str, list[str]]:
     return out
 
 
+FORMATS = {  # a measure's numbers in the deployment tables and hover texts
+    "latency_p50_ms": lambda v: f"{v:.2f}",
+    "tokens_per_second": lambda v: f"{v:,.1f}",
+    "bytes": human_bytes,
+    "peak_memory_bytes": human_bytes,
+    "quality": lambda v: f"{v:.2f}",
+    "quality_change": lambda v: f"{v:+.2f}",
+}
+
+
 def _fmt(measure: str, s: dict | None) -> str:
-    if s is None:
-        return "n/a"
-    f = {
-        "latency_p50_ms": lambda v: f"{v:.2f}",
-        "tokens_per_second": lambda v: f"{v:,.1f}",
-        "bytes": human_bytes,
-        "peak_memory_bytes": human_bytes,
-        "quality": lambda v: f"{v:.2f}",
-        "quality_change": lambda v: f"{v:+.2f}",
-    }[measure]
-    if s.get("low") is None:
-        return f(s["mean"])
-    return f"{f(s['mean'])} [{f(s['low'])}, {f(s['high'])}]"
+    return "n/a" if s is None else spread(s, FORMATS[measure])
 
 
 def table(gaggs, target: str, task: str) -> tuple[list[str], list[list[str]]]:
@@ -266,7 +264,8 @@ def plot(gaggs, target: str, task: str, path, title: str):
         x, y = c["latency_p50_ms"], c[ykey]
         xerr = [[x["mean"] - x["low"]], [x["high"] - x["mean"]]] if x.get("low") is not None else None
         yerr = [[y["mean"] - y["low"]], [y["high"] - y["mean"]]] if y.get("low") is not None else None
-        tip = interactive.hover(a.id, f"p50 latency on {target} (ms)", x, ylabel, y)
+        x_text, y_text = _fmt("latency_p50_ms", x), _fmt(ykey, y)
+        tip = interactive.hover(a.id, f"p50 latency on {target} (ms)", x_text, ylabel, y_text, on_front=a.id in front)
         ax.errorbar(x["mean"], y["mean"], xerr=xerr, yerr=yerr, fmt="o", capsize=3, gid=tip)
         ax.annotate(short[a.id] + (" *" if a.id in front else ""), (x["mean"], y["mean"]), fontsize=8)
     if front:

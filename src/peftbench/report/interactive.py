@@ -2,7 +2,7 @@
 
 Usage:
     save(fig, path)           # path.png as before, and path.plotly.json beside it (plots, deploy, scaling)
-    hover(name, xlabel, xs, ylabel, ys)   # a point's hover text: the run, both measures with their intervals
+    hover(name, xlabel, x, ylabel, y)     # a point's hover text: the run, both measures with their intervals
     figure_dict(fig)          # {"data": [...], "layout": {...}}: Plotly's figure format, read off the axes
     plotly_js()               # plotly.js itself (from the plotly package), inlined once into report.html
 
@@ -72,15 +72,10 @@ def plotly_js() -> str | None:
         return None
 
 
-def _interval(s: dict) -> str:
-    if s.get("low") is None or s.get("high") is None:
-        return f"{s['mean']:,.4g}"
-    return f"{s['mean']:,.4g} [{s['low']:,.4g}, {s['high']:,.4g}]"
-
-
-def hover(name: str, xlabel: str, xs: dict, ylabel: str, ys: dict) -> str:
-    """A point's hover text in report.html: the experiment, and both measures with their 95 % intervals."""
-    return f"<b>{name}</b><br>{xlabel}: {_interval(xs)}<br>{ylabel}: {_interval(ys)}"
+def hover(name: str, xlabel: str, x: str, ylabel: str, y: str, *, on_front: bool = False) -> str:
+    """A point's hover text in report.html: the experiment, both measures with their 95 % intervals (written by
+    ``metrics.spread``), and whether it is on the Pareto front."""
+    return f"<b>{name}</b><br>{xlabel}: {x}<br>{ylabel}: {y}" + ("<br>on the Pareto front" if on_front else "")
 
 
 def _tick(text: str) -> str:
@@ -269,7 +264,7 @@ def _lines(ax) -> list[dict]:
         label, gid = line.get_label() or "", line.get_gid()
         named = bool(label) and not label.startswith("_")
         quiet = marker in ("_", "|") or not (named or has_marker or gid)  # error-bar caps, a front's joining line
-        hover = {"hovertext": [gid] * len(xs), "hoverinfo": "text"} if gid else {"hoverinfo": "skip"} if quiet else {}
+        hover = {"hoverinfo": "skip"} if quiet else {"hovertext": [gid] * len(xs), "hoverinfo": "text"} if gid else {}
         out.append({
             "type": "scatter", "mode": mode, "x": xs, "y": ys, **hover,
             "line": {"color": _hex(line.get_color()), "dash": DASHES.get(ls, "solid"), "width": line.get_linewidth()},

@@ -412,6 +412,14 @@ def fmt(key: str, v: Any) -> str:
     return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
 
 
+def spread(s: dict, f: Callable[[float], str]) -> str:
+    """A summary as ``mean [low, high]``, each number through ``f``; the mean alone where it has no interval
+    (or is exact: a count has none)."""
+    if s.get("low") is None or s.get("high") is None or s.get("how") == "exact":
+        return f(s["mean"])
+    return f"{f(s['mean'])} [{f(s['low'])}, {f(s['high'])}]"
+
+
 def best(results: list[dict], key: str) -> tuple[float | None, list[dict]]:
     """The best value of the metric among the results, and the results that reach it."""
     vals = [(value(r, key), r) for r in results]

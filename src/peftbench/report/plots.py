@@ -21,7 +21,17 @@ from peftbench.fs import human_bytes  # noqa: E402
 from peftbench.report import interactive  # noqa: E402
 from peftbench.report.aggregate import label as table_label  # noqa: E402
 from peftbench.report.aggregate import learning_forgetting, summarize  # noqa: E402
-from peftbench.report.metrics import METRICS, PARETO_AXES, PRIMARY_QUALITY, QUALITY, is_random, pareto, value  # noqa: E402
+from peftbench.report.metrics import (  # noqa: E402
+    METRICS,
+    PARETO_AXES,
+    PRIMARY_QUALITY,
+    QUALITY,
+    fmt,
+    is_random,
+    pareto,
+    spread,
+    value,
+)
 
 COLORS = {
     "none": "#7f7f7f",
@@ -313,9 +323,8 @@ def plot_pareto(aggs: list, path: Path, title: str, task: str) -> Path | None:
         front = set(fronts.get(key, []))
         for a, xs, ys in pts:
             on = a.id in front
-            tip = interactive.hover(table_label(a, aggs), label, xs, QUALITY[q], ys) + (
-                "<br>on the Pareto front" if on else ""
-            )
+            x, y = spread(xs, lambda v, k=key: fmt(k, v)), spread(ys, lambda v: fmt(q, v))
+            tip = interactive.hover(table_label(a, aggs), label, x, QUALITY[q], y, on_front=on)
             _marked(ax, xs, ys, _color(a.method), on, tip)
             ax.annotate(
                 exp_label(a, aggs), (xs["mean"], ys["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=8
@@ -349,8 +358,10 @@ def plot_learning_forgetting(aggs: list, path: Path, title: str, task: str) -> P
     by_id = {a.id: a for a in aggs}
     for p in lf["points"]:
         xs, ys, on = p["forgetting"], p["quality"], p["id"] in front
-        _marked(ax, xs, ys, _color(p["method"]), on)
         name = table_label(by_id[p["id"]], aggs)
+        x, y = spread(xs, lambda v: fmt("forgetting", v)), spread(ys, lambda v: fmt(q, v))
+        tip = interactive.hover(name, "forgetting (nats/token)", x, QUALITY[q], y, on_front=on)
+        _marked(ax, xs, ys, _color(p["method"]), on, tip)
         ax.annotate(name, (xs["mean"], ys["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     fp = sorted((p["forgetting"]["mean"], p["quality"]["mean"]) for p in lf["points"] if p["id"] in front)
     if len(fp) > 1:
