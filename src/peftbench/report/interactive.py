@@ -89,6 +89,13 @@ def _hex(c) -> str:
     return to_hex(c, keep_alpha=False)
 
 
+def _legend(artist) -> dict:
+    """A trace's legend entry: matplotlib's label, unless it is one of its private ``_child0``/``_nolegend_``."""
+    label = artist.get_label() or ""
+    named = not label.startswith("_")
+    return {"name": label if named else "", "showlegend": bool(label) and named}
+
+
 def figure_dict(fig) -> dict:
     fig.canvas.draw()  # tick labels are formatted at draw time
     data, annotations = [], []
@@ -116,8 +123,7 @@ def figure_dict(fig) -> dict:
                  "x": (box.x0 + box.x1) / 2, "y": box.y1 + 0.02, "yanchor": "bottom", "font": {"size": 11}}
             )  # fmt: skip
     layout["annotations"] = annotations
-    names = [t.get("name") for t in data if t.get("showlegend")]
-    layout["showlegend"] = bool(names)
+    layout["showlegend"] = any(t.get("showlegend") for t in data)
     return {"data": data, "layout": layout}
 
 
@@ -166,7 +172,6 @@ def _bars(ax) -> list[dict]:
         xs = [r.get_x() + r.get_width() / 2 for r in rects]
         names = [labels.get(round(x, 6)) or labels.get(round(float(round(x)), 6)) or "" for x in xs]
         hatch = rects[0].get_hatch() or ""
-        label = c.get_label() or ""
         out.append({
             "type": "bar",
             "x": xs,
@@ -177,8 +182,7 @@ def _bars(ax) -> list[dict]:
                        **({"pattern": {"shape": PATTERNS.get(hatch, "/")}} if hatch else {})},
             "hovertext": [f"{n}: {r.get_height():,.4g}" for n, r in zip(names, rects)],
             "hoverinfo": "text",
-            "name": label if not label.startswith("_") else "",
-            "showlegend": bool(label) and not label.startswith("_"),
+            **_legend(c),
         })  # fmt: skip
     return out
 
@@ -226,7 +230,6 @@ def _scatter(c) -> dict:
         _hex(face[i % len(face)]) if len(face) and face[i % len(face)][3] > 0 else "rgba(0,0,0,0)" for i in range(n)
     ]
     gid = c.get_gid()
-    label = c.get_label() or ""
     return {
         "type": "scatter",
         "mode": "markers",
@@ -240,8 +243,7 @@ def _scatter(c) -> dict:
         },
         "hovertext": [gid] * n if gid else None,
         "hoverinfo": "text" if gid else "x+y",
-        "name": label if not label.startswith("_") else "",
-        "showlegend": bool(label) and not label.startswith("_"),
+        **_legend(c),
     }
 
 
@@ -261,16 +263,14 @@ def _lines(ax) -> list[dict]:
         ls, marker = line.get_linestyle(), line.get_marker()
         has_marker = marker not in (None, "", "None", " ")
         mode = "+".join(m for m, on in (("lines", ls in DASHES), ("markers", has_marker)) if on) or "markers"
-        label, gid = line.get_label() or "", line.get_gid()
-        named = bool(label) and not label.startswith("_")
-        quiet = marker in ("_", "|") or not (named or has_marker or gid)  # error-bar caps, a front's joining line
+        legend, gid = _legend(line), line.get_gid()
+        quiet = marker in ("_", "|") or not (legend["showlegend"] or has_marker or gid)  # caps, a front's line
         hover = {"hoverinfo": "skip"} if quiet else {"hovertext": [gid] * len(xs), "hoverinfo": "text"} if gid else {}
         out.append({
             "type": "scatter", "mode": mode, "x": xs, "y": ys, **hover,
             "line": {"color": _hex(line.get_color()), "dash": DASHES.get(ls, "solid"), "width": line.get_linewidth()},
             "marker": _line_marker(line, marker) if has_marker else {"color": _hex(line.get_color())},
-            "name": label if named else "",
-            "showlegend": named,
+            **legend,
         })  # fmt: skip
     return out
 
@@ -290,6 +290,11 @@ def _axes_fraction_to_data(lim, scale: str, fracs: list[float]) -> list[float]:
     return [lo + (hi - lo) * f for f in fracs]
 
 
+def _placed(v: float, scale: str, in_data: bool) -> float:
+    """An annotation's coordinate: plotly places one on a log axis by the exponent."""
+    return math.log10(v) if in_data and scale == "log" and v > 0 else float(v)
+
+
 def _texts(ax, xa: str, ya: str) -> list[dict]:
     out = []
     for t in ax.texts:
@@ -305,10 +310,7 @@ def _texts(ax, xa: str, ya: str) -> list[dict]:
         else:
             x, y = t.get_position()
             ref = {"xref": xa, "yref": ya}
-        if ax.get_xscale() == "log" and ref["xref"] == xa and x > 0:
-            x = math.log10(x)  # plotly places annotations on a log axis by the exponent
-        if ax.get_yscale() == "log" and ref["yref"] == ya and y > 0:
-            y = math.log10(y)
-        out.append({"text": text, "x": float(x), "y": float(y), **ref, "showarrow": False, "font": {"size": 9},
+        x, y = _placed(x, ax.get_xscale(), ref["xref"] == xa), _placed(y, ax.get_yscale(), ref["yref"] == ya)
+        out.append({"text": text, "x": x, "y": y, **ref, "showarrow": False, "font": {"size": 9},
                     "xanchor": "left", "yanchor": "bottom"})  # fmt: skip
     return out
