@@ -13,6 +13,8 @@ import html
 import re
 from pathlib import Path
 
+from peftbench.report.interactive import plotly_js, sidecar
+
 
 def markdown(blocks: list[tuple], out_dir: Path) -> str:
     out = []
@@ -80,6 +82,10 @@ if(window.Plotly){document.querySelectorAll('script.figure').forEach(function(s)
 """
 
 
+def _ul(lines) -> str:
+    return "<ul>" + "".join(f"<li>{inline(x)}</li>" for x in lines) + "</ul>"
+
+
 def _table(b: tuple) -> list[str]:
     head = "".join(f"<th>{inline(h)}</th>" for h in b[1])
     rows = ["<tr>" + "".join(f"<td>{inline(str(c))}</td>" for c in row) + "</tr>" for row in b[2]]
@@ -93,8 +99,6 @@ def _table(b: tuple) -> list[str]:
 
 def _figure(b: tuple, n: int, interactive: bool) -> list[str]:
     """A plot: the Plotly figure saved beside its PNG where report.html can draw it, else the PNG itself."""
-    from peftbench.report.interactive import sidecar
-
     fig = sidecar(b[2])
     if interactive and fig.is_file():
         data = fig.read_text().replace("</", "<\\/")
@@ -120,8 +124,6 @@ def verdicts(blocks: list[tuple]) -> list[tuple]:
 def html_page(blocks: list[tuple]) -> str:
     """One page that opens from disk with no network: sortable, filterable tables, the plots interactive
     (plotly.js inlined where the plotly package is installed; else the PNGs), every verdict at the top."""
-    from peftbench.report.interactive import plotly_js
-
     js = plotly_js() if any(b[0] == "img" for b in blocks) else None
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>peftbench report</title>"]
     parts += [f"<style>{STYLE}</style>"] + ([f"<script>{js}</script>"] if js else []) + ["</head><body>"]
@@ -133,7 +135,7 @@ def html_page(blocks: list[tuple]) -> str:
         elif kind == "p":
             body.append(f"<p>{inline(b[1])}</p>")
         elif kind == "ul":
-            body.append("<ul>" + "".join(f"<li>{inline(x)}</li>" for x in b[1]) + "</ul>")
+            body.append(_ul(b[1]))
         elif kind == "table":
             body += _table(b)
         elif kind == "img":
@@ -144,10 +146,7 @@ def html_page(blocks: list[tuple]) -> str:
            "placeholder='filter every table: method, model, task, target…'></div>"]  # fmt: skip
     if found:
         top.append("<div id='verdicts'><h2>Verdicts</h2>")
-        top += [
-            f"<h3>{inline(t or '')}</h3><ul>" + "".join(f"<li>{inline(x)}</li>" for x in ls) + "</ul>"
-            for t, ls in found
-        ]
+        top += [f"<h3>{inline(t or '')}</h3>" + _ul(ls) for t, ls in found]
         top.append("</div>")
     first = 1 if body and body[0].startswith("<h1>") else 0
     parts += body[:first] + top + body[first:]
