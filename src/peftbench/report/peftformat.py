@@ -50,6 +50,9 @@ DEFAULT_DATA = {  # peft trains on MetaMathQA and scores GSM8K answers by genera
 
 
 def _read(path: Path) -> dict:
+    """A peft parameters file as a dict; {} where the folder has none (its defaults apply)."""
+    if not path.is_file():
+        return {}
     try:
         return read_peft_file(str(path))
     except (OSError, ValueError) as e:
@@ -65,7 +68,7 @@ def experiment_dirs(root: Path) -> list[Path]:
 
 def train_section(params: dict) -> tuple[dict, dict, list[str]]:
     """peft's training parameters -> (peftbench train section, data section, notes on what does not carry over)."""
-    train, data, notes = {}, {}, []
+    data, notes = {}, []
     opt = params.get("optimizer_kwargs") or {}
     pairs = [
         ("max_steps", params.get("max_steps")),
@@ -100,13 +103,11 @@ def import_peft(root: Path, *, model: str | None = None, data: dict | None = Non
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"import-peft: {root}: no such folder")
-    defaults = _read(root / "default_training_params.json") if (root / "default_training_params.json").is_file() else {}
+    defaults = _read(root / "default_training_params.json")
     experiments, notes = [], []
     for folder in experiment_dirs(root):
         name = f"{folder.parent.name}--{folder.name}"
-        params = defaults | (
-            _read(folder / "training_params.json") if (folder / "training_params.json").is_file() else {}
-        )
+        params = defaults | _read(folder / "training_params.json")
         if params.get("optimizer_type") not in PEFT_ADAMW:
             notes.append(f"{name}: left out: optimizer_type {params['optimizer_type']!r} (peftbench trains with AdamW "
                          f"over every adapter parameter)")  # fmt: skip
