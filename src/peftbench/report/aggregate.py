@@ -326,16 +326,26 @@ def _latency_ratio(
 def compare_aggs(best: Agg, other: Agg, key: str) -> stats.Comparison | None:
     """``best`` against ``other``; a positive effect means ``best`` is better (points, or percent)."""
     metric = METRICS[key]
-    ra, rb, paired = _by_seed(best, other)
+    ra, rb, _ = _by_seed(best, other)
     if metric.stage and (c := stages.paired(ra, rb, metric.stage)) is not None:
         return c  # timed together, interleaved: paired round by round, no drift margin
+    if metric.better == "max":
+        return compare_samples(best, other, key, device=best.device)
+    return compare_samples(other, best, key, device=best.device)
+
+
+def compare_samples(a: Agg, b: Agg, key: str, *, device: str) -> stats.Comparison | None:
+    """A's samples of a measure against B's (paired by seed where both ran the same seeds), a timing's change
+    under the machine's drift margin a tie; None where either side lacks samples."""
+    metric = METRICS[key]
+    if not (metric.samples and metric.statistic):
+        return None
+    ra, rb, paired = _by_seed(a, b)
     sa, sb = _samples(ra, key), _samples(rb, key)
     if sa is None or sb is None:
         return None
-    m = margin(metric, best.device, ra + rb)
-    if metric.better == "max":
-        return stats.compare(sa, sb, metric.statistic, relative=metric.relative, margin=m, paired_seeds=paired)
-    return stats.compare(sb, sa, metric.statistic, relative=metric.relative, margin=m, paired_seeds=paired)
+    m = margin(metric, device, ra + rb)
+    return stats.compare(sa, sb, metric.statistic, relative=metric.relative, margin=m, paired_seeds=paired)
 
 
 def _margin_text(used: float, runs: list[dict]) -> str:

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from peftbench import stats
 from peftbench.errors import ConfigError
 from peftbench.report import stages
-from peftbench.report.aggregate import _by_seed, _samples, aggregate, summarize
-from peftbench.report.metrics import METRICS, margin
+from peftbench.report.aggregate import aggregate, compare_samples, summarize
+from peftbench.report.metrics import METRICS
 from peftbench.results import load_results
 
 ENV_KEYS = ("gpu", "gpu_count", "cuda", "device", "torch", "transformers", "peft", "accelerate", "python", "node")
@@ -51,12 +50,9 @@ def compare_measure(a, b, key: str) -> dict | None:
     if metric.kind == "exact":
         eff = (mb["mean"] - ma["mean"]) if ma["mean"] is not None and mb["mean"] is not None else None
         return {**out, "effect": eff, "low": eff, "high": eff, "test": "exact", "changed": eff not in (0, None)}
-    ra, rb, paired = _by_seed(a, b)
-    sa, sb = (_samples(ra, key), _samples(rb, key)) if metric.samples and metric.statistic else (None, None)
-    if sa is None or sb is None:
+    c = compare_samples(b, a, key, device=a.device)  # a timing change under the machine's drift is no change
+    if c is None:
         return None  # shown in each study's report, but nothing to compare with an interval
-    m = margin(metric, a.device, ra + rb)  # a timing or memory change smaller than the machine's drift is no change
-    c = stats.compare(sb, sa, metric.statistic, relative=metric.relative, margin=m, paired_seeds=paired)
     return {
         **out,
         "effect": c.effect,
@@ -64,7 +60,7 @@ def compare_measure(a, b, key: str) -> dict | None:
         "high": c.high,
         "test": c.test,
         "changed": c.significant,
-        "margin": m,
+        "margin": c.margin,
     }
 
 
