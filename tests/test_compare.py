@@ -69,3 +69,40 @@ def test_a_changed_configuration_is_listed_not_compared(studies, tmp_path, capsy
 def test_compare_refuses_a_folder_without_results(tmp_path, capsys, studies):
     assert cli.main(["compare", str(studies[0]), str(tmp_path)]) == 2
     assert "holds no results/ folder" in capsys.readouterr().err
+
+
+def _slowed(study, base, tmp_path, name, *, latency: float, reference: float):
+    """A copy of ``study`` whose inference timings read ``latency`` times slower, and whose runs' machine reference
+    (timed after training) reads ``reference`` times ``base``'s same run's: the machine's speed set exactly, so the
+    comparison does not depend on how quiet this machine was while the fixtures ran."""
+    import shutil
+
+    out = tmp_path / name
+    shutil.copytree(study, out)
+    for path in (out / "results").glob("*.json"):
+        r = json.loads(path.read_text())
+        lat = r["inference"]["latency_ms"]
+        lat["samples_ms"] = [v * latency for v in lat["samples_ms"]]
+        lat["p50_ms"] *= latency
+        ref = json.loads((base / "results" / path.name).read_text())["train"]["reference_ms"]
+        r["train"]["reference_ms"] = {k: v * reference for k, v in ref.items()}
+        path.write_text(json.dumps(r))
+    return out
+
+
+def test_a_busy_machine_under_one_study_is_no_change_and_a_slower_run_on_the_same_machine_is(studies, tmp_path):
+    """Identical configurations, the second study timed with a load beside it (its inference 30x slower and the
+    machine's own reference too): not compared, no change. The same 30x slower inference with the machine's
+    reference where it was: a change."""
+    a, b, _ = studies
+    busy = _slowed(b, a, tmp_path, "busy", latency=30.0, reference=30.0)
+    _, data = compare_dirs([a, busy])
+    for p in data["against"][0]["paired"]:
+        lat = next(m for m in p["measures"] if m["measure"] == "latency_p50_ms")
+        assert lat["changed"] is False and lat["margin"] == float("inf") and lat["machine_drift_percent"] == 2900.0
+    slower = _slowed(b, a, tmp_path, "slower", latency=30.0, reference=1.0)
+    text, data = compare_dirs([a, slower])
+    for p in data["against"][0]["paired"]:
+        lat = next(m for m in p["measures"] if m["measure"] == "latency_p50_ms")
+        assert lat["changed"] is True and lat["effect"] > 1000 and lat["machine_drift_percent"] == 0.0
+    assert "not compared: the machine's speed moved" not in text.split("| p50 ms |")[1].split("\n")[0]

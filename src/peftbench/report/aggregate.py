@@ -334,9 +334,9 @@ def compare_aggs(best: Agg, other: Agg, key: str) -> stats.Comparison | None:
     return compare_samples(other, best, key, device=best.device)
 
 
-def compare_samples(a: Agg, b: Agg, key: str, *, device: str) -> stats.Comparison | None:
+def compare_samples(a: Agg, b: Agg, key: str, *, device: str, drift: float | None = None) -> stats.Comparison | None:
     """A's samples of a measure against B's (paired by seed where both ran the same seeds), a timing's change
-    under the machine's drift margin a tie; None where either side lacks samples."""
+    under the machine's drift margin a tie (``drift``: as ``metrics.margin``); None where either lacks samples."""
     metric = METRICS[key]
     if not (metric.samples and metric.statistic):
         return None
@@ -344,7 +344,7 @@ def compare_samples(a: Agg, b: Agg, key: str, *, device: str) -> stats.Compariso
     sa, sb = _samples(ra, key), _samples(rb, key)
     if sa is None or sb is None:
         return None
-    m = margin(metric, device, ra + rb)
+    m = margin(metric, device, ra + rb, drift=drift)
     return stats.compare(sa, sb, metric.statistic, relative=metric.relative, margin=m, paired_seeds=paired)
 
 

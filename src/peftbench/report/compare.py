@@ -20,7 +20,7 @@ from pathlib import Path
 from peftbench.errors import ConfigError
 from peftbench.report import stages
 from peftbench.report.aggregate import aggregate, compare_samples, summarize
-from peftbench.report.metrics import METRICS
+from peftbench.report.metrics import METRICS, drift_percent, get_in
 from peftbench.results import load_results
 
 ENV_KEYS = ("gpu", "gpu_count", "cuda", "device", "torch", "transformers", "peft", "accelerate", "python", "node")
@@ -50,7 +50,9 @@ def compare_measure(a, b, key: str) -> dict | None:
     if metric.kind == "exact":
         eff = (mb["mean"] - ma["mean"]) if ma["mean"] is not None and mb["mean"] is not None else None
         return {**out, "effect": eff, "low": eff, "high": eff, "test": "exact", "changed": eff not in (0, None)}
-    c = compare_samples(b, a, key, device=a.device)  # a timing change under the machine's drift is no change
+    # how far the machine moved between the two sides' timings: the inference timings' references, or training's
+    drift = machine_drift(a, b) if metric.stage else drift_percent(a.runs + b.runs) if metric.across_runs else None
+    c = compare_samples(b, a, key, device=a.device, drift=drift)  # a change under the machine's drift is no change
     if c is None:
         return None  # shown in each study's report, but nothing to compare with an interval
     return {
@@ -61,7 +63,23 @@ def compare_measure(a, b, key: str) -> dict | None:
         "test": c.test,
         "changed": c.significant,
         "margin": c.margin,
+        **({"machine_drift_percent": drift} if drift is not None else {}),
     }
+
+
+def machine_drift(a, b) -> float | None:
+    """How far the machine's speed moved between the two studies' inference timings of A and B, in percent (max
+    over min, less one): their stages' reference workload where a stage timed every run, else the reference each
+    run timed after its training, just before its own inference timings (``train.reference_ms.after``); None where
+    a run has neither. Past the timing margin the studies' timings are not compared (a busy machine under one of
+    them is not a slower method)."""
+    runs = a.runs + b.runs
+    refs = [stages.reference_ms(r.get(stages.STAGE)) for r in runs]
+    if any(v is None for v in refs):
+        refs = [get_in(r, "train", "reference_ms", "after") for r in runs]
+    if not refs or not all(refs):
+        return None
+    return round(100 * (max(refs) / min(refs) - 1), 2)
 
 
 def compare_dirs(dirs: list[Path]) -> tuple[str, dict]:
@@ -118,6 +136,8 @@ def _markdown(first: dict, other: dict, block: dict) -> list[str]:
             ci = f"{_fmt(m['effect'], rel)} [{_fmt(m['low'], rel)}, {_fmt(m['high'], rel)}]"
             ci = ci if m["test"] != "exact" else _fmt(m["effect"])
             mark = {True: "**yes**", False: "no (tie)", None: "–"}[m["changed"]]
+            if m.get("margin") == float("inf"):
+                mark = f"not compared: the machine's speed moved {m.get('machine_drift_percent', '?')} %"
             out.append(f"| {p['id']} | {m['label']} | {m['a']:.4g} | {m['b']:.4g} | {ci} | {mark} |")
     for u in block["unpaired"]:
         out.append(f"| {u['id']} | not compared: {u['why']} | | | | |")

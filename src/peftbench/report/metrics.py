@@ -127,16 +127,18 @@ TABLE, VERDICT, CSV, PARETO = (frozenset(v) for v in (("table", "verdict", "csv"
 MARGIN_PERCENT = {("timing", "cpu"): 25.0, ("memory", "cpu"): 20.0, ("timing", "cuda"): 10.0, ("memory", "cuda"): 3.0}
 
 
-def margin(metric: Metric, device: str, runs: list[dict] = ()) -> float:
+def margin(metric: Metric, device: str, runs: list[dict] = (), *, drift: float | None = None) -> float:
     """Effects under this (percent) are ties. A measure timed inside runs at different moments (training)
     whose runs timed the reference workload before and after (``train.reference_ms``): when those
     references moved by more than the fixed margin between the compared runs, the machine changed under
     them (a load came or went) and their speeds are not compared at all (an infinite margin: a load
-    slows training and the reference by different factors, so no margin derived from it would hold)."""
+    slows training and the reference by different factors, so no margin derived from it would hold).
+    ``drift``: the machine's move measured otherwise (compare: between two studies' timings), for any timing."""
     if metric.kind not in ("timing", "memory"):
         return 0.0
     fixed = MARGIN_PERCENT[(metric.kind, "cuda" if str(device).startswith("cuda") else "cpu")]
-    drift = drift_percent(runs) if metric.across_runs else None
+    if drift is None or metric.kind != "timing":
+        drift = drift_percent(runs) if metric.across_runs else None
     return math.inf if drift is not None and drift > fixed else fixed
 
 

@@ -92,6 +92,14 @@ def ratio(a_runs: list[dict], a_stage: tuple, b_runs: list[dict], b_stage: tuple
     return None if a is None or b is None else stats.compare_rounds(a, b)
 
 
+def reference_ms(doc: dict | None) -> float | None:
+    """The stage's reference workload (the base's forward, timed every round): its median over the rounds, in ms."""
+    if not doc or "reference" not in doc:
+        return None
+    rounds = per_round(doc, doc["reference"]["scenario"], ["reference"])
+    return statistics.median(rounds) if rounds else None
+
+
 def notes(results: list[dict]) -> list[str]:
     """One line per stage used by these results: rounds, the reference's spread, noisy or steady."""
     seen, out = set(), []
