@@ -127,13 +127,13 @@ def resolve(
     return out
 
 
-# What compilation costs and saves (one H200, random:gpt2-medium full fine-tuning, 16 x 512 tokens per step, issue
-# 26's table): regional compilation warms up in 11.3 s with a cold cache and 2.0 s with a warm one, eager
-# training 0.7 s; steady rates 128-138k tok/s compiled against 78.5k eager, so each token saves about 4.9 us.
-# Compilation repays itself after about 10.6 s / 4.9 us = 2.2 M tokens (cold) and 1.3 s / 4.9 us = 0.27 M (warm).
-# A whole-model graph is no faster once warm (138.7k against 138.5k) and costs 50.9 s cold, 14.8 s warm.
-REPAYS_TOKENS = {"cold": 2.2e6, "warm": 2.7e5}
-COMPILE_SOURCE = "gpt2-medium on an H200: 4.9 us saved per token against 10.6 s (cold) or 1.3 s (warm) of compiling"
+# What compilation costs and saves (one H200, random:gpt2-medium full fine-tuning, 16 x 512 tokens per step,
+# benchmarks/results/train_speed_h200.md, session 6): regional compilation steady at 150.9k tok/s (a whole-model
+# graph 127.4k with the chunked loss, 150.5k with the model's own loss), eager 73.6k, so each token saves about
+# 7.0 us; regions warm up in 13.2 s with a cold cache, 2.6 s with a warm one, eager training in 0.7 s. Compilation
+# repays itself after about 12.5 s / 7.0 us = 1.8 M tokens (cold) and 1.9 s / 7.0 us = 0.27 M (warm).
+REPAYS_TOKENS = {"cold": 1.8e6, "warm": 2.7e5}
+COMPILE_SOURCE = "gpt2-medium on an H200: 7.0 us saved per token against 12.5 s (cold) or 1.9 s (warm) of compiling"
 
 
 def _compile_mode(
@@ -141,11 +141,11 @@ def _compile_mode(
 ) -> str:
     """``off``, ``model`` (one graph for the whole forward) or ``regions`` (one graph per repeated block).
 
-    ``auto`` picks what pays for this run: ``regions`` (as fast as one whole-model graph once warm, at a fifth of
-    its compile time, and the only one that copes with varying shapes: a whole 30-layer model compiled for
-    dynamic shapes took 280 s), or ``off`` where the run trains fewer ``tokens`` than compilation repays
-    (``REPAYS_TOKENS``, lower when this model and method compiled here before: ``warm``). ``on`` keeps its
-    meaning: ``model`` for fixed shapes, ``regions`` for varying ones."""
+    ``auto`` picks what pays for this run: ``regions`` (as fast as one whole-model graph once warm, 150.9k against
+    127.4k-150.5k tok/s, at a fifth of its compile time, and the only one that copes with varying shapes: a whole
+    30-layer model compiled for dynamic shapes took 280 s), or ``off`` where the run trains fewer ``tokens`` than
+    compilation repays (``REPAYS_TOKENS``, lower when this model and method compiled here before: ``warm``). ``on``
+    keeps its meaning: ``model`` for fixed shapes, ``regions`` for varying ones."""
     if value in ("off", "model", "regions"):
         return value
     if value == "auto" and not cuda:
@@ -386,7 +386,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     slow unaligned GEMM kernels."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk):
+    def forward(ctx, hidden, weight, targets, chunk, compiled=False):
         n, dtype = targets.numel(), hidden.dtype
         vocab = weight.shape[0]
         acc = torch.promote_types(dtype, torch.float32)  # softmax and sums in fp32 at least
@@ -396,18 +396,16 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.zeros_like(hidden)
         grad_w = torch.zeros(w.shape, dtype=acc, device=weight.device) if weight.requires_grad else None
         total = torch.zeros((), dtype=acc, device=hidden.device)
+        count = torch.full((), max(n, 1), dtype=acc, device=hidden.device)  # a tensor: one graph for every count
+        body = _compiled_chunk() if compiled else _chunk
+        chunk = -(-n // -(-n // chunk)) if n else chunk  # equal chunks: one shape for a run of fixed-length batches
         for s in range(0, n, chunk):
             h, t = hidden[s : s + chunk], targets[s : s + chunk]
-            logits = (h @ w.T).to(acc)
-            logits[:, vocab:] = float("-inf")
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-            g[torch.arange(len(t), device=g.device), t] -= 1.0
-            g = g.div_(max(n, 1)).to(dtype)
-            grad_h[s : s + chunk] = g @ w
+            loss, gh, gw = body(h, w, t, vocab, count, grad_w is not None)
+            total += loss
+            grad_h[s : s + chunk] = gh
             if grad_w is not None:
-                grad_w += (g.T @ h).to(acc)
+                grad_w += gw.to(acc)
         ctx.weight_dtype = weight.dtype
         ctx.has_grad_w = grad_w is not None
         ctx.save_for_backward(grad_h, grad_w[:vocab] if grad_w is not None else torch.empty(0))
@@ -417,15 +415,41 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
         gw = (grad_w * grad_out).to(ctx.weight_dtype) if ctx.has_grad_w else None
-        return grad_h * grad_out.to(grad_h.dtype), gw, None, None
+        return grad_h * grad_out.to(grad_h.dtype), gw, None, None, None
+
+
+def _chunk(h, w, t, vocab: int, count, weight_grad: bool):
+    """One chunk's summed loss and its gradients against ``h`` and (``weight_grad``) ``w``, the logits alive once:
+    the softmax is computed in their place."""
+    logits = (h @ w.T).to(torch.promote_types(h.dtype, torch.float32))
+    logits[:, vocab:] = float("-inf")
+    lse = torch.logsumexp(logits, dim=-1)
+    loss = (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+    g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+    g[torch.arange(len(t), device=g.device), t] -= 1.0
+    g = g.div_(count).to(h.dtype)
+    return loss, g @ w, (g.T @ h) if weight_grad else None
+
+
+_COMPILED_CHUNK = None
+
+
+def _compiled_chunk():
+    """``_chunk`` compiled (in a run that compiles): its softmax, gather and scaling fused into a few kernels that
+    read the logits once or twice, where eagerly each is a pass of its own over 4096 x vocabulary fp32 values."""
+    global _COMPILED_CHUNK
+    if _COMPILED_CHUNK is None:
+        _COMPILED_CHUNK = torch.compile(_chunk)
+    return _COMPILED_CHUNK
 
 
 def chunked_linear_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK_ROWS
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK_ROWS, compiled: bool = False
 ) -> torch.Tensor:
     device_type = hidden.device.type
-    with torch.autocast(device_type=device_type, enabled=False):
-        return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk)
+    off = torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type) else None
+    with off or contextlib.nullcontext():  # (the meta device has no autocast)
+        return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk, compiled)
 
 
 class LossModule(torch.nn.Module):
@@ -435,10 +459,10 @@ class LossModule(torch.nn.Module):
     the positions that predict a label (``loss_index``/``loss_targets`` from the collate), then a
     fused linear + cross-entropy against the head's weight."""
 
-    def __init__(self, model: torch.nn.Module, *, fused_loss: str = "off"):
+    def __init__(self, model: torch.nn.Module, *, fused_loss: str = "off", compiled: bool = False):
         super().__init__()
         self.model = model
-        self.fused_loss = fused_loss
+        self.fused_loss, self.compiled = fused_loss, compiled  # compiled: the chunked loss's arithmetic compiled
         hf = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._no_split_modules = list(getattr(hf, "_no_split_modules", None) or [])  # FSDP's units
         if fused_loss != "off":
@@ -465,8 +489,9 @@ class LossModule(torch.nn.Module):
     @torch.compiler.disable
     def _loss(self, rows: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         device_type = rows.device.type
-        if torch.is_autocast_enabled(device_type):  # the head's matmul in the compute dtype, as autocast runs it
+        if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):  # (not meta)
+            # the head's matmul in the compute dtype, as autocast runs it
             rows = rows.to(torch.get_autocast_dtype(device_type))
         if self.fused_loss == "liger":
             return self._liger(weight.to(rows.dtype), rows, targets)
-        return chunked_linear_cross_entropy(rows, weight, targets)
+        return chunked_linear_cross_entropy(rows, weight, targets, compiled=self.compiled)

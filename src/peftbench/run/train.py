@@ -31,6 +31,7 @@ from peftbench.catalog.batches import IGNORE, LengthGroupedBatches, loss_positio
 from peftbench.errors import Diverged
 from peftbench.measure import MemoryTracker, Throughput, WorkTimer
 from peftbench.measure.memory import tensor_bytes
+from peftbench.run import unpadded
 from peftbench.run.distributed import peak_per_process, shard
 from peftbench.run.settings import Settings
 from peftbench.run.speed import CompiledRegions, LossModule
@@ -124,6 +125,7 @@ def make_loader(
         if fused:
             out["loss_index"], out["loss_targets"] = loss_positions(out["labels"])
         out["num_tokens"], out["num_slots"], out["num_examples"] = real, slots, len(batch)
+        out["unpadded"] = not seq2seq and not speed["packing"] and real == slots  # known here: no device read
         return out
 
     workers = speed["dataloader_workers"]
@@ -190,7 +192,9 @@ def _prepare(model, loader, *, args, settings: Settings, accelerator, speed: dic
     The loop steps it once per optimizer step instead, on every process alike."""
     from transformers import get_scheduler
 
-    module = LossModule(model, fused_loss=speed["fused_loss"])
+    # the chunked loss compiled where it was measured faster (GPUs; on CPU it would add a C++ build to every run)
+    compiled_loss = speed["compile"] != "off" and accelerator.device.type == "cuda"
+    module = LossModule(model, fused_loss=speed["fused_loss"], compiled=compiled_loss)
     if speed["sharded"]:  # FSDP2 replaces the parameters with shards: the optimizer is built on those
         speed["sharded"] = shard(module, mixed_precision=accelerator.mixed_precision) or True
     params = [p for p in model.parameters() if p.requires_grad]
@@ -283,8 +287,9 @@ def train(
     regions = loop.regions
     model.train()
     try:
-        with MemoryTracker(accelerator.device, resident_bytes=tensor_bytes(model)) as mem, loop.timer.running():
-            loop.run(loader, model)
+        with MemoryTracker(accelerator.device, resident_bytes=tensor_bytes(model)) as mem, unpadded.masks():
+            with loop.timer.running():
+                loop.run(loader, model)
     finally:
         if regions:
             regions.undo()  # evaluation and inference run the model as it was given
@@ -346,7 +351,7 @@ class _Loop:
         t = self.t
         n_tok, n_slots, n_ex = batch.pop("num_tokens"), batch.pop("num_slots"), batch.pop("num_examples")
         with self.acc.accumulate(self.module), self.stance(batch):
-            with self.acc.autocast():  # a prepared module autocasts itself; a sharded one is not prepared
+            with self.acc.autocast(), unpadded.batch(batch.pop("unpadded", False)):  # a sharded module is not prepared
                 loss = self.module(batch)
             self.acc.backward(loss)
             if self.acc.sync_gradients and self.args.max_grad_norm > 0:
@@ -372,7 +377,11 @@ class _Loop:
         if shape == self.shape:
             return contextlib.nullcontext()
         self.eager_batches += 1
-        return self.regions.off() if self.regions else torch.compiler.set_stance("force_eager")
+        stack = contextlib.ExitStack()  # every compiled function eager: the blocks, the whole model, the chunked loss
+        if self.regions:
+            stack.enter_context(self.regions.off())
+        stack.enter_context(torch.compiler.set_stance("force_eager"))
+        return stack
 
     def _after_step(self, model) -> None:
         step, args, t = self.step, self.args, self.t
