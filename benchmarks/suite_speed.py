@@ -375,9 +375,16 @@ def peftbench_row(method: str, steps: int, *, data: Path, device: str, work: Pat
         "warmup_seconds": t.get("warmup_seconds"),
         "slowest_lap_vs_median": round(max(laps) / sorted(laps)[len(laps) // 2], 2) if laps else None,
         "recompiles": proc.stderr.count("Recompiling"),
+        "recompile_reasons": _recompiles(proc.stderr),
         "process_wall_seconds": round(wall, 2),
         "phases": r.get("phases"),
     }
+
+
+def _recompiles(stderr: str) -> list[str]:
+    """What triggered each recompilation (TORCH_LOGS=recompiles: the line after "Recompiling ..."), at most five."""
+    lines = stderr.splitlines()
+    return [" ".join(lines[i : i + 2])[-300:] for i, x in enumerate(lines) if "Recompiling" in x][:5]
 
 
 def trainer_throughput(a) -> int:

@@ -101,9 +101,21 @@ def run_peftbench(shape, method, feats, *, steps, batch, device, profile=None, o
     from peftbench.run.settings import for_loop
     from peftbench.run.train import train
 
+    overrides = dict(overrides or {})
+    if overrides.pop("hostmask", 1) == 0:  # a probe: transformers reads the padding mask back, as before peftbench's
+        import contextlib  # unpadded batches said they were (run.unpadded); restored for the next row
+
+        from peftbench.run import unpadded
+
+        saved, unpadded.batch = unpadded.batch, lambda _: contextlib.nullcontext()
+        try:
+            return run_peftbench(shape, method, feats, steps=steps, batch=batch, device=device, profile=profile,
+                                 overrides=overrides)  # fmt: skip
+        finally:
+            unpadded.batch = saved
     model, lr = build(shape, method, device)
     task, family = WORKLOADS[shape]
-    args = TrainArgs(max_steps=steps, batch_size=batch, log_steps=10, seed=0, warmup_ratio=0.0, **(overrides or {}))
+    args = TrainArgs(max_steps=steps, batch_size=batch, log_steps=10, seed=0, warmup_ratio=0.0, **overrides)
     acc = make_accelerator(device=device.type, mixed_precision="auto", grad_accum=1)
     speed = resolve(args, device_type=device.type, family=family, task=task, model=model, varying=varying(feats))
     hook = profile.hook if profile else None
@@ -121,6 +133,7 @@ def run_peftbench(shape, method, feats, *, steps, batch, device, profile=None, o
         "padding_fraction": r.padding_fraction,
         "loss_curve": [p["loss"] for p in r.loss_curve if p["step"] % 10 == 0],
         "speed": speed,
+        "ran": r.speed,  # the switches as they ran (eager_batches: the batches of another shape, run eagerly)
         "params": _params(model),
     }
 
@@ -138,7 +151,7 @@ def run_eager(shape, method, feats, *, steps, batch, device) -> dict:
     for step in range(1, steps + 1):
         b = next(it)
         tokens.append(b.pop("num_tokens"))
-        for k in ("num_slots", "num_examples"):
+        for k in ("num_slots", "num_examples", "unpadded"):
             b.pop(k)
         b = {k: v.to(device) for k, v in b.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -160,6 +173,51 @@ def run_eager(shape, method, feats, *, steps, batch, device) -> dict:
         "warmup_seconds": max(0.0, marks["warm"] - t0 - sum(tokens[:WARMUP]) / steady),
         "padding_fraction": None,
         "loss_curve": _tens(losses),
+        "params": _params(model),
+    }
+
+
+def run_tuned(shape, method, feats, *, steps, batch, device) -> dict:
+    """A tuned hand-written loop (language modelling only): bf16 weights, the whole model compiled, fused AdamW,
+    the model's own loss, the loss read every 10 steps; full batches only (the epoch's last, smaller one is left
+    out, so one graph serves every step)."""
+    model, lr = build(shape, method, device)
+    model.to(torch.bfloat16).train()
+    loader = make_loader(feats, batch_size=batch, pad_id=0, seed=0, multiple_of=1, speed=PLAIN)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, fused=device.type == "cuda")
+    compiled = torch.compile(model)
+    losses, marks, tokens = [], {}, []
+    full = (b for _ in range(10**6) for b in loader if b["input_ids"].shape[0] == batch)
+    sync(device)
+    t0 = time.perf_counter()
+    acc = None
+    for step in range(1, steps + 1):
+        b = next(full)
+        tokens.append(b.pop("num_tokens"))
+        for k in ("num_slots", "num_examples", "unpadded"):
+            b.pop(k)
+        b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
+        loss = compiled(**b, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        acc = loss.detach() if acc is None else acc + loss.detach()
+        if step % 10 == 0:
+            losses.append(float(acc) / 10)
+            acc = None
+        if step == WARMUP:
+            sync(device)
+            marks["warm"] = time.perf_counter()
+    sync(device)
+    end = time.perf_counter()
+    steady = sum(tokens[WARMUP:]) / (end - marks["warm"])
+    return {
+        "steady_tokens_per_second": steady,
+        "all_tokens_per_second": sum(tokens) / (end - t0),
+        "warmup_seconds": max(0.0, marks["warm"] - t0 - sum(tokens[:WARMUP]) / steady),
+        "padding_fraction": None,
+        "loss_curve": losses,
         "params": _params(model),
     }
 
@@ -285,16 +343,20 @@ def summarize(prof, wall: float) -> dict:
 # ---------------------------------------------------------------- driver
 
 
-def one(shape, method, loop, *, steps, batch, device, profile=None, overrides=None) -> dict:
+def one(shape, method, loop, *, steps, batch, device, profile=None, overrides=None, lm_examples=0) -> dict:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     torch._dynamo.reset()
     n = max(steps * batch + batch, POOL if WORKLOADS[shape][0] != "language-modeling" else 0)
+    if lm_examples and WORKLOADS[shape][0] == "language-modeling":  # a corpus whose epochs end in a smaller batch
+        n = lm_examples
     vocab = models.RANDOM_CONFIGS[shape]["vocab_size"]
     feats = features(shape, n, vocab)
-    fn = {"peftbench": run_peftbench, "trainer": run_trainer, "eager": run_eager}[loop.split(" ")[0]]
+    fn = {"peftbench": run_peftbench, "trainer": run_trainer, "eager": run_eager, "tuned": run_tuned}[
+        loop.split(" ")[0]
+    ]
     kw = {"profile": profile, "overrides": overrides} if loop.startswith("peftbench") else {}
     row = {"model": shape, "task": WORKLOADS[shape][0], "method": method, "loop": loop, "batch": batch, "steps": steps}
     try:
@@ -386,6 +448,14 @@ def main() -> None:
         help="profile steps 20-40 of peftbench's full fine-tuning of the first model (a run of its own)",
     )
     ap.add_argument("--variants", default="", help="extra peftbench rows: MODEL:METHOD:key=value[;key=value],...")
+    ap.add_argument(
+        "--lm-examples",
+        type=int,
+        default=0,
+        help="language-modelling blocks in the corpus (default: one batch more than the steps draw; a number that "
+        "the batch does not divide gives every epoch a smaller last batch)",
+    )
+    ap.add_argument("--profile-overrides", default="", help="the profiled run's switches: key=value[;key=value]")
     ap.add_argument("--out", help="write OUT.json and OUT.md (rows are appended to an existing OUT.json)")
     a = ap.parse_args()
     device = torch.device(a.device)
@@ -408,7 +478,8 @@ def main() -> None:
         jobs.append((shape, method, f"peftbench ({kv})", overrides))
     run = time.strftime("%Y-%m-%d %H:%M", time.gmtime())  # this invocation: rows of one run are side by side
     for shape, method, loop, overrides in jobs:
-        row = {**one(shape, method, loop, steps=a.steps, batch=a.batch, device=device, overrides=overrides), "run": run}
+        kw = {"overrides": overrides, "lm_examples": a.lm_examples}
+        row = {**one(shape, method, loop, steps=a.steps, batch=a.batch, device=device, **kw), "run": run}
         rows = [r for r in rows if (r["model"], r["method"], r["loop"], r.get("run")) != (shape, method, loop, run)]
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "loss_curve"}), flush=True)
@@ -417,8 +488,19 @@ def main() -> None:
     if a.profile:  # a run of its own: the profiler's overhead and trace processing must not touch a row's numbers
         prof = Profile()
         shape = a.models.split(",")[0]
-        one(shape, "full", "peftbench", steps=45, batch=a.batch, device=device, profile=prof)
-        profile_summary = {"model": shape, "method": "full", **(prof.summary or {})}
+        po = {k: _value(x) for k, x in (i.split("=") for i in a.profile_overrides.split(";") if i)}
+        one(
+            shape,
+            "full",
+            "peftbench",
+            steps=45,
+            batch=a.batch,
+            device=device,
+            profile=prof,
+            overrides=po or None,
+            lm_examples=a.lm_examples,
+        )
+        profile_summary = {"model": shape, "method": "full", "overrides": po, **(prof.summary or {})}
     add_ratios(rows)
     print(table(rows))
     if profile_summary:
