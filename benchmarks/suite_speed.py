@@ -376,6 +376,7 @@ def peftbench_row(method: str, steps: int, *, data: Path, device: str, work: Pat
         "slowest_lap_vs_median": round(max(laps) / sorted(laps)[len(laps) // 2], 2) if laps else None,
         "recompiles": proc.stderr.count("Recompiling"),
         "recompile_reasons": _recompiles(proc.stderr),
+        "gpu_clock_mhz": t.get("gpu_clock_mhz"),  # the SM clock over the steady laps: a slowing GPU shows here
         "process_wall_seconds": round(wall, 2),
         "phases": r.get("phases"),
     }

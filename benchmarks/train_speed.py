@@ -134,6 +134,7 @@ def run_peftbench(shape, method, feats, *, steps, batch, device, profile=None, o
         "loss_curve": [p["loss"] for p in r.loss_curve if p["step"] % 10 == 0],
         "speed": speed,
         "ran": r.speed,  # the switches as they ran (eager_batches: the batches of another shape, run eagerly)
+        "gpu_clock_mhz": r.gpu_clock_mhz,  # the SM clock over the steady laps (NVML)
         "params": _params(model),
     }
 

@@ -263,7 +263,7 @@ def test_switches_resolve_off_on_cpu_and_say_why_when_they_cannot_apply():
     assert not s["packing"] and "encoder-decoder" in s["reasons"]["packing"]
 
 
-def _run(speed, steps=12, method="lora", dropout=0.0, feats=None):
+def _run(speed, steps=12, method="lora", dropout=0.0, feats=None, clock=None):
     from accelerate import Accelerator
 
     from peftbench.run.train import train
@@ -281,7 +281,7 @@ def _run(speed, steps=12, method="lora", dropout=0.0, feats=None):
         feats or _features(40),
     )
     settings = for_loop(n_examples=len(feats), args=args, learning_rate=1e-2, accelerator=acc, speed=speed)
-    return train(model, feats, args=args, settings=settings, accelerator=acc, pad_id=0)
+    return train(model, feats, args=args, settings=settings, accelerator=acc, pad_id=0, clock=clock)
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -305,6 +305,17 @@ def test_warmup_steps_are_laps_of_their_own_and_left_out_of_the_steady_rate():
     rate = sum(lap["tokens"] for lap in steady) / sum(lap["seconds"] for lap in steady)
     assert r.steady_tokens_per_second == pytest.approx(rate, rel=1e-3)
     assert r.warmup_seconds >= 0
+
+
+def test_every_lap_carries_the_gpu_clock_and_the_run_its_steady_range():
+    """A GPU that slows under sustained load shows in its laps: the SM clock read at each lap (a clock the test
+    sets), summarised over the steady laps only (the warm-up laps' clocks are left out, as their rates are)."""
+    readings = iter([1980, 1965, 1800, 1755, 1500, 1980, 1620, 1700])
+    r = _run({}, steps=8, clock=lambda: next(readings))
+    assert [lap["sm_clock_mhz"] for lap in r.laps] == [1980, 1965, 1800, 1755, 1500, 1980, 1620, 1700]
+    assert r.gpu_clock_mhz == {"min": 1500, "median": 1755, "max": 1980}  # steps 3-8
+    plain = _run({}, steps=4)  # on CPU: no clock, no key
+    assert plain.gpu_clock_mhz is None and all("sm_clock_mhz" not in lap for lap in plain.laps)
 
 
 def test_compiled_regions_keep_the_loss_curve_and_hand_back_an_uncompiled_model():

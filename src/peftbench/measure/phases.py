@@ -19,8 +19,8 @@ import contextlib
 import time
 
 
-def _energy_reader(device) -> tuple:
-    """(read() -> millijoules, source) for the device's GPU, or (None, why not)."""
+def _nvml(device) -> tuple:
+    """(pynvml, the NVML handle of the device's GPU), or (None, why not)."""
     if getattr(device, "type", str(device)) != "cuda":
         return None, "no GPU"
     try:
@@ -33,11 +33,36 @@ def _energy_reader(device) -> tuple:
         pynvml.nvmlInit()
         index = device.index if getattr(device, "index", None) is not None else torch.cuda.current_device()
         uuid = torch.cuda.get_device_properties(index).uuid
-        handle = _handle_by_uuid(pynvml, str(uuid)) or pynvml.nvmlDeviceGetHandleByIndex(index)
-        pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)  # raises where the GPU has no counter
+        return pynvml, _handle_by_uuid(pynvml, str(uuid)) or pynvml.nvmlDeviceGetHandleByIndex(index)
     except Exception as e:  # noqa: BLE001 (NVML reports every failure as its own error type)
         return None, f"NVML: {type(e).__name__}: {e}"[:160]
-    return (lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)), "nvml total energy counter"
+
+
+def _energy_reader(device) -> tuple:
+    """(read() -> millijoules, source) for the device's GPU, or (None, why not)."""
+    nv, handle = _nvml(device)
+    if nv is None:
+        return None, handle
+    try:
+        nv.nvmlDeviceGetTotalEnergyConsumption(handle)  # raises where the GPU has no counter
+    except Exception as e:  # noqa: BLE001
+        return None, f"NVML: {type(e).__name__}: {e}"[:160]
+    return (lambda: nv.nvmlDeviceGetTotalEnergyConsumption(handle)), "nvml total energy counter"
+
+
+def clock_reader(device):
+    """read() -> the GPU's SM clock now, in MHz (NVML), or None off NVIDIA GPUs and without nvidia-ml-py.
+
+    Read at every training lap: a GPU that slows under sustained load (its power or thermal limit) shows as falling
+    clocks beside falling lap rates, so a slow run says whether the code or the machine was slow."""
+    nv, handle = _nvml(device)
+    if nv is None:
+        return None
+    try:
+        nv.nvmlDeviceGetClockInfo(handle, nv.NVML_CLOCK_SM)
+    except Exception:  # noqa: BLE001
+        return None
+    return lambda: int(nv.nvmlDeviceGetClockInfo(handle, nv.NVML_CLOCK_SM))
 
 
 def _handle_by_uuid(pynvml, uuid: str):

@@ -31,6 +31,7 @@ from peftbench.catalog.batches import IGNORE, LengthGroupedBatches, loss_positio
 from peftbench.errors import Diverged
 from peftbench.measure import MemoryTracker, Throughput, WorkTimer
 from peftbench.measure.memory import tensor_bytes
+from peftbench.measure.phases import clock_reader
 from peftbench.run import unpadded
 from peftbench.run.distributed import peak_per_process, shard
 from peftbench.run.settings import Settings
@@ -67,6 +68,7 @@ UNTRAINED = {
     "warmup_seconds": None,
     "padding_fraction": None,
     "speed": None,
+    "gpu_clock_mhz": None,
     "examples_seen": 0,
 }
 
@@ -89,6 +91,7 @@ class TrainResult:
     warmup_seconds: float | None = None  # what the warm-up steps cost beyond the steady rate (compilation)
     padding_fraction: float = 0.0  # share of the token slots processed that were padding
     speed: dict = field(default_factory=dict)  # the switches as they ran
+    gpu_clock_mhz: dict | None = None  # the SM clock over the steady laps (NVML): min, median, max; None off GPUs
 
 
 def make_loader(
@@ -264,16 +267,19 @@ def train(
     progress: Callable[[int, float, float], None] | None = None,
     step_hook: Callable[[int], None] | None = None,
     on_log: Callable[[dict, int], None] | None = None,
+    clock: Callable[[], int] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``settings.total_steps`` optimizer steps at ``settings.learning_rate``
     with ``settings.speed``'s switches; ``step_hook(step)`` runs after each optimizer step, before the
     gradients are cleared (AdaLoRA's rank reallocation); ``on_log(values, step)`` gets each logged
-    loss and evaluation (experiment trackers)."""
+    loss and evaluation (experiment trackers); ``clock()``: the GPU's SM clock in MHz, read at every lap
+    (default: NVML's, on NVIDIA GPUs)."""
 
     speed = {**PLAIN, **(settings.speed or {})}
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    hooks = {"step_hook": step_hook, "on_log": on_log, "evaluate": evaluate, "progress": progress}
+    clock = clock or clock_reader(accelerator.device)
+    hooks = {"step_hook": step_hook, "on_log": on_log, "evaluate": evaluate, "progress": progress, "clock": clock}
     loop, loader = _setup(
         model,
         features,
@@ -325,10 +331,11 @@ class _Loop:
         step_hook=None,
         on_log=None,
         static=False,
+        clock=None,
     ):
         self.args, self.acc, self.module, self.regions = args, accelerator, module, regions
         self.static, self.shape, self.eager_batches = static, None, 0
-        self.step_hook, self.on_log = step_hook, on_log
+        self.step_hook, self.on_log, self.clock = step_hook, on_log, clock
         self.optimizer, self.scheduler, self.params = optimizer, scheduler, params
         self.steps, self.log_steps, self.evaluate, self.progress = steps, log_steps, evaluate, progress
         self.timer = WorkTimer(accelerator.device)
@@ -403,6 +410,7 @@ class _Loop:
                 "tokens": t.lap_tokens,
                 "seconds": self.timer.lap(),
                 **({"warmup": True} if warm else {}),
+                **({"sm_clock_mhz": self.clock()} if self.clock else {}),
             }
             self.result.laps.append(lap)
             lr = self.scheduler.get_last_lr()[0]
@@ -438,6 +446,9 @@ class _Loop:
         r.padding_fraction = round(1 - tokens / slots, 6) if slots else 0.0
         steady = [lap for lap in r.laps if not lap.get("warmup")]
         warm = [lap for lap in r.laps if lap.get("warmup")]
+        clocks = sorted(lap["sm_clock_mhz"] for lap in steady if "sm_clock_mhz" in lap)
+        if clocks:
+            r.gpu_clock_mhz = {"min": clocks[0], "median": clocks[len(clocks) // 2], "max": clocks[-1]}
         secs = sum(lap["seconds"] for lap in steady)
         if secs > 0:
             rate = sum(lap["tokens"] for lap in steady) / secs * acc.num_processes
