@@ -106,3 +106,20 @@ def test_a_busy_machine_under_one_study_is_no_change_and_a_slower_run_on_the_sam
         lat = next(m for m in p["measures"] if m["measure"] == "latency_p50_ms")
         assert lat["changed"] is True and lat["effect"] > 1000 and lat["machine_drift_percent"] == 0.0
     assert "not compared: the machine's speed moved" not in text.split("| p50 ms |")[1].split("\n")[0]
+
+
+def test_a_gpu_slowed_by_its_clock_is_machine_drift_not_a_slower_method():
+    """Two runs with unmoved reference timings, one of whose GPUs ran its steady laps at 1,500 MHz against the
+    other's 1,980 (a power or thermal limit): their training speeds are not compared; clocks within 1.5 % are."""
+    from peftbench.report.metrics import METRICS, drift_percent, margin
+
+    def run(clock):
+        return {"train": {"reference_ms": {"before": 2.0, "after": 2.0}, "gpu_clock_mhz": {"median": clock}}}
+
+    speed = METRICS["train_tokens_per_second"]
+    assert speed.across_runs
+    assert drift_percent([run(1980), run(1500)]) == 32.0
+    assert margin(speed, "cuda", [run(1980), run(1500)]) == float("inf")
+    assert drift_percent([run(1980), run(1950)]) == 1.54 and margin(speed, "cuda", [run(1980), run(1950)]) == 10.0
+    no_clock = [{"train": {"reference_ms": {"before": 2.0, "after": 2.1}}}] * 2  # CPU runs: the references alone
+    assert drift_percent(no_clock) == 5.0

@@ -352,7 +352,8 @@ def _margin_text(used: float, runs: list[dict]) -> str:
     if math.isinf(used):
         return (
             f"; not compared: the machine's speed moved {drift_percent(runs):g} % between these runs (their "
-            f"reference timings before and after training), so their training speeds measure the moments"
+            f"reference timings before and after training, or their GPU's clock), so their training speeds measure "
+            f"the moments"
         )
     return f"; effects under {used:g} % are ties (between-process drift)"
 

@@ -143,9 +143,17 @@ def margin(metric: Metric, device: str, runs: list[dict] = (), *, drift: float |
 
 
 def drift_percent(runs: list[dict]) -> float | None:
-    """How much the machine's speed moved across these runs' reference timings (max over min, less one)."""
+    """How much the machine's speed moved across these runs (max over min, less one): their reference timings
+    before and after training, and on GPUs the SM clock their steady laps ran at (``train.gpu_clock_mhz``'s
+    median: a GPU slowed by its power or thermal limit trains slower with the same code); the larger of the two."""
     refs = [v for r in runs for v in (get_in(r, "train", "reference_ms") or {}).values() if v]
-    return round(100 * (max(refs) / min(refs) - 1), 2) if runs and len(refs) == 2 * len(runs) else None
+    clocks = [get_in(r, "train", "gpu_clock_mhz", "median") for r in runs]
+    moves = [
+        round(100 * (max(xs) / min(xs) - 1), 2)
+        for xs, complete in ((refs, len(refs) == 2 * len(runs)), (clocks, all(clocks)))
+        if runs and complete
+    ]
+    return max(moves) if moves else None
 
 
 QUALITY = {
