@@ -13,7 +13,8 @@ the steady rate leaves them out and ``warmup_seconds`` says what they cost beyon
 
 The loss stays on the device and is read once per ``log_steps`` (no host sync per step); a NaN or
 infinite loss then stops training with ``Diverged``. The speed switches (``speed.resolve``) pick
-packed batches, a fused linear + cross-entropy loss, fused AdamW and ``torch.compile``.
+packed batches, a fused linear + cross-entropy loss, fused AdamW and ``torch.compile``. A batch without
+padding says so to transformers' causal mask on the host (``run.unpadded``): no device read per step.
 """
 
 from __future__ import annotations
