@@ -185,3 +185,29 @@ def test_help_text_documents_every_field():
     text = config.help_text()
     for key in ("model.spec", "data.max_train_samples", "train.learning_rate", "measure.new_tokens", "method.name"):
         assert key in text
+
+
+def test_a_method_check_that_passed_is_remembered_and_a_later_plan_does_not_import_peft(monkeypatch, tmp_path):
+    """A passed check is kept per (method, options, peft and transformers versions, the checks' code): the second
+    plan finds it with peft unimportable; a failing check and another peft version are checked again."""
+    import sys
+    from importlib import metadata
+
+    from peftbench.catalog import methods
+
+    monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path))
+    assert methods.check("lora", {"r": 4, "lora_alpha": 8}) == []
+    assert methods.check("lora", {"r": 0}) == ["method.r: must be >= 1, got 0"]
+    assert len(methods._passed()) == 1  # the failure is not kept
+    assert methods.passed_key("check", "lora", {"target_modules": {1: "a", "b": "c"}}) is None  # no one JSON form
+    methods.peft_types.cache_clear()
+    monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` raises from here on
+    monkeypatch.setitem(sys.modules, "peft.mapping", None)
+    assert methods.check("lora", {"lora_alpha": 8, "r": 4}) == []  # the options' order does not matter
+    with pytest.raises(ImportError):
+        methods.check("lora", {"r": 0})  # a problem is checked again (which needs peft)
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda d: "99.0" if d == "peft" else real(d))
+    with pytest.raises(ImportError):
+        methods.check("lora", {"r": 4, "lora_alpha": 8})  # another peft: not the check that passed
+    methods.peft_types.cache_clear()

@@ -69,3 +69,31 @@ def test_planning_a_suite_with_a_common_schedule_leaves_transformers_trainer_uti
     raw["experiments"][0]["train"]["lr_scheduler"] = "cosine_of_my_own"
     with pytest.raises(ConfigError, match="train.lr_scheduler: 'cosine_of_my_own' is not a schedule"):
         plan.suite_from_dict(raw, name="s")
+
+
+def test_a_second_suite_plans_a_method_that_passed_without_importing_peft_or_building_the_model(tmp_path):
+    """Planning a LoRA run built the model on the meta device (the method's probe) and imported peft (the options'
+    check): 4.4 s of a one-run suite's 10 s process on 2 cores. Checks that passed are kept in the cache; one that
+    failed (LoHa cannot wrap GPT-2's Conv1D) is checked, and refused, every time."""
+    import os
+
+    data = tmp_path / "lm.jsonl"
+    data.write_text('{"text": "call me ishmael some years ago never mind how long precisely"}\n' * 20)
+
+    def plan_in_a_process(method: str) -> tuple[int, str, str]:
+        exp = {"id": "a", "model": {"spec": "random:tiny-gpt2"}, "method": {"name": method, "r": 4}}
+        exp |= {"data": {"spec": f"file:{data}", "task": "language-modeling"}}
+        code = (
+            "import sys; from peftbench.run.plan import suite_from_dict\n"
+            f"suite_from_dict({ {'name': 's', 'experiments': [exp]}!r}, name='s')\n"
+            "print('peft' in sys.modules, 'transformers.models.gpt2.modeling_gpt2' in sys.modules)\n"
+        )
+        env = {**os.environ, "PEFTBENCH_CACHE": str(tmp_path / "cache")}
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        return proc.returncode, (proc.stdout.strip().splitlines() or [""])[-1], proc.stderr[-600:]
+
+    assert plan_in_a_process("lora")[:2] == (0, "True True")  # the first plan checks: peft and the model
+    assert plan_in_a_process("lora")[:2] == (0, "False False")  # the second finds both checks passed
+    for _ in range(2):
+        code, _, err = plan_in_a_process("loha")
+        assert code != 0 and "loha cannot apply to random:tiny-gpt2" in err

@@ -80,7 +80,77 @@ def _missing(method: Method, options: dict) -> tuple[str, str] | None:
 
 
 def check(name: str, options: dict) -> list[str]:
-    """Config problems: unknown method, unknown option, wrong type or range, rejected by peft."""
+    """Config problems: unknown method, unknown option, wrong type or range, rejected by peft.
+
+    A method and options that passed once with the installed peft and transformers (and this module's checks) are
+    remembered (``passed``): a later suite plans them without importing peft. A problem is always checked again,
+    so its message is today's."""
+    key = passed_key("check", method_name(name), options)
+    if key and passed(key):
+        return []
+    problems = _check(name, options)
+    if key and not problems:
+        remember_passed(key)
+    return problems
+
+
+# Checks that passed, kept across suites in $PEFTBENCH_CACHE/passed-checks.json: planning a one-run LoRA suite
+# on 2 cores spent 4.4 s building the model on the meta device for the method's probe and importing peft for the
+# options' check, of a 10 s process (its process and the runs' warm server importing side by side).
+
+
+def passed_key(kind: str, *parts) -> str | None:
+    """The key of a check's inputs: ``parts`` (JSON), the installed peft, transformers and torch, and the code of the
+    checks (this module and its specs), so a changed check or another version checks again; None where the parts
+    have no one JSON form (a hand-written mapping with keys of mixed types): such a check is not kept."""
+    import hashlib
+    import json
+    from importlib import metadata
+    from pathlib import Path
+
+    here = Path(__file__)
+    code = b"".join((here.parent / f).read_bytes() for f in (here.name, "methodspecs.py"))
+    versions = [metadata.version(d) for d in ("peft", "transformers", "torch")]
+    try:
+        text = json.dumps([kind, parts, versions], sort_keys=True, default=repr)
+    except (TypeError, ValueError):
+        return None
+    return hashlib.sha256(code + text.encode()).hexdigest()[:24]
+
+
+def _passed_file():
+    from peftbench.catalog.sources import cache_dir
+
+    return cache_dir() / "passed-checks.json"
+
+
+def _passed() -> set[str]:
+    import json
+
+    try:
+        return set(json.loads(_passed_file().read_text()))
+    except (OSError, ValueError, TypeError):
+        return set()
+
+
+def passed(key: str) -> bool:
+    return key in _passed()
+
+
+def remember_passed(key: str) -> None:
+    import json
+
+    path = _passed_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(sorted(_passed() | {key})))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # not remembered: the next suite checks again
+
+
+def _check(name: str, options: dict) -> list[str]:
     method = lookup(name)
     if method is None:
         return [

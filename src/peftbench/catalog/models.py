@@ -132,7 +132,7 @@ def _read_config(path: Path) -> dict | None:
     return cfg if isinstance(cfg, dict) else None
 
 
-def _known_config(spec: str) -> dict | None:
+def known_config(spec: str) -> dict | None:
     """A model's configuration when it is known without loading (random:/builtin: shapes, local
     folders); None for hub ids."""
     prefix, sep, name = spec.partition(":")
@@ -148,7 +148,7 @@ def meta_model(spec: str) -> tuple[torch.nn.Module, str] | None:
     its configuration is known without loading; None otherwise."""
     from transformers import AutoConfig
 
-    cfg = dict(_known_config(spec) or {})
+    cfg = dict(known_config(spec) or {})
     if not cfg.get("model_type"):
         return None
     try:
@@ -163,14 +163,14 @@ def meta_model(spec: str) -> tuple[torch.nn.Module, str] | None:
 def max_positions(spec: str) -> int | None:
     """The longest input the model's position embeddings allow, when known without loading; None for
     relative positions (T5) or hub ids."""
-    cfg = _known_config(spec) or {}
+    cfg = known_config(spec) or {}
     value = cfg.get("n_positions") or cfg.get("max_position_embeddings")
     return int(value) if isinstance(value, int) else None
 
 
 def is_seq2seq_spec(spec: str) -> bool | None:
     """Whether a spec names an encoder-decoder, when that is known without loading."""
-    cfg = _known_config(spec)
+    cfg = known_config(spec)
     return None if cfg is None else bool(cfg.get("is_encoder_decoder"))
 
 

@@ -236,11 +236,17 @@ def _applies(exp: Experiment) -> list[str]:
     if method is None or method.peft_type is None:
         return []
     key = (exp.model.spec, method.name, repr(sorted(exp.method.options.items())))
+    config = models.known_config(exp.model.spec)  # the architecture, when known without loading
+    good = methods.passed_key("probe", config, method.name, exp.method.options) if config else None
+    if key not in _APPLIES and good and methods.passed(good):  # applied before (another suite): not built again
+        _APPLIES[key] = None
     if key not in _APPLIES:
         built = models.meta_model(exp.model.spec)
         _APPLIES[key] = (
             methods.probe(method.name, exp.method.options, model=built[0], family=built[1]) if built else None
         )
+        if built and _APPLIES[key] is None and good:
+            methods.remember_passed(good)
     why = _APPLIES[key]
     if why is None:
         return []
