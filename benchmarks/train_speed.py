@@ -139,30 +139,24 @@ def run_peftbench(shape, method, feats, *, steps, batch, device, profile=None, o
     }
 
 
-def run_eager(shape, method, feats, *, steps, batch, device) -> dict:
-    """What a user writes by hand: fp32 weights, bf16 autocast, padded batches, AdamW, loss.item() per step."""
-    model, lr = build(shape, method, device)
-    model.train()
-    loader = make_loader(feats, batch_size=batch, pad_id=0, seed=0, multiple_of=1, speed=PLAIN)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses, marks, tokens = [], {}, []
-    it = iter(loader)
+def _hand_loop(model, batches, step, *, steps, device, read_every=1, non_blocking=False) -> dict:
+    """The timing the hand-written loops share: ``step(batch) -> loss`` (forward, backward, clipping, the optimizer
+    step) over ``steps`` batches, the loss read on the host every ``read_every`` steps (1: ``loss.item()`` per
+    step, as a user writes it)."""
+    losses, marks, tokens, acc = [], {}, [], None
     sync(device)
     t0 = time.perf_counter()
-    for step in range(1, steps + 1):
-        b = next(it)
+    for i in range(1, steps + 1):
+        b = next(batches)
         tokens.append(b.pop("num_tokens"))
         for k in ("num_slots", "num_examples", "unpadded"):
             b.pop(k)
-        b = {k: v.to(device) for k, v in b.items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = model(**b, use_cache=False).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if step == WARMUP:
+        loss = step({k: v.to(device, non_blocking=non_blocking) for k, v in b.items()})
+        acc = loss.detach() if acc is None else acc + loss.detach()
+        if i % read_every == 0:
+            losses.append(float(acc) / read_every)
+            acc = None
+        if i == WARMUP:
             sync(device)
             marks["warm"] = time.perf_counter()
     sync(device)
@@ -173,9 +167,32 @@ def run_eager(shape, method, feats, *, steps, batch, device) -> dict:
         "all_tokens_per_second": sum(tokens) / (end - t0),
         "warmup_seconds": max(0.0, marks["warm"] - t0 - sum(tokens[:WARMUP]) / steady),
         "padding_fraction": None,
-        "loss_curve": _tens(losses),
+        "loss_curve": _tens(losses) if read_every == 1 else losses,
         "params": _params(model),
     }
+
+
+def _optimizer_step(model, opt, loss):
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
+def run_eager(shape, method, feats, *, steps, batch, device) -> dict:
+    """What a user writes by hand: fp32 weights, bf16 autocast, padded batches, AdamW, loss.item() per step."""
+    model, lr = build(shape, method, device)
+    model.train()
+    loader = make_loader(feats, batch_size=batch, pad_id=0, seed=0, multiple_of=1, speed=PLAIN)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+    def step(b):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = model(**b, use_cache=False).loss
+        return _optimizer_step(model, opt, loss)
+
+    return _hand_loop(model, iter(loader), step, steps=steps, device=device)
 
 
 def run_tuned(shape, method, feats, *, steps, batch, device) -> dict:
@@ -187,40 +204,12 @@ def run_tuned(shape, method, feats, *, steps, batch, device) -> dict:
     loader = make_loader(feats, batch_size=batch, pad_id=0, seed=0, multiple_of=1, speed=PLAIN)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, fused=device.type == "cuda")
     compiled = torch.compile(model)
-    losses, marks, tokens = [], {}, []
     full = (b for _ in range(10**6) for b in loader if b["input_ids"].shape[0] == batch)
-    sync(device)
-    t0 = time.perf_counter()
-    acc = None
-    for step in range(1, steps + 1):
-        b = next(full)
-        tokens.append(b.pop("num_tokens"))
-        for k in ("num_slots", "num_examples", "unpadded"):
-            b.pop(k)
-        b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
-        loss = compiled(**b, use_cache=False).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        acc = loss.detach() if acc is None else acc + loss.detach()
-        if step % 10 == 0:
-            losses.append(float(acc) / 10)
-            acc = None
-        if step == WARMUP:
-            sync(device)
-            marks["warm"] = time.perf_counter()
-    sync(device)
-    end = time.perf_counter()
-    steady = sum(tokens[WARMUP:]) / (end - marks["warm"])
-    return {
-        "steady_tokens_per_second": steady,
-        "all_tokens_per_second": sum(tokens) / (end - t0),
-        "warmup_seconds": max(0.0, marks["warm"] - t0 - sum(tokens[:WARMUP]) / steady),
-        "padding_fraction": None,
-        "loss_curve": losses,
-        "params": _params(model),
-    }
+
+    def step(b):
+        return _optimizer_step(model, opt, compiled(**b, use_cache=False).loss)
+
+    return _hand_loop(model, full, step, steps=steps, device=device, read_every=10, non_blocking=True)
 
 
 def run_trainer(shape, method, feats, *, steps, batch, device) -> dict:
