@@ -194,11 +194,12 @@ def test_a_method_check_that_passed_is_remembered_and_a_later_plan_does_not_impo
     from importlib import metadata
 
     from peftbench.catalog import methods
+    from peftbench.catalog.sources import cached_keys
 
     monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path))
     assert methods.check("lora", {"r": 4, "lora_alpha": 8}) == []
     assert methods.check("lora", {"r": 0}) == ["method.r: must be >= 1, got 0"]
-    assert len(methods._passed()) == 1  # the failure is not kept
+    assert len(cached_keys(methods.PASSED_FILE)) == 1  # the failure is not kept
     assert methods.passed_key("check", "lora", {"target_modules": {1: "a", "b": "c"}}) is None  # no one JSON form
     methods.peft_types.cache_clear()
     monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` raises from here on
@@ -208,6 +209,8 @@ def test_a_method_check_that_passed_is_remembered_and_a_later_plan_does_not_impo
         methods.check("lora", {"r": 0})  # a problem is checked again (which needs peft)
     real = metadata.version
     monkeypatch.setattr(metadata, "version", lambda d: "99.0" if d == "peft" else real(d))
+    methods._checks_context.cache_clear()  # read once per process: this one "installs" another peft
     with pytest.raises(ImportError):
         methods.check("lora", {"r": 4, "lora_alpha": 8})  # another peft: not the check that passed
     methods.peft_types.cache_clear()
+    methods._checks_context.cache_clear()

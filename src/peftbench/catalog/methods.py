@@ -105,12 +105,8 @@ def passed_key(kind: str, *parts) -> str | None:
     have no one JSON form (a hand-written mapping with keys of mixed types): such a check is not kept."""
     import hashlib
     import json
-    from importlib import metadata
-    from pathlib import Path
 
-    here = Path(__file__)
-    code = b"".join((here.parent / f).read_bytes() for f in (here.name, "methodspecs.py"))
-    versions = [metadata.version(d) for d in ("peft", "transformers", "torch")]
+    code, versions = _checks_context()
     try:
         text = json.dumps([kind, parts, versions], sort_keys=True, default=repr)
     except (TypeError, ValueError):
@@ -118,36 +114,31 @@ def passed_key(kind: str, *parts) -> str | None:
     return hashlib.sha256(code + text.encode()).hexdigest()[:24]
 
 
-def _passed_file():
-    from peftbench.catalog.sources import cache_dir
+@functools.cache
+def _checks_context() -> tuple[bytes, list[str]]:
+    """The checks' code and the versions they ran against, read once per process (every experiment asks twice)."""
+    from importlib import metadata
+    from pathlib import Path
 
-    return cache_dir() / "passed-checks.json"
+    here = Path(__file__)
+    code = b"".join((here.parent / f).read_bytes() for f in (here.name, "methodspecs.py"))
+    return code, [metadata.version(d) for d in ("peft", "transformers", "torch")]
 
 
-def _passed() -> set[str]:
-    import json
-
-    try:
-        return set(json.loads(_passed_file().read_text()))
-    except (OSError, ValueError, TypeError):
-        return set()
+PASSED_FILE = "passed-checks.json"
 
 
 def passed(key: str) -> bool:
-    return key in _passed()
+    from peftbench.catalog.sources import cached_keys
+
+    return key in cached_keys(PASSED_FILE)
 
 
 def remember_passed(key: str) -> None:
-    import json
+    """Not remembered where the cache cannot be written: the next suite checks again."""
+    from peftbench.catalog.sources import add_cached_key
 
-    path = _passed_file()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(sorted(_passed() | {key})))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # not remembered: the next suite checks again
+    add_cached_key(PASSED_FILE, key)
 
 
 def _check(name: str, options: dict) -> list[str]:

@@ -52,6 +52,28 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PEFTBENCH_CACHE", "~/.cache/peftbench")).expanduser()
 
 
+def cached_keys(name: str) -> set[str]:
+    """The keys kept in ``cache_dir()/name`` (a JSON list): marks that outlive a process (graphs compiled here,
+    planning checks that passed); empty where the file is missing or unreadable."""
+    try:
+        return set(json.loads((cache_dir() / name).read_text()))
+    except (OSError, ValueError, TypeError):
+        return set()
+
+
+def add_cached_key(name: str, key: str) -> None:
+    """``key`` added to ``cache_dir()/name``, the file written whole through a temporary one; a failed write only
+    costs the next process the work the mark would have saved."""
+    path = cache_dir() / name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(sorted(cached_keys(name) | {key})))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
 _INDUCTOR_SET: str | None = None  # the compile cache this process last chose
 
 

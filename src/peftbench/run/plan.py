@@ -236,17 +236,8 @@ def _applies(exp: Experiment) -> list[str]:
     if method is None or method.peft_type is None:
         return []
     key = (exp.model.spec, method.name, repr(sorted(exp.method.options.items())))
-    config = models.known_config(exp.model.spec)  # the architecture, when known without loading
-    good = methods.passed_key("probe", config, method.name, exp.method.options) if config else None
-    if key not in _APPLIES and good and methods.passed(good):  # applied before (another suite): not built again
-        _APPLIES[key] = None
     if key not in _APPLIES:
-        built = models.meta_model(exp.model.spec)
-        _APPLIES[key] = (
-            methods.probe(method.name, exp.method.options, model=built[0], family=built[1]) if built else None
-        )
-        if built and _APPLIES[key] is None and good:
-            methods.remember_passed(good)
+        _APPLIES[key] = _probe(exp, method)
     why = _APPLIES[key]
     if why is None:
         return []
@@ -254,6 +245,20 @@ def _applies(exp: Experiment) -> list[str]:
         f"method.name: {method.name} cannot apply to {exp.model.spec} ({why}); other target_modules or "
         f"another method may (peftbench list --methods shows what applies to which architecture)"
     ]
+
+
+def _probe(exp: Experiment, method) -> str | None:
+    """Why the method cannot wrap the model's architecture, or None; a probe that passed is kept across suites
+    (``methods.passed``), keyed by the architecture when it is known without loading, and not built again."""
+    config = models.known_config(exp.model.spec)
+    good = methods.passed_key("probe", config, method.name, exp.method.options) if config else None
+    if good and methods.passed(good):
+        return None
+    built = models.meta_model(exp.model.spec)
+    why = methods.probe(method.name, exp.method.options, model=built[0], family=built[1]) if built else None
+    if built and why is None and good:
+        methods.remember_passed(good)
+    return why
 
 
 def _choices(exp: Experiment) -> list[str]:

@@ -18,9 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
@@ -183,30 +181,21 @@ def warm_key(model_spec: str, method: str, options: dict, precision: str, varyin
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _warm_file() -> Path:
-    from peftbench.catalog.sources import cache_dir
-
-    return cache_dir() / "inductor" / "peftbench-compiled.json"
+WARM_FILE = "inductor/peftbench-compiled.json"  # beside the inductor cache whose graphs it marks
 
 
 def is_warm(key: str) -> bool:
     """Whether a run with this key compiled here before (its graphs are in the inductor cache)."""
-    try:
-        return key in json.loads(_warm_file().read_text())
-    except (OSError, ValueError):
-        return False
+    from peftbench.catalog.sources import cached_keys
+
+    return key in cached_keys(WARM_FILE)
 
 
 def mark_warm(key: str) -> None:
-    path = _warm_file()
-    try:
-        known = set(json.loads(path.read_text())) if path.exists() else set()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(sorted(known | {key})))
-        os.replace(tmp, path)
-    except (OSError, ValueError):
-        pass  # a missing mark only costs the next run a cold estimate
+    """A missing mark only costs the next run a cold estimate."""
+    from peftbench.catalog.sources import add_cached_key
+
+    add_cached_key(WARM_FILE, key)
 
 
 def _fused_loss(value: str, *, cuda: bool, model, reasons: dict) -> str:
