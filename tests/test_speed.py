@@ -14,6 +14,7 @@ from peftbench.catalog import methods, models
 from peftbench.catalog.batches import (
     IGNORE,
     LengthGroupedBatches,
+    fill_rows,
     loss_positions,
     pack_batch,
     pack_seq2seq,
@@ -22,6 +23,7 @@ from peftbench.catalog.batches import (
 )
 from peftbench.run.settings import for_loop
 from peftbench.run.speed import (
+    CUDA_GRAPHS,
     LossModule,
     chunked_linear_cross_entropy,
     packs_correctly,
@@ -224,6 +226,24 @@ def test_split_head_refuses_what_is_not_head_of_body():
         LossModule(on_head, fused_loss="chunked")
 
 
+def test_cuda_graphs_only_for_a_compiled_run_of_one_shape_on_one_process():
+    lm = {"family": "causal", "task": "language-modeling", "model": models.build_random("tiny-gpt2", seed=0)}
+
+    def graphs(args=None, **kw):
+        s = resolve(args or TrainArgs(compile="regions"), **{"device_type": "cuda", **lm, **kw})
+        return s["cuda_graphs"], s["reasons"].get("cuda_graphs", "")
+
+    assert graphs() == (True, "auto: on (" + CUDA_GRAPHS + ")")
+    assert graphs(TrainArgs(compile="regions", cuda_graphs="off")) == (False, "")
+    assert graphs(device_type="cpu") == (False, "auto: off on CPU")
+    assert graphs(TrainArgs(compile="off", cuda_graphs="on")) == (False, "on: off: nothing is compiled")
+    assert graphs(TrainArgs(compile="auto"), tokens=1e5)[1] == "auto: off: nothing is compiled"  # too short to compile
+    assert "shapes vary" in graphs(varying=True)[1] and "several processes" in graphs(processes=2)[1]
+    assert "checkpointed" in graphs(TrainArgs(compile="regions", gradient_checkpointing=True))[1]
+    assert "accumulated" in graphs(TrainArgs(compile="model", gradient_accumulation_steps=2))[1]
+    assert graphs(TrainArgs(compile="model"))[0] is True
+
+
 def test_switches_resolve_off_on_cpu_and_say_why_when_they_cannot_apply():
     causal = models.build_random("tiny-gpt2", seed=0)
     s = resolve(TrainArgs(), device_type="cpu", family="causal", task="classification", model=causal)
@@ -343,15 +363,16 @@ def test_compiled_regions_keep_the_loss_curve_and_hand_back_an_uncompiled_model(
     fast = train(model, feats, args=args, settings=settings, accelerator=acc, pad_id=0)
     a, b = [p["loss"] for p in plain.loss_curve], [p["loss"] for p in fast.loss_curve]
     assert max(abs(x - y) / abs(x) for x, y in zip(a, b)) < 1e-4
-    assert 1 <= counters["stats"]["unique_graphs"] <= 2  # one block's graph (and one for the first block's input)
+    assert counters["stats"]["unique_graphs"] == 1  # one graph serves every block, the first too (its input needs grad)
     blocks = model.get_base_model().transformer.h
     assert len(blocks) == 2 and all(getattr(b, "_compiled_call_impl", None) is None for b in blocks)
+    assert not model.get_base_model().get_input_embeddings()._forward_hooks  # the input-gradient hook removed
 
 
 @pytest.mark.parametrize("compile_", ["regions", "model"])
-def test_a_compiled_run_of_fixed_length_blocks_runs_the_epochs_last_smaller_batch_eagerly(compile_):
-    """10 blocks in batches of 4: every epoch ends in a batch of 2. It runs eagerly (no second graph, no
-    dynamic one) and the loss curve is the eager run's."""
+def test_a_compiled_run_of_fixed_length_blocks_fills_the_epochs_last_smaller_batch(compile_):
+    """10 blocks in batches of 4: every epoch ends in a batch of 2. It is grown to 4 rows by filler rows that
+    count no loss (no second graph, no dynamic one, no eager step) and the loss curve is the eager run's."""
     from torch._dynamo.utils import counters
 
     rng = random.Random(1)
@@ -362,8 +383,9 @@ def test_a_compiled_run_of_fixed_length_blocks_runs_the_epochs_last_smaller_batc
     plain = _run({}, steps=9, feats=blocks)
     counters.clear()
     fast = _run({"compile": compile_}, steps=9, feats=blocks)
-    assert fast.speed["eager_batches"] == 3  # steps 3, 6 and 9
-    assert "eager_batches" not in plain.speed
+    assert (fast.speed["filled_batches"], fast.speed["eager_batches"]) == (3, 0)  # steps 3, 6 and 9
+    assert "eager_batches" not in plain.speed and "filled_batches" not in plain.speed
+    assert fast.padding_fraction == pytest.approx(3 * 2 * 8 / (9 * 4 * 8), abs=1e-6)  # the filler rows' slots
     a, b = [p["loss"] for p in plain.loss_curve], [p["loss"] for p in fast.loss_curve]
     assert max(abs(x - y) / abs(x) for x, y in zip(a, b)) < 1e-4
     assert 1 <= counters["stats"]["unique_graphs"] <= 2  # the batch of 4's graph(s) only
@@ -408,7 +430,8 @@ def test_compile_auto_compiles_regions_only_where_the_run_repays_it():
 
     mode, why = pick(tokens=80 * 8192)  # issue 26's 80 steps of 16 x 512: 0.66 M tokens, under the cold 1.8 M
     assert mode == "off" and "0.66 M tokens to train, under the 1.80 M a cold compilation repays" in why["compile"]
-    assert pick(tokens=80 * 8192, warm=True)[0] == "regions"  # warm graphs repay from 0.27 M
+    assert pick(tokens=80 * 8192, warm=True)[0] == "regions"  # warm graphs repay from 0.6 M
+    assert pick(tokens=50 * 8192, warm=True)[0] == "off"  # 50 steps: 0.41 M, too few even for warm graphs
     assert pick(tokens=REPAYS_TOKENS["cold"])[0] == "regions" and pick(tokens=None)[0] == "regions"
     assert pick(varying=True, tokens=1e7)[0] == "regions"  # no whole-model graph from auto, fixed shapes or not
     assert pick("on")[0] == "model" and pick("on", varying=True)[0] == "regions"  # `on` keeps its meaning
@@ -531,3 +554,48 @@ def test_the_compiled_chunked_loss_equals_the_eager_one():
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
     ref = F.cross_entropy(hidden @ weight.T, targets)
     assert torch.allclose(out[True][0], ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fused_loss", ["off", "chunked"])
+def test_filler_rows_leave_the_loss_and_every_gradient_as_they_were(fused_loss):
+    """A batch of 3 grown to 5 rows (the epoch's last batch of a compiled run): the same loss and gradients,
+    with the model's own loss (labels IGNORE) and with the masked chunked loss (targets IGNORE)."""
+    from peftbench.run.train import PLAIN, make_loader
+
+    rng = random.Random(4)
+    feats = [{"input_ids": (ids := [rng.randrange(3, 200) for _ in range(8)]), "labels": list(ids)} for _ in range(3)]
+    (batch,) = make_loader(feats, batch_size=3, pad_id=0, seed=0, speed={**PLAIN, "fused_loss": fused_loss})
+    assert batch["unpadded"] is True
+    batch = {k: v for k, v in batch.items() if torch.is_tensor(v)}
+    filled = fill_rows(batch, 5, pad_id=0, loss_positions_len=5 * 7)
+    assert filled["input_ids"].shape == (5, 8) and bool((filled["labels"][3:] == IGNORE).all())
+    assert filled.get("loss_index", torch.zeros(35)).numel() == 35
+    model = models.build_random("tiny-gpt2", seed=0).eval()  # no dropout: the two forwards comparable
+    module = LossModule(model, fused_loss=fused_loss, masked=True)
+    out = []
+    for b in (batch, filled):
+        model.zero_grad()
+        loss = module(b)
+        loss.backward()
+        out.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert torch.allclose(out[0][0], out[1][0], rtol=1e-6)
+    for a, b in zip(out[0][1], out[1][1]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match=r"no filler value for \['token_type_ids'\]"):
+        fill_rows({**batch, "token_type_ids": torch.zeros(3, 8, dtype=torch.long)}, 5, pad_id=0)
+
+
+def test_the_masked_chunked_loss_counts_only_the_targets_it_keeps():
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(50, 16, generator=g, requires_grad=True)
+    weight = torch.randn(300, 16, generator=g, requires_grad=True)
+    targets = torch.randint(0, 300, (50,), generator=g)
+    targets[::3] = IGNORE
+    keep = targets >= 0
+    for compiled in (False, True):
+        loss = chunked_linear_cross_entropy(hidden, weight, targets, chunk=20, compiled=compiled, masked=True)
+        gh, gw = torch.autograd.grad(loss, [hidden, weight])
+        ref = F.cross_entropy(hidden @ weight.T, targets, ignore_index=IGNORE)
+        rh, rw = torch.autograd.grad(ref, [hidden, weight])
+        assert torch.allclose(loss, ref, rtol=1e-5) and bool((gh[~keep] == 0).all())
+        assert torch.allclose(gh, rh, rtol=1e-4, atol=1e-6) and torch.allclose(gw, rw, rtol=1e-4, atol=1e-6)

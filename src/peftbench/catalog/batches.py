@@ -220,3 +220,36 @@ def loss_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     nxt = labels[:, 1:]
     rows, cols = (nxt != IGNORE).nonzero(as_tuple=True)
     return rows * labels.shape[1] + cols, nxt[rows, cols]
+
+
+FILLED = {"input_ids": None, "attention_mask": 1, "labels": IGNORE}  # a filler row's values (None: the pad id)
+
+
+def fill_rows(batch: dict, rows: int, *, pad_id: int, loss_positions_len: int | None = None) -> dict:
+    """An unpadded causal batch grown to ``rows`` rows by filler rows that count no loss: their tokens are
+    ``pad_id`` (attended to only within their own row: causal rows do not see each other), their labels
+    ``IGNORE``; ``loss_index``/``loss_targets`` (the fused loss's) grown to ``loss_positions_len`` with targets
+    ``IGNORE`` (the chunked loss masks them, Liger ignores them). The loss and its gradients are those of the
+    batch as it was (every loss is a mean over the counted labels); the shape is that of a full batch, so the
+    epoch's last, smaller batch runs the full batch's compiled graphs. Works on the batch's device: no host read."""
+    n = batch["input_ids"].shape[0]
+    if n >= rows:
+        return batch
+    out = dict(batch)
+    for key, fill in FILLED.items():
+        if key in batch:
+            x = batch[key]
+            extra = x.new_full((rows - n, *x.shape[1:]), pad_id if fill is None else fill)
+            out[key] = torch.cat([x, extra])
+    unknown = {k for k, v in batch.items() if torch.is_tensor(v) and v.dim() and v.shape[0] == n} - {
+        *FILLED,
+        "loss_index",
+        "loss_targets",
+    }
+    if unknown:
+        raise ValueError(f"fill_rows: no filler value for {sorted(unknown)}")
+    if loss_positions_len and "loss_index" in batch and batch["loss_index"].numel() < loss_positions_len:
+        k = loss_positions_len - batch["loss_index"].numel()
+        out["loss_index"] = torch.cat([batch["loss_index"], batch["loss_index"].new_zeros(k)])
+        out["loss_targets"] = torch.cat([batch["loss_targets"], batch["loss_targets"].new_full((k,), IGNORE)])
+    return out

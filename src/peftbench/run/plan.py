@@ -272,6 +272,7 @@ def _choices(exp: Experiment) -> list[str]:
         ("train.fused_optimizer", exp.train.fused_optimizer, SWITCH_CHOICES),
         ("train.fused_loss", exp.train.fused_loss, FUSED_LOSS_CHOICES),
         ("train.packing", exp.train.packing, SWITCH_CHOICES),
+        ("train.cuda_graphs", exp.train.cuda_graphs, SWITCH_CHOICES),
         ("train.group_by_length", exp.train.group_by_length, SWITCH_CHOICES),
         ("model.quantization", exp.model.quantization, QUANTIZATION_CHOICES),
         ("train.distributed", exp.train.distributed, DISTRIBUTED_CHOICES),

@@ -505,6 +505,7 @@ class Recipe:
             sharded=self.strategy == "fsdp",
             tokens=tokens,
             warm=is_warm(self.warm_key),
+            processes=self.accelerator.num_processes,
         )
 
     def _release_training_state(self) -> None:

@@ -77,6 +77,7 @@ def resolve(
     sharded: bool = False,
     tokens: float | None = None,
     warm: bool = False,
+    processes: int = 1,
 ) -> dict:
     """The speed switches as they will run here: {"compile": "off" | "model" | "regions", ..., "reasons": {...}}.
 
@@ -118,6 +119,7 @@ def resolve(
     elif group and not varying:
         group, reasons["group_by_length"] = False, "off: every example has the same length"
     out["group_by_length"] = group
+    out["cuda_graphs"] = _cuda_graphs(args, cuda=cuda, mode=compile_mode, varying=varying, n=processes, why=reasons)
     out["sharded"] = sharded
     out["dataloader_workers"] = args.dataloader_workers if args.dataloader_workers is not None else (2 if cuda else 0)
     out["pin_memory"] = cuda
@@ -125,13 +127,15 @@ def resolve(
     return out
 
 
-# What compilation costs and saves (one H200, random:gpt2-medium full fine-tuning, 16 x 512 tokens per step,
-# benchmarks/results/train_speed_h200.md, session 6): regional compilation steady at 150.9k tok/s (a whole-model
-# graph 127.4k with the chunked loss, 150.5k with the model's own loss), eager 73.6k, so each token saves about
-# 7.0 us; regions warm up in 13.2 s with a cold cache, 2.6 s with a warm one, eager training in 0.7 s. Compilation
-# repays itself after about 12.5 s / 7.0 us = 1.8 M tokens (cold) and 1.9 s / 7.0 us = 0.27 M (warm).
-REPAYS_TOKENS = {"cold": 1.8e6, "warm": 2.7e5}
-COMPILE_SOURCE = "gpt2-medium on an H200: 7.0 us saved per token against 12.5 s (cold) or 1.9 s (warm) of compiling"
+# What compilation costs and saves (one H200, random:gpt2-medium, 16 x 512 tokens per step; session 7,
+# benchmarks/results/suite_speed_h200.md): regions with CUDA graphs steady at 153-156k tok/s (full fine-tuning) and
+# 209-211k (LoRA) against eager 73.6k and 83.6k, so each token saves about 7.1 us; a cold cache's warm-up cost
+# 12.5 s (full; LoRA 22.1 s before its first block shared the others' graph), a warm one's 3.9-4.6 s (loading the
+# graphs and recording the CUDA graphs), eager training's 0.7 s. Compilation repays itself after about
+# 12.5 s / 7.1 us = 1.8 M tokens (cold) and 4.2 s / 7.1 us = 0.6 M (warm): at 50 steps (0.41 M) a warm regions
+# run read 0.88x Trainer's all-steps rate (full) where eager reads 1.04x.
+REPAYS_TOKENS = {"cold": 1.8e6, "warm": 6.0e5}
+COMPILE_SOURCE = "gpt2-medium on an H200: 7.1 us saved per token against 12.5 s (cold) or 4.2 s (warm) of warm-up"
 
 
 def _compile_mode(
@@ -165,6 +169,39 @@ def _compile_mode(
         f"a whole-model graph once warm at a fifth of its compile time)"
     )
     return "regions"
+
+
+# One H200, gpt2-medium, 16 x 512 tokens per step, regions compiled, the same call (train_speed_h200.md, session 7):
+# with CUDA graphs LoRA 214.9k tok/s against 194.9k, full fine-tuning 159.3k against 132.8k, the same losses.
+CUDA_GRAPHS = "one H200, gpt2-medium: LoRA 214.9k tok/s against 194.9k, full fine-tuning 159.3k against 132.8k"
+
+
+def _cuda_graphs(args, *, cuda: bool, mode: str, varying: bool, n: int, why: dict) -> bool:
+    """Whether the compiled graphs run as CUDA graphs (torch.compile's ``reduce-overhead``: each graph's kernels
+    replayed by one launch, where the host otherwise issues them one by one and the GPU waits between). Only
+    for compiled runs of one shape on one CUDA process without gradient accumulation: a graph is recorded per
+    shape, and graphs under DDP's gradient hooks or recomputed (checkpointed) blocks are not measured."""
+    value = getattr(args, "cuda_graphs", "auto")
+    if value == "off":
+        return False
+    reasons, why = why, None
+    if not cuda:
+        why = "off on CPU"
+    elif mode == "off":
+        why = "off: nothing is compiled"
+    elif varying:
+        why = "off: batch shapes vary (a graph would be recorded per shape)"
+    elif n > 1:
+        why = "off: several processes (DDP's gradient hooks under CUDA graphs are not measured)"
+    elif args.gradient_checkpointing:
+        why = "off: recomputed (checkpointed) blocks under CUDA graphs are not measured"
+    elif args.gradient_accumulation_steps > 1:  # a graph's gradient output, kept across micro-batches, is rewritten
+        why = "off: gradients accumulated over micro-batches would live in the graphs' rewritten outputs"
+    if why:
+        reasons["cuda_graphs"] = f"{value}: {why}"
+        return False
+    reasons["cuda_graphs"] = f"{value}: on ({CUDA_GRAPHS})"
+    return True
 
 
 def planned_tokens(features: list[dict], *, steps: int, args, processes: int) -> float:
@@ -335,7 +372,12 @@ class CompiledRegions:
     Llama's ``layers``) compiled in place, so one compilation serves all of them and compile time
     stays that of one block however deep the model (whole-model compilation of a 30-layer model
     with dynamic shapes took minutes). Without repeated blocks the whole module is compiled.
-    ``off()`` runs eager in between (periodic evaluations); ``undo()`` restores the model."""
+    ``off()`` runs eager in between (periodic evaluations); ``undo()`` restores the model.
+
+    Where the blocks train but the input embeddings do not (LoRA and most adapters), the embeddings' output is
+    made to require gradients while training, as every later block's input does: one graph serves the first
+    block too, where its input without gradients cost a second compilation (one H200, gpt2-medium LoRA: a cold
+    warm-up of 22.1 s against full fine-tuning's 12.5 s), at the price of the first block's input gradient."""
 
     def __init__(self, module: torch.nn.Module, **compile_kw):
         taken: list[str] = []
@@ -348,19 +390,48 @@ class CompiledRegions:
         for b in self.blocks:
             b.compile(**compile_kw)
         self._compiled = [b._compiled_call_impl for b in self.blocks]
+        self._hook = _grad_into_blocks(module, self.blocks) if taken else None
 
-    def undo(self) -> None:
+    def _eager(self) -> None:
         for b in self.blocks:
             b._compiled_call_impl = None
 
+    def undo(self) -> None:
+        self._eager()
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
     @contextlib.contextmanager
     def off(self):
-        self.undo()
+        self._eager()
         try:
             yield
         finally:
             for b, c in zip(self.blocks, self._compiled):
                 b._compiled_call_impl = c
+
+
+def _grad_into_blocks(module: torch.nn.Module, blocks: list[torch.nn.Module]):
+    """A hook making the input embeddings' output require gradients (in grad mode), where blocks train and the
+    embeddings do not; None where nothing is to do or the model has no input embeddings to hook."""
+    hf = module.get_base_model() if hasattr(module, "get_base_model") else module
+    embeddings = hf.get_input_embeddings() if hasattr(hf, "get_input_embeddings") else None
+    if not isinstance(embeddings, torch.nn.Module) or any(p.requires_grad for p in embeddings.parameters()):
+        return None
+    if not any(p.requires_grad for b in blocks for p in b.parameters()):
+        return None
+
+    def require_grad(_module, _inputs, output):
+        if (
+            torch.is_grad_enabled()
+            and torch.is_tensor(output)
+            and output.is_floating_point()
+            and not output.requires_grad
+        ):
+            output.requires_grad_(True)
+
+    return embeddings.register_forward_hook(require_grad)
 
 
 # ---------------------------------------------------------------- loss
@@ -375,7 +446,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     slow unaligned GEMM kernels."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk, compiled=False):
+    def forward(ctx, hidden, weight, targets, chunk, compiled=False, masked=False):
         n, dtype = targets.numel(), hidden.dtype
         vocab = weight.shape[0]
         acc = torch.promote_types(dtype, torch.float32)  # softmax and sums in fp32 at least
@@ -385,12 +456,15 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.zeros_like(hidden)
         grad_w = torch.zeros(w.shape, dtype=acc, device=weight.device) if weight.requires_grad else None
         total = torch.zeros((), dtype=acc, device=hidden.device)
-        count = torch.full((), max(n, 1), dtype=acc, device=hidden.device)  # a tensor: one graph for every count
+        if masked:  # targets IGNORE (a filler row's) count nothing: the mean over the others
+            count = (targets >= 0).sum().clamp_min(1).to(acc)
+        else:
+            count = torch.full((), max(n, 1), dtype=acc, device=hidden.device)  # a tensor: one graph for every count
         body = _compiled_chunk() if compiled else _chunk
         chunk = -(-n // -(-n // chunk)) if n else chunk  # equal chunks: one shape for a run of fixed-length batches
         for s in range(0, n, chunk):
             h, t = hidden[s : s + chunk], targets[s : s + chunk]
-            loss, gh, gw = body(h, w, t, vocab, count, grad_w is not None)
+            loss, gh, gw = body(h, w, t, vocab, count, grad_w is not None, masked)
             total += loss
             grad_h[s : s + chunk] = gh
             if grad_w is not None:
@@ -398,25 +472,29 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         ctx.weight_dtype = weight.dtype
         ctx.has_grad_w = grad_w is not None
         ctx.save_for_backward(grad_h, grad_w[:vocab] if grad_w is not None else torch.empty(0))
-        return total / max(n, 1)
+        return total / count
 
     @staticmethod
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
         gw = (grad_w * grad_out).to(ctx.weight_dtype) if ctx.has_grad_w else None
-        return grad_h * grad_out.to(grad_h.dtype), gw, None, None, None
+        return grad_h * grad_out.to(grad_h.dtype), gw, None, None, None, None
 
 
-def _chunk(h, w, t, vocab: int, count, weight_grad: bool):
+def _chunk(h, w, t, vocab: int, count, weight_grad: bool, masked: bool = False):
     """One chunk's summed loss and its gradients against ``h`` and (``weight_grad``) ``w``, the logits alive once:
-    the softmax is computed in their place."""
+    the softmax is computed in their place. ``masked``: targets below 0 count no loss and get no gradient."""
     logits = (h @ w.T).to(torch.promote_types(h.dtype, torch.float32))
     logits[:, vocab:] = float("-inf")
+    keep = None
+    if masked:
+        keep, t = (t >= 0).to(logits.dtype), t.clamp_min(0)
     lse = torch.logsumexp(logits, dim=-1)
-    loss = (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+    per_row = lse - logits.gather(1, t[:, None]).squeeze(1)
+    loss = (per_row if keep is None else per_row * keep).sum()
     g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
     g[torch.arange(len(t), device=g.device), t] -= 1.0
-    g = g.div_(count).to(h.dtype)
+    g = (g.div_(count) if keep is None else g.mul_(keep[:, None] / count)).to(h.dtype)
     return loss, g @ w, (g.T @ h) if weight_grad else None
 
 
@@ -433,12 +511,18 @@ def _compiled_chunk():
 
 
 def chunked_linear_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK_ROWS, compiled: bool = False
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk: int = CHUNK_ROWS,
+    compiled: bool = False,
+    masked: bool = False,
 ) -> torch.Tensor:
+    """mean(CE(hidden @ weight.T, targets)); ``masked``: over the targets that are not negative (``IGNORE``)."""
     device_type = hidden.device.type
     off = torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type) else None
     with off or contextlib.nullcontext():  # (the meta device has no autocast)
-        return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk, compiled)
+        return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk, compiled, masked)
 
 
 class LossModule(torch.nn.Module):
@@ -448,10 +532,11 @@ class LossModule(torch.nn.Module):
     the positions that predict a label (``loss_index``/``loss_targets`` from the collate), then a
     fused linear + cross-entropy against the head's weight."""
 
-    def __init__(self, model: torch.nn.Module, *, fused_loss: str = "off", compiled: bool = False):
+    def __init__(self, model: torch.nn.Module, *, fused_loss: str = "off", compiled: bool = False, masked=False):
         super().__init__()
         self.model = model
         self.fused_loss, self.compiled = fused_loss, compiled  # compiled: the chunked loss's arithmetic compiled
+        self.masked = masked  # targets may be IGNORE (a run whose last batch is grown by filler rows)
         hf = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._no_split_modules = list(getattr(hf, "_no_split_modules", None) or [])  # FSDP's units
         if fused_loss != "off":
@@ -483,4 +568,4 @@ class LossModule(torch.nn.Module):
             rows = rows.to(torch.get_autocast_dtype(device_type))
         if self.fused_loss == "liger":
             return self._liger(weight.to(rows.dtype), rows, targets)
-        return chunked_linear_cross_entropy(rows, weight, targets, compiled=self.compiled)
+        return chunked_linear_cross_entropy(rows, weight, targets, compiled=self.compiled, masked=self.masked)

@@ -28,7 +28,15 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader
 
-from peftbench.catalog.batches import IGNORE, LengthGroupedBatches, loss_positions, pack_batch, pack_seq2seq, pad_batch
+from peftbench.catalog.batches import (
+    IGNORE,
+    LengthGroupedBatches,
+    fill_rows,
+    loss_positions,
+    pack_batch,
+    pack_seq2seq,
+    pad_batch,
+)
 from peftbench.errors import Diverged
 from peftbench.measure import MemoryTracker, Throughput, WorkTimer
 from peftbench.measure.memory import tensor_bytes
@@ -49,6 +57,7 @@ PLAIN = {
     "dataloader_workers": 0,
     "pin_memory": False,
     "sharded": False,
+    "cuda_graphs": False,
 }
 
 
@@ -180,7 +189,8 @@ def _optimizer(params, *, learning_rate: float, args: TrainArgs, fused: bool):
 
 def compile_dynamic(features: list[dict]) -> bool:
     """How a run's graphs are compiled: for dynamic shapes at once where the examples' lengths vary; else static,
-    and a batch of another shape than the first (the epoch's last, smaller batch) runs eagerly (``_Loop.stance``).
+    and a batch of another shape than the first (the epoch's last, smaller batch) is grown to the first's by filler
+    rows where it is an unpadded causal batch, else runs eagerly (``_Loop.fit``).
     Left to torch, that batch's recompilation marked the batch dimension dynamic and every later step ran the
     slower dynamic graph (one H200, gpt2-medium full fine-tuning: regions 95.9k tokens/s against 138k, a
     whole-model graph 7.7-29.6k); a static graph of its own cost a second compilation, once per shape (a cold
@@ -198,7 +208,8 @@ def _prepare(model, loader, *, args, settings: Settings, accelerator, speed: dic
 
     # the chunked loss compiled where it was measured faster (GPUs; on CPU it would add a C++ build to every run)
     compiled_loss = speed["compile"] != "off" and accelerator.device.type == "cuda"
-    module = LossModule(model, fused_loss=speed["fused_loss"], compiled=compiled_loss)
+    static = speed["compile"] != "off" and not dynamic  # the last batch may be grown by filler rows: masked targets
+    module = LossModule(model, fused_loss=speed["fused_loss"], compiled=compiled_loss, masked=static)
     if speed["sharded"]:  # FSDP2 replaces the parameters with shards: the optimizer is built on those
         speed["sharded"] = shard(module, mixed_precision=accelerator.mixed_precision) or True
     params = [p for p in model.parameters() if p.requires_grad]
@@ -211,10 +222,11 @@ def _prepare(model, loader, *, args, settings: Settings, accelerator, speed: dic
     else:
         module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
     regions = None
+    graphs = {"mode": "reduce-overhead"} if speed["cuda_graphs"] else {}  # CUDA graphs: kernels replayed as one
     if speed["compile"] == "regions":
-        regions = CompiledRegions(model, dynamic=dynamic)
+        regions = CompiledRegions(model, dynamic=dynamic, **graphs)
     elif speed["compile"] == "model":
-        module = torch.compile(module, dynamic=dynamic)
+        module = torch.compile(module, dynamic=dynamic, **graphs)
     return module, optimizer, loader, scheduler, params, regions
 
 
@@ -251,6 +263,8 @@ def _setup(model, features, *, args, settings, accelerator, pad_id, speed, hooks
         regions=regions,
         log_steps=log_every(args, accelerator.device.type),
         static=speed["compile"] != "off" and not dynamic,
+        graphs=bool(speed["cuda_graphs"]),
+        pad_id=pad_id,
         **hooks,
     )
     return loop, loader
@@ -302,8 +316,8 @@ def train(
             regions.undo()  # evaluation and inference run the model as it was given
     result = loop.finish(n_batches=len(loader))
     result.speed = {k: v for k, v in speed.items() if k != "reasons"}
-    if loop.static:  # batches of another shape than the compiled one (the epoch's last): run eagerly
-        result.speed["eager_batches"] = loop.eager_batches
+    if loop.static:  # batches of another shape than the compiled one (the epoch's last): filled, or run eagerly
+        result.speed["filled_batches"], result.speed["eager_batches"] = loop.filled_batches, loop.eager_batches
     result.peak_memory_bytes = mem.result.peak_bytes
     result.memory = mem.result.to_dict()
     result.memory["per_process_peak_bytes"] = peak_per_process(accelerator, mem.result.peak_bytes)
@@ -333,9 +347,12 @@ class _Loop:
         on_log=None,
         static=False,
         clock=None,
+        pad_id=0,
+        graphs=False,
     ):
         self.args, self.acc, self.module, self.regions = args, accelerator, module, regions
-        self.static, self.shape, self.eager_batches = static, None, 0
+        self.static, self.shape, self.eager_batches, self.filled_batches = static, None, 0, 0
+        self.pad_id, self.loss_positions, self.graphs = pad_id, None, graphs
         self.step_hook, self.on_log, self.clock = step_hook, on_log, clock
         self.optimizer, self.scheduler, self.params = optimizer, scheduler, params
         self.steps, self.log_steps, self.evaluate, self.progress = steps, log_steps, evaluate, progress
@@ -358,7 +375,11 @@ class _Loop:
     def _micro_step(self, batch: dict) -> None:
         t = self.t
         n_tok, n_slots, n_ex = batch.pop("num_tokens"), batch.pop("num_slots"), batch.pop("num_examples")
-        with self.acc.accumulate(self.module), self.stance(batch):
+        batch, eager = self.fit(batch)
+        if self.graphs:  # a new step: the CUDA graphs' outputs of the last one are no longer read
+            torch.compiler.cudagraph_mark_step_begin()
+        n_slots = batch["input_ids"].numel() if batch.get("unpadded") else n_slots  # filler rows are processed slots
+        with self.acc.accumulate(self.module), eager:
             with self.acc.autocast(), unpadded.batch(batch.pop("unpadded", False)):  # a sharded module is not prepared
                 loss = self.module(batch)
             self.acc.backward(loss)
@@ -375,21 +396,30 @@ class _Loop:
         t.loss_sum = t.loss_sum + loss.detach().float()
         t.loss_n += 1
 
-    def stance(self, batch: dict):
-        """Compiled graphs for the first batch's shape; eagerly (forward and backward) a batch of another shape,
-        where examples have one length (the epoch's last batch): no second compilation, the same arithmetic."""
+    def fit(self, batch: dict) -> tuple[dict, contextlib.AbstractContextManager]:
+        """Compiled graphs for the first batch's shape. A batch of another shape where examples have one length
+        (the epoch's last, smaller batch): grown to the first's rows by filler rows that count no loss, if it is
+        an unpadded causal batch (the same loss and gradients, the full batch's graphs); else run eagerly (forward
+        and backward): no second compilation, the same arithmetic."""
+        nothing = contextlib.nullcontext()
         if not self.static:
-            return contextlib.nullcontext()
+            return batch, nothing
         shape = tuple(batch["input_ids"].shape)
-        self.shape = self.shape or shape
+        if self.shape is None:
+            self.shape = shape
+            self.loss_positions = batch["loss_index"].numel() if "loss_index" in batch else None
         if shape == self.shape:
-            return contextlib.nullcontext()
+            return batch, nothing
+        if batch.get("unpadded") and shape[1:] == self.shape[1:] and shape[0] < self.shape[0]:
+            self.filled_batches += 1
+            grown = fill_rows(batch, self.shape[0], pad_id=self.pad_id, loss_positions_len=self.loss_positions)
+            return grown, nothing
         self.eager_batches += 1
         stack = contextlib.ExitStack()  # every compiled function eager: the blocks, the whole model, the chunked loss
         if self.regions:
             stack.enter_context(self.regions.off())
         stack.enter_context(torch.compiler.set_stance("force_eager"))
-        return stack
+        return batch, stack
 
     def _after_step(self, model) -> None:
         step, args, t = self.step, self.args, self.t

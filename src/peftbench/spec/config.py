@@ -31,7 +31,7 @@ SECTIONS = ("model", "data", "method", "train", "measure")
 SUITE_KEYS = ("name", "description", "defaults", "experiments", "matrix", "seeds", "log_with")
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: no trailing newline slips in
 ON_OFF_FIELDS = {"chat_template", "compile", "fused_optimizer", "fused_loss", "packing", "group_by_length", "optimized"}
-ON_OFF_FIELDS |= {"stage"}
+ON_OFF_FIELDS |= {"stage", "cuda_graphs"}
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # model.dtype and measure.dtype (torch.<name>)
 SWITCH_CHOICES = ("auto", "on", "off")
 FUSED_LOSS_CHOICES = ("auto", "on", "liger", "chunked", "off")
@@ -152,6 +152,12 @@ class TrainArgs:
         "auto",
         "torch.compile the training forward: auto (on with CUDA) | on | off | model (one "
         "graph) | regions (one graph per repeated block; on picks it when lengths vary)",
+    )
+    cuda_graphs: str = _f(
+        "auto",
+        "the compiled training graphs replayed as CUDA graphs (torch.compile's reduce-overhead: a graph's kernels "
+        "in one launch): auto and on (with CUDA, for compiled runs of fixed shapes on one process, without "
+        "gradient accumulation) | off",
     )
     fused_optimizer: str = _f("auto", "fused AdamW kernel: auto (on with CUDA) | on | off")
     fused_loss: str = _f(
