@@ -370,6 +370,8 @@ def peftbench_row(method: str, steps: int, *, data: Path, device: str, work: Pat
         "steps": steps,
         "compile": r["resolved"]["speed"]["compile"],
         "reason": r["resolved"]["speed"]["reasons"].get("compile"),
+        "cuda_graphs": r["resolved"]["speed"].get("cuda_graphs"),
+        "ran": {k: t.get("speed", {}).get(k) for k in ("filled_batches", "eager_batches")},
         "all_steps_tokens_per_second": round(t["tokens"] / t["seconds"], 1),
         "steady_tokens_per_second": t.get("steady_tokens_per_second"),
         "warmup_seconds": t.get("warmup_seconds"),
@@ -441,8 +443,9 @@ def throughput(a) -> int:
         tr = next((x for x in rows if x["loop"] == "trainer" and (x.get("method"), x.get("steps")) == key), None)
         tr = tr or next((x for x in rows if x["loop"] == "trainer" and x.get("method") == r["method"]), None)
         ratio = f"{r['all_steps_tokens_per_second'] / tr['all_steps_tokens_per_second']:.2f}x" if tr else "–"
+        mode = f"{r.get('compile', '–')}{' + CUDA graphs' * bool(r.get('cuda_graphs'))}"
         lines.append(
-            f"| {r['method']} | {r['steps']} | {r['loop']} | {r.get('compile', '–')} | "
+            f"| {r['method']} | {r['steps']} | {r['loop']} | {mode} | "
             f"{r['all_steps_tokens_per_second']:,.0f} | {ratio} | {r['steady_tokens_per_second'] or 0:,.0f} | "
             f"{r['warmup_seconds'] or 0:.1f} | {r.get('recompiles', '–')} | {r.get('slowest_lap_vs_median', '–')} |"
         )

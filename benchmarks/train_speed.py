@@ -96,7 +96,7 @@ def sync(device):
 # ---------------------------------------------------------------- the three loops
 
 
-def run_peftbench(shape, method, feats, *, steps, batch, device, profile=None, overrides=None) -> dict:
+def run_peftbench(shape, method, feats, *, steps, batch, device, profile=None, overrides=None, step_hook=None) -> dict:
     from peftbench.run.distributed import make_accelerator
     from peftbench.run.settings import for_loop
     from peftbench.run.train import train
@@ -110,9 +110,23 @@ def run_peftbench(shape, method, feats, *, steps, batch, device, profile=None, o
         saved, unpadded.batch = unpadded.batch, lambda _: contextlib.nullcontext()
         try:
             return run_peftbench(shape, method, feats, steps=steps, batch=batch, device=device, profile=profile,
-                                 overrides=overrides)  # fmt: skip
+                                 overrides=overrides, step_hook=step_hook)  # fmt: skip
         finally:
             unpadded.batch = saved
+    if overrides.pop("graphs", 0) == 1:  # a probe: the compiled blocks as CUDA graphs (torch.compile's
+        from peftbench.run import train as train_module  # reduce-overhead), a step begun at every optimizer step
+
+        class Graphed(train_module.CompiledRegions):
+            def __init__(self, module, **kw):
+                super().__init__(module, mode="reduce-overhead", **kw)
+
+        saved_regions, train_module.CompiledRegions = train_module.CompiledRegions, Graphed
+        try:
+            begin = lambda _: torch.compiler.cudagraph_mark_step_begin()  # noqa: E731
+            return run_peftbench(shape, method, feats, steps=steps, batch=batch, device=device, profile=profile,
+                                 overrides=overrides, step_hook=begin)  # fmt: skip
+        finally:
+            train_module.CompiledRegions = saved_regions
     model, lr = build(shape, method, device)
     task, family = WORKLOADS[shape]
     args = TrainArgs(max_steps=steps, batch_size=batch, log_steps=10, seed=0, warmup_ratio=0.0, **overrides)
@@ -120,7 +134,7 @@ def run_peftbench(shape, method, feats, *, steps, batch, device, profile=None, o
     speed = resolve(args, device_type=device.type, family=family, task=task, model=model, varying=varying(feats))
     hook = profile.hook if profile else None
     settings = for_loop(n_examples=len(feats), args=args, learning_rate=lr, accelerator=acc, speed=speed)
-    r = train(model, feats, args=args, settings=settings, accelerator=acc, pad_id=0, progress=hook)
+    r = train(model, feats, args=args, settings=settings, accelerator=acc, pad_id=0, progress=hook, step_hook=step_hook)
     laps = r.laps
     steady_laps = [lap for lap in laps if lap["step"] > WARMUP and lap["step"] - 10 >= WARMUP]
     if not steady_laps:
@@ -435,7 +449,7 @@ def main() -> None:
     ap.add_argument(
         "--profile",
         action="store_true",
-        help="profile steps 20-40 of peftbench's full fine-tuning of the first model (a run of its own)",
+        help="profile steps 20-40 of peftbench's training of the first model with --profile-method (a run of its own)",
     )
     ap.add_argument("--variants", default="", help="extra peftbench rows: MODEL:METHOD:key=value[;key=value],...")
     ap.add_argument(
@@ -446,6 +460,7 @@ def main() -> None:
         "the batch does not divide gives every epoch a smaller last batch)",
     )
     ap.add_argument("--profile-overrides", default="", help="the profiled run's switches: key=value[;key=value]")
+    ap.add_argument("--profile-method", default="full", help="the profiled run's method")
     ap.add_argument("--out", help="write OUT.json and OUT.md (rows are appended to an existing OUT.json)")
     a = ap.parse_args()
     device = torch.device(a.device)
@@ -481,7 +496,7 @@ def main() -> None:
         po = {k: _value(x) for k, x in (i.split("=") for i in a.profile_overrides.split(";") if i)}
         one(
             shape,
-            "full",
+            a.profile_method,
             "peftbench",
             steps=45,
             batch=a.batch,
@@ -490,7 +505,7 @@ def main() -> None:
             overrides=po or None,
             lm_examples=a.lm_examples,
         )
-        profile_summary = {"model": shape, "method": "full", "overrides": po, **(prof.summary or {})}
+        profile_summary = {"model": shape, "method": a.profile_method, "overrides": po, **(prof.summary or {})}
     add_ratios(rows)
     print(table(rows))
     if profile_summary:
