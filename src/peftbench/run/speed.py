@@ -189,6 +189,8 @@ def _cuda_graphs(args, *, cuda: bool, mode: str, varying: bool, n: int, why: dic
         why = "off on CPU"
     elif mode == "off":
         why = "off: nothing is compiled"
+    elif mode == "model" and value == "auto":
+        why = "off for a whole-model graph (measured over compiled blocks only; on forces it)"
     elif varying:
         why = "off: batch shapes vary (a graph would be recorded per shape)"
     elif n > 1:

@@ -314,6 +314,10 @@ def train(
     finally:
         if regions:
             regions.undo()  # evaluation and inference run the model as it was given
+        if loop.graphs:  # the recorded CUDA graphs and their private memory pool, released for what follows
+            from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+            reset_cudagraph_trees()
     result = loop.finish(n_batches=len(loader))
     result.speed = {k: v for k, v in speed.items() if k != "reasons"}
     if loop.static:  # batches of another shape than the compiled one (the epoch's last): filled, or run eagerly

@@ -156,8 +156,8 @@ class TrainArgs:
     cuda_graphs: str = _f(
         "auto",
         "the compiled training graphs replayed as CUDA graphs (torch.compile's reduce-overhead: a graph's kernels "
-        "in one launch): auto and on (with CUDA, for compiled runs of fixed shapes on one process, without "
-        "gradient accumulation) | off",
+        "in one launch): auto (with CUDA, for compiled blocks of fixed shapes on one process, without "
+        "gradient accumulation; not over a whole-model graph) | on (also a whole-model graph) | off",
     )
     fused_optimizer: str = _f("auto", "fused AdamW kernel: auto (on with CUDA) | on | off")
     fused_loss: str = _f(
