@@ -97,3 +97,37 @@ def test_a_second_suite_plans_a_method_that_passed_without_importing_peft_or_bui
     for _ in range(2):
         code, _, err = plan_in_a_process("loha")
         assert code != 0 and "loha cannot apply to random:tiny-gpt2" in err
+
+
+def test_a_suites_parent_process_never_imports_torch_once_its_checks_have_passed(tmp_path):
+    """The parent plans, starts each run's process (forked from the warm server, which imports the training stack
+    once), asks whether each measurement group is current and writes the report: none of it needs torch, whose
+    import had cost the parent 1.1 s of a one-run suite's 2.5 s outside its phases on 2 cores."""
+    import json
+    import os
+
+    data = tmp_path / "lm.jsonl"
+    data.write_text('{"text": "call me ishmael some years ago never mind how long precisely"}\n' * 40)
+    exp = {"id": "a", "model": {"spec": "random:tiny-gpt2"}, "method": {"name": "lora", "r": 4}}
+    exp |= {"data": {"spec": f"file:{data}", "task": "language-modeling", "max_eval_samples": 4}}
+    exp |= {"train": {"max_steps": 1, "batch_size": 2}}
+    exp |= {"measure": {"warmup": 1, "iterations": 1, "min_seconds": 0.0, "large_batch_size": 0, "new_tokens": 2}}
+    exp["measure"] |= {"stage": "on", "merged": False, "optimized": "off"}  # the stage: a group to ask about
+    suite = tmp_path / "s.yaml"  # (JSON is YAML)
+    suite.write_text(json.dumps({"name": "s", "experiments": [exp]}))
+    env = {**os.environ, "PEFTBENCH_CACHE": str(tmp_path / "cache")}
+
+    def run(out: str) -> list[str]:
+        code = (
+            "import sys; from peftbench.cli import main\n"
+            f"rc = main(['run', {str(suite)!r}, '--out', {str(tmp_path / out)!r}, '--device', 'cpu'])\n"
+            "print(rc, 'torch' in sys.modules)\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.strip().splitlines()[-1].split()
+
+    run("first")  # checks the method (peft, the model on the meta device): torch, once
+    assert run("second") == ["0", "False"]
+    result = json.loads((tmp_path / "second" / "results" / "a.json").read_text())
+    assert result["status"] == "success" and (tmp_path / "second" / "measurements").is_dir()

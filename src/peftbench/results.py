@@ -223,6 +223,28 @@ def measurement_group(config: dict) -> str | None:
     return f"{slug}--{(config.get('data') or {}).get('task')}--{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
+STAGE_SCHEMA = "peftbench.measurements/1"  # measurements/<group>.json, written by measure.stage
+
+
+def stage_path(out_dir: Path, group: str) -> Path:
+    return Path(out_dir) / "measurements" / f"{group}.json"
+
+
+def stage_is_current(out_dir: Path, group: str, run_ids: list[str]) -> bool:
+    """Whether the group's measurements are of exactly the runs' current successes (else: measure again). Read
+    here, torch-free: the suite's parent asks it of every group without importing the measurement stage."""
+    try:
+        doc = json.loads(stage_path(out_dir, group).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    now = {}
+    for i in run_ids:
+        r = read_result(result_path(out_dir, i))
+        if r is not None and r.status == "success":
+            now[i] = {"config_hash": r.config_hash, "attempt": r.attempt}
+    return doc.get("schema") == STAGE_SCHEMA and doc.get("runs") == now
+
+
 def attempt_path(out_dir: Path, run_id: str) -> Path:
     """Where a failed or cancelled attempt is kept while the run's last success stands in ``results/``."""
     return Path(out_dir) / "attempts" / f"{run_id}.json"

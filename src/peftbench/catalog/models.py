@@ -19,14 +19,15 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from peftbench import fs
 from peftbench.catalog.shapes import BUILTIN_MODELS, BUILTIN_TOKENIZERS, RANDOM_CONFIGS, RANDOM_TOKENIZERS
 from peftbench.errors import ConfigError
 from peftbench.spec.config import ModelArgs
+
+if TYPE_CHECKING:  # torch is imported where a function needs it: a planning parent that reads specs never does
+    import torch
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -146,6 +147,7 @@ def known_config(spec: str) -> dict | None:
 def meta_model(spec: str) -> tuple[torch.nn.Module, str] | None:
     """(model, family) with the spec's architecture on the meta device (no weights, no memory), when
     its configuration is known without loading; None otherwise."""
+    import torch
     from transformers import AutoConfig
 
     cfg = dict(known_config(spec) or {})
@@ -201,12 +203,16 @@ def check_tokenizer_spec(spec: str) -> list[str]:
 def bf16_by_default(device_type: str) -> bool:
     """What ``auto`` means for 16-bit work, decided here once: bf16 on GPUs that support it (mixed
     precision in training, the inference dtype), fp32 elsewhere."""
+    import torch
+
     return device_type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def resolve_dtype(name: str, device: torch.device, *, inference: bool = False) -> torch.dtype:
     """A ``DTYPE_CHOICES`` name as a torch dtype. ``auto``: fp32 weights for training (bf16 compute
     comes from train.mixed_precision's autocast); for inference bf16 where ``bf16_by_default``."""
+    import torch
+
     if name != "auto":
         return getattr(torch, name)
     return torch.bfloat16 if inference and bf16_by_default(device.type) else torch.float32
@@ -265,13 +271,16 @@ def random_config(name: str):
 
 
 def build_random(
-    name: str, *, seed: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    name: str, *, seed: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None
 ) -> torch.nn.Module:
     """The published architecture with seeded random weights (same seed and device -> same weights).
 
     ``device``: where the weights are created and initialised (a 7B shape is built on its GPU, never
     in host memory first); ``"meta"`` gives shapes without storage (parameter counts, plans)."""
+    import torch
+
     config = random_config(name)
+    dtype = dtype or torch.float32
     torch.manual_seed(seed)
     with torch.device(device) if device is not None else contextlib.nullcontext():  # None: the caller's default
         return _auto_class(family_of(config)).from_config(config, dtype=dtype)
@@ -324,6 +333,8 @@ LOADERS: dict[str, Callable[..., LoadedModel]] = {
 
 
 def load(args: ModelArgs, *, seed: int = 0, device: torch.device | None = None) -> LoadedModel:
+    import torch
+
     device = device or torch.device("cpu")
     dtype = resolve_dtype(args.dtype, device)
     prefix, sep, name = args.spec.partition(":")
@@ -352,6 +363,7 @@ def quantize(loaded: LoadedModel, quant: str, device: torch.device) -> LoadedMod
     then prepared for adapter training (peft's ``prepare_model_for_kbit_training``)."""
     import tempfile
 
+    import torch
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 

@@ -44,7 +44,8 @@ from peftbench.measure.latency import Latency, measure_latency
 from peftbench.measure.memory import MemoryTracker, tensor_bytes
 from peftbench.spec.config import MeasureArgs, ModelArgs
 
-SCHEMA = "peftbench.measurements/1"
+SCHEMA = results.STAGE_SCHEMA
+stage_path, is_current = results.stage_path, results.stage_is_current  # torch-free, in results
 ORDER_SEED = 20261201  # the rounds' order: fixed, so a rerun of the stage shuffles alike
 BLOCK_WARMUP = 1  # an untimed call after each switch of candidate (caches refilled by another model)
 # Reference spread (geometric stdev of its per-round medians, less one) above which the group is noisy.
@@ -64,10 +65,6 @@ class Candidate:
     device: torch.device | None = None  # where its calls run (None: the stage's device)
     resident: int | None = None  # bytes it holds before a call (None: its tensors)
     target: str = "torch"
-
-
-def stage_path(out_dir: Path, group: str) -> Path:
-    return Path(out_dir) / "measurements" / f"{group}.json"
 
 
 def _load_candidates(runs: list[results.Result], *, out_dir: Path, device: torch.device, args: MeasureArgs):
@@ -388,17 +385,3 @@ def _document(group, runs, cands, *, dev, args, started, diffs, aliases) -> dict
         ],
         "aliases": aliases,
     }
-
-
-def is_current(out_dir: Path, group: str, run_ids: list[str]) -> bool:
-    """Whether the group's measurements are of exactly the runs' current successes (else: measure again)."""
-    try:
-        doc = json.loads(stage_path(out_dir, group).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    now = {}
-    for i in run_ids:
-        r = results.read_result(results.result_path(out_dir, i))
-        if r is not None and r.status == "success":
-            now[i] = {"config_hash": r.config_hash, "attempt": r.attempt}
-    return doc.get("schema") == SCHEMA and doc.get("runs") == now

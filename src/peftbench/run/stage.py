@@ -34,17 +34,18 @@ def stage_groups(runs) -> dict[str, list[str]]:
 
 
 def measure_groups(groups: dict[str, list[str]], *, out_dir: Path, device: str, in_process: bool, echo, guard):
-    """Measure every group whose measurements are not of its runs' current successes."""
-    from peftbench.measure.stage import is_current, measure_group
-
+    """Measure every group whose measurements are not of its runs' current successes. Torch-free unless a
+    group is measured in this process (``in_process``): the stage runs in a process of its own."""
     for group, run_ids in groups.items():
         if guard.received:
             return
-        if is_current(out_dir, group, run_ids):
+        if results.stage_is_current(out_dir, group, run_ids):
             echo(f"measure {group}: done, skipped")
             continue
         echo(f"measure {group}: {len(run_ids)} run{'s' * (len(run_ids) != 1)}, interleaved")
         if in_process:
+            from peftbench.measure.stage import measure_group
+
             measure_group(group=group, run_ids=run_ids, out_dir=out_dir, device=device)
             continue
         payload = out_dir / "measurements" / f".{group}.payload-{uuid.uuid4().hex[:12]}.json"
