@@ -96,7 +96,7 @@ def sync(device):
 # ---------------------------------------------------------------- the three loops
 
 
-def run_peftbench(shape, method, feats, *, steps, batch, device, profile=None, overrides=None, step_hook=None) -> dict:
+def run_peftbench(shape, method, feats, *, steps, batch, device, profile=None, overrides=None) -> dict:
     from peftbench.run.distributed import make_accelerator
     from peftbench.run.settings import for_loop
     from peftbench.run.train import train
@@ -110,23 +110,9 @@ def run_peftbench(shape, method, feats, *, steps, batch, device, profile=None, o
         saved, unpadded.batch = unpadded.batch, lambda _: contextlib.nullcontext()
         try:
             return run_peftbench(shape, method, feats, steps=steps, batch=batch, device=device, profile=profile,
-                                 overrides=overrides, step_hook=step_hook)  # fmt: skip
+                                 overrides=overrides)  # fmt: skip
         finally:
             unpadded.batch = saved
-    if overrides.pop("graphs", 0) == 1:  # a probe: the compiled blocks as CUDA graphs (torch.compile's
-        from peftbench.run import train as train_module  # reduce-overhead), a step begun at every optimizer step
-
-        class Graphed(train_module.CompiledRegions):
-            def __init__(self, module, **kw):
-                super().__init__(module, mode="reduce-overhead", **kw)
-
-        saved_regions, train_module.CompiledRegions = train_module.CompiledRegions, Graphed
-        try:
-            begin = lambda _: torch.compiler.cudagraph_mark_step_begin()  # noqa: E731
-            return run_peftbench(shape, method, feats, steps=steps, batch=batch, device=device, profile=profile,
-                                 overrides=overrides, step_hook=begin)  # fmt: skip
-        finally:
-            train_module.CompiledRegions = saved_regions
     model, lr = build(shape, method, device)
     task, family = WORKLOADS[shape]
     args = TrainArgs(max_steps=steps, batch_size=batch, log_steps=10, seed=0, warmup_ratio=0.0, **overrides)
@@ -134,7 +120,7 @@ def run_peftbench(shape, method, feats, *, steps, batch, device, profile=None, o
     speed = resolve(args, device_type=device.type, family=family, task=task, model=model, varying=varying(feats))
     hook = profile.hook if profile else None
     settings = for_loop(n_examples=len(feats), args=args, learning_rate=lr, accelerator=acc, speed=speed)
-    r = train(model, feats, args=args, settings=settings, accelerator=acc, pad_id=0, progress=hook, step_hook=step_hook)
+    r = train(model, feats, args=args, settings=settings, accelerator=acc, pad_id=0, progress=hook)
     laps = r.laps
     steady_laps = [lap for lap in laps if lap["step"] > WARMUP and lap["step"] - 10 >= WARMUP]
     if not steady_laps:

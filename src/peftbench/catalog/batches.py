@@ -223,6 +223,7 @@ def loss_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 FILLED = {"input_ids": None, "attention_mask": 1, "labels": IGNORE}  # a filler row's values (None: the pad id)
+LOSS_KEYS = ("loss_index", "loss_targets")  # the fused loss's positions and targets: one entry per counted label
 
 
 def fill_rows(batch: dict, rows: int, *, pad_id: int, loss_positions_len: int | None = None) -> dict:
@@ -241,11 +242,8 @@ def fill_rows(batch: dict, rows: int, *, pad_id: int, loss_positions_len: int | 
             x = batch[key]
             extra = x.new_full((rows - n, *x.shape[1:]), pad_id if fill is None else fill)
             out[key] = torch.cat([x, extra])
-    unknown = {k for k, v in batch.items() if torch.is_tensor(v) and v.dim() and v.shape[0] == n} - {
-        *FILLED,
-        "loss_index",
-        "loss_targets",
-    }
+    rowwise = {k for k, v in batch.items() if torch.is_tensor(v) and v.dim() and v.shape[0] == n}
+    unknown = rowwise - {*FILLED, *LOSS_KEYS}
     if unknown:
         raise ValueError(f"fill_rows: no filler value for {sorted(unknown)}")
     if loss_positions_len and "loss_index" in batch and batch["loss_index"].numel() < loss_positions_len:

@@ -2,7 +2,7 @@
 
 Usage:
     doc = measure_group(group="...", run_ids=[...], out_dir=Path("runs/demo"), device="cpu")
-    is_current(out_dir, group, run_ids)     # measured already, for exactly these successes
+    results.stage_is_current(out_dir, group, run_ids)     # measured already, for exactly these successes
 (the runner starts it in a process of its own after the group's runs: ``peftbench.run.stage``)
 
 Timing each run in its own process at its own moment turns a change of the machine's load between two
@@ -14,7 +14,7 @@ new-token count for all. The base's forward is also timed as a fixed **reference
 spread across rounds says how steady the machine was (``noisy`` past ``NOISY_SPREAD``). Comparisons pair
 candidates round by round (``stats.compare_rounds``): drift between rounds moves both sides and cancels.
 
-Writes ``measurements/<group>.json`` (``SCHEMA``): the candidates, every round's timings, the order and
+Writes ``measurements/<group>.json`` (``results.STAGE_SCHEMA``): the candidates, every round's timings, the order and
 its seed, the reference and its spread, the environment, and for each run the inference record the
 report reads (the shape a run's own ``inference`` section has).
 """
@@ -44,8 +44,6 @@ from peftbench.measure.latency import Latency, measure_latency
 from peftbench.measure.memory import MemoryTracker, tensor_bytes
 from peftbench.spec.config import MeasureArgs, ModelArgs
 
-SCHEMA = results.STAGE_SCHEMA
-stage_path, is_current = results.stage_path, results.stage_is_current  # torch-free, in results
 ORDER_SEED = 20261201  # the rounds' order: fixed, so a rerun of the stage shuffles alike
 BLOCK_WARMUP = 1  # an untimed call after each switch of candidate (caches refilled by another model)
 # Reference spread (geometric stdev of its per-round medians, less one) above which the group is noisy.
@@ -321,8 +319,9 @@ def measure_group(*, group: str, run_ids: list[str], out_dir: Path, device: str,
     loaded, cands, notes, aliases = _load_candidates(runs, out_dir=out_dir, device=dev, args=args)
     vocab, family = loaded.model.config.vocab_size, loaded.family
     scen = functools.partial(_scenarios, args, family=family, vocab=vocab, pad_id=loaded.tokenizer.pad_token_id)
-    stage_path(out_dir, group).parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".deploy-", dir=stage_path(out_dir, group).parent) as tmp:
+    folder = results.stage_path(out_dir, group).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".deploy-", dir=folder) as tmp:
         built, deploy = deploy_candidates(cands, runs, args=args, family=family, aliases=aliases, workdir=Path(tmp))
         timed = cands + [
             Candidate(b.name, b.run_id, "deployed", b.model, device=b.device, resident=b.resident, target=b.target)
@@ -342,7 +341,7 @@ def measure_group(*, group: str, run_ids: list[str], out_dir: Path, device: str,
     doc["reference"] = {"scenario": f"forward_b{args.batch_size}", "spread": round(spread, 5)}
     doc.update(noisy=spread > NOISY_SPREAD, noisy_threshold=NOISY_SPREAD)
     doc["inference"] = {r.run_id: _run_inference(doc, r.run_id, args=args, family=family, notes=notes) for r in runs}
-    results.write_json_atomic(stage_path(out_dir, group), doc)
+    results.write_json_atomic(results.stage_path(out_dir, group), doc)
     return doc
 
 
@@ -361,7 +360,7 @@ def _dtype_of(c: Candidate) -> str:
 
 def _document(group, runs, cands, *, dev, args, started, diffs, aliases) -> dict:
     return {
-        "schema": SCHEMA,
+        "schema": results.STAGE_SCHEMA,
         "group": group,
         "device": str(dev),
         "env": results.capture_env(str(dev)),

@@ -119,7 +119,7 @@ def resolve(
     elif group and not varying:
         group, reasons["group_by_length"] = False, "off: every example has the same length"
     out["group_by_length"] = group
-    out["cuda_graphs"] = _cuda_graphs(args, cuda=cuda, mode=compile_mode, varying=varying, n=processes, why=reasons)
+    out["cuda_graphs"] = _cuda_graphs(args, reasons, cuda=cuda, mode=compile_mode, varying=varying, n=processes)
     out["sharded"] = sharded
     out["dataloader_workers"] = args.dataloader_workers if args.dataloader_workers is not None else (2 if cuda else 0)
     out["pin_memory"] = cuda
@@ -176,15 +176,15 @@ def _compile_mode(
 CUDA_GRAPHS = "one H200, gpt2-medium: LoRA 214.9k tok/s against 194.9k, full fine-tuning 159.3k against 132.8k"
 
 
-def _cuda_graphs(args, *, cuda: bool, mode: str, varying: bool, n: int, why: dict) -> bool:
+def _cuda_graphs(args, reasons: dict, *, cuda: bool, mode: str, varying: bool, n: int) -> bool:
     """Whether the compiled graphs run as CUDA graphs (torch.compile's ``reduce-overhead``: each graph's kernels
     replayed by one launch, where the host otherwise issues them one by one and the GPU waits between). Only
     for compiled runs of one shape on one CUDA process without gradient accumulation: a graph is recorded per
     shape, and graphs under DDP's gradient hooks or recomputed (checkpointed) blocks are not measured."""
-    value = getattr(args, "cuda_graphs", "auto")
+    value = args.cuda_graphs
     if value == "off":
         return False
-    reasons, why = why, None
+    why = None
     if not cuda:
         why = "off on CPU"
     elif mode == "off":

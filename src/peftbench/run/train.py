@@ -198,7 +198,7 @@ def compile_dynamic(features: list[dict]) -> bool:
     return bool(varying(features))
 
 
-def _prepare(model, loader, *, args, settings: Settings, accelerator, speed: dict, dynamic):
+def _prepare(model, loader, *, args, settings: Settings, accelerator, speed: dict, dynamic: bool, static: bool):
     """The loss module, optimizer, loader and schedule, placed by accelerate (or sharded: FSDP2), and
     the compiled regions when blocks are compiled one by one. The schedule is not given to accelerate:
     its ``AcceleratedScheduler`` steps once per process on every optimizer step (for a schedule sized
@@ -208,7 +208,7 @@ def _prepare(model, loader, *, args, settings: Settings, accelerator, speed: dic
 
     # the chunked loss compiled where it was measured faster (GPUs; on CPU it would add a C++ build to every run)
     compiled_loss = speed["compile"] != "off" and accelerator.device.type == "cuda"
-    static = speed["compile"] != "off" and not dynamic  # the last batch may be grown by filler rows: masked targets
+    # static: the last batch may be grown by filler rows, whose targets the chunked loss masks
     module = LossModule(model, fused_loss=speed["fused_loss"], compiled=compiled_loss, masked=static)
     if speed["sharded"]:  # FSDP2 replaces the parameters with shards: the optimizer is built on those
         speed["sharded"] = shard(module, mixed_precision=accelerator.mixed_precision) or True
@@ -244,8 +244,16 @@ def _setup(model, features, *, args, settings, accelerator, pad_id, speed, hooks
         start_id=start_id,
     )
     dynamic = compile_dynamic(features)
+    static = speed["compile"] != "off" and not dynamic  # compiled graphs of one shape (``_Loop.fit``)
     module, optimizer, loader, scheduler, params, regions = _prepare(
-        model, loader, args=args, settings=settings, accelerator=accelerator, speed=speed, dynamic=dynamic
+        model,
+        loader,
+        args=args,
+        settings=settings,
+        accelerator=accelerator,
+        speed=speed,
+        dynamic=dynamic,
+        static=static,
     )
     if len(loader) != settings.batches_per_epoch:  # the steps were counted for another split of the data
         raise RuntimeError(
@@ -262,7 +270,7 @@ def _setup(model, features, *, args, settings, accelerator, pad_id, speed, hooks
         learning_rate=settings.learning_rate,
         regions=regions,
         log_steps=log_every(args, accelerator.device.type),
-        static=speed["compile"] != "off" and not dynamic,
+        static=static,
         graphs=bool(speed["cuda_graphs"]),
         pad_id=pad_id,
         **hooks,
