@@ -111,8 +111,21 @@ def summarization_scores(predictions: list[str], references: list[str]) -> dict:
 
 
 def evaluate_summarization(
-    model, records, *, tok, family, args, device, batch_size, label_names=None, progress=None, chat=False
+    model,
+    records,
+    *,
+    tok,
+    family,
+    args,
+    device,
+    batch_size,
+    label_names=None,
+    progress=None,
+    chat=False,
+    generation=("off", "off"),
 ) -> dict:
+    """ROUGE and BLEU of greedy summaries; ``generation``: (the decoding path, ``Scorer.generate``'s mode; why),
+    what ran and why in ``metrics["generation"]``."""
     if family == "seq2seq":
         prompts = [
             tok(T5_SUMMARY_PREFIX + r["source"], truncation=True, max_length=args.max_source_length)["input_ids"]
@@ -120,10 +133,12 @@ def evaluate_summarization(
         ]
     else:
         prompts = [summary_prompt(tok, r["source"], args.max_source_length, chat=chat) for r in records]
+    ran: dict = {}
     preds = scorer(model, tok, family=family, device=device, batch_size=batch_size).generate(
-        prompts, max_new_tokens=args.max_target_length, progress=progress
+        prompts, max_new_tokens=args.max_target_length, progress=progress, mode=generation[0], record=ran
     )
     metrics = summarization_scores(preds, [r["target"] for r in records])
+    metrics["generation"] = {**ran["generation"], "reason": generation[1]}
     metrics["examples"] = [{"target": r["target"], "prediction": p} for r, p in list(zip(records, preds))[:3]]
     return metrics
 

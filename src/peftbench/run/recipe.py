@@ -25,7 +25,7 @@ from peftbench import results, stats
 from peftbench.catalog import data as data_mod
 from peftbench.catalog import methods, models, sources
 from peftbench.catalog.forgetting import Probe
-from peftbench.catalog.scoring import GENERATION
+from peftbench.catalog.scoring import GENERATION, generation_mode
 from peftbench.catalog.tasks import TASKS, mean_loss
 from peftbench.errors import Pruned, Skipped
 from peftbench.measure import dir_bytes
@@ -117,6 +117,8 @@ class Recipe:
                 raise Skipped(why)
         with self.phases("load"):
             self.loaded = models.load(exp.model, seed=exp.model.seed, device=self.dev)
+            if self.strategy != "fsdp" and not self.quantization:  # the probe runs where the model will train
+                self.loaded.model.to(self.dev)
         with self.phases("forgetting"):
             self._forgetting_before()
         self.loftq_factors = None
@@ -530,13 +532,10 @@ class Recipe:
         self.out["forgetting"] = self.probe.record(self.before, after)
 
     def _probe_nll(self, model, when: str) -> list[float]:
+        model = self.accelerator.unwrap_model(model)
+        dev, batch = next(model.parameters()).device, max(1, self.exp.train.batch_size)  # FSDP's base: on the CPU
         with progress(total=None, desc=f"forgetting {when} {self.plan.run_id}"):
-            return self.probe.nll(
-                self.accelerator.unwrap_model(model),
-                tok=self.loaded.tokenizer,
-                device=self.dev,
-                batch_size=max(1, self.exp.train.batch_size),
-            )
+            return self.probe.nll(model, tok=self.loaded.tokenizer, device=dev, batch_size=batch)
 
     def _chat_template(self, tok) -> bool:
         wanted = self.exp.model.chat_template
@@ -558,9 +557,13 @@ class Recipe:
             **kw,
         )
 
-    def _quality(self, records, *, desc: str, limit: int | None = None) -> dict:
+    def _quality(self, records, *, desc: str, limit: int | None = None, periodic: bool = False) -> dict:
         exp = self.exp
         kwargs = {"limit": limit or exp.data.max_eval_samples} if self.task.blocks else {}
+        if self.task.generates:  # (mode, why): eager between training steps, whose CUDA graphs are alive
+            steps = -(-len(records) // max(1, exp.train.batch_size)) * exp.data.max_target_length
+            value = "off" if periodic else exp.train.eval_generation
+            kwargs["generation"] = generation_mode(value, device_type=self.dev.type, steps=steps)
         with progress(total=len(records), desc=desc) as bar:
             return self.task.evaluate(
                 self.accelerator.unwrap_model(self.model),
@@ -577,7 +580,7 @@ class Recipe:
             )
 
     def _periodic_eval(self, step: int) -> dict:
-        q = self._quality(self.eval_records, desc=f"eval@{step}", limit=self.exp.train.eval_samples)
+        q = self._quality(self.eval_records, desc=f"eval@{step}", limit=self.exp.train.eval_samples, periodic=True)
         scores = {k: v for k, v in q.items() if isinstance(v, (int, float))}
         self._prune_check(step, scores)
         return scores

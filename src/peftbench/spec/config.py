@@ -31,13 +31,14 @@ SECTIONS = ("model", "data", "method", "train", "measure")
 SUITE_KEYS = ("name", "description", "defaults", "experiments", "matrix", "seeds", "log_with")
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: no trailing newline slips in
 ON_OFF_FIELDS = {"chat_template", "compile", "fused_optimizer", "fused_loss", "packing", "group_by_length", "optimized"}
-ON_OFF_FIELDS |= {"stage", "cuda_graphs"}
+ON_OFF_FIELDS |= {"stage", "cuda_graphs", "eval_generation"}
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # model.dtype and measure.dtype (torch.<name>)
 SWITCH_CHOICES = ("auto", "on", "off")
 FUSED_LOSS_CHOICES = ("auto", "on", "liger", "chunked", "off")
 COMPILE_CHOICES = ("auto", "on", "off", "model", "regions")
 QUANTIZATION_CHOICES = (None, "nf4", "int8")  # model.quantization (bitsandbytes)
 OPTIMIZED_CHOICES = ("auto", "static", "compile", "off")  # measure.optimized
+EVAL_GENERATION_CHOICES = ("auto", "on", "static", "off")  # train.eval_generation
 DISTRIBUTED_CHOICES = ("auto", "ddp", "fsdp")  # train.distributed
 MAX_SEED = 2**32 - 1  # numpy.random.seed takes 0..2**32-1; torch.manual_seed takes more
 MAX_ID_LENGTH = 100  # result file names get run suffixes (--lr..--seed..) and must stay < 255 bytes
@@ -158,6 +159,12 @@ class TrainArgs:
         "the compiled training graphs replayed as CUDA graphs (torch.compile's reduce-overhead: a graph's kernels "
         "in one launch): auto (with CUDA, for compiled blocks of fixed shapes on one process, without "
         "gradient accumulation; not over a whole-model graph) | on (also a whole-model graph) | off",
+    )
+    eval_generation: str = _f(
+        "auto",
+        "evaluation's generation (summaries): auto (static KV cache and the decoding step compiled as CUDA graphs, "
+        "with CUDA where the run decodes enough steps to repay compiling; else eager) | on | static (static cache, "
+        "eager) | off (transformers' dynamic cache). Periodic evaluations between training steps stay eager",
     )
     fused_optimizer: str = _f("auto", "fused AdamW kernel: auto (on with CUDA) | on | off")
     fused_loss: str = _f(
