@@ -1,4 +1,4 @@
-# ruff: noqa: E501, E401, E702, E741
+# ruff: noqa: E501
 """Where a suite's wall time goes outside its runs' phases: a six-run suite (gpt2-medium LM x LoRA/full/IA3, saved
 random gpt2 and t5-small summarisation with LoRA, two of them with ``train.eval_generation: on``), run as one
 ``peftbench run`` process with ``-X importtime``, every stderr line timestamped from the process's start.
@@ -9,11 +9,13 @@ random gpt2 and t5-small summarisation with LoRA, two of them with ``train.eval_
 Writes ``$OUT/gap.json`` (suite wall, the phases summed with the suite's one plan counted once, per-run rows) and
 ``$OUT/gap_log.txt`` (the timeline; imports over 0.3 s). The summarisation models are saved to disk first so that
 they count as pretrained (quality, forgetting and evaluation's generation run; random weights skip them). A rerun
-into the same folder skips the runs that succeeded (results are keyed by config hash): use a fresh folder.
+into the same folder would skip the runs that succeeded (results are keyed by config hash), so the suite's folder
+is removed first.
 """
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -51,6 +53,7 @@ def saved(shape):
 G, T = saved(GPT2), saved(T5)
 suite = suite.replace('"random:gpt2"', f'"{G}"').replace('"random:t5-small"', f'"{T}"')
 y = out / "gap.yaml"
+shutil.rmtree(out / "suite", ignore_errors=True)  # an earlier call's results would be skipped, not run, and summed
 out.mkdir(parents=True, exist_ok=True)
 y.write_text(suite)
 t0 = time.perf_counter()
@@ -84,7 +87,7 @@ proc.wait()
 wall = time.perf_counter() - t0
 Path(os.environ.get("OUT", "/tmp")).joinpath("gap_log.txt").write_text("\n".join(log))
 print("rc", proc.returncode, "wall", round(wall, 2))
-print("\n".join(l for l in log if " train " not in l[:20] and "import time" not in l)[-3000:])
+print("\n".join(x for x in log if " train " not in x[:20] and "import time" not in x)[-3000:])
 rows = []
 total = 0.0
 for f in sorted((out / "suite" / "results").glob("*.json")):

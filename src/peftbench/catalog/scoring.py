@@ -36,8 +36,14 @@ class Scorer:
     def _batches(self, feats: list[dict], side: str = "right"):
         for i in range(0, len(feats), self.batch_size):
             chunk = feats[i : i + self.batch_size]
-            batch = pad_batch(chunk, pad_id=self.tok.pad_token_id, side=side)
-            yield chunk, {k: v.to(self.device) for k, v in batch.items()}
+            yield chunk, self._batch(chunk, side)
+
+    def _batch(self, chunk: list[dict], side: str, fixed: int | None = None) -> dict:
+        """A chunk padded and on the device; ``fixed``: of one shape whatever the chunk, padded to that length and
+        filled to the batch size with repeats of its last feature (the caller drops their outputs)."""
+        fill = chunk + [chunk[-1]] * (self.batch_size - len(chunk)) if fixed else chunk
+        batch = pad_batch(fill, pad_id=self.tok.pad_token_id, side=side, multiple_of=fixed or 1)
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     def _scored(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return logits, labels
@@ -92,26 +98,24 @@ class Scorer:
         graphs: transformers' ``compile_config``). A model whose generation refuses the static cache falls back to
         "off", said in ``record["generation"]`` with the error."""
         feats = [{"input_ids": p} for p in prompts]
-        longest = max((len(p) for p in prompts), default=1)
-        kw = {"pad_token_id": self.tok.pad_token_id, "eos_token_id": self.tok.eos_token_id, **GENERATION}
+        longest = max((len(p) for p in prompts), default=1)  # one shape for the static cache's graphs
+        base = {"pad_token_id": self.tok.pad_token_id, "eos_token_id": self.tok.eos_token_id, **GENERATION}
+        kw = base
         if mode != "off":
-            kw["cache_implementation"] = "static"
-            kw.update({"compile_config": _decode_compiled()} if mode == "compile" else {"disable_compile": True})
+            compiled = {"compile_config": _decode_compiled()} if mode == "compile" else {"disable_compile": True}
+            kw = {**base, "cache_implementation": "static", **compiled}
         info = {"mode": mode}
         outs: list[str] = []
         for i in range(0, len(feats), self.batch_size):
             chunk = feats[i : i + self.batch_size]
-            fill = chunk + [chunk[-1]] * (self.batch_size - len(chunk)) if mode != "off" else chunk
-            to = longest if mode != "off" else 1  # one shape for the static cache's graphs
-            batch = pad_batch(fill, pad_id=self.tok.pad_token_id, side=self.generate_side, multiple_of=to)
-            batch = {k: v.to(self.device) for k, v in batch.items()}
+            batch = self._batch(chunk, self.generate_side, fixed=longest if mode != "off" else None)
             try:
                 gen = self.model.generate(**batch, max_new_tokens=max_new_tokens, **kw)
             except Exception as e:  # noqa: BLE001 - a model or method without static-cache support: eager
                 if mode == "off" or outs:
                     raise
                 info.update(mode="off", fallback=f"{mode}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-                mode, kw = "off", {k: v for k, v in kw.items() if k in ("pad_token_id", "eos_token_id", *GENERATION)}
+                mode, kw = "off", base
                 gen = self.model.generate(**batch, max_new_tokens=max_new_tokens, **kw)
             text = self.tok.batch_decode(self._continuation(gen, batch), skip_special_tokens=True)
             outs += [t.strip() for t in text[: len(chunk)]]
