@@ -327,6 +327,10 @@ def summarize(prof, wall: float) -> dict:
             }
             for e in top
         ],
+        "top_host_ops": [  # where the host's time goes between the kernels (self CPU time)
+            {"name": e.key[:90], "ms": round(e.self_cpu_time_total / 1000, 2), "calls": e.count}
+            for e in sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
+        ],
     }
 
 

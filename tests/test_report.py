@@ -6,6 +6,7 @@ import copy
 import csv
 import json
 import math
+import os
 import random
 import re
 import subprocess
@@ -394,3 +395,21 @@ def test_the_report_says_when_prompts_were_wrapped_in_a_chat_template(tmp_path):
     assert "Prompts wrapped in the tokenizer's chat template (model.chat_template: auto)" in report("a", [True, True])
     assert "some did not (see resolved.chat_template)" in report("b", [True, False])
     assert "chat template" not in report("c", [False, False])
+
+
+def test_plots_drawn_by_worker_processes_equal_the_ones_drawn_in_turn(fixture_dir, tmp_path):
+    """A group's plots drawn side by side in forked processes (machines of 4+ cores) give the files drawn here."""
+    from peftbench.report.plots import plot_group, plot_workers
+
+    _, aggs = group_verdicts(fixture_dir)
+    made = {}
+    for workers in (1, 3):
+        folder = tmp_path / f"plots-{workers}"
+        made[workers] = plot_group(aggs, folder=folder, slug="g", title="t", task=C, workers=workers)
+    assert set(made[1]) == set(made[3]) and len(made[1]) >= 4
+    for name, path in made[1].items():
+        other = made[3][name]
+        assert other.read_bytes() == path.read_bytes(), name
+        side, other_side = path.with_suffix(".plotly.json"), other.with_suffix(".plotly.json")
+        assert json.loads(side.read_text()) == json.loads(other_side.read_text()), name
+    assert plot_workers(8) == (1 if (os.cpu_count() or 1) < 4 else min(8, os.cpu_count() - 1))

@@ -245,6 +245,29 @@ def test_cuda_graphs_only_for_a_compiled_run_of_one_shape_on_one_process():
     assert graphs(TrainArgs(compile="model", cuda_graphs="on"))[0] is True
 
 
+def test_cudnn_attention_off_with_cuda_where_shapes_vary_and_the_kernels_follow():
+    from peftbench.run.speed import CUDNN_ATTENTION, attention_kernels
+
+    lm = {"family": "causal", "task": "classification", "model": models.build_random("tiny-gpt2", seed=0)}
+
+    def cudnn(args=None, **kw):
+        s = resolve(args or TrainArgs(), **{"device_type": "cuda", **lm, **kw})
+        return s["cudnn_attention"], s["reasons"].get("cudnn_attention", "")
+
+    assert cudnn(varying=True) == (False, f"auto: off, batch shapes vary ({CUDNN_ATTENTION})")
+    assert cudnn(varying=False) == (True, "")  # one shape: torch's own choice
+    assert cudnn(device_type="cpu", varying=True) == (True, "")  # no cuDNN attention on CPU to avoid
+    assert cudnn(TrainArgs(cudnn_attention="on"), varying=True)[0] is True
+    assert cudnn(TrainArgs(cudnn_attention="off"), varying=False)[0] is False
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with attention_kernels({"cudnn_attention": False}, "cuda"):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored after training
+    with attention_kernels({"cudnn_attention": False}, "cpu"), attention_kernels({"cudnn_attention": True}, "cuda"):
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
 def test_switches_resolve_off_on_cpu_and_say_why_when_they_cannot_apply():
     causal = models.build_random("tiny-gpt2", seed=0)
     s = resolve(TrainArgs(), device_type="cpu", family="causal", task="classification", model=causal)
@@ -600,3 +623,19 @@ def test_the_masked_chunked_loss_counts_only_the_targets_it_keeps():
         rh, rw = torch.autograd.grad(ref, [hidden, weight])
         assert torch.allclose(loss, ref, rtol=1e-5) and bool((gh[~keep] == 0).all())
         assert torch.allclose(gh, rh, rtol=1e-4, atol=1e-6) and torch.allclose(gw, rw, rtol=1e-4, atol=1e-6)
+
+
+def test_compile_workers_start_early_only_for_a_cuda_run_that_may_compile():
+    from peftbench.run.speed import stop_compile_workers, warm_compile_workers
+    from peftbench.spec.config import DataArgs
+
+    data = DataArgs(max_source_length=512, max_target_length=64)
+    assert warm_compile_workers("cpu", TrainArgs(max_steps=1000), data) is False
+    assert warm_compile_workers("cuda", TrainArgs(max_steps=1000, compile="off"), data) is False
+    short = TrainArgs(max_steps=50, batch_size=8)  # at most 50 x 8 x 576 = 0.23 M tokens: auto cannot compile it
+    assert warm_compile_workers("cuda", short, data) is False
+    assert warm_compile_workers("cuda", short, data, processes=8) is True  # 1.8 M tokens over eight processes
+    assert warm_compile_workers("cuda", TrainArgs(max_steps=50, batch_size=8, compile="regions"), data) is True
+    assert warm_compile_workers("cuda", TrainArgs(max_steps=-1, epochs=1.0), data) is True  # epochs: unknown length
+    speed = {"compile": "regions"}
+    assert stop_compile_workers(True, speed) is speed and stop_compile_workers(False, {"compile": "off"})

@@ -376,17 +376,50 @@ def plot_learning_forgetting(aggs: list, path: Path, title: str, task: str) -> P
     return _save(fig, path)
 
 
-def plot_group(aggs: list, *, folder: Path, slug: str, title: str, task: str) -> dict[str, Path]:
+def plot_group(aggs: list, *, folder: Path, slug: str, title: str, task: str, workers: int | None = None) -> dict:
+    """Every plot of one (model, task) group: name -> PNG path (plots with nothing to show are left out).
+    ``workers``: processes drawing them side by side (default ``plot_workers``); 1 draws them here, in turn."""
     folder.mkdir(parents=True, exist_ok=True)
     random_weights = all(is_random(a.runs[0]) for a in aggs)
-    made = {
-        "loss": plot_loss(aggs, folder / f"{slug}-loss.png", title),
-        "quality": None if random_weights else plot_quality(aggs, folder / f"{slug}-quality.png", title, task),
-        "quality_curve": plot_quality_curve(aggs, folder / f"{slug}-quality-vs-step.png", title, task),
-        "learning_rates": plot_learning_rates(aggs, folder / f"{slug}-learning-rates.png", title),
-        "params_storage": plot_params_storage(aggs, folder / f"{slug}-params-storage.png", title),
-        "latency": plot_latency(aggs, folder / f"{slug}-latency-throughput.png", title),
-        "pareto": plot_pareto(aggs, folder / f"{slug}-pareto.png", title, task),
-        "learning_forgetting": plot_learning_forgetting(aggs, folder / f"{slug}-learning-forgetting.png", title, task),
-    }
+    jobs = {
+        "loss": (plot_loss, aggs, folder / f"{slug}-loss.png", title),
+        "quality": None if random_weights else (plot_quality, aggs, folder / f"{slug}-quality.png", title, task),
+        "quality_curve": (plot_quality_curve, aggs, folder / f"{slug}-quality-vs-step.png", title, task),
+        "learning_rates": (plot_learning_rates, aggs, folder / f"{slug}-learning-rates.png", title),
+        "params_storage": (plot_params_storage, aggs, folder / f"{slug}-params-storage.png", title),
+        "latency": (plot_latency, aggs, folder / f"{slug}-latency-throughput.png", title),
+        "pareto": (plot_pareto, aggs, folder / f"{slug}-pareto.png", title, task),
+        "learning_forgetting": (
+            plot_learning_forgetting, aggs, folder / f"{slug}-learning-forgetting.png", title, task,
+        ),
+    }  # fmt: skip
+    jobs = {k: v for k, v in jobs.items() if v is not None}
+    workers = plot_workers(len(jobs)) if workers is None else workers
+    if workers <= 1:
+        made = {k: fn(*args) for k, (fn, *args) in jobs.items()}
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            futures = {k: pool.submit(fn, *args) for k, (fn, *args) in jobs.items()}
+            made = {k: f.result() for k, f in futures.items()}
     return {k: v for k, v in made.items() if v is not None}
+
+
+def plot_workers(n_plots: int) -> int:
+    """Processes for a group's plots: one each (at most 8) on a machine of 4 or more cores, where this process runs
+    no other thread (a forked copy of a thread's held lock would never be released); else 1. Each plot costs
+    0.4-0.8 s of matplotlib's drawing, and a report has up to 8 a group, after the last run."""
+    import os
+    import threading
+
+    if (os.cpu_count() or 1) < 4 or threading.active_count() > 1 or "fork" not in _start_methods():
+        return 1
+    return max(1, min(n_plots, 8, (os.cpu_count() or 1) - 1))
+
+
+def _start_methods() -> list[str]:
+    import multiprocessing
+
+    return multiprocessing.get_all_start_methods()

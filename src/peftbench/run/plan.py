@@ -274,6 +274,7 @@ def _choices(exp: Experiment) -> list[str]:
         ("train.fused_loss", exp.train.fused_loss, FUSED_LOSS_CHOICES),
         ("train.packing", exp.train.packing, SWITCH_CHOICES),
         ("train.cuda_graphs", exp.train.cuda_graphs, SWITCH_CHOICES),
+        ("train.cudnn_attention", exp.train.cudnn_attention, SWITCH_CHOICES),
         ("train.eval_generation", exp.train.eval_generation, EVAL_GENERATION_CHOICES),
         ("train.group_by_length", exp.train.group_by_length, SWITCH_CHOICES),
         ("model.quantization", exp.model.quantization, QUANTIZATION_CHOICES),

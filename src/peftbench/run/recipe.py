@@ -40,7 +40,7 @@ from peftbench.run.faults import fault_point
 from peftbench.run.plan import Run
 from peftbench.run.progress import progress
 from peftbench.run.settings import Settings, batches_per_process, total_steps
-from peftbench.run.speed import is_warm, mark_warm, planned_tokens, warm_key
+from peftbench.run.speed import is_warm, mark_warm, planned_tokens, stop_compile_workers, warm_compile_workers, warm_key
 from peftbench.run.speed import resolve as resolve_speed
 from peftbench.run.tracking import Trackers, final_values
 from peftbench.run.train import UNTRAINED, train, varying
@@ -109,6 +109,7 @@ class Recipe:
         self.dev = self.accelerator.device
         self.main = self.accelerator.is_main_process
         self._start_phases()
+        self.workers = warm_compile_workers(self.dev.type, exp.train, exp.data, self.accelerator.num_processes)
         torch.manual_seed(exp.train.seed)
         self.quantization = exp.model.quantization or methods.lookup(exp.method.name).quantization
         if self.quantization:
@@ -493,22 +494,13 @@ class Recipe:
     def _speed(self) -> dict:
         """The speed switches for this run's device, model and data (``speed.resolve``): compilation where the
         run's tokens repay it (fewer needed when this model and method compiled here before)."""
-        t, e, shapes_vary = self.exp.train, self.exp, varying(self.features)
-        tokens = planned_tokens(self.features, steps=self.steps, args=t, processes=self.accelerator.num_processes)
-        key = [e.model.spec, e.method.name, e.method.options, self.accelerator.mixed_precision, shapes_vary]
-        self.warm_key = warm_key(*key)
-        return resolve_speed(
-            t,
-            device_type=self.dev.type,
-            family=self.loaded.family,
-            task=self.task.name,
-            model=self.model,
-            varying=shapes_vary,
-            sharded=self.strategy == "fsdp",
-            tokens=tokens,
-            warm=is_warm(self.warm_key),
-            processes=self.accelerator.num_processes,
-        )
+        t, e, shapes_vary, n = self.exp.train, self.exp, varying(self.features), self.accelerator.num_processes
+        tokens = planned_tokens(self.features, steps=self.steps, args=t, processes=n)
+        precision = self.accelerator.mixed_precision
+        self.warm_key = warm_key(e.model.spec, e.method.name, e.method.options, precision, shapes_vary)
+        kw = {"family": self.loaded.family, "task": self.task.name, "model": self.model, "varying": shapes_vary}
+        kw |= {"sharded": self.strategy == "fsdp", "tokens": tokens, "warm": is_warm(self.warm_key), "processes": n}
+        return stop_compile_workers(self.workers, resolve_speed(t, device_type=self.dev.type, **kw))
 
     def _release_training_state(self) -> None:
         """Optimizer states and gradients must not count towards inference memory."""

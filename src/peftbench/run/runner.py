@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import importlib
 import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -247,6 +249,8 @@ def run_suite(
     """Run the suite's runs; returns the exit code (0 all succeeded, 1 some failed, 128+N on signal N).
     ``executor``: ``spread.Spread`` for several runs at once (``--executor local|ray``); None: one by one."""
     device = resolve_device(device)
+    if report and is_main_rank():
+        _import_report_aside(device)
     runs = select(plan_runs(suite), only)
     in_process = _launched(gpus, in_process=in_process) or in_process
     main = is_main_rank()
@@ -363,6 +367,17 @@ def _announce(head: str, result, echo, *, out_dir: Path) -> int:
         echo(f"{head}: FAILED {result.error}{kept}")
         return 1
     return 0
+
+
+def _import_report_aside(device: str) -> threading.Thread | None:
+    """Where the runs train on a GPU, the report's imports (matplotlib, plotly's figures; 1-3 s, more on a fresh
+    machine building its font cache) happen in a thread of this process while they train, not after the last run.
+    Not where runs train on this CPU: they would share its cores with the imports and measure slower."""
+    if device == "cpu" or (device == "auto" and not Path("/dev/nvidiactl").exists()):
+        return None
+    thread = threading.Thread(target=lambda: importlib.import_module("peftbench.report"), daemon=True)
+    thread.start()  # an import the report then finds done (or waits on, under the import's own lock)
+    return thread
 
 
 def _report(out_dir: Path, echo) -> None:

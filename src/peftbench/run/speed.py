@@ -18,12 +18,14 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import logging
 from collections.abc import Callable
 
 import torch
 
 from peftbench.catalog.batches import pack_seq2seq, segment_masks
 from peftbench.catalog.taskspecs import SPECS
+from peftbench.run.chunked import ALIGN, chunked_linear_cross_entropy
 
 # what auto resolves to on CUDA where measuring chose off (t5-base, H200, benchmarks/results/train_speed_h200.md)
 SEQ2SEQ_PACKING = (
@@ -38,8 +40,7 @@ FSDP_COMPILE = (
     "compiled sharded training gives the eager losses, but its speed on GPUs is not yet measured; "
     "train.compile: on compiles"
 )
-CHUNK_ROWS = 4096  # rows of logits alive at once in the chunked loss (4096 x 50k fp32 = 0.8 GB)
-ALIGN = 64  # vocabulary rows padded to a multiple of this in the chunked loss
+log = logging.getLogger(__name__)
 
 
 def liger_available() -> bool:
@@ -120,11 +121,9 @@ def resolve(
         group, reasons["group_by_length"] = False, "off: every example has the same length"
     out["group_by_length"] = group
     out["cuda_graphs"] = _cuda_graphs(args, reasons, cuda=cuda, mode=compile_mode, varying=varying, n=processes)
-    out["sharded"] = sharded
+    out["cudnn_attention"] = _cudnn_attention(args.cudnn_attention, cuda=cuda, varying=varying, reasons=reasons)
     out["dataloader_workers"] = args.dataloader_workers if args.dataloader_workers is not None else (2 if cuda else 0)
-    out["pin_memory"] = cuda
-    out["reasons"] = reasons
-    return out
+    return {**out, "sharded": sharded, "pin_memory": cuda, "reasons": reasons}
 
 
 # What compilation costs and saves (one H200, random:gpt2-medium, 16 x 512 tokens per step; session 7,
@@ -176,6 +175,40 @@ def _compile_mode(
 CUDA_GRAPHS = "one H200, gpt2-medium: LoRA 214.9k tok/s against 194.9k, full fine-tuning 159.3k against 132.8k"
 
 
+def warm_compile_workers(device_type: str, train, data, processes: int = 1) -> bool:
+    """Start inductor's compile workers now (a CUDA run that may compile), beside the model's load and the data's
+    encoding: torch starts them at the first compilation, whose first kernels then compile one by one in this
+    process until the workers are up (their process imports torch first). Not for a run too short to compile
+    whatever its data holds (``auto`` over at most ``max_steps`` x batch x the longest example's tokens). Returns
+    whether they were started (``stop_compile_workers`` undoes it where the run turns out not to compile).
+
+    One H200, gpt2-medium LoRA 16 x 512, 1,000 steps on a cold cache: warm-up 14.2 s against 20.7-22.9 s with the
+    workers started at the first compilation: 2.22x Trainer's all-steps rate (results/suite_speed_h200.md)."""
+    if device_type != "cuda" or train.compile == "off":
+        return False
+    longest = data.max_source_length + data.max_target_length
+    most = train.max_steps * train.batch_size * train.gradient_accumulation_steps * processes * longest
+    if train.compile == "auto" and 0 < most < REPAYS_TOKENS["warm"]:
+        return False
+    try:
+        from torch._inductor.async_compile import maybe_warm_pool
+
+        maybe_warm_pool()
+    except Exception as e:  # a speed-up only: the first compilation starts them as before
+        log.debug("compile workers not started early: %s", e)
+        return False
+    return True
+
+
+def stop_compile_workers(started: bool, speed: dict) -> dict:
+    """``speed`` as given; the early workers (``started``) stopped again where it compiles nothing."""
+    if started and speed["compile"] == "off":
+        from torch._inductor.async_compile import shutdown_compile_workers
+
+        shutdown_compile_workers()
+    return speed
+
+
 def _cuda_graphs(args, reasons: dict, *, cuda: bool, mode: str, varying: bool, n: int) -> bool:
     """Whether the compiled graphs run as CUDA graphs (torch.compile's ``reduce-overhead``: each graph's kernels
     replayed by one launch, where the host otherwise issues them one by one and the GPU waits between). Only
@@ -204,6 +237,32 @@ def _cuda_graphs(args, reasons: dict, *, cuda: bool, mode: str, varying: bool, n
         return False
     reasons["cuda_graphs"] = f"{value}: on ({CUDA_GRAPHS})"
     return True
+
+
+# One H200, smollm2-135m full fine-tuning, classification-shaped (16 examples of 16-512 tokens a step, packed): the
+# host spent 2.1 ms in each call of cuDNN's attention, forward and backward (1,290 ms of a 4,918 ms window of 20
+# steps, 60 calls a step), the GPU idle 92 % of the window (benchmarks/results/train_speed_h200.md, session 9).
+CUDNN_ATTENTION = "one H200, smollm2-135m packed rows of varying length: 2.1 ms of host time per cuDNN attention call"
+
+
+def _cudnn_attention(value: str, *, cuda: bool, varying: bool, reasons: dict) -> bool:
+    """Whether training's attention may use cuDNN's kernels (torch's own choice) or keeps to flash and
+    memory-efficient ones: ``auto`` keeps off cuDNN with CUDA where batch shapes vary (``CUDNN_ATTENTION``)."""
+    if value != "auto":
+        return value == "on"
+    if cuda and varying:
+        reasons["cudnn_attention"] = f"auto: off, batch shapes vary ({CUDNN_ATTENTION})"
+        return False
+    return True
+
+
+def attention_kernels(speed: dict, device_type: str) -> contextlib.AbstractContextManager:
+    """Training's attention kernels as ``speed`` says: without cuDNN's where ``cudnn_attention`` is off (CUDA)."""
+    if speed.get("cudnn_attention", True) or device_type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def planned_tokens(features: list[dict], *, steps: int, args, processes: int) -> float:
@@ -437,94 +496,6 @@ def _grad_into_blocks(module: torch.nn.Module, blocks: list[torch.nn.Module]):
 
 
 # ---------------------------------------------------------------- loss
-
-
-class _ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """mean(CE(hidden @ weight.T, targets)) with the logits alive one chunk of rows at a time.
-
-    The gradients are computed in the forward pass (as Liger does) and scaled in the backward,
-    so neither pass keeps the full logits. The vocabulary is padded to a multiple of ``ALIGN``
-    rows (their logits set to -inf): GPT-2's 50,257 rows would otherwise send every matmul to
-    slow unaligned GEMM kernels."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk, compiled=False, masked=False):
-        n, dtype = targets.numel(), hidden.dtype
-        vocab = weight.shape[0]
-        acc = torch.promote_types(dtype, torch.float32)  # softmax and sums in fp32 at least
-        w = weight.to(dtype)
-        if vocab % ALIGN:
-            w = torch.cat([w, w.new_zeros(ALIGN - vocab % ALIGN, w.shape[1])])
-        grad_h = torch.zeros_like(hidden)
-        grad_w = torch.zeros(w.shape, dtype=acc, device=weight.device) if weight.requires_grad else None
-        total = torch.zeros((), dtype=acc, device=hidden.device)
-        if masked:  # targets IGNORE (a filler row's) count nothing: the mean over the others
-            count = (targets >= 0).sum().clamp_min(1).to(acc)
-        else:
-            count = torch.full((), max(n, 1), dtype=acc, device=hidden.device)  # a tensor: one graph for every count
-        body = _compiled_chunk() if compiled else _chunk
-        chunk = -(-n // -(-n // chunk)) if n else chunk  # equal chunks: one shape for a run of fixed-length batches
-        for s in range(0, n, chunk):
-            h, t = hidden[s : s + chunk], targets[s : s + chunk]
-            loss, gh, gw = body(h, w, t, vocab, count, grad_w is not None, masked)
-            total += loss
-            grad_h[s : s + chunk] = gh
-            if grad_w is not None:
-                grad_w += gw.to(acc)
-        ctx.weight_dtype = weight.dtype
-        ctx.has_grad_w = grad_w is not None
-        ctx.save_for_backward(grad_h, grad_w[:vocab] if grad_w is not None else torch.empty(0))
-        return total / count
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        grad_h, grad_w = ctx.saved_tensors
-        gw = (grad_w * grad_out).to(ctx.weight_dtype) if ctx.has_grad_w else None
-        return grad_h * grad_out.to(grad_h.dtype), gw, None, None, None, None
-
-
-def _chunk(h, w, t, vocab: int, count, weight_grad: bool, masked: bool = False):
-    """One chunk's summed loss and its gradients against ``h`` and (``weight_grad``) ``w``, the logits alive once:
-    the softmax is computed in their place. ``masked``: targets below 0 count no loss and get no gradient."""
-    logits = (h @ w.T).to(torch.promote_types(h.dtype, torch.float32))
-    logits[:, vocab:] = float("-inf")
-    keep = None
-    if masked:
-        keep, t = (t >= 0).to(logits.dtype), t.clamp_min(0)
-    lse = torch.logsumexp(logits, dim=-1)
-    per_row = lse - logits.gather(1, t[:, None]).squeeze(1)
-    loss = (per_row if keep is None else per_row * keep).sum()
-    g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-    g[torch.arange(len(t), device=g.device), t] -= 1.0
-    g = (g.div_(count) if keep is None else g.mul_(keep[:, None] / count)).to(h.dtype)
-    return loss, g @ w, (g.T @ h) if weight_grad else None
-
-
-_COMPILED_CHUNK = None
-
-
-def _compiled_chunk():
-    """``_chunk`` compiled (in a run that compiles): its softmax, gather and scaling fused into a few kernels that
-    read the logits once or twice, where eagerly each is a pass of its own over 4096 x vocabulary fp32 values."""
-    global _COMPILED_CHUNK
-    if _COMPILED_CHUNK is None:
-        _COMPILED_CHUNK = torch.compile(_chunk)
-    return _COMPILED_CHUNK
-
-
-def chunked_linear_cross_entropy(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    targets: torch.Tensor,
-    chunk: int = CHUNK_ROWS,
-    compiled: bool = False,
-    masked: bool = False,
-) -> torch.Tensor:
-    """mean(CE(hidden @ weight.T, targets)); ``masked``: over the targets that are not negative (``IGNORE``)."""
-    device_type = hidden.device.type
-    off = torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type) else None
-    with off or contextlib.nullcontext():  # (the meta device has no autocast)
-        return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk, compiled, masked)
 
 
 class LossModule(torch.nn.Module):

@@ -44,7 +44,7 @@ from peftbench.measure.phases import clock_reader
 from peftbench.run import unpadded
 from peftbench.run.distributed import peak_per_process, shard
 from peftbench.run.settings import Settings
-from peftbench.run.speed import CompiledRegions, LossModule
+from peftbench.run.speed import CompiledRegions, LossModule, attention_kernels
 from peftbench.spec.config import TrainArgs
 
 WARMUP_STEPS = 2  # laps of their own, left out of the steady rate
@@ -58,6 +58,7 @@ PLAIN = {
     "pin_memory": False,
     "sharded": False,
     "cuda_graphs": False,
+    "cudnn_attention": True,
 }
 
 
@@ -317,7 +318,7 @@ def train(
     model.train()
     try:
         with MemoryTracker(accelerator.device, resident_bytes=tensor_bytes(model)) as mem, unpadded.masks():
-            with loop.timer.running():
+            with loop.timer.running(), attention_kernels(speed, accelerator.device.type):
                 loop.run(loader, model)
     finally:
         if regions:

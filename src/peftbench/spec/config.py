@@ -31,7 +31,7 @@ SECTIONS = ("model", "data", "method", "train", "measure")
 SUITE_KEYS = ("name", "description", "defaults", "experiments", "matrix", "seeds", "log_with")
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: no trailing newline slips in
 ON_OFF_FIELDS = {"chat_template", "compile", "fused_optimizer", "fused_loss", "packing", "group_by_length", "optimized"}
-ON_OFF_FIELDS |= {"stage", "cuda_graphs", "eval_generation"}
+ON_OFF_FIELDS |= {"stage", "cuda_graphs", "eval_generation", "cudnn_attention"}
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # model.dtype and measure.dtype (torch.<name>)
 SWITCH_CHOICES = ("auto", "on", "off")
 FUSED_LOSS_CHOICES = ("auto", "on", "liger", "chunked", "off")
@@ -159,6 +159,12 @@ class TrainArgs:
         "the compiled training graphs replayed as CUDA graphs (torch.compile's reduce-overhead: a graph's kernels "
         "in one launch): auto (with CUDA, for compiled blocks of fixed shapes on one process, without "
         "gradient accumulation; not over a whole-model graph) | on (also a whole-model graph) | off",
+    )
+    cudnn_attention: str = _f(
+        "auto",
+        "cuDNN's kernels for the training's attention (PyTorch's scaled_dot_product_attention picks them on recent "
+        "GPUs): auto (off with CUDA where batch shapes vary: cuDNN builds a plan on the host per shape; else torch's "
+        "choice) | on (torch's choice) | off (flash or memory-efficient kernels)",
     )
     eval_generation: str = _f(
         "auto",
