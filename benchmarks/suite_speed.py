@@ -69,8 +69,12 @@ def study_models(smoke: bool) -> list[str]:
     return ["random:tiny-gpt2", "random:tiny-t5"] if smoke else ["random:gpt2", "random:t5-small"]
 
 
-def suite_yaml(data: Path, steps: int, smoke: bool) -> dict:
-    return {
+def suite_yaml(data: Path, steps: int, smoke: bool, sets: list[str] = ()) -> dict:
+    """The study's suite; ``sets`` (``section.key=value``, YAML values) override its defaults, e.g. a study with
+    ``train.compile=regions`` beside one with today's ``auto``."""
+    import yaml
+
+    suite = {
         "name": "suite-speed",
         "description": "benchmarks/suite_speed.py: the study's shape on made data",
         "defaults": {
@@ -91,6 +95,11 @@ def suite_yaml(data: Path, steps: int, smoke: bool) -> dict:
             "methods": [{"method": {"name": n}} for n in METHODS],
         },
     }
+    for item in sets:
+        key, _, value = item.partition("=")
+        section, _, field = key.partition(".")
+        suite["defaults"].setdefault(section, {})[field] = yaml.safe_load(value)
+    return suite
 
 
 # ---------------------------------------------------------------- the plain script's side
@@ -235,7 +244,7 @@ def run_suite_side(a, steps: int, work: Path) -> dict:
     import yaml
 
     suite = work / f"suite-{steps}.yaml"
-    suite.write_text(yaml.safe_dump(suite_yaml(Path(a.data).resolve(), steps, a.smoke), sort_keys=False))
+    suite.write_text(yaml.safe_dump(suite_yaml(Path(a.data).resolve(), steps, a.smoke, a.set), sort_keys=False))
     out = work / f"peftbench-{steps}"
     cmd = [sys.executable, "-m", "peftbench", "run", str(suite), "--device", a.device, "--out", str(out)]
     t0 = time.perf_counter()
@@ -251,6 +260,7 @@ def run_suite_side(a, steps: int, work: Path) -> dict:
             phases[k] = round(phases.get(k, 0.0) + v, 2)
     return {
         "side": "peftbench",
+        "set": list(a.set),
         "steps": steps,
         "exit": proc.returncode,
         "runs": len(results),
@@ -266,7 +276,7 @@ def run_suite_side(a, steps: int, work: Path) -> dict:
     }
 
 
-def _timestamped(proc, t0: float, timeout: float | None) -> list[str]:
+def _timestamped(proc, t0: float, timeout: float | None, keep_all: bool = False) -> list[str]:
     """The process's stderr lines (its progress), each with the seconds since ``t0``; killed after ``timeout``."""
     import threading
 
@@ -291,7 +301,7 @@ def _timestamped(proc, t0: float, timeout: float | None) -> list[str]:
         lines.append(f"{time.perf_counter() - t0:8.1f} [benchmark: killed after {timeout} s]")
     for t in readers:
         t.join(timeout=5)
-    return [x for x in lines if "Warning" not in x and "warn(" not in x]
+    return lines if keep_all else [x for x in lines if "Warning" not in x and "warn(" not in x]
 
 
 def _errors(stderr: str) -> str:
@@ -299,21 +309,30 @@ def _errors(stderr: str) -> str:
 
 
 def run_trainer_side(a, steps: int) -> dict:
+    """The plain script in its own process; each finished run's row is read from its stderr as it comes, so a
+    script stopped by ``--timeout`` still reports the runs it finished (and their wall time)."""
     cmd = [sys.executable, __file__, "trainer-study", "--data", a.data, "--steps", str(steps), "--device", a.device]
     cmd += ["--smoke"] if a.smoke else []
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = _timestamped(proc, t0, a.timeout, keep_all=True)
     wall = time.perf_counter() - t0
-    rows = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else []
+    rows, ends = [], []
+    for line in lines:
+        at, _, text = line.strip().partition(" ")
+        if text.startswith('{"run"'):
+            rows.append(json.loads(text))
+            ends.append(float(at))
     return {
         "side": "trainer",
         "steps": steps,
         "exit": proc.returncode,
         "runs": len(rows),
         "wall_seconds": round(wall, 2),
+        "wall_at_last_run": ends[-1] if ends else None,  # a stopped script: its wall up to the runs it finished
         "train_seconds": round(sum(r["train_seconds"] for r in rows), 2),
         "rows": rows,
-        "stderr_tail": proc.stderr[-600:] if proc.returncode else "",
+        "stderr_tail": _errors("\n".join(lines))[-600:] if proc.returncode else "",
     }
 
 
@@ -485,7 +504,8 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny shapes (a CPU check of the script)")
     ap.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     ap.add_argument("--sides", default="peftbench,trainer", help="study: which sides run")
-    ap.add_argument("--timeout", type=float, default=None, help="study: the suite's process is killed after this")
+    ap.add_argument("--timeout", type=float, default=None, help="study: each side's process is stopped after this")
+    ap.add_argument("--set", action="append", default=[], help="study: the suite's defaults, section.key=value")
     ap.add_argument("--methods", default="full,lora", help="throughput: methods")
     ap.add_argument("--trainer-steps", default=None, help="throughput: Trainer's steps (default: --steps)")
     a = ap.parse_args(argv)
