@@ -411,15 +411,11 @@ def plot_workers(n_plots: int) -> int:
     """Processes for a group's plots: one each (at most 8) on a machine of 4 or more cores, where this process runs
     no other thread (a forked copy of a thread's held lock would never be released); else 1. Each plot costs
     0.4-0.8 s of matplotlib's drawing, and a report has up to 8 a group, after the last run."""
+    import multiprocessing
     import os
     import threading
 
-    if (os.cpu_count() or 1) < 4 or threading.active_count() > 1 or "fork" not in _start_methods():
+    forks = "fork" in multiprocessing.get_all_start_methods()
+    if (os.cpu_count() or 1) < 4 or threading.active_count() > 1 or not forks:
         return 1
     return max(1, min(n_plots, 8, (os.cpu_count() or 1) - 1))
-
-
-def _start_methods() -> list[str]:
-    import multiprocessing
-
-    return multiprocessing.get_all_start_methods()

@@ -369,15 +369,14 @@ def _announce(head: str, result, echo, *, out_dir: Path) -> int:
     return 0
 
 
-def _import_report_aside(device: str) -> threading.Thread | None:
+def _import_report_aside(device: str) -> None:
     """Where the runs train on a GPU, the report's imports (matplotlib, plotly's figures; 1-3 s, more on a fresh
     machine building its font cache) happen in a thread of this process while they train, not after the last run.
     Not where runs train on this CPU: they would share its cores with the imports and measure slower."""
     if device == "cpu" or (device == "auto" and not Path("/dev/nvidiactl").exists()):
-        return None
+        return
     thread = threading.Thread(target=lambda: importlib.import_module("peftbench.report"), daemon=True)
     thread.start()  # an import the report then finds done (or waits on, under the import's own lock)
-    return thread
 
 
 def _report(out_dir: Path, echo) -> None:

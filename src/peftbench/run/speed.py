@@ -137,6 +137,12 @@ REPAYS_TOKENS = {"cold": 1.8e6, "warm": 6.0e5}
 COMPILE_SOURCE = "gpt2-medium on an H200: 7.1 us saved per token against 12.5 s (cold) or 4.2 s (warm) of warm-up"
 
 
+def too_short_to_compile(tokens: float, cache: str) -> bool:
+    """Whether a run training ``tokens`` is too short to repay a compilation on a ``cold`` or ``warm`` cache
+    (``REPAYS_TOKENS``): ``auto``'s test, and the compile workers' (``warm_compile_workers``)."""
+    return tokens < REPAYS_TOKENS[cache]
+
+
 def _compile_mode(
     value: str, *, cuda: bool, varying: bool, reasons: dict, tokens: float | None = None, warm: bool = False
 ) -> str:
@@ -157,7 +163,7 @@ def _compile_mode(
         reasons["compile"] = f"on: {mode} ({'batch shapes vary' if varying else 'fixed batch shapes'})"
         return mode
     cache = "warm" if warm else "cold"
-    if tokens is not None and tokens < REPAYS_TOKENS[cache]:
+    if tokens is not None and too_short_to_compile(tokens, cache):
         reasons["compile"] = (
             f"auto: off ({tokens / 1e6:.2f} M tokens to train, under the {REPAYS_TOKENS[cache] / 1e6:.2f} M a "
             f"{cache} compilation repays; {COMPILE_SOURCE})"
@@ -188,7 +194,7 @@ def warm_compile_workers(device_type: str, train, data, processes: int = 1) -> b
         return False
     longest = data.max_source_length + data.max_target_length
     most = train.max_steps * train.batch_size * train.gradient_accumulation_steps * processes * longest
-    if train.compile == "auto" and 0 < most < REPAYS_TOKENS["warm"]:
+    if train.compile == "auto" and 0 < most and too_short_to_compile(most, "warm"):
         return False
     try:
         from torch._inductor.async_compile import maybe_warm_pool
