@@ -71,8 +71,8 @@ def study_models(smoke: bool) -> list[str]:
 
 def suite_yaml(data: Path, steps: int, smoke: bool, sets: list[str] = ()) -> dict:
     """The study's suite; ``sets`` (``section.key=value``, YAML values) override its defaults, e.g. a study with
-    ``train.compile=regions`` beside one with today's ``auto``."""
-    import yaml
+    ``train.compile=regions`` beside one with today's ``auto``. Parsed and merged as `peftbench run --set` does."""
+    from peftbench.spec.suites import deep_merge, parse_set
 
     suite = {
         "name": "suite-speed",
@@ -95,10 +95,7 @@ def suite_yaml(data: Path, steps: int, smoke: bool, sets: list[str] = ()) -> dic
             "methods": [{"method": {"name": n}} for n in METHODS],
         },
     }
-    for item in sets:
-        key, _, value = item.partition("=")
-        section, _, field = key.partition(".")
-        suite["defaults"].setdefault(section, {})[field] = yaml.safe_load(value)
+    suite["defaults"] = deep_merge(suite["defaults"], parse_set(list(sets)))  # a copy: MEASURE stays as it is
     return suite
 
 
