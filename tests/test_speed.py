@@ -236,7 +236,7 @@ def test_cuda_graphs_only_for_a_compiled_run_of_one_shape_on_one_process():
     assert graphs() == (True, "auto: on (" + CUDA_GRAPHS + ")")
     assert graphs(TrainArgs(compile="regions", cuda_graphs="off")) == (False, "")
     assert graphs(device_type="cpu") == (False, "auto: off on CPU")
-    assert graphs(TrainArgs(compile="off", cuda_graphs="on")) == (False, "on: off: nothing is compiled")
+    assert graphs(TrainArgs(compile="off", cuda_graphs="on"))[1].endswith("(the eager step is recorded: graph_step)")
     assert graphs(TrainArgs(compile="auto"), tokens=1e5)[1] == "auto: off: nothing is compiled"  # too short to compile
     assert "shapes vary" in graphs(varying=True)[1] and "several processes" in graphs(processes=2)[1]
     assert "checkpointed" in graphs(TrainArgs(compile="regions", gradient_checkpointing=True))[1]
@@ -307,7 +307,7 @@ def test_switches_resolve_off_on_cpu_and_say_why_when_they_cannot_apply():
     assert not s["packing"] and "encoder-decoder" in s["reasons"]["packing"]
 
 
-def _run(speed, steps=12, method="lora", dropout=0.0, feats=None, clock=None):
+def _run(speed, steps=12, method="lora", dropout=0.0, feats=None, clock=None, cpu=True, log_steps=None):
     from accelerate import Accelerator
 
     from peftbench.run.train import train
@@ -320,12 +320,78 @@ def _run(speed, steps=12, method="lora", dropout=0.0, feats=None, clock=None):
         name=method, options={"lora_dropout": 0.0} if method == "lora" else {}, model=base, family="causal"
     ).model
     args, acc, feats = (
-        TrainArgs(max_steps=steps, batch_size=4, warmup_ratio=0.0, seed=3),
-        Accelerator(cpu=True),
+        TrainArgs(max_steps=steps, batch_size=4, warmup_ratio=0.0, seed=3, log_steps=log_steps),
+        Accelerator(cpu=cpu),
         feats or _features(40),
     )
     settings = for_loop(n_examples=len(feats), args=args, learning_rate=1e-2, accelerator=acc, speed=speed)
     return train(model, feats, args=args, settings=settings, accelerator=acc, pad_id=0, clock=clock)
+
+
+def test_the_captured_step_resolves_only_where_nothing_compiles_on_one_cuda_process_and_pads_to_one_shape():
+    lm = {"family": "causal", "task": "classification", "model": models.build_random("tiny-gpt2", seed=0)}
+
+    def step(args, **kw):
+        s = resolve(args, **{"device_type": "cuda", "varying": True, **lm, **kw})
+        return s["graph_step"], s["reasons"].get("graph_step", ""), s
+
+    on = TrainArgs(compile="off", cuda_graphs="on")
+    ok, why, s = step(on)
+    assert ok and why.startswith("on: the eager step recorded as one CUDA graph")
+    assert not s["packing"] and s["reasons"]["packing"] == "off: the captured step pads every batch to one shape"
+    assert step(TrainArgs(compile="off"))[:2] == (False, step(TrainArgs(compile="off"))[1])
+    assert step(TrainArgs(compile="off"))[1].startswith("auto: off (on records the eager step")
+    assert step(on, device_type="cpu")[:2] == (False, "")
+    assert step(TrainArgs(compile="regions", cuda_graphs="on"))[0] is False  # compiled: torch's own CUDA graphs
+    assert "several processes" in step(on, processes=2)[1] and "several processes" in step(on, sharded=True)[1]
+    assert "accumulated" in step(TrainArgs(compile="off", cuda_graphs="on", gradient_accumulation_steps=2))[1]
+    assert "checkpointed" in step(TrainArgs(compile="off", cuda_graphs="on", gradient_checkpointing=True))[1]
+
+
+def test_a_fixed_shape_pads_every_batch_and_the_loss_positions_to_one_shape_and_keeps_the_loss_curve():
+    """The captured step's batches (``run.graphed.fixed_shape``): every batch of the longest example's length and
+    the fused loss's positions of one count, the padding counted in no loss: the dynamic padding's loss curve."""
+    from peftbench.run.graphed import fixed_shape
+    from peftbench.run.train import make_loader
+
+    feats = _features(40)
+    fixed = fixed_shape(feats, batch_size=4, multiple_of=8)
+    longest = max(len(f["input_ids"]) for f in feats)
+    assert fixed == {"length": -(-longest // 8) * 8, "rows": 4, "loss_positions": 16}  # 4 rows x 3 answer tokens
+    speed = {"fused_loss": "chunked", "fixed_shape": fixed}
+    shapes = {
+        (tuple(b["input_ids"].shape), tuple(b["labels"].shape), tuple(b["loss_index"].shape))
+        for b in make_loader(feats, batch_size=4, pad_id=0, seed=0, speed=speed)
+    }
+    assert shapes == {((4, fixed["length"]), (4, fixed["length"]), (fixed["loss_positions"],))}
+    dynamic, padded = _run({"fused_loss": "chunked"}), _run(speed)
+    a, b = [p["loss"] for p in dynamic.loss_curve], [p["loss"] for p in padded.loss_curve]
+    assert max(abs(x - y) / abs(x) for x, y in zip(a, b)) < 1e-5
+    assert padded.tokens == dynamic.tokens and padded.padding_fraction > dynamic.padding_fraction
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_the_captured_step_keeps_the_eager_loss_curve_and_fills_the_epochs_last_batch(method):
+    """The eager step recorded as one CUDA graph (``train.cuda_graphs: on``, nothing compiled) trains as the same
+    step run eagerly over the same padded batches: 42 examples in batches of 4 end each epoch in a batch of 2, grown
+    by filler rows; two eager warm-up steps, then the recording's replay and one replay per step."""
+    from peftbench.run.graphed import fixed_shape
+
+    feats = _features(42)
+    fixed = fixed_shape(feats, batch_size=4, multiple_of=8)
+    base = {"fused_loss": "chunked", "fused_optimizer": True}
+    eager = _run({**base, "fixed_shape": fixed}, method=method, feats=feats, cpu=False, log_steps=1)
+    graphed = _run({**base, "graph_step": True}, method=method, feats=feats, cpu=False, log_steps=1)
+    a, b = [p["loss"] for p in eager.loss_curve], [p["loss"] for p in graphed.loss_curve]
+    assert len(a) == len(b) == 12 and max(abs(x - y) / abs(x) for x, y in zip(a, b)) < 1e-4
+    assert (graphed.speed["graph_replays"], graphed.speed["graph_eager_steps"], graphed.speed["graph_failed"]) == (
+        10,
+        0,
+        None,
+    )
+    assert graphed.speed["filled_batches"] == 1 and graphed.tokens == eager.tokens
+    assert [bool(lap.get("warmup")) for lap in graphed.laps][:4] == [True, True, True, False]
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

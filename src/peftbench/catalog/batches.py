@@ -20,17 +20,26 @@ import torch
 IGNORE = -100
 
 
-def pad_batch(features: Sequence[dict], *, pad_id: int, side: str = "right", multiple_of: int = 1) -> dict:
-    """Pad to the longest in the batch (dynamic padding); labels are padded with -100."""
+def pad_batch(
+    features: Sequence[dict],
+    *,
+    pad_id: int,
+    side: str = "right",
+    multiple_of: int = 1,
+    length: int = 0,
+    label_length: int = 0,
+) -> dict:
+    """Pad to the longest in the batch (dynamic padding), or to ``length`` where longer (one shape for every
+    batch; an encoder-decoder's labels to ``label_length``); labels are padded with -100."""
     longest = max(len(f["input_ids"]) for f in features)
-    longest = -(-longest // multiple_of) * multiple_of
+    longest = max(-(-longest // multiple_of) * multiple_of, length)
     out: dict[str, list] = {"input_ids": [], "attention_mask": []}
     has_labels = "labels" in features[0]
     label_len = 0
     if has_labels:
         label_len = max(len(f["labels"]) for f in features)
         if "decoder" in features[0]:  # seq2seq: labels have their own length
-            label_len = -(-label_len // multiple_of) * multiple_of
+            label_len = max(-(-label_len // multiple_of) * multiple_of, label_length)
         else:
             label_len = longest
         out["labels"] = []

@@ -121,6 +121,8 @@ def resolve(
         group, reasons["group_by_length"] = False, "off: every example has the same length"
     out["group_by_length"] = group
     out["cuda_graphs"] = _cuda_graphs(args, reasons, cuda=cuda, mode=compile_mode, varying=varying, n=processes)
+    out["graph_step"] = _graph_step(args, reasons, cuda=cuda, mode=compile_mode, n=processes, sharded=sharded)
+    _one_shape(out, reasons)
     out["cudnn_attention"] = _cudnn_attention(args.cudnn_attention, cuda=cuda, varying=varying, reasons=reasons)
     out["dataloader_workers"] = args.dataloader_workers if args.dataloader_workers is not None else (2 if cuda else 0)
     return {**out, "sharded": sharded, "pin_memory": cuda, "reasons": reasons}
@@ -227,7 +229,7 @@ def _cuda_graphs(args, reasons: dict, *, cuda: bool, mode: str, varying: bool, n
     if not cuda:
         why = "off on CPU"
     elif mode == "off":
-        why = "off: nothing is compiled"
+        why = "off: nothing is compiled" + (" (the eager step is recorded: graph_step)" if value == "on" else "")
     elif mode == "model" and value == "auto":
         why = "off for a whole-model graph (measured over compiled blocks only; on forces it)"
     elif varying:
@@ -249,6 +251,35 @@ def _cuda_graphs(args, reasons: dict, *, cuda: bool, mode: str, varying: bool, n
 # host spent 2.1 ms in each call of cuDNN's attention, forward and backward (1,290 ms of a 4,918 ms window of 20
 # steps, 60 calls a step), the GPU idle 92 % of the window (benchmarks/results/train_speed_h200.md, session 9).
 CUDNN_ATTENTION = "one H200, smollm2-135m packed rows of varying length: 2.1 ms of host time per cuDNN attention call"
+
+
+def _graph_step(args, reasons: dict, *, cuda: bool, mode: str, n: int, sharded: bool) -> bool:
+    """Whether the eager step (forward, backward, clipping, update) is recorded as one CUDA graph and replayed
+    (``run.graphed``), every batch padded to one shape: ``train.cuda_graphs: on`` where nothing is compiled, on
+    one CUDA process, without gradient accumulation or recomputed blocks. ``auto`` leaves it off until measured."""
+    if mode != "off" or not cuda or args.cuda_graphs == "off":
+        return False
+    why = None
+    if args.cuda_graphs == "auto":
+        why = "auto: off (on records the eager step as one CUDA graph, batches padded to one shape)"
+    elif n > 1 or sharded:
+        why = "on: off, several processes (their gradient exchange is not recorded)"
+    elif args.gradient_checkpointing:
+        why = "on: off, recomputed (checkpointed) blocks are not recorded"
+    elif args.gradient_accumulation_steps > 1:
+        why = "on: off, gradients accumulated over micro-batches"
+    if why:
+        reasons["graph_step"] = why
+        return False
+    reasons["graph_step"] = "on: the eager step recorded as one CUDA graph, every batch padded to one shape"
+    return True
+
+
+def _one_shape(out: dict, reasons: dict) -> None:
+    """Packing and length grouping off for a captured step (their batches change shape)."""
+    for key in ("packing", "group_by_length") if out["graph_step"] else ():
+        if out[key]:
+            out[key], reasons[key] = False, "off: the captured step pads every batch to one shape"
 
 
 def _cudnn_attention(value: str, *, cuda: bool, varying: bool, reasons: dict) -> bool:

@@ -43,6 +43,7 @@ from peftbench.measure.memory import tensor_bytes
 from peftbench.measure.phases import clock_reader
 from peftbench.run import unpadded
 from peftbench.run.distributed import peak_per_process, shard
+from peftbench.run.graphed import GraphedStep, fixed_shape, pad_loss_positions
 from peftbench.run.settings import Settings
 from peftbench.run.speed import CompiledRegions, LossModule, attention_kernels
 from peftbench.spec.config import TrainArgs
@@ -58,6 +59,7 @@ PLAIN = {
     "pin_memory": False,
     "sharded": False,
     "cuda_graphs": False,
+    "graph_step": False,
     "cudnn_attention": True,
 }
 
@@ -118,6 +120,7 @@ def make_loader(
     """Shuffled batches; padded (or packed) with the token counts of each batch. ``start_id``: an
     encoder-decoder's decoder start token (packed targets are shifted per example)."""
     speed = {**PLAIN, **(speed or {})}
+    fixed = speed.get("fixed_shape") or {}  # the captured step's one shape (``run.graphed``)
     g = torch.Generator().manual_seed(seed)
     seq2seq = bool(features) and "decoder" in features[0]
     fused = speed["fused_loss"] != "off"
@@ -130,7 +133,13 @@ def make_loader(
             out = pack_batch(batch, pad_id=pad_id, multiple_of=multiple_of)
             real = sum(len(f["input_ids"]) for f in batch)
         else:
-            out = pad_batch(batch, pad_id=pad_id, multiple_of=multiple_of)
+            out = pad_batch(
+                batch,
+                pad_id=pad_id,
+                multiple_of=multiple_of,
+                length=fixed.get("length", 0),
+                label_length=fixed.get("label_length", 0),
+            )
             real = int(out["attention_mask"].sum())
         slots = out["input_ids"].numel()
         if seq2seq:  # the decoder's targets are processed tokens too
@@ -138,6 +147,8 @@ def make_loader(
             real, slots = real + n_target, slots + out["labels"].numel()
         if fused:
             out["loss_index"], out["loss_targets"] = loss_positions(out["labels"])
+            if fixed:
+                out = pad_loss_positions(out, fixed["loss_positions"])
         out["num_tokens"], out["num_slots"], out["num_examples"] = real, slots, len(batch)
         out["unpadded"] = not seq2seq and not speed["packing"] and real == slots  # known here: no device read
         return out
@@ -183,8 +194,12 @@ class _Tally:
     loss_n: int = 0
 
 
-def _optimizer(params, *, learning_rate: float, args: TrainArgs, fused: bool):
+def _optimizer(params, *, learning_rate: float, args: TrainArgs, fused: bool, device=None):
+    """AdamW; ``device``: its step recorded in a CUDA graph (``capturable``, the learning rate a tensor there that
+    the schedule fills in place)."""
     kw = {"fused": True} if fused else {}
+    if device is not None:
+        kw["capturable"], learning_rate = True, torch.tensor(learning_rate, dtype=torch.float32, device=device)
     return torch.optim.AdamW(params, lr=learning_rate, weight_decay=args.weight_decay, **kw)
 
 
@@ -210,11 +225,18 @@ def _prepare(model, loader, *, args, settings: Settings, accelerator, speed: dic
     # the chunked loss compiled where it was measured faster (GPUs; on CPU it would add a C++ build to every run)
     compiled_loss = speed["compile"] != "off" and accelerator.device.type == "cuda"
     # static: the last batch may be grown by filler rows, whose targets the chunked loss masks
-    module = LossModule(model, fused_loss=speed["fused_loss"], compiled=compiled_loss, masked=static)
+    masked = static or bool(speed.get("fixed_shape"))  # padded loss positions (``run.graphed``) are masked too
+    module = LossModule(model, fused_loss=speed["fused_loss"], compiled=compiled_loss, masked=masked)
     if speed["sharded"]:  # FSDP2 replaces the parameters with shards: the optimizer is built on those
         speed["sharded"] = shard(module, mixed_precision=accelerator.mixed_precision) or True
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _optimizer(params, learning_rate=settings.learning_rate, args=args, fused=speed["fused_optimizer"])
+    optimizer = _optimizer(
+        params,
+        learning_rate=settings.learning_rate,
+        args=args,
+        fused=speed["fused_optimizer"],
+        device=accelerator.device if speed["graph_step"] else None,
+    )
     steps = settings.total_steps
     warmup = int(args.warmup_ratio * steps)
     scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=warmup, num_training_steps=steps)
@@ -235,6 +257,11 @@ def _setup(model, features, *, args, settings, accelerator, pad_id, speed, hooks
     """The loader, and the loop over the prepared (or sharded, or compiled) module and optimizer."""
     start_id = getattr(getattr(model, "config", None), "decoder_start_token_id", None) or 0
     multiple_of = 8 if accelerator.device.type == "cuda" else 1
+    if speed["graph_step"] and hooks.get("step_hook"):  # a hook between steps (AdaLoRA's ranks) is host work
+        speed["graph_step"] = False
+        speed.setdefault("reasons", {})["graph_step"] = "off: a hook runs between the optimizer's steps"
+    if speed["graph_step"]:
+        speed["fixed_shape"] = fixed_shape(features, batch_size=args.batch_size, multiple_of=multiple_of)
     loader = make_loader(
         features,
         batch_size=args.batch_size,
@@ -245,7 +272,8 @@ def _setup(model, features, *, args, settings, accelerator, pad_id, speed, hooks
         start_id=start_id,
     )
     dynamic = compile_dynamic(features)
-    static = speed["compile"] != "off" and not dynamic  # compiled graphs of one shape (``_Loop.fit``)
+    # compiled graphs of one shape, or the captured step's (``_Loop.fit``)
+    static = (speed["compile"] != "off" and not dynamic) or speed["graph_step"]
     module, optimizer, loader, scheduler, params, regions = _prepare(
         model,
         loader,
@@ -273,6 +301,7 @@ def _setup(model, features, *, args, settings, accelerator, pad_id, speed, hooks
         log_steps=log_every(args, accelerator.device.type),
         static=static,
         graphs=bool(speed["cuda_graphs"]),
+        graph_step=speed["graph_step"],
         pad_id=pad_id,
         **hooks,
     )
@@ -323,14 +352,14 @@ def train(
     finally:
         if regions:
             regions.undo()  # evaluation and inference run the model as it was given
-        if loop.graphs:  # the recorded CUDA graphs and their private memory pool, released for what follows
-            from torch._inductor.cudagraph_trees import reset_cudagraph_trees
-
-            reset_cudagraph_trees()
+        loop.release_graphs()
     result = loop.finish(n_batches=len(loader))
     result.speed = {k: v for k, v in speed.items() if k != "reasons"}
     if loop.static:  # batches of another shape than the compiled one (the epoch's last): filled, or run eagerly
         result.speed["filled_batches"], result.speed["eager_batches"] = loop.filled_batches, loop.eager_batches
+    if loop.stepper:  # the captured step: replays, and batches stepped eagerly beside it
+        result.speed["graph_replays"], result.speed["graph_eager_steps"] = loop.stepper.replays, loop.eager_steps
+        result.speed["graph_failed"] = loop.stepper.failed
     result.peak_memory_bytes = mem.result.peak_bytes
     result.memory = mem.result.to_dict()
     result.memory["per_process_peak_bytes"] = peak_per_process(accelerator, mem.result.peak_bytes)
@@ -362,10 +391,14 @@ class _Loop:
         clock=None,
         pad_id=0,
         graphs=False,
+        graph_step=False,
     ):
         self.args, self.acc, self.module, self.regions = args, accelerator, module, regions
         self.static, self.shape, self.eager_batches, self.filled_batches = static, None, 0, 0
         self.pad_id, self.loss_positions, self.graphs = pad_id, None, graphs
+        self.stepper = GraphedStep(self._step, optimizer) if graph_step else None
+        self.eager_steps = 0  # a captured step's batches that did not fit its shape
+        self.warmup_steps = WARMUP_STEPS + bool(graph_step)  # the captured step: its recording is a lap too
         self.step_hook, self.on_log, self.clock = step_hook, on_log, clock
         self.optimizer, self.scheduler, self.params = optimizer, scheduler, params
         self.steps, self.log_steps, self.evaluate, self.progress = steps, log_steps, evaluate, progress
@@ -373,6 +406,15 @@ class _Loop:
         self.result = TrainResult(0, 0.0, 0.0, 0, 0.0, 0.0, 0, {}, learning_rate=learning_rate)
         self.t = _Tally()
         self.step = 0
+
+    def release_graphs(self) -> None:
+        """The recorded CUDA graphs (compiled, or the captured step) and their memory, released for what follows."""
+        if self.stepper:
+            self.stepper.release()
+        if self.graphs:
+            from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+            reset_cudagraph_trees()
 
     def run(self, loader, model) -> None:
         while self.step < self.steps:
@@ -389,9 +431,33 @@ class _Loop:
         t = self.t
         n_tok, n_slots, n_ex = batch.pop("num_tokens"), batch.pop("num_slots"), batch.pop("num_examples")
         batch, eager = self.fit(batch)
+        n_slots = batch["input_ids"].numel() if batch.get("unpadded") else n_slots  # filler rows are processed slots
+        loss = self.stepper(batch) if self.stepper else None
+        if loss is not None:  # the captured step ran: forward to the optimizer's update
+            self.scheduler.step()
+        else:
+            self.eager_steps += bool(self.stepper)
+            loss = self._eager_step(batch, eager)
+        t.tokens, t.lap_tokens, t.slots = t.tokens + n_tok, t.lap_tokens + n_tok, t.slots + n_slots
+        t.samples, t.micro = t.samples + n_ex, t.micro + 1
+        t.loss_sum = t.loss_sum + loss.detach().float()
+        t.loss_n += 1
+
+    def _step(self, batch: dict) -> torch.Tensor:
+        """One batch's forward, backward, clipping and update (no accumulation): the step ``run.graphed`` records."""
+        inputs = {k: v for k, v in batch.items() if k != "unpadded"}
+        with self.acc.accumulate(self.module):
+            with self.acc.autocast(), unpadded.batch(batch.get("unpadded", False)):
+                loss = self.module(inputs)
+            self.acc.backward(loss)
+            if self.args.max_grad_norm > 0:
+                self.acc.clip_grad_norm_(self.params, self.args.max_grad_norm)
+            self.optimizer.step()
+        return loss
+
+    def _eager_step(self, batch: dict, eager) -> torch.Tensor:
         if self.graphs:  # a new step: the CUDA graphs' outputs of the last one are no longer read
             torch.compiler.cudagraph_mark_step_begin()
-        n_slots = batch["input_ids"].numel() if batch.get("unpadded") else n_slots  # filler rows are processed slots
         with self.acc.accumulate(self.module), eager:
             with self.acc.autocast(), unpadded.batch(batch.pop("unpadded", False)):  # a sharded module is not prepared
                 loss = self.module(batch)
@@ -403,11 +469,9 @@ class _Loop:
                 self.scheduler.step()  # once per optimizer step taken (fp16 skips a step on overflow)
             if self.step_hook and self.acc.sync_gradients:
                 self.step_hook(self.step + 1)
-            self.optimizer.zero_grad(set_to_none=True)
-        t.tokens, t.lap_tokens, t.slots = t.tokens + n_tok, t.lap_tokens + n_tok, t.slots + n_slots
-        t.samples, t.micro = t.samples + n_ex, t.micro + 1
-        t.loss_sum = t.loss_sum + loss.detach().float()
-        t.loss_n += 1
+            # a captured step's gradients live in its graph: zeroed, not dropped
+            self.optimizer.zero_grad(set_to_none=self.stepper is None or self.stepper.graph is None)
+        return loss
 
     def fit(self, batch: dict) -> tuple[dict, contextlib.AbstractContextManager]:
         """Compiled graphs for the first batch's shape. A batch of another shape where examples have one length
@@ -423,10 +487,13 @@ class _Loop:
             self.loss_positions = batch["loss_index"].numel() if "loss_index" in batch else None
         if shape == self.shape:
             return batch, nothing
-        if batch.get("unpadded") and shape[1:] == self.shape[1:] and shape[0] < self.shape[0]:
-            self.filled_batches += 1
-            grown = fill_rows(batch, self.shape[0], pad_id=self.pad_id, loss_positions_len=self.loss_positions)
-            return grown, nothing
+        # a captured step's padded causal batch may be filled too: filler rows attend within themselves
+        fillable = batch.get("unpadded") or self.stepper
+        if fillable and shape[1:] == self.shape[1:] and shape[0] < self.shape[0]:
+            with contextlib.suppress(ValueError):  # rows of keys without a filler value: eager
+                grown = fill_rows(batch, self.shape[0], pad_id=self.pad_id, loss_positions_len=self.loss_positions)
+                self.filled_batches += 1
+                return grown, nothing
         self.eager_batches += 1
         stack = contextlib.ExitStack()  # every compiled function eager: the blocks, the whole model, the chunked loss
         if self.regions:
@@ -436,7 +503,7 @@ class _Loop:
 
     def _after_step(self, model) -> None:
         step, args, t = self.step, self.args, self.t
-        warm = step <= WARMUP_STEPS < self.steps - 1  # compilation and first allocations: laps of their own
+        warm = step <= self.warmup_steps < self.steps - 1  # compilation and first allocations: laps of their own
         if warm or step % self.log_steps == 0 or step == self.steps:
             mean_loss = float(t.loss_sum) / t.loss_n  # the one host sync of the interval
             if not math.isfinite(mean_loss) and step == 1:  # before any update: not the learning rate
@@ -457,7 +524,7 @@ class _Loop:
                 **({"sm_clock_mhz": self.clock()} if self.clock else {}),
             }
             self.result.laps.append(lap)
-            lr = self.scheduler.get_last_lr()[0]
+            lr = float(self.scheduler.get_last_lr()[0])  # a tensor for a captured step's optimizer
             self.result.loss_curve.append({"step": step, "loss": round(mean_loss, 6), "learning_rate": lr})
             t.loss_sum, t.loss_n, t.lap_tokens = 0.0, 0, 0
             rate = t.tokens / max(self.timer.elapsed(), 1e-9)
