@@ -158,7 +158,8 @@ class TrainArgs:
         "auto",
         "the compiled training graphs replayed as CUDA graphs (torch.compile's reduce-overhead: a graph's kernels "
         "in one launch): auto (with CUDA, for compiled blocks of fixed shapes on one process, without "
-        "gradient accumulation; not over a whole-model graph) | on (also a whole-model graph) | off",
+        "gradient accumulation; not over a whole-model graph) | on (also a whole-model graph; where nothing is "
+        "compiled, the eager step recorded as one CUDA graph, every batch padded to one shape) | off",
     )
     cudnn_attention: str = _f(
         "auto",
