@@ -255,8 +255,16 @@ def fill_rows(batch: dict, rows: int, *, pad_id: int, loss_positions_len: int | 
     unknown = rowwise - {*FILLED, *LOSS_KEYS}
     if unknown:
         raise ValueError(f"fill_rows: no filler value for {sorted(unknown)}")
-    if loss_positions_len and "loss_index" in batch and batch["loss_index"].numel() < loss_positions_len:
-        k = loss_positions_len - batch["loss_index"].numel()
-        out["loss_index"] = torch.cat([batch["loss_index"], batch["loss_index"].new_zeros(k)])
-        out["loss_targets"] = torch.cat([batch["loss_targets"], batch["loss_targets"].new_full((k,), IGNORE)])
+    return grow_loss_positions(out, loss_positions_len) if loss_positions_len else out
+
+
+def grow_loss_positions(batch: dict, count: int) -> dict:
+    """The fused loss's ``loss_index``/``loss_targets`` grown to ``count`` entries whose targets are ``IGNORE``
+    (the chunked loss masks them, Liger ignores them): the loss and gradients unchanged, their shape fixed."""
+    if "loss_index" not in batch or batch["loss_index"].numel() >= count:
+        return batch
+    k = count - batch["loss_index"].numel()
+    out = dict(batch)
+    out["loss_index"] = torch.cat([batch["loss_index"], batch["loss_index"].new_zeros(k)])
+    out["loss_targets"] = torch.cat([batch["loss_targets"], batch["loss_targets"].new_full((k,), IGNORE)])
     return out

@@ -2,16 +2,16 @@
 optimizer's update in one launch, without compiling anything.
 
 Usage (by the training loop, ``train.cuda_graphs: on`` with ``train.compile: off`` on one CUDA process):
-    stepper = GraphedStep(step, optimizer, fixed=fixed_shape)  # step(batch) -> loss: forward .. optimizer.step()
+    stepper = GraphedStep(step, optimizer)  # step(batch) -> loss: forward .. optimizer.step()
     loss = stepper(batch)        # None: this batch does not fit the recorded shape (the loop steps it eagerly)
     stepper.release()            # after training: the graph, its inputs and its memory pool let go
 
 Small models at small batches are host-bound: the GPU waits while Python issues each kernel (gpt2 at 8 x 128
 tokens: 31-43 ms a step eager, 14-20 ms compiled, session 11). Compilation removes that wait but costs 12-74 s a
 run, more than a run of a few hundred steps saves; a CUDA graph of the eager step removes it for the price of a
-few eager steps. A graph replays one shape, so every batch is padded to one shape (``fixed_shape``: the
-longest example, the batch's rows) and the fused loss's positions to one count; the padding is work the idle
-GPU absorbs.
+few eager steps. A graph replays one shape, so the loader pads every batch to one shape (``fixed_shape``: the
+longest example, the batch's rows) and the fused loss's positions to one count; the padding is work the idle GPU
+absorbs.
 
 How it follows PyTorch's whole-network capture: the first ``WARMUP`` steps run eagerly on a side stream (lazy
 initialisation, the optimizer's state), the gradients are dropped, the step is recorded on its next batch into
@@ -44,20 +44,8 @@ def fixed_shape(features: list[dict], *, batch_size: int, multiple_of: int) -> d
     length = up(max(len(f["input_ids"]) for f in features))
     most = max(sum(t != IGNORE for t in f["labels"]) for f in features)
     out = {"length": length, "rows": batch_size, "loss_positions": up(batch_size * most)}
-    if features and "decoder" in features[0]:
+    if "decoder" in features[0]:
         out["label_length"] = up(max(len(f["labels"]) for f in features))
-    return out
-
-
-def pad_loss_positions(batch: dict, count: int) -> dict:
-    """The fused loss's ``loss_index``/``loss_targets`` grown to ``count`` entries whose targets are ``IGNORE``
-    (the chunked loss masks them, Liger ignores them): the loss and gradients unchanged, the shape fixed."""
-    if "loss_index" not in batch or batch["loss_index"].numel() >= count:
-        return batch
-    k = count - batch["loss_index"].numel()
-    out = dict(batch)
-    out["loss_index"] = torch.cat([batch["loss_index"], batch["loss_index"].new_zeros(k)])
-    out["loss_targets"] = torch.cat([batch["loss_targets"], batch["loss_targets"].new_full((k,), IGNORE)])
     return out
 
 

@@ -32,6 +32,7 @@ from peftbench.catalog.batches import (
     IGNORE,
     LengthGroupedBatches,
     fill_rows,
+    grow_loss_positions,
     loss_positions,
     pack_batch,
     pack_seq2seq,
@@ -43,7 +44,7 @@ from peftbench.measure.memory import tensor_bytes
 from peftbench.measure.phases import clock_reader
 from peftbench.run import unpadded
 from peftbench.run.distributed import peak_per_process, shard
-from peftbench.run.graphed import GraphedStep, fixed_shape, pad_loss_positions
+from peftbench.run.graphed import GraphedStep, fixed_shape
 from peftbench.run.settings import Settings
 from peftbench.run.speed import CompiledRegions, LossModule, attention_kernels
 from peftbench.spec.config import TrainArgs
@@ -148,7 +149,7 @@ def make_loader(
         if fused:
             out["loss_index"], out["loss_targets"] = loss_positions(out["labels"])
             if fixed:
-                out = pad_loss_positions(out, fixed["loss_positions"])
+                out = grow_loss_positions(out, fixed["loss_positions"])
         out["num_tokens"], out["num_slots"], out["num_examples"] = real, slots, len(batch)
         out["unpadded"] = not seq2seq and not speed["packing"] and real == slots  # known here: no device read
         return out
@@ -443,34 +444,29 @@ class _Loop:
         t.loss_sum = t.loss_sum + loss.detach().float()
         t.loss_n += 1
 
-    def _step(self, batch: dict) -> torch.Tensor:
-        """One batch's forward, backward, clipping and update (no accumulation): the step ``run.graphed`` records."""
+    def _step(self, batch: dict, eager: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
+        """One micro-batch's forward, backward, clipping and ``optimizer.step()``: the step ``run.graphed`` records,
+        and the eager loop's (``eager``: the compiled functions off for a batch of another shape)."""
         inputs = {k: v for k, v in batch.items() if k != "unpadded"}
-        with self.acc.accumulate(self.module):
-            with self.acc.autocast(), unpadded.batch(batch.get("unpadded", False)):
+        with self.acc.accumulate(self.module), eager or contextlib.nullcontext():
+            with self.acc.autocast(), unpadded.batch(batch.get("unpadded", False)):  # a sharded module is not prepared
                 loss = self.module(inputs)
             self.acc.backward(loss)
-            if self.args.max_grad_norm > 0:
+            if self.acc.sync_gradients and self.args.max_grad_norm > 0:
                 self.acc.clip_grad_norm_(self.params, self.args.max_grad_norm)
-            self.optimizer.step()
+            self.optimizer.step()  # accelerate's optimizer skips this between accumulated micro-batches
         return loss
 
     def _eager_step(self, batch: dict, eager) -> torch.Tensor:
         if self.graphs:  # a new step: the CUDA graphs' outputs of the last one are no longer read
             torch.compiler.cudagraph_mark_step_begin()
-        with self.acc.accumulate(self.module), eager:
-            with self.acc.autocast(), unpadded.batch(batch.pop("unpadded", False)):  # a sharded module is not prepared
-                loss = self.module(batch)
-            self.acc.backward(loss)
-            if self.acc.sync_gradients and self.args.max_grad_norm > 0:
-                self.acc.clip_grad_norm_(self.params, self.args.max_grad_norm)
-            self.optimizer.step()  # accelerate's optimizer skips this between accumulated micro-batches
-            if self.acc.sync_gradients and not getattr(self.optimizer, "step_was_skipped", False):
-                self.scheduler.step()  # once per optimizer step taken (fp16 skips a step on overflow)
-            if self.step_hook and self.acc.sync_gradients:
-                self.step_hook(self.step + 1)
-            # a captured step's gradients live in its graph: zeroed, not dropped
-            self.optimizer.zero_grad(set_to_none=self.stepper is None or self.stepper.graph is None)
+        loss = self._step(batch, eager)
+        if self.acc.sync_gradients and not getattr(self.optimizer, "step_was_skipped", False):
+            self.scheduler.step()  # once per optimizer step taken (fp16 skips a step on overflow)
+        if self.step_hook and self.acc.sync_gradients:
+            self.step_hook(self.step + 1)
+        # a captured step's gradients live in its graph: zeroed, not dropped
+        self.optimizer.zero_grad(set_to_none=self.stepper is None or self.stepper.graph is None)
         return loss
 
     def fit(self, batch: dict) -> tuple[dict, contextlib.AbstractContextManager]:
