@@ -394,6 +394,34 @@ def test_the_captured_step_keeps_the_eager_loss_curve_and_fills_the_epochs_last_
     assert [bool(lap.get("warmup")) for lap in graphed.laps][:4] == [True, True, True, False]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_a_recording_that_fails_leaves_dropout_working_for_the_eager_steps_after_it():
+    """A step a graph cannot hold (a host read of the loss) fails its recording; the generator, which a failed
+    capture leaves marked as capturing, is given its state back, so the eager steps after it draw dropout masks."""
+    from peftbench.run.graphed import GraphedStep
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1)).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, capturable=True)
+
+    def step(batch):
+        loss = model(batch["x"]).pow(2).mean()
+        if loss.item() < 0:  # a host read: cannot be captured
+            raise AssertionError
+        loss.backward()
+        opt.step()
+        return loss
+
+    stepper = GraphedStep(step, opt, warmup=1)
+    batch = {"x": torch.randn(4, 8, device="cuda")}
+    assert stepper(batch) is not None and stepper(batch) is None and stepper.graph is None
+    assert "capturing" in stepper.failed and "test_speed.py" in stepper.failed  # the error and where it was raised
+    masks = [torch.nn.functional.dropout(torch.ones(64, device="cuda"), 0.5) for _ in range(2)]
+    assert not torch.equal(masks[0], masks[1])
+    opt.zero_grad()
+    step(batch)  # the run's eager step after the failed recording
+
+
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_fast_path_keeps_the_loss_curve_and_drops_the_padding(method):
     plain = _run({}, method=method)

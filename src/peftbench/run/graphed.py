@@ -24,7 +24,9 @@ eagerly on the same gradient tensors (``zero_grad`` keeps them: ``set_to_none`` 
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -53,6 +55,13 @@ def _signature(batch: dict) -> tuple:
     return tuple(sorted((k, tuple(v.shape), v.dtype) for k, v in batch.items() if torch.is_tensor(v)))
 
 
+def _why(e: BaseException) -> str:
+    """A failed recording's reason: the error's first line and the innermost frame that raised it."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "/torch/" not in f.filename] or [None]
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames[-1] else ""
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}{where}"
+
+
 class GraphedStep:
     """``step`` (one batch's forward, backward, clipping and ``optimizer.step()``, returning the loss) run eagerly
     ``WARMUP`` times, then recorded as one CUDA graph and replayed for every batch of the recorded shape."""
@@ -77,7 +86,7 @@ class GraphedStep:
             try:
                 self._record(batch)
             except RuntimeError as e:  # an operation a graph cannot hold (a host read): this run steps eagerly
-                self.failed, self.graph, self.inputs = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}", None, {}
+                self.failed, self.graph, self.inputs = _why(e), None, {}
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
         elif not self.fits(batch):
@@ -110,9 +119,20 @@ class GraphedStep:
         self.signature, self.unpadded = _signature(batch), bool(batch.get("unpadded"))
         self.optimizer.zero_grad(set_to_none=True)  # recorded with no gradients: each replay writes them afresh
         torch.cuda.synchronize()
+        generator = torch.cuda.default_generators[torch.cuda.current_device()]
+        before = generator.clone_state()  # dropout's seed and offset, not marked as capturing
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.loss = self.step_fn(static)
+        try:
+            # thread_local: the loader's pin-memory thread allocates pinned memory while the step is recorded, which
+            # the default (global) mode forbids to every thread, failing both the recording and the loader
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self.loss = self.step_fn(static)
+        except RuntimeError:
+            # A capture that fails ends before the generator's epilogue: left marked as capturing, every eager
+            # dropout after it raises "Offset increment outside graph capture". Its state before the capture back.
+            generator.graphsafe_set_state(before)
+            torch.cuda.synchronize()
+            raise
         self.graph = graph
 
     def release(self) -> None:
