@@ -414,7 +414,9 @@ def test_a_recording_that_fails_leaves_dropout_working_for_the_eager_steps_after
 
     stepper = GraphedStep(step, opt, warmup=1)
     batch = {"x": torch.randn(4, 8, device="cuda")}
+    stream = torch.cuda.current_stream()
     assert stepper(batch) is not None and stepper(batch) is None and stepper.graph is None
+    assert torch.cuda.current_stream() == stream  # not the failed capture's stream
     assert "capturing" in stepper.failed and "test_speed.py" in stepper.failed  # the error and where it was raised
     masks = [torch.nn.functional.dropout(torch.ones(64, device="cuda"), 0.5) for _ in range(2)]
     assert not torch.equal(masks[0], masks[1])

@@ -56,9 +56,12 @@ def _signature(batch: dict) -> tuple:
 
 
 def _why(e: BaseException) -> str:
-    """A failed recording's reason: the error's first line and the innermost frame that raised it."""
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if "/torch/" not in f.filename] or [None]
-    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames[-1] else ""
+    """A failed recording's reason: the first error (a failed capture's end raises its own over the one that failed
+    it, which becomes its context), its first line and the innermost frame outside torch that raised it."""
+    while e.__context__ is not None:
+        e = e.__context__
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "/torch/" not in f.filename]
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
     return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}{where}"
 
 
@@ -121,6 +124,7 @@ class GraphedStep:
         torch.cuda.synchronize()
         generator = torch.cuda.default_generators[torch.cuda.current_device()]
         before = generator.clone_state()  # dropout's seed and offset, not marked as capturing
+        stream = torch.cuda.current_stream()
         graph = torch.cuda.CUDAGraph()
         try:
             # thread_local: the loader's pin-memory thread allocates pinned memory while the step is recorded, which
@@ -129,8 +133,10 @@ class GraphedStep:
                 self.loss = self.step_fn(static)
         except RuntimeError:
             # A capture that fails ends before the generator's epilogue: left marked as capturing, every eager
-            # dropout after it raises "Offset increment outside graph capture". Its state before the capture back.
+            # dropout after it raises "Offset increment outside graph capture". Its state before the capture back,
+            # and the stream: torch.cuda.graph's exit, raising in capture_end, leaves its capture stream current.
             generator.graphsafe_set_state(before)
+            torch.cuda.set_stream(stream)
             torch.cuda.synchronize()
             raise
         self.graph = graph
