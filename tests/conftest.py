@@ -23,6 +23,21 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Each test's Accelerator starts afresh: accelerate keeps its first state (device included) for the process, so
+    a CUDA test's ``Accelerator(cpu=False)`` after a CPU test's ran its model on the CPU (one process per run in
+    peftbench; one process for all tests here)."""
+    yield
+    import sys
+
+    if "accelerate" in sys.modules:
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+@pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch, request):
     if "registry" in request.keywords:
         return  # real fetches use the real cache, so CI and later runs reuse the downloads

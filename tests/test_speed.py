@@ -340,12 +340,48 @@ def test_the_captured_step_resolves_only_where_nothing_compiles_on_one_cuda_proc
     assert ok and why.startswith("on: the eager step recorded as one CUDA graph")
     assert not s["packing"] and s["reasons"]["packing"] == "off: the captured step pads every batch to one shape"
     off, why, _ = step(TrainArgs(compile="off"))
-    assert off is False and why.startswith("auto: off (on records the eager step")
+    assert off is False and why.startswith("auto: off (the step's size is unknown")
     assert step(on, device_type="cpu")[:2] == (False, "")
     assert step(TrainArgs(compile="regions", cuda_graphs="on"))[0] is False  # compiled: torch's own CUDA graphs
     assert "several processes" in step(on, processes=2)[1] and "several processes" in step(on, sharded=True)[1]
     assert "accumulated" in step(TrainArgs(compile="off", cuda_graphs="on", gradient_accumulation_steps=2))[1]
     assert "checkpointed" in step(TrainArgs(compile="off", cuda_graphs="on", gradient_checkpointing=True))[1]
+
+
+def test_auto_records_a_host_bound_step_instead_of_compiling_and_leaves_a_compute_bound_one_to_compilation():
+    from peftbench.run.graphed import HOST_BOUND_FLOPS, step_flops
+
+    model = models.build_random("tiny-gpt2", seed=0)
+    feats = [{"input_ids": [1] * n, "labels": [1] * n} for n in (5, 9, 7)]
+    params = sum(p.numel() for p in model.parameters())
+    assert step_flops(model, feats, rows=4) == 6.0 * params * 4 * 9  # padded to the longest example
+    t5 = models.build_random("tiny-t5", seed=0)
+    pairs = [{"input_ids": [1] * 6, "labels": [1] * 3, "decoder": True}, {"input_ids": [1] * 4, "labels": [1] * 5}]
+    assert step_flops(t5, pairs, rows=2) == 6.0 * sum(p.numel() for p in t5.parameters()) * 2 * (6 + 5)
+    lm = {"device_type": "cuda", "family": "causal", "task": "classification", "model": model, "varying": True}
+
+    def speed(args=None, **kw):
+        s = resolve(args or TrainArgs(), **{**lm, **kw})
+        return s["compile"], s["graph_step"], s["reasons"]
+
+    small, big = HOST_BOUND_FLOPS / 10, HOST_BOUND_FLOPS * 2
+    mode, graph, why = speed(step_flops=small, tokens=1e9)  # long enough to repay compiling: recorded instead
+    assert (mode, graph) == ("off", True) and why["compile"].startswith("auto: off, the eager step is recorded")
+    assert why["graph_step"].startswith("auto: on, the eager step recorded") and "1.00 TFLOP" in why["graph_step"]
+    assert why["packing"] == "off: the captured step pads every batch to one shape"
+    assert speed(step_flops=big, tokens=1e9)[:2] == ("regions", False)  # compute-bound and long: compiled
+    mode, graph, why = speed(step_flops=big, tokens=1e5)  # compute-bound and short: eager, not recorded
+    assert (mode, graph) == ("off", False) and "20.00 TFLOP a padded step, over the 10.0" in why["graph_step"]
+    assert speed(step_flops=HOST_BOUND_FLOPS * 0.75, sms=66)[1] is False  # half the multiprocessors: half the limit
+    assert speed(step_flops=HOST_BOUND_FLOPS * 0.75, sms=132)[1] is True
+    assert speed(TrainArgs(compile="regions"), step_flops=small)[:2] == ("regions", False)  # a forced compile stays
+    assert speed(TrainArgs(cuda_graphs="off"), step_flops=small, tokens=1e9)[:2] == ("regions", False)
+    mode, graph, why = speed(step_flops=small, tokens=1e9, processes=2)  # DDP: not recordable, compiled as before
+    assert (mode, graph) == ("regions", False)
+    assert speed(TrainArgs(gradient_accumulation_steps=2), step_flops=small, tokens=1e5)[2]["graph_step"] == (
+        "auto: off, gradients accumulated over micro-batches"
+    )
+    assert speed(step_flops=small, device_type="cpu")[:2] == ("off", False)
 
 
 def test_a_fixed_shape_pads_every_batch_and_the_loss_positions_to_one_shape_and_keeps_the_loss_curve():
@@ -368,6 +404,21 @@ def test_a_fixed_shape_pads_every_batch_and_the_loss_positions_to_one_shape_and_
     a, b = [p["loss"] for p in dynamic.loss_curve], [p["loss"] for p in padded.loss_curve]
     assert max(abs(x - y) / abs(x) for x, y in zip(a, b)) < 1e-5
     assert padded.tokens == dynamic.tokens and padded.padding_fraction > dynamic.padding_fraction
+
+
+def test_a_captured_step_asked_for_off_a_cuda_device_trains_eagerly_and_says_why():
+    """Recorded on the CPU, a graph would hold no kernels and replay nothing: the loop steps eagerly instead."""
+    from peftbench.run.graphed import fixed_shape
+
+    feats = _features(42)
+    base = {"fused_loss": "chunked", "fused_optimizer": False}
+    eager = _run({**base, "fixed_shape": fixed_shape(feats, batch_size=4, multiple_of=1)}, feats=feats, log_steps=1)
+    asked = {**base, "graph_step": True, "reasons": {}}  # as resolve gives it: the reasons land in the result's
+    cpu = _run(asked, feats=feats, log_steps=1)
+    assert asked["reasons"]["graph_step"] == "off: the model is on cpu, not a CUDA device"
+    assert cpu.speed["graph_step"] is False and "graph_replays" not in cpu.speed
+    a, b = [p["loss"] for p in eager.loss_curve], [p["loss"] for p in cpu.loss_curve]
+    assert len(a) == 12 and a == b and len(set(b)) == 12  # the same eager steps, every loss its own
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")

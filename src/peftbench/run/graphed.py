@@ -1,7 +1,8 @@
 """An eager training step recorded once as a CUDA graph and replayed: forward, backward, clipping and the
 optimizer's update in one launch, without compiling anything.
 
-Usage (by the training loop, ``train.cuda_graphs: on`` with ``train.compile: off`` on one CUDA process):
+Usage (by the training loop on one CUDA process where nothing is compiled: ``train.cuda_graphs: on``, or ``auto``
+where the padded step is host-bound, ``choose``):
     stepper = GraphedStep(step, optimizer)  # step(batch) -> loss: forward .. optimizer.step()
     loss = stepper(batch)        # None: this batch does not fit the recorded shape (the loop steps it eagerly)
     stepper.release()            # after training: the graph, its inputs and its memory pool let go
@@ -33,6 +34,78 @@ import torch
 from peftbench.catalog.batches import IGNORE
 
 WARMUP = 2  # eager steps before recording, on a side stream
+
+# Where ``auto`` records the step: a padded step's compute (6 x parameters x padded tokens) under what an H200 (132
+# SMs) finishes before the host has issued its kernels eagerly; scaled by the GPU's SM count elsewhere (a rough
+# proxy: a generation's tensor cores differ more). Measured on one H200 (benchmarks/results/suite_speed_h200.md):
+# gpt2 and t5-small shapes at 8 x <= 128 tokens (0.5-0.8 TFLOP a padded step) trained the 300-step study in 57.6 s
+# against 261.6 s eager; smollm2-135m classification-shaped at 16 x 512 padded (6.6 TFLOP) 3.35x (LoRA) and 4.21x
+# (full) Trainer's steady rate at 72.7 % padding; gpt2-medium 16 x 512 (17.4 TFLOP) gained 2-4 % only (compute-bound:
+# padding a varying batch would cost there, and long runs compile instead).
+HOST_BOUND_FLOPS = 1.0e13
+H200_SMS = 132
+HOST_BOUND_SOURCE = (
+    "one H200: gpt2 and t5-small at 8 x <= 128 tokens trained a 300-step study 4.5x faster, smollm2-135m 16 x 512 "
+    "padded 3.4-4.2x Trainer; gpt2-medium 16 x 512 (17.4 TFLOP) gained 2-4 %"
+)
+
+
+def step_flops(model, features: list[dict], *, rows: int) -> float:
+    """A padded step's compute, roughly: 6 x the model's parameters x rows x (the longest example's inputs, and an
+    encoder-decoder's longest targets)."""
+    if not features:
+        return 0.0
+    length = max(len(f["input_ids"]) for f in features)
+    if "decoder" in features[0]:
+        length += max(len(f["labels"]) for f in features)
+    return 6.0 * sum(p.numel() for p in model.parameters()) * rows * length
+
+
+def host_bound(flops: float | None, sms: int | None) -> tuple[bool, str]:
+    """Whether a step of ``flops`` leaves the GPU waiting on the host (``HOST_BOUND_FLOPS``), and the figure."""
+    if not flops:
+        return False, "the step's size is unknown"
+    limit = HOST_BOUND_FLOPS * (sms or H200_SMS) / H200_SMS
+    side = "under" if flops <= limit else "over"
+    return flops <= limit, f"{flops / 1e12:.2f} TFLOP a padded step, {side} the {limit / 1e12:.1f} of a host-bound one"
+
+
+def not_recordable(args, *, n: int, sharded: bool) -> str | None:
+    """Why the eager step cannot be recorded on this run (None: it can)."""
+    if n > 1 or sharded:
+        return "several processes (their gradient exchange is not recorded)"
+    if args.gradient_checkpointing:
+        return "recomputed (checkpointed) blocks are not recorded"
+    if args.gradient_accumulation_steps > 1:
+        return "gradients accumulated over micro-batches"
+    return None
+
+
+def records_instead_of_compiling(args, *, cuda: bool, n: int, sharded: bool, flops, sms) -> str | None:
+    """Where ``compile: auto`` and ``cuda_graphs: auto`` meet a host-bound step that can be recorded: the reason to
+    compile nothing and record the eager step (a recorded gpt2 step at 8 x 128 tokens took about 11 ms, a compiled
+    one 14-20 ms after 12-74 s of compilation); None where compilation is chosen as before."""
+    if args.compile != "auto" or args.cuda_graphs != "auto" or not cuda or not_recordable(args, n=n, sharded=sharded):
+        return None
+    bound, figure = host_bound(flops, sms)
+    return f"auto: off, the eager step is recorded instead (host-bound: {figure})" if bound else None
+
+
+def choose(args, *, cuda: bool, mode: str, n: int, sharded: bool, flops=None, sms=None) -> tuple[bool, str | None]:
+    """Whether the eager step is recorded as one CUDA graph and replayed, every batch padded to one shape, and why:
+    where nothing is compiled on one CUDA process without gradient accumulation or recomputed blocks, ``on``
+    always, ``auto`` where the padded step is host-bound (``host_bound``). (False, None): nothing to say."""
+    if mode != "off" or not cuda or args.cuda_graphs == "off":
+        return False, None
+    blocked = not_recordable(args, n=n, sharded=sharded)
+    if blocked:
+        return False, f"{args.cuda_graphs}: off, {blocked}"
+    if args.cuda_graphs == "auto":
+        bound, figure = host_bound(flops, sms)
+        if not bound:
+            return False, f"auto: off ({figure}; {HOST_BOUND_SOURCE})"
+        return True, f"auto: on, the eager step recorded as one CUDA graph, batches padded to one shape ({figure})"
+    return True, "on: the eager step recorded as one CUDA graph, every batch padded to one shape"
 
 
 def fixed_shape(features: list[dict], *, batch_size: int, multiple_of: int) -> dict:

@@ -25,6 +25,7 @@ import torch
 
 from peftbench.catalog.batches import pack_seq2seq, segment_masks
 from peftbench.catalog.taskspecs import SPECS
+from peftbench.run import graphed
 from peftbench.run.chunked import ALIGN, chunked_linear_cross_entropy
 
 # what auto resolves to on CUDA where measuring chose off (t5-base, H200, benchmarks/results/train_speed_h200.md)
@@ -79,12 +80,16 @@ def resolve(
     tokens: float | None = None,
     warm: bool = False,
     processes: int = 1,
+    step_flops: float | None = None,
+    sms: int | None = None,
 ) -> dict:
     """The speed switches as they will run here: {"compile": "off" | "model" | "regions", ..., "reasons": {...}}.
 
     ``varying``: the training examples have different lengths (batches change shape); ``sharded``:
     FSDP trains the model (``auto`` does not compile it: compiled sharded training gives the eager
-    losses, tests/test_distributed.py, but its speed is not yet measured on GPUs; ``on`` compiles)."""
+    losses, tests/test_distributed.py, but its speed is not yet measured on GPUs; ``on`` compiles); ``step_flops``:
+    a padded step's compute (``graphed.step_flops``) and ``sms`` the GPU's multiprocessors, for whether the step is
+    host-bound: there ``auto`` records the eager step as a CUDA graph rather than compile (``graphed.choose``)."""
     cuda = device_type == "cuda"
     reasons: dict[str, str] = {}
 
@@ -95,9 +100,10 @@ def resolve(
             return cuda
         return value == "on"
 
-    compile_mode = _compile_mode(args.compile, cuda=cuda, varying=varying, reasons=reasons, tokens=tokens, warm=warm)
-    if sharded and args.compile == "auto" and compile_mode != "off":
-        compile_mode, reasons["compile"] = "off", f"auto: off under FSDP ({FSDP_COMPILE})"
+    step = {"flops": step_flops, "sms": sms}
+    compile_mode = _compiling(
+        args, reasons, cuda=cuda, varying=varying, tokens=tokens, warm=warm, sharded=sharded, n=processes, step=step
+    )
     out = {"compile": compile_mode, "fused_optimizer": on_off("fused_optimizer")}
     out["fused_loss"] = _fused_loss(args.fused_loss, cuda=cuda, model=model, reasons=reasons)
     if args.packing == "auto" and cuda and family != "causal":
@@ -111,21 +117,42 @@ def resolve(
     elif packing and family == "causal" and not packs_correctly(model):
         packing, reasons["packing"] = False, "off: this model's attention does not keep packed examples apart"
     out["packing"] = packing
-    if args.group_by_length == "auto":
-        group, reasons["group_by_length"] = False, f"auto: off ({GROUPING})"
-    else:
-        group = args.group_by_length == "on"
-    if group and packing:
-        group, reasons["group_by_length"] = False, "off: packed batches have no padding to group away"
-    elif group and not varying:
-        group, reasons["group_by_length"] = False, "off: every example has the same length"
-    out["group_by_length"] = group
+    out["group_by_length"] = _grouping(args.group_by_length, reasons, packing=packing, varying=varying)
     out["cuda_graphs"] = _cuda_graphs(args, reasons, cuda=cuda, mode=compile_mode, varying=varying, n=processes)
-    out["graph_step"] = _graph_step(args, reasons, cuda=cuda, mode=compile_mode, n=processes, sharded=sharded)
+    out["graph_step"], why = graphed.choose(args, cuda=cuda, mode=compile_mode, n=processes, sharded=sharded, **step)
+    if why:
+        reasons["graph_step"] = why
     _one_shape(out, reasons)
     out["cudnn_attention"] = _cudnn_attention(args.cudnn_attention, cuda=cuda, varying=varying, reasons=reasons)
     out["dataloader_workers"] = args.dataloader_workers if args.dataloader_workers is not None else (2 if cuda else 0)
     return {**out, "sharded": sharded, "pin_memory": cuda, "reasons": reasons}
+
+
+def _grouping(value: str, reasons: dict, *, packing: bool, varying: bool) -> bool:
+    """Whether batches are grouped by length: ``auto`` off (``GROUPING``), and never where nothing would group."""
+    if value == "auto":
+        reasons["group_by_length"] = f"auto: off ({GROUPING})"
+        return False
+    if value == "on" and packing:
+        reasons["group_by_length"] = "off: packed batches have no padding to group away"
+    elif value == "on" and not varying:
+        reasons["group_by_length"] = "off: every example has the same length"
+    else:
+        return value == "on"
+    return False
+
+
+def _compiling(args, reasons: dict, *, cuda: bool, varying: bool, tokens, warm: bool, sharded: bool, n: int, step):
+    """``_compile_mode``, but off where the eager step is recorded instead (host-bound, ``graphed``) or FSDP shards
+    the model (``auto``)."""
+    instead = graphed.records_instead_of_compiling(args, cuda=cuda, n=n, sharded=sharded, **step)
+    if instead:
+        reasons["compile"] = instead
+        return "off"
+    mode = _compile_mode(args.compile, cuda=cuda, varying=varying, reasons=reasons, tokens=tokens, warm=warm)
+    if sharded and args.compile == "auto" and mode != "off":
+        mode, reasons["compile"] = "off", f"auto: off under FSDP ({FSDP_COMPILE})"
+    return mode
 
 
 # What compilation costs and saves (one H200, random:gpt2-medium, 16 x 512 tokens per step; session 7,
@@ -251,28 +278,6 @@ def _cuda_graphs(args, reasons: dict, *, cuda: bool, mode: str, varying: bool, n
 # host spent 2.1 ms in each call of cuDNN's attention, forward and backward (1,290 ms of a 4,918 ms window of 20
 # steps, 60 calls a step), the GPU idle 92 % of the window (benchmarks/results/train_speed_h200.md, session 9).
 CUDNN_ATTENTION = "one H200, smollm2-135m packed rows of varying length: 2.1 ms of host time per cuDNN attention call"
-
-
-def _graph_step(args, reasons: dict, *, cuda: bool, mode: str, n: int, sharded: bool) -> bool:
-    """Whether the eager step (forward, backward, clipping, update) is recorded as one CUDA graph and replayed
-    (``run.graphed``), every batch padded to one shape: ``train.cuda_graphs: on`` where nothing is compiled, on
-    one CUDA process, without gradient accumulation or recomputed blocks. ``auto`` leaves it off until measured."""
-    if mode != "off" or not cuda or args.cuda_graphs == "off":
-        return False
-    why = None
-    if args.cuda_graphs == "auto":
-        why = "auto: off (on records the eager step as one CUDA graph, batches padded to one shape)"
-    elif n > 1 or sharded:
-        why = "on: off, several processes (their gradient exchange is not recorded)"
-    elif args.gradient_checkpointing:
-        why = "on: off, recomputed (checkpointed) blocks are not recorded"
-    elif args.gradient_accumulation_steps > 1:
-        why = "on: off, gradients accumulated over micro-batches"
-    if why:
-        reasons["graph_step"] = why
-        return False
-    reasons["graph_step"] = "on: the eager step recorded as one CUDA graph, every batch padded to one shape"
-    return True
 
 
 def _one_shape(out: dict, reasons: dict) -> None:

@@ -261,6 +261,9 @@ def _setup(model, features, *, args, settings, accelerator, pad_id, speed, hooks
     if speed["graph_step"] and hooks.get("step_hook"):  # a hook between steps (AdaLoRA's ranks) is host work
         speed["graph_step"] = False
         speed.setdefault("reasons", {})["graph_step"] = "off: a hook runs between the optimizer's steps"
+    if speed["graph_step"] and accelerator.device.type != "cuda":  # a graph of host kernels records nothing
+        speed["graph_step"] = False
+        speed.setdefault("reasons", {})["graph_step"] = f"off: the model is on {accelerator.device}, not a CUDA device"
     if speed["graph_step"]:
         speed["fixed_shape"] = fixed_shape(features, batch_size=args.batch_size, multiple_of=multiple_of)
     loader = make_loader(
