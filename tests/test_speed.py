@@ -384,6 +384,28 @@ def test_auto_records_a_host_bound_step_instead_of_compiling_and_leaves_a_comput
     assert speed(step_flops=small, device_type="cpu")[:2] == ("off", False)
 
 
+def test_a_recorded_step_takes_the_chunked_loss_where_liger_would_read_back_to_the_host(monkeypatch):
+    from peftbench.run import speed as speed_mod
+    from peftbench.run.graphed import HOST_BOUND_FLOPS
+
+    monkeypatch.setattr(speed_mod, "liger_available", lambda: True)
+    model = models.build_random("tiny-gpt2", seed=0)  # a vocabulary of 384: aligned, so auto would take Liger
+    lm = {"device_type": "cuda", "family": "causal", "task": "classification", "model": model, "varying": True}
+    big = resolve(TrainArgs(), **lm, step_flops=HOST_BOUND_FLOPS * 2)
+    assert (big["fused_loss"], big["graph_step"]) == ("liger", False)  # not recorded: Liger's loss as before
+    small = resolve(TrainArgs(), **lm, step_flops=HOST_BOUND_FLOPS / 10)
+    assert (small["fused_loss"], small["graph_step"]) == ("chunked", True)
+    assert small["reasons"]["fused_loss"].startswith("auto: chunked, the step is recorded (Liger's fused linear")
+    forced = resolve(TrainArgs(fused_loss="liger"), **lm, step_flops=HOST_BOUND_FLOPS / 10)
+    assert (forced["fused_loss"], forced["graph_step"], forced["packing"]) == ("liger", False, True)
+    assert forced["compile"] == "regions"  # not recorded, so compiled as before
+    short = resolve(TrainArgs(fused_loss="liger"), **lm, step_flops=HOST_BOUND_FLOPS / 10, tokens=1e5)
+    assert (short["compile"], short["graph_step"]) == ("off", False)  # too short to compile: eager, and says why
+    assert short["reasons"]["graph_step"].startswith("off: fused_loss is liger (Liger's fused linear")
+    on = resolve(TrainArgs(fused_loss="liger", compile="off", cuda_graphs="on"), **lm)
+    assert (on["fused_loss"], on["graph_step"]) == ("liger", False)
+
+
 def test_a_fixed_shape_pads_every_batch_and_the_loss_positions_to_one_shape_and_keeps_the_loss_curve():
     """The captured step's batches (``run.graphed.fixed_shape``): every batch of the longest example's length and
     the fused loss's positions of one count, the padding counted in no loss: the dynamic padding's loss curve."""

@@ -87,6 +87,8 @@ def records_instead_of_compiling(args, *, cuda: bool, n: int, sharded: bool, flo
     one 14-20 ms after 12-74 s of compilation); None where compilation is chosen as before."""
     if args.compile != "auto" or args.cuda_graphs != "auto" or not cuda or not_recordable(args, n=n, sharded=sharded):
         return None
+    if args.fused_loss == "liger":  # a forced Liger loss keeps the step eager (LIGER_SYNC): compilation decides
+        return None
     bound, figure = host_bound(flops, sms)
     return f"auto: off, the eager step is recorded instead (host-bound: {figure})" if bound else None
 
@@ -122,6 +124,29 @@ def fixed_shape(features: list[dict], *, batch_size: int, multiple_of: int) -> d
     if "decoder" in features[0]:
         out["label_length"] = up(max(len(f["labels"]) for f in features))
     return out
+
+
+# One H200, smollm2-135m classification-shaped, train.cuda_graphs auto (session 15, train_speed_h200.md): with Liger's
+# loss the recording failed ("operation not permitted when stream is capturing", fused_linear_cross_entropy.py:132,
+# where it calls .item()) and 58 steps ran eagerly at 14.6k tokens/s; the chunked loss's graph ran 37.4k (session 12).
+LIGER_SYNC = (
+    "Liger's fused linear cross-entropy reads its count of targets back to the host (.item()), which a CUDA graph "
+    "cannot record: on an H200 smollm2-135m's recording failed and the step ran eagerly at 14.6k tokens/s, where "
+    "the chunked loss's graph ran 37.4k"
+)
+
+
+def one_shape(out: dict, reasons: dict, fused_loss: str) -> None:
+    """A captured step's loss, one a graph can hold (``LIGER_SYNC``: ``auto`` takes the chunked loss, a forced Liger
+    loss keeps the step eager), then packing and length grouping off (their batches change shape)."""
+    if out["graph_step"] and out["fused_loss"] == "liger":
+        if fused_loss == "auto":
+            out["fused_loss"], reasons["fused_loss"] = "chunked", f"auto: chunked, the step is recorded ({LIGER_SYNC})"
+        else:
+            out["graph_step"], reasons["graph_step"] = False, f"off: fused_loss is liger ({LIGER_SYNC})"
+    for key in ("packing", "group_by_length") if out["graph_step"] else ():
+        if out[key]:
+            out[key], reasons[key] = False, "off: the captured step pads every batch to one shape"
 
 
 def _signature(batch: dict) -> tuple:

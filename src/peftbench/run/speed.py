@@ -122,7 +122,7 @@ def resolve(
     out["graph_step"], why = graphed.choose(args, cuda=cuda, mode=compile_mode, n=processes, sharded=sharded, **step)
     if why:
         reasons["graph_step"] = why
-    _one_shape(out, reasons)
+    graphed.one_shape(out, reasons, args.fused_loss)
     out["cudnn_attention"] = _cudnn_attention(args.cudnn_attention, cuda=cuda, varying=varying, reasons=reasons)
     out["dataloader_workers"] = args.dataloader_workers if args.dataloader_workers is not None else (2 if cuda else 0)
     return {**out, "sharded": sharded, "pin_memory": cuda, "reasons": reasons}
@@ -278,13 +278,6 @@ def _cuda_graphs(args, reasons: dict, *, cuda: bool, mode: str, varying: bool, n
 # host spent 2.1 ms in each call of cuDNN's attention, forward and backward (1,290 ms of a 4,918 ms window of 20
 # steps, 60 calls a step), the GPU idle 92 % of the window (benchmarks/results/train_speed_h200.md, session 9).
 CUDNN_ATTENTION = "one H200, smollm2-135m packed rows of varying length: 2.1 ms of host time per cuDNN attention call"
-
-
-def _one_shape(out: dict, reasons: dict) -> None:
-    """Packing and length grouping off for a captured step (their batches change shape)."""
-    for key in ("packing", "group_by_length") if out["graph_step"] else ():
-        if out[key]:
-            out[key], reasons[key] = False, "off: the captured step pads every batch to one shape"
 
 
 def _cudnn_attention(value: str, *, cuda: bool, varying: bool, reasons: dict) -> bool:
