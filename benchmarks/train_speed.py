@@ -41,7 +41,7 @@ from peftbench.catalog import (
     models,  # noqa: E402
 )
 from peftbench.catalog.batches import IGNORE, pad_batch  # noqa: E402
-from peftbench.run.graphed import step_flops  # noqa: E402
+from peftbench.run.graphed import step_size  # noqa: E402
 from peftbench.run.speed import planned_tokens, resolve  # noqa: E402
 from peftbench.run.train import PLAIN, make_loader, varying  # noqa: E402
 from peftbench.spec.config import TrainArgs  # noqa: E402
@@ -119,8 +119,7 @@ def run_peftbench(shape, method, feats, *, steps, batch, device, profile=None, o
     args = TrainArgs(max_steps=steps, batch_size=batch, log_steps=10, seed=0, warmup_ratio=0.0, **overrides)
     acc = make_accelerator(device=device.type, mixed_precision="auto", grad_accum=1)
     kw = {"varying": varying(feats), "tokens": planned_tokens(feats, steps=steps, args=args, processes=1)}
-    kw["step_flops"] = step_flops(model, feats, rows=batch)  # as a run resolves them (run.recipe)
-    kw["sms"] = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else None
+    kw |= step_size(model, feats, rows=batch, device=device)  # as a run resolves them (run.recipe)
     speed = resolve(args, device_type=device.type, family=family, task=task, model=model, **kw)
     hook = profile.hook if profile else None
     settings = for_loop(n_examples=len(feats), args=args, learning_rate=lr, accelerator=acc, speed=speed)

@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import sys
 
 import pytest
 import torch
@@ -28,8 +29,6 @@ def _fresh_accelerate_state():
     a CUDA test's ``Accelerator(cpu=False)`` after a CPU test's ran its model on the CPU (one process per run in
     peftbench; one process for all tests here)."""
     yield
-    import sys
-
     if "accelerate" in sys.modules:
         from accelerate.state import AcceleratorState, GradientState
 

@@ -55,10 +55,16 @@ def step_flops(model, features: list[dict], *, rows: int) -> float:
     encoder-decoder's longest targets)."""
     if not features:
         return 0.0
-    length = max(len(f["input_ids"]) for f in features)
-    if "decoder" in features[0]:
-        length += max(len(f["labels"]) for f in features)
+    shape = fixed_shape(features, batch_size=rows, multiple_of=1)
+    length = shape["length"] + shape.get("label_length", 0)
     return 6.0 * sum(p.numel() for p in model.parameters()) * rows * length
+
+
+def step_size(model, features: list[dict], *, rows: int, device: torch.device) -> dict:
+    """``speed.resolve``'s ``step_flops`` and ``sms`` for a run on ``device``: its padded step's compute and, on
+    CUDA, the GPU's multiprocessors (``host_bound`` scales its limit by them)."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else None
+    return {"step_flops": step_flops(model, features, rows=rows), "sms": sms}
 
 
 def host_bound(flops: float | None, sms: int | None) -> tuple[bool, str]:

@@ -37,7 +37,7 @@ from peftbench.measure.storage import file_sizes, saved_bytes, weights_bytes
 from peftbench.results import Result
 from peftbench.run import distributed
 from peftbench.run.faults import fault_point
-from peftbench.run.graphed import step_flops
+from peftbench.run.graphed import step_size
 from peftbench.run.plan import Run
 from peftbench.run.progress import progress
 from peftbench.run.settings import Settings, batches_per_process, total_steps
@@ -501,10 +501,7 @@ class Recipe:
         self.warm_key = warm_key(e.model.spec, e.method.name, e.method.options, precision, shapes_vary)
         kw = {"family": self.loaded.family, "task": self.task.name, "model": self.model, "varying": shapes_vary}
         kw |= {"sharded": self.strategy == "fsdp", "tokens": tokens, "warm": is_warm(self.warm_key), "processes": n}
-        kw["step_flops"] = step_flops(self.model, self.features, rows=t.batch_size)
-        kw["sms"] = (
-            torch.cuda.get_device_properties(self.dev).multi_processor_count if self.dev.type == "cuda" else None
-        )
+        kw |= step_size(self.model, self.features, rows=t.batch_size, device=self.dev)
         return stop_compile_workers(self.workers, resolve_speed(t, device_type=self.dev.type, **kw))
 
     def _release_training_state(self) -> None:
