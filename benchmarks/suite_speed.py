@@ -391,6 +391,7 @@ def peftbench_row(method: str, steps: int, *, data: Path, device: str, work: Pat
         "all_steps_tokens_per_second": round(t["tokens"] / t["seconds"], 1),
         "steady_tokens_per_second": t.get("steady_tokens_per_second"),
         "warmup_seconds": t.get("warmup_seconds"),
+        "compile_seconds": t.get("speed", {}).get("compile_seconds"),  # the warm-up's part in torch's compiler
         "slowest_lap_vs_median": round(max(laps) / sorted(laps)[len(laps) // 2], 2) if laps else None,
         "recompiles": proc.stderr.count("Recompiling"),
         "recompile_reasons": _recompiles(proc.stderr),

@@ -131,3 +131,79 @@ def test_a_suites_parent_process_never_imports_torch_once_its_checks_have_passed
     assert run("second") == ["0", "False"]
     result = json.loads((tmp_path / "second" / "results" / "a.json").read_text())
     assert result["status"] == "success" and (tmp_path / "second" / "measurements").is_dir()
+
+
+def _fake_torch(tmp_path, monkeypatch, version_text: str):
+    """A torch package whose version file says ``version_text``, found by ``find_spec`` but never imported."""
+    import importlib.util
+
+    from peftbench.run import runner
+
+    pkg = tmp_path / "torch"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise ImportError('the fake torch is not to be imported')\n")
+    (pkg / "version.py").write_text(version_text)
+    spec = importlib.util.spec_from_file_location("torch", pkg / "__init__.py")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: spec if name == "torch" else real(name, *a))
+    runner.cuda_devices.cache_clear()
+    return runner
+
+
+class _Driver:
+    def __init__(self, init: int, count: int):
+        self.init, self.count = init, count
+
+    def cuInit(self, flags):
+        return self.init
+
+    def cuDeviceGetCount(self, ref):
+        ref._obj.value = self.count
+        return 0
+
+
+@pytest.mark.parametrize(
+    ("build", "driver", "seen"),
+    [
+        ("cuda: Optional[str] = None\nhip: Optional[str] = None\n", _Driver(0, 2), 0),  # a CPU build sees none
+        ("cuda: Optional[str] = '12.8'\nhip: Optional[str] = None\n", _Driver(0, 2), 2),
+        ("cuda = '12.8'\n", _Driver(100, 5), 0),  # CUDA_ERROR_NO_DEVICE (CUDA_VISIBLE_DEVICES="")
+        ("cuda: Optional[str] = '12.8'\n", None, 0),  # no driver library
+    ],
+)
+def test_the_suites_cuda_check_asks_the_driver_not_torch(tmp_path, monkeypatch, build, driver, seen):
+    import ctypes
+
+    runner = _fake_torch(tmp_path, monkeypatch, build)
+
+    def cdll(name):
+        assert name == "libcuda.so.1"
+        if driver is None:
+            raise OSError(f"{name}: cannot open shared object file")
+        return driver
+
+    monkeypatch.setattr(ctypes, "CDLL", cdll)
+    try:
+        assert runner.cuda_devices() == seen
+        if not seen:
+            with pytest.raises(runner.ConfigError, match="--device cuda: no CUDA device"):
+                runner.resolve_device("cuda")
+    finally:
+        runner.cuda_devices.cache_clear()
+
+
+def test_a_rocm_build_or_an_unread_version_file_asks_torch(tmp_path, monkeypatch):
+    import torch  # the real one (this test's process has it): asked only where the version file cannot answer
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 7)
+    for build in ("cuda = None\nhip = '6.2'\n", "__version__ = '2.13.0'\n"):
+        runner = _fake_torch(tmp_path / build[:4], monkeypatch, build)
+        assert runner.cuda_devices() == 7
+    runner.cuda_devices.cache_clear()
+
+
+def test_the_cuda_check_on_a_cpu_build_leaves_torch_unimported():
+    code = "import sys; from peftbench.run import runner; print(runner.cuda_devices(), 'torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["0", "False"]  # this machine's torch is a CPU build

@@ -404,6 +404,9 @@ def test_a_recorded_step_takes_the_chunked_loss_where_liger_would_read_back_to_t
     assert short["reasons"]["graph_step"].startswith("off: fused_loss is liger (Liger's fused linear")
     on = resolve(TrainArgs(fused_loss="liger", compile="off", cuda_graphs="on"), **lm)
     assert (on["fused_loss"], on["graph_step"]) == ("liger", False)
+    t5 = {**lm, "family": "seq2seq", "task": "summarization", "model": models.build_random("tiny-t5", seed=0)}
+    seq = resolve(TrainArgs(fused_loss="liger"), **t5, step_flops=HOST_BOUND_FLOPS / 10)  # no loss to fuse here
+    assert (seq["fused_loss"], seq["compile"], seq["graph_step"]) == ("off", "off", True)  # so recorded as auto's
 
 
 def test_a_fixed_shape_pads_every_batch_and_the_loss_positions_to_one_shape_and_keeps_the_loss_curve():
@@ -438,6 +441,7 @@ def test_a_captured_step_asked_for_off_a_cuda_device_trains_eagerly_and_says_why
     asked = {**base, "graph_step": True, "reasons": {}}  # as resolve gives it: the reasons land in the result's
     cpu = _run(asked, feats=feats, log_steps=1)
     assert asked["reasons"]["graph_step"] == "off: the model is on cpu, not a CUDA device"
+    assert asked["graph_step"] is False  # the settings' own switch (the result's `resolved.speed`), not a copy's
     assert cpu.speed["graph_step"] is False and "graph_replays" not in cpu.speed
     a, b = [p["loss"] for p in eager.loss_curve], [p["loss"] for p in cpu.loss_curve]
     assert len(a) == 12 and a == b and len(set(b)) == 12  # the same eager steps, every loss its own
@@ -582,6 +586,9 @@ def test_a_compiled_run_of_fixed_length_blocks_fills_the_epochs_last_smaller_bat
     a, b = [p["loss"] for p in plain.loss_curve], [p["loss"] for p in fast.loss_curve]
     assert max(abs(x - y) / abs(x) for x, y in zip(a, b)) < 1e-4
     assert 1 <= counters["stats"]["unique_graphs"] <= 2  # the batch of 4's graph(s) only
+    spent = fast.speed["compile_seconds"]  # the warm-up's compilation, from torch's own clock
+    assert spent["frames"] >= counters["stats"]["unique_graphs"] and spent["seconds"] > spent["backward"] >= 0
+    assert plain.speed["compile_seconds"] is None  # nothing compiled, nothing to say
 
 
 def test_fused_loss_is_off_for_a_method_that_trains_beside_the_body():

@@ -101,11 +101,12 @@ def resolve(
         return value == "on"
 
     step = {"flops": step_flops, "sms": sms}
-    compile_mode = _compiling(
-        args, reasons, cuda=cuda, varying=varying, tokens=tokens, warm=warm, sharded=sharded, n=processes, step=step
-    )
-    out = {"compile": compile_mode, "fused_optimizer": on_off("fused_optimizer")}
-    out["fused_loss"] = _fused_loss(args.fused_loss, cuda=cuda, model=model, reasons=reasons)
+    fused_loss = _fused_loss(args.fused_loss, cuda=cuda, model=model, reasons=reasons)
+    compile_mode = _compiling(  # with the loss as it resolved (a forced Liger loss may resolve to off)
+        args, reasons, cuda=cuda, varying=varying, tokens=tokens, warm=warm, sharded=sharded, n=processes,
+        step={**step, "fused_loss": fused_loss},
+    )  # fmt: skip
+    out = {"compile": compile_mode, "fused_optimizer": on_off("fused_optimizer"), "fused_loss": fused_loss}
     if args.packing == "auto" and cuda and family != "causal":
         packing, reasons["packing"] = False, f"auto: off for encoder-decoders ({SEQ2SEQ_PACKING})"
     else:

@@ -42,7 +42,7 @@ from peftbench.errors import Diverged
 from peftbench.measure import MemoryTracker, Throughput, WorkTimer
 from peftbench.measure.memory import tensor_bytes
 from peftbench.measure.phases import clock_reader
-from peftbench.run import unpadded
+from peftbench.run import compiletime, unpadded
 from peftbench.run.distributed import peak_per_process, shard
 from peftbench.run.graphed import GraphedStep, fixed_shape
 from peftbench.run.settings import Settings
@@ -264,6 +264,8 @@ def _setup(model, features, *, args, settings, accelerator, pad_id, speed, hooks
     if speed["graph_step"] and accelerator.device.type != "cuda":  # a graph of host kernels records nothing
         speed["graph_step"] = False
         speed.setdefault("reasons", {})["graph_step"] = f"off: the model is on {accelerator.device}, not a CUDA device"
+    if settings.speed is not None:  # what training turned off (a hook, a CPU device) is what `resolved` records
+        settings.speed["graph_step"] = speed["graph_step"]
     if speed["graph_step"]:
         speed["fixed_shape"] = fixed_shape(features, batch_size=args.batch_size, multiple_of=multiple_of)
     loader = make_loader(
@@ -349,6 +351,7 @@ def train(
     )
     regions = loop.regions
     model.train()
+    compiled = compiletime.snapshot()
     try:
         with MemoryTracker(accelerator.device, resident_bytes=tensor_bytes(model)) as mem, unpadded.masks():
             with loop.timer.running(), attention_kernels(speed, accelerator.device.type):
@@ -359,6 +362,7 @@ def train(
         loop.release_graphs()
     result = loop.finish(n_batches=len(loader))
     result.speed = {k: v for k, v in speed.items() if k != "reasons"}
+    result.speed["compile_seconds"] = compiletime.since(compiled)  # the part of the warm-up spent compiling
     if loop.static:  # batches of another shape than the compiled one (the epoch's last): filled, or run eagerly
         result.speed["filled_batches"], result.speed["eager_batches"] = loop.filled_batches, loop.eager_batches
     if loop.stepper:  # the captured step: replays, and batches stepped eagerly beside it
