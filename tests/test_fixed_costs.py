@@ -207,3 +207,28 @@ def test_the_cuda_check_on_a_cpu_build_leaves_torch_unimported():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["0", "False"]  # this machine's torch is a CPU build
+
+
+def test_the_warm_server_alone_skips_the_interpreters_finalisation():
+    """The forkserver's preload registers a quick exit (its torch's teardown held the suite's stdout open after the
+    suite exited); an ordinary import of the module registers nothing."""
+    from peftbench.run import warm
+
+    assert warm.QUICK_EXIT is False and warm._in_the_server() is False
+    scope = {"warm": warm}
+    exec(
+        compile(
+            "def main():\n    return warm._in_the_server()\n", "/usr/lib/python3/multiprocessing/forkserver.py", "exec"
+        ),
+        scope,
+    )
+    assert scope["main"]() is True  # called from forkserver.main, as the server's preload is
+    probe = "import sys, peftbench.run.warm as w; print(w.QUICK_EXIT); sys.stdout.flush()"
+    code = (
+        "import multiprocessing as mp\n"
+        "ctx = mp.get_context('forkserver'); ctx.set_forkserver_preload(['peftbench.run.warm'])\n"
+        f"p = ctx.Process(target=exec, args=({probe!r},)); p.start(); p.join()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["True"]  # the server's child: forked after the preload that registered it
