@@ -256,7 +256,7 @@ def test_single_experiment_mode_and_list(tmp_path, data_dir, capsys):
     assert r["storage"]["adapter_bytes"] == r["storage"]["full_model_bytes"] > 0
     # where its time went: the child's phases, and the process's wall time around them
     ph = r["phases"]
-    assert {"plan", "startup", "load", "encode", "train", "evaluate", "save", "measure"} <= set(ph["seconds"])
+    assert {"plan", "startup", "device", "load", "encode", "train", "evaluate", "save", "measure"} <= set(ph["seconds"])
     assert ph["total_seconds"] == pytest.approx(sum(ph["seconds"].values()), abs=1e-3)
     assert ph["joules"] is None and ph["energy_source"] == "no GPU"
     assert ph["process_wall_seconds"] >= ph["total_seconds"] - ph["seconds"]["plan"] > 0

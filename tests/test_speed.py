@@ -259,6 +259,13 @@ def test_cudnn_attention_off_with_cuda_where_shapes_vary_and_the_kernels_follow(
     assert cudnn(device_type="cpu", varying=True) == (True, "")  # no cuDNN attention on CPU to avoid
     assert cudnn(TrainArgs(cudnn_attention="on"), varying=True)[0] is True
     assert cudnn(TrainArgs(cudnn_attention="off"), varying=False)[0] is False
+    from peftbench.run.graphed import HOST_BOUND_FLOPS
+    from peftbench.run.speed import CUDNN_RECORDED
+
+    recorded = resolve(TrainArgs(), device_type="cuda", **lm, varying=True, step_flops=HOST_BOUND_FLOPS / 10)
+    assert recorded["graph_step"] is True and recorded["cudnn_attention"] is True  # padded to one shape, recorded once
+    assert recorded["reasons"]["cudnn_attention"] == f"auto: on, the recorded step has one shape ({CUDNN_RECORDED})"
+    assert cudnn(TrainArgs(cudnn_attention="off"), varying=True, step_flops=HOST_BOUND_FLOPS / 10)[0] is False
     assert torch.backends.cuda.cudnn_sdp_enabled()
     with attention_kernels({"cudnn_attention": False}, "cuda"):
         assert not torch.backends.cuda.cudnn_sdp_enabled()

@@ -101,6 +101,7 @@ class Recipe:
 
     def prepare(self) -> None:
         exp = self.exp
+        began = time.perf_counter()
         self.strategy = distributed.strategy(exp.train, world_size=distributed.world_size())
         self.accelerator = distributed.make_accelerator(
             device=self.device,
@@ -109,7 +110,7 @@ class Recipe:
         )
         self.dev = self.accelerator.device
         self.main = self.accelerator.is_main_process
-        self._start_phases()
+        self._start_phases(began)
         self.workers = warm_compile_workers(self.dev.type, exp.train, exp.data, self.accelerator.num_processes)
         torch.manual_seed(exp.train.seed)
         self.quantization = exp.model.quantization or methods.lookup(exp.method.name).quantization
@@ -125,11 +126,12 @@ class Recipe:
             self._forgetting_before()
         self.loftq_factors = None
         if self.quantization:
-            if methods.lookup(exp.method.name).init_before_quantization:  # LoftQ: full-precision init, then quantised
-                self.loaded.model, self.loftq_factors = methods.loftq_base(
-                    options=exp.method.options, model=self.loaded.model, family=self.loaded.family
-                )
-            self.loaded = models.quantize(self.loaded, self.quantization, self.dev)
+            with self.phases("load"):  # LoftQ: full-precision init, then quantised
+                if methods.lookup(exp.method.name).init_before_quantization:
+                    self.loaded.model, self.loftq_factors = methods.loftq_base(
+                        options=exp.method.options, model=self.loaded.model, family=self.loaded.family
+                    )
+                self.loaded = models.quantize(self.loaded, self.quantization, self.dev)
         self.chat = self._chat_template(self.loaded.tokenizer)
         with self.phases("encode"):
             self.splits = data_mod.load(exp.data)
@@ -140,7 +142,8 @@ class Recipe:
         n = self.accelerator.num_processes
         per_epoch = batches_per_process(len(self.features), batch_size=exp.train.batch_size, num_processes=n)
         self.steps = total_steps(exp.train, per_epoch)
-        self._apply_method(self.loaded)
+        with self.phases("load"):  # the model as it will train: loaded, then wrapped by its method
+            self._apply_method(self.loaded)
         self.params = models.count_parameters(self.model)  # before merging folds adapters away
         self.settings = self._settings(n, per_epoch)
         self.quality_on = self.loaded.pretrained
@@ -149,9 +152,13 @@ class Recipe:
             self.splits.validation, exp.train.eval_samples, seed=exp.data.seed, stratify=strat
         )
 
-    def _start_phases(self) -> None:
-        """The phase clocks, with this run's share of the suite's planning and its process's start-up."""
+    def _start_phases(self, began: float) -> None:
+        """The phase clocks, with this run's share of the suite's planning, its process's start-up and the device's
+        (the accelerator, CUDA's context, the energy counter since ``began``: 10.5 s in a fresh machine's first)."""
         self.phases = Phases(self.dev)
+        if self.dev.type == "cuda":
+            torch.empty(1, device=self.dev)  # the context is made here, not in the first phase that uses it
+        self.phases.add("device", time.perf_counter() - began)
         if self.timing.get("plan_seconds") is not None:
             self.phases.add("plan", self.timing["plan_seconds"])
         if self.timing.get("spawned_at"):  # interpreter, imports and the payload, before this recipe
