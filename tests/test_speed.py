@@ -596,6 +596,9 @@ def test_a_compiled_run_of_fixed_length_blocks_fills_the_epochs_last_smaller_bat
     spent = fast.speed["compile_seconds"]  # the warm-up's compilation, from torch's own clock
     assert spent["frames"] >= counters["stats"]["unique_graphs"] and spent["seconds"] > spent["backward"] >= 0
     assert plain.speed["compile_seconds"] is None  # nothing compiled, nothing to say
+    slowest = spent["slowest"]  # which code took the time: the blocks' forward (regions) or the model's
+    assert slowest and all(f["frame"] and f["seconds"] >= 0 for f in slowest)
+    assert [f["seconds"] for f in slowest] == sorted((f["seconds"] for f in slowest), reverse=True)
 
 
 def test_fused_loss_is_off_for_a_method_that_trains_beside_the_body():
