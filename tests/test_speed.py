@@ -823,5 +823,8 @@ def test_compile_workers_start_early_only_for_a_cuda_run_that_may_compile():
     assert warm_compile_workers("cuda", short, data, processes=8) is True  # 1.8 M tokens over eight processes
     assert warm_compile_workers("cuda", TrainArgs(max_steps=50, batch_size=8, compile="regions"), data) is True
     assert warm_compile_workers("cuda", TrainArgs(max_steps=-1, epochs=1.0), data) is True  # epochs: unknown length
+    lm, blocks = TrainArgs(max_steps=80, batch_size=16), DataArgs(max_source_length=512, max_target_length=0)
+    assert warm_compile_workers("cuda", lm, blocks) is False  # 0.66 M tokens: a cold cache's auto trains eagerly
+    assert warm_compile_workers("cuda", lm, blocks, warm=True) is True  # compiled here before: auto may compile
     speed = {"compile": "regions"}
     assert stop_compile_workers(True, speed) is speed and stop_compile_workers(False, {"compile": "off"})

@@ -3,10 +3,9 @@
 Usage:
     result = Recipe(run, out_dir=Path("runs/demo"), device="cpu").run()   # peftbench.run.record.execute writes it
 
-Artefacts are committed in an order that a kill
-at any point cannot break: the adapter is written to a temp folder, the old result is removed, the
-adapter folder is swapped in, and only then the new result is written; so a ``success`` never
-exists without its adapter, and temp folders left by a kill are cleaned by the next run.
+Artefacts are committed in an order that a kill at any point cannot break: the adapter is written to a temp folder,
+the old result is removed, the adapter folder is swapped in, and only then the new result is written; so a
+``success`` never exists without its adapter, and temp folders left by a kill are cleaned by the next run.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from peftbench.measure.memory import free_cached_memory
 from peftbench.measure.phases import Phases
 from peftbench.measure.storage import file_sizes, saved_bytes, weights_bytes
 from peftbench.results import Result
-from peftbench.run import distributed
+from peftbench.run import distributed, speed
 from peftbench.run.faults import fault_point
 from peftbench.run.graphed import step_size
 from peftbench.run.plan import Run
@@ -111,7 +110,9 @@ class Recipe:
         self.dev = self.accelerator.device
         self.main = self.accelerator.is_main_process
         self._start_phases(began)
-        self.workers = warm_compile_workers(self.dev.type, exp.train, exp.data, self.accelerator.num_processes)
+        precision, n = self.accelerator.mixed_precision, self.accelerator.num_processes
+        warm = speed.compiled_before(exp.model.spec, exp.method.name, exp.method.options, precision)  # auto's threshold
+        self.workers = warm_compile_workers(self.dev.type, exp.train, exp.data, n, warm=warm)
         torch.manual_seed(exp.train.seed)
         self.quantization = exp.model.quantization or methods.lookup(exp.method.name).quantization
         if self.quantization:
@@ -139,7 +140,6 @@ class Recipe:
             self.features = self._encode(self.splits.train, **enc_kw)
         if not self.features:
             raise ValueError(f"no training examples after tokenisation ({exp.data.spec})")
-        n = self.accelerator.num_processes
         per_epoch = batches_per_process(len(self.features), batch_size=exp.train.batch_size, num_processes=n)
         self.steps = total_steps(exp.train, per_epoch)
         with self.phases("load"):  # the model as it will train: loaded, then wrapped by its method

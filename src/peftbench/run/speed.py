@@ -211,7 +211,7 @@ def _compile_mode(
 CUDA_GRAPHS = "one H200, gpt2-medium: LoRA 214.9k tok/s against 194.9k, full fine-tuning 159.3k against 132.8k"
 
 
-def warm_compile_workers(device_type: str, train, data, processes: int = 1) -> bool:
+def warm_compile_workers(device_type: str, train, data, processes: int = 1, *, warm: bool = False) -> bool:
     """Start inductor's compile workers now (a CUDA run that may compile), beside the model's load and the data's
     encoding: torch starts them at the first compilation, whose first kernels then compile one by one in this
     process until the workers are up (their process imports torch first). Not for a run too short to compile
@@ -219,12 +219,15 @@ def warm_compile_workers(device_type: str, train, data, processes: int = 1) -> b
     whether they were started (``stop_compile_workers`` undoes it where the run turns out not to compile).
 
     One H200, gpt2-medium LoRA 16 x 512, 1,000 steps on a cold cache: warm-up 14.2 s against 20.7-22.9 s with the
-    workers started at the first compilation: 2.22x Trainer's all-steps rate (results/suite_speed_h200.md)."""
+    workers started at the first compilation: 2.22x Trainer's all-steps rate (results/suite_speed_h200.md).
+    ``warm``: this model and method compiled here before (``is_warm``), so ``auto`` may compile a shorter run; on a
+    cold cache an 80-step gpt2-medium run (0.66 M tokens) started them, then trained eagerly, and stopping them
+    waited 11 s for their start-up on a fresh H200 machine."""
     if device_type != "cuda" or train.compile == "off":
         return False
     longest = data.max_source_length + data.max_target_length
     most = train.max_steps * train.batch_size * train.gradient_accumulation_steps * processes * longest
-    if train.compile == "auto" and 0 < most and too_short_to_compile(most, "warm"):
+    if train.compile == "auto" and 0 < most and too_short_to_compile(most, "warm" if warm else "cold"):
         return False
     try:
         from torch._inductor.async_compile import maybe_warm_pool
@@ -234,6 +237,11 @@ def warm_compile_workers(device_type: str, train, data, processes: int = 1) -> b
         log.debug("compile workers not started early: %s", e)
         return False
     return True
+
+
+def compiled_before(model_spec: str, method: str, options: dict, precision: str) -> bool:
+    """Whether this model and method compiled on this machine before, whatever its examples' lengths (``is_warm``)."""
+    return any(is_warm(warm_key(model_spec, method, options, precision, v)) for v in (False, True))
 
 
 def stop_compile_workers(started: bool, speed: dict) -> dict:
