@@ -812,7 +812,7 @@ def test_the_masked_chunked_loss_counts_only_the_targets_it_keeps():
 
 
 def test_compile_workers_start_early_only_for_a_cuda_run_that_may_compile():
-    from peftbench.run.speed import stop_compile_workers, warm_compile_workers
+    from peftbench.run.compiletime import stop_compile_workers, warm_compile_workers
     from peftbench.spec.config import DataArgs
 
     data = DataArgs(max_source_length=512, max_target_length=64)
@@ -828,3 +828,20 @@ def test_compile_workers_start_early_only_for_a_cuda_run_that_may_compile():
     assert warm_compile_workers("cuda", lm, blocks, warm=True) is True  # compiled here before: auto may compile
     speed = {"compile": "regions"}
     assert stop_compile_workers(True, speed) is speed and stop_compile_workers(False, {"compile": "off"})
+
+
+def test_data_loader_workers_only_where_batches_are_padded_or_packed_on_cuda():
+    """Fixed-length blocks are only stacked: no worker processes (their start cost a 50-step run 1.0 s); examples
+    of varying length keep two beside the GPU; a given number is kept; none on CPU."""
+    from peftbench.run.speed import WORKERS
+
+    lm = {"family": "causal", "task": "language-modeling", "model": models.build_random("tiny-gpt2", seed=0)}
+
+    def workers(args=None, **kw):
+        s = resolve(args or TrainArgs(), **{"device_type": "cuda", **lm, **kw})
+        return s["dataloader_workers"], s["reasons"].get("dataloader_workers")
+
+    assert workers(varying=False) == (0, f"auto: 0, fixed-length examples are only stacked ({WORKERS})")
+    assert workers(varying=True) == (2, None)
+    assert workers(TrainArgs(dataloader_workers=3), varying=False) == (3, None)
+    assert workers(device_type="cpu", varying=True) == (0, None)

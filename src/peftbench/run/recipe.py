@@ -34,13 +34,14 @@ from peftbench.measure.memory import free_cached_memory
 from peftbench.measure.phases import Phases
 from peftbench.measure.storage import file_sizes, saved_bytes, weights_bytes
 from peftbench.results import Result
-from peftbench.run import distributed, speed
+from peftbench.run import distributed
+from peftbench.run.compiletime import compile_workers_for, stop_compile_workers
 from peftbench.run.faults import fault_point
 from peftbench.run.graphed import step_size
 from peftbench.run.plan import Run
 from peftbench.run.progress import progress
 from peftbench.run.settings import Settings, batches_per_process, total_steps
-from peftbench.run.speed import is_warm, mark_warm, planned_tokens, stop_compile_workers, warm_compile_workers, warm_key
+from peftbench.run.speed import is_warm, mark_warm, planned_tokens, warm_key
 from peftbench.run.speed import resolve as resolve_speed
 from peftbench.run.tracking import Trackers, final_values
 from peftbench.run.train import UNTRAINED, train, varying
@@ -110,9 +111,7 @@ class Recipe:
         self.dev = self.accelerator.device
         self.main = self.accelerator.is_main_process
         self._start_phases(began)
-        precision, n = self.accelerator.mixed_precision, self.accelerator.num_processes
-        warm = speed.compiled_before(exp.model.spec, exp.method.name, exp.method.options, precision)  # auto's threshold
-        self.workers = warm_compile_workers(self.dev.type, exp.train, exp.data, n, warm=warm)
+        self.workers = compile_workers_for(exp, self.accelerator)
         torch.manual_seed(exp.train.seed)
         self.quantization = exp.model.quantization or methods.lookup(exp.method.name).quantization
         if self.quantization:
@@ -140,6 +139,7 @@ class Recipe:
             self.features = self._encode(self.splits.train, **enc_kw)
         if not self.features:
             raise ValueError(f"no training examples after tokenisation ({exp.data.spec})")
+        n = self.accelerator.num_processes
         per_epoch = batches_per_process(len(self.features), batch_size=exp.train.batch_size, num_processes=n)
         self.steps = total_steps(exp.train, per_epoch)
         with self.phases("load"):  # the model as it will train: loaded, then wrapped by its method

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import logging
 from collections.abc import Callable
 
 import torch
@@ -41,7 +40,6 @@ FSDP_COMPILE = (
     "compiled sharded training gives the eager losses, but its speed on GPUs is not yet measured; "
     "train.compile: on compiles"
 )
-log = logging.getLogger(__name__)
 
 
 def liger_available() -> bool:
@@ -125,8 +123,22 @@ def resolve(
         reasons["graph_step"] = why
     graphed.one_shape(out, reasons, args.fused_loss)
     out["cudnn_attention"] = _cudnn_attention(args.cudnn_attention, cuda=cuda, varying=varying, out=out, why=reasons)
-    out["dataloader_workers"] = args.dataloader_workers if args.dataloader_workers is not None else (2 if cuda else 0)
+    out["dataloader_workers"] = _workers(args.dataloader_workers, cuda=cuda, varying=varying, reasons=reasons)
     return {**out, "sharded": sharded, "pin_memory": cuda, "reasons": reasons}
+
+
+WORKERS = "one H200, gpt2-medium LoRA 16 x 512, 50 steps: the same steady rate, 1.0 s less warm-up without them"
+
+
+def _workers(value: int | None, *, cuda: bool, varying: bool, reasons: dict) -> int:
+    """Data loader worker processes: as given, else 2 with CUDA where examples vary in length (their batches are
+    padded or packed while the GPU trains) and none where batches only stack fixed-length blocks (``WORKERS``)."""
+    if value is not None:
+        return value
+    if cuda and not varying:
+        reasons["dataloader_workers"] = f"auto: 0, fixed-length examples are only stacked ({WORKERS})"
+        return 0
+    return 2 if cuda else 0
 
 
 def _grouping(value: str, reasons: dict, *, packing: bool, varying: bool) -> bool:
@@ -169,7 +181,7 @@ COMPILE_SOURCE = "gpt2-medium on an H200: 7.1 us saved per token against 12.5 s 
 
 def too_short_to_compile(tokens: float, cache: str) -> bool:
     """Whether a run training ``tokens`` is too short to repay a compilation on a ``cold`` or ``warm`` cache
-    (``REPAYS_TOKENS``): ``auto``'s test, and the compile workers' (``warm_compile_workers``)."""
+    (``REPAYS_TOKENS``): ``auto``'s test, and the compile workers' (``compiletime.warm_compile_workers``)."""
     return tokens < REPAYS_TOKENS[cache]
 
 
@@ -209,48 +221,6 @@ def _compile_mode(
 # One H200, gpt2-medium, 16 x 512 tokens per step, regions compiled, the same call (train_speed_h200.md, session 7):
 # with CUDA graphs LoRA 214.9k tok/s against 194.9k, full fine-tuning 159.3k against 132.8k, the same losses.
 CUDA_GRAPHS = "one H200, gpt2-medium: LoRA 214.9k tok/s against 194.9k, full fine-tuning 159.3k against 132.8k"
-
-
-def warm_compile_workers(device_type: str, train, data, processes: int = 1, *, warm: bool = False) -> bool:
-    """Start inductor's compile workers now (a CUDA run that may compile), beside the model's load and the data's
-    encoding: torch starts them at the first compilation, whose first kernels then compile one by one in this
-    process until the workers are up (their process imports torch first). Not for a run too short to compile
-    whatever its data holds (``auto`` over at most ``max_steps`` x batch x the longest example's tokens). Returns
-    whether they were started (``stop_compile_workers`` undoes it where the run turns out not to compile).
-
-    One H200, gpt2-medium LoRA 16 x 512, 1,000 steps on a cold cache: warm-up 14.2 s against 20.7-22.9 s with the
-    workers started at the first compilation: 2.22x Trainer's all-steps rate (results/suite_speed_h200.md).
-    ``warm``: this model and method compiled here before (``is_warm``), so ``auto`` may compile a shorter run; on a
-    cold cache an 80-step gpt2-medium run (0.66 M tokens) started them, then trained eagerly, and stopping them
-    waited 11 s for their start-up on a fresh H200 machine."""
-    if device_type != "cuda" or train.compile == "off":
-        return False
-    longest = data.max_source_length + data.max_target_length
-    most = train.max_steps * train.batch_size * train.gradient_accumulation_steps * processes * longest
-    if train.compile == "auto" and 0 < most and too_short_to_compile(most, "warm" if warm else "cold"):
-        return False
-    try:
-        from torch._inductor.async_compile import maybe_warm_pool
-
-        maybe_warm_pool()
-    except Exception as e:  # a speed-up only: the first compilation starts them as before
-        log.debug("compile workers not started early: %s", e)
-        return False
-    return True
-
-
-def compiled_before(model_spec: str, method: str, options: dict, precision: str) -> bool:
-    """Whether this model and method compiled on this machine before, whatever its examples' lengths (``is_warm``)."""
-    return any(is_warm(warm_key(model_spec, method, options, precision, v)) for v in (False, True))
-
-
-def stop_compile_workers(started: bool, speed: dict) -> dict:
-    """``speed`` as given; the early workers (``started``) stopped again where it compiles nothing."""
-    if started and speed["compile"] == "off":
-        from torch._inductor.async_compile import shutdown_compile_workers
-
-        shutdown_compile_workers()
-    return speed
 
 
 def _cuda_graphs(args, reasons: dict, *, cuda: bool, mode: str, varying: bool, n: int) -> bool:

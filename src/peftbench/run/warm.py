@@ -6,7 +6,7 @@ for a device), so forking after it is as safe as a fresh interpreter.
 torch's compiler (dynamo, inductor) is not imported here, though a compiled run's process spends 2-3 s importing
 it on the H200 host: there (torch 2.11) its import initialises CUDA, and every run forked after it failed with
 "Cannot re-initialize CUDA in forked subprocess" (session 9). A run that may compile starts the compiler's workers
-early instead (``speed.warm_compile_workers``).
+early instead (``compiletime.warm_compile_workers``).
 
 The server ends without the interpreter's finalisation (``_exit_now``): its runs are over when it ends (the suite's
 process has exited), and tearing down torch, transformers and peft took 0.8 s on 2 cores, during which it still

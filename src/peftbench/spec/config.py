@@ -193,7 +193,9 @@ class TrainArgs:
         "compute-bound runs: auto (off: on an H200 t5-base was host-bound and slower with a new "
         "batch shape every step) | on | off",
     )
-    dataloader_workers: int | None = _f(None, "data loader worker processes (null: 2 with CUDA, else 0)")
+    dataloader_workers: int | None = _f(
+        None, "data loader worker processes (null: 2 with CUDA for examples of varying length, else 0)"
+    )
     distributed: str = _f(
         "auto",
         "several processes (--gpus N, accelerate launch): ddp (a whole model per GPU) | "
