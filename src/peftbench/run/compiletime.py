@@ -45,6 +45,7 @@ def _slowest(before: int, n: int = 5) -> list[dict]:
     frames = [
         {"frame": getattr(m, "co_name", None), "seconds": round(getattr(m, "entire_frame_compile_time_s", 0) or 0, 3)}
         for m in _per_frame()[before:]
+        if getattr(m, "co_name", None)  # not the records of a backward graph's compilation, which name no frame
     ]
     return sorted(frames, key=lambda f: -f["seconds"])[:n]
 
