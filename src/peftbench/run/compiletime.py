@@ -24,10 +24,11 @@ def _clock() -> dict | None:
     return table if isinstance(table, dict) else None
 
 
-def snapshot() -> dict[str, tuple[int, float]]:
+def snapshot() -> dict:
+    """torch's compile clock now: (entries, seconds) per clock key, and how many frames it has recorded."""
     table = _clock() or {}
-    out = {key: (len(table.get(key, ())), float(sum(table.get(key, ())))) for key in (FORWARD, BACKWARD)}
-    return {**out, "metrics": (len(_per_frame()), 0.0)}
+    clock = {key: (len(table.get(key, ())), float(sum(table.get(key, ())))) for key in (FORWARD, BACKWARD)}
+    return {"clock": clock, "frames": len(_per_frame())}
 
 
 def _per_frame() -> list:
@@ -50,20 +51,20 @@ def _slowest(before: int, n: int = 5) -> list[dict]:
     return sorted(frames, key=lambda f: -f["seconds"])[:n]
 
 
-def since(before: dict[str, tuple[int, float]]) -> dict | None:
+def since(before: dict) -> dict | None:
     """Seconds compiled since ``before`` (``snapshot()``): {"seconds": all, "backward": the backward graphs' part,
     "frames": frames dynamo looked at, "slowest": the slowest frames}; None where nothing was compiled. A backward
     graph found in the compile cache is loaded with its forward graph: its seconds are in the forward's."""
-    after = snapshot()
-    frames = after[FORWARD][0] - before[FORWARD][0]
-    if not frames and after[BACKWARD][0] == before[BACKWARD][0]:
+    now, then = snapshot()["clock"], before["clock"]
+    frames = now[FORWARD][0] - then[FORWARD][0]
+    if not frames and now[BACKWARD][0] == then[BACKWARD][0]:
         return None
-    forward, backward = (after[k][1] - before[k][1] for k in (FORWARD, BACKWARD))
+    forward, backward = (now[k][1] - then[k][1] for k in (FORWARD, BACKWARD))
     return {
         "seconds": round(forward + backward, 3),
         "backward": round(backward, 3),
         "frames": frames,
-        "slowest": _slowest(before.get("metrics", (0, 0.0))[0]),
+        "slowest": _slowest(before["frames"]),
     }
 
 

@@ -87,17 +87,14 @@ def not_recordable(args, *, n: int, sharded: bool) -> str | None:
     return None
 
 
-def records_instead_of_compiling(
-    args, *, cuda: bool, n: int, sharded: bool, flops, sms, fused_loss: str | None = None
-) -> str | None:
+def records_instead_of_compiling(args, *, cuda: bool, n: int, sharded: bool, flops, sms, fused_loss: str) -> str | None:
     """Where ``compile: auto`` and ``cuda_graphs: auto`` meet a host-bound step that can be recorded: the reason to
     compile nothing and record the eager step (a recorded gpt2 step at 8 x 128 tokens took about 11 ms, a compiled
     one 14-20 ms after 12-74 s of compilation); None where compilation is chosen as before. ``fused_loss``: the loss
-    as it resolved (default: as asked)."""
+    as it resolved."""
     if args.compile != "auto" or args.cuda_graphs != "auto" or not cuda or not_recordable(args, n=n, sharded=sharded):
         return None
-    loss = args.fused_loss if fused_loss is None else fused_loss
-    if args.fused_loss == "liger" and loss == "liger":  # a forced Liger loss keeps the step eager (LIGER_SYNC)
+    if args.fused_loss == "liger" and fused_loss == "liger":  # a forced Liger loss keeps the step eager (LIGER_SYNC)
         return None
     bound, figure = host_bound(flops, sms)
     return f"auto: off, the eager step is recorded instead (host-bound: {figure})" if bound else None
