@@ -51,10 +51,33 @@ def _slowest(before: int, n: int = 5) -> list[dict]:
     return sorted(frames, key=lambda f: -f["seconds"])[:n]
 
 
+def _stages(before: int) -> dict | None:
+    """Where the compilation since the ``before``-th frame record went, in seconds: ``tracing`` (dynamo reading
+    the bytecode), ``autograd`` (the joint graph traced, its passes, the partition into forward and backward),
+    ``inductor`` (lowering and code generation, the forward and the backward graphs') and ``kernels`` (waiting on
+    the Triton kernels' compilation). Read from torch's records of each frame and of each backward graph (their
+    counters in microseconds); None where it keeps none (a private API)."""
+    spent = dict.fromkeys(("tracing", "autograd", "inductor", "kernels"), 0.0)
+    for m in _per_frame()[before:]:
+        us = {
+            k: getattr(m, f"{k}_cumulative_compile_time_us", None) or 0 for k in ("dynamo", "aot_autograd", "inductor")
+        }
+        kernels = getattr(m, "triton_compile_time_us", None) or 0
+        if us["dynamo"]:  # a frame's record: the backend (autograd, then the inductor) ran inside it
+            spent["tracing"] += max(us["dynamo"] - us["aot_autograd"], 0)
+            spent["autograd"] += max(us["aot_autograd"] - us["inductor"], 0)
+        spent["inductor"] += max(us["inductor"] - kernels, 0)  # a frame's forward graph or a backward graph
+        spent["kernels"] += kernels
+    if not any(spent.values()):
+        return None
+    return {k: round(v / 1e6, 3) for k, v in spent.items()}
+
+
 def since(before: dict) -> dict | None:
     """Seconds compiled since ``before`` (``snapshot()``): {"seconds": all, "backward": the backward graphs' part,
-    "frames": frames dynamo looked at, "slowest": the slowest frames}; None where nothing was compiled. A backward
-    graph found in the compile cache is loaded with its forward graph: its seconds are in the forward's."""
+    "frames": frames dynamo looked at, "slowest": the slowest frames, "stages": where it went (``_stages``)}; None
+    where nothing was compiled. A backward graph found in the compile cache is loaded with its forward graph: its
+    seconds are in the forward's."""
     now, then = snapshot()["clock"], before["clock"]
     frames = now[FORWARD][0] - then[FORWARD][0]
     if not frames and now[BACKWARD][0] == then[BACKWARD][0]:
@@ -65,6 +88,7 @@ def since(before: dict) -> dict | None:
         "backward": round(backward, 3),
         "frames": frames,
         "slowest": _slowest(before["frames"]),
+        "stages": _stages(before["frames"]),
     }
 
 
