@@ -391,12 +391,14 @@ def peftbench_row(method: str, steps: int, *, data: Path, device: str, work: Pat
         "all_steps_tokens_per_second": round(t["tokens"] / t["seconds"], 1),
         "steady_tokens_per_second": t.get("steady_tokens_per_second"),
         "warmup_seconds": t.get("warmup_seconds"),
+        "warmup_laps_seconds": [round(lap["seconds"], 3) for lap in t.get("laps", []) if lap.get("warmup")],
         "compile_seconds": t.get("speed", {}).get("compile_seconds"),  # the warm-up's part in torch's compiler
         "slowest_lap_vs_median": round(max(laps) / sorted(laps)[len(laps) // 2], 2) if laps else None,
         "recompiles": proc.stderr.count("Recompiling"),
         "recompile_reasons": _recompiles(proc.stderr),
         "gpu_clock_mhz": t.get("gpu_clock_mhz"),  # the SM clock over the steady laps: a slowing GPU shows here
         "process_wall_seconds": round(wall, 2),
+        "inductor_env": {k: v for k, v in os.environ.items() if k.startswith("TORCHINDUCTOR_")},
         "phases": r.get("phases"),
     }
 
@@ -434,18 +436,69 @@ def _pick(r: dict) -> dict:
     }
 
 
+PRIMER = """
+import time; t0 = time.perf_counter()
+import torch, torch.nn.functional as F, transformers
+x = torch.randn(4096, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+w = torch.nn.Parameter(torch.randn(1024, 1024, device="cuda"))
+opt = torch.optim.AdamW([w], fused=True)
+with torch.autocast("cuda", dtype=torch.bfloat16):
+    q = (x @ w).view(8, 16, 512, 64)
+    F.scaled_dot_product_attention(q, q, q, is_causal=True).float().logsumexp(-1).sum().backward()
+opt.step(); torch.cuda.synchronize()
+print(round(time.perf_counter() - t0, 2))
+"""
+
+
+COMPILER_PRIMER = """
+import os, tempfile, time; t0 = time.perf_counter()
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="primer-")  # nothing of it reused by a run
+import torch
+f = torch.compile(lambda x: (x.sin() * 2).sum(-1))
+f(torch.randn(64, 64, device="cuda", requires_grad=True)).sum().backward(); torch.cuda.synchronize()
+print(round(time.perf_counter() - t0, 2))
+"""
+
+
+def prime(device: str, *, compiler: bool) -> dict | None:
+    """Seconds of the priming processes run before either side. ``PRIMER``: CUDA's context, cuBLAS's matmuls,
+    attention forward and backward and a fused AdamW step in bf16 autocast, what both sides use. ``compiler``
+    (``COMPILER_PRIMER``): one trivial function compiled, forward and backward, in a cache folder of its own, so
+    Triton's and the inductor's modules, binaries and compile workers have been read from disk once; no graph of a
+    run is in any cache a run reads. On a fresh machine the first process to touch these reads them from a cold
+    disk: whichever side comes first pays it (session 16: 2.3-2.4 s more warm-up for a first eager process;
+    session 17: a first compiled run's compilation 12.1 s where later processes compiled the same graphs in
+    6.6-8.2 s). Primed, both sides are measured on a machine that has run both before, with cold graph caches."""
+    if device != "cuda":
+        return None
+    out = {}
+    for key, code in [("libraries", PRIMER)] + [("compiler", COMPILER_PRIMER)] * compiler:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        out[key] = float(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else proc.stderr[-300:]
+    return out
+
+
+def _trainer_for(rows: list, r: dict) -> dict | None:
+    """Trainer's row beside ``r``: the same method at the same steps, else at the nearest steps it ran."""
+    same = [x for x in rows if x["loop"] == "trainer" and x.get("method") == r["method"] and "error" not in x]
+    return min(same, key=lambda x: abs(x["steps"] - r["steps"]), default=None)
+
+
 def throughput(a) -> int:
     work = Path(tempfile.mkdtemp(prefix="suite-speed-tp-"))
+    a.primed_seconds = prime(a.device, compiler=a.prime == "all") if a.prime != "none" else None
     rows = []
-    for method in a.methods.split(","):
+    sides = a.sides.split(",")
+    for method in a.methods.split(",") if "peftbench" in sides else ():
         for steps in (int(s) for s in a.steps.split(",")):
             rows.append(peftbench_row(method, steps, data=Path(a.data), device=a.device, work=work, smoke=a.smoke))
             _log(a, rows[-1])
-    cmd = [sys.executable, __file__, "trainer-throughput", "--data", a.data, "--steps", a.trainer_steps or a.steps]
-    cmd += ["--device", a.device, "--methods", a.methods]
-    proc = subprocess.run(cmd + (["--smoke"] if a.smoke else []), capture_output=True, text=True)
-    failed = [{"loop": "trainer", "error": proc.stderr[-800:]}]
-    rows += json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else failed
+    if "trainer" in sides:
+        cmd = [sys.executable, __file__, "trainer-throughput", "--data", a.data, "--steps", a.trainer_steps or a.steps]
+        cmd += ["--device", a.device, "--methods", a.methods]
+        proc = subprocess.run(cmd + (["--smoke"] if a.smoke else []), capture_output=True, text=True)
+        failed = [{"loop": "trainer", "error": proc.stderr[-800:]}]
+        rows += json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else failed
     lines = [
         "| method | steps | loop | compile | all-steps tok/s | vs Trainer | steady tok/s | warm-up s | recompiles | "
         "slowest lap / median |",
@@ -456,9 +509,7 @@ def throughput(a) -> int:
             where = f"| {r.get('method', '')} | {r.get('steps', '')} | {r['loop']}"
             lines.append(f"{where} | failed: {r['error'][-150:]} |")
             continue
-        key = (r["method"], r["steps"])
-        tr = next((x for x in rows if x["loop"] == "trainer" and (x.get("method"), x.get("steps")) == key), None)
-        tr = tr or next((x for x in rows if x["loop"] == "trainer" and x.get("method") == r["method"]), None)
+        tr = _trainer_for(rows, r)
         ratio = f"{r['all_steps_tokens_per_second'] / tr['all_steps_tokens_per_second']:.2f}x" if tr else "–"
         mode = f"{r.get('compile', '–')}{' + CUDA graphs' * bool(r.get('cuda_graphs'))}"
         lines.append(
@@ -485,6 +536,8 @@ def _write(a, rows, text: str, *, ok: bool) -> int:
     env = {"torch": torch.__version__, "host": platform.node(), "device": a.device}
     if a.device == "cuda" and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
+    if getattr(a, "primed_seconds", None) is not None:
+        env["primed_seconds"] = a.primed_seconds  # the priming processes before both sides (``prime``)
     text = f"`{json.dumps(env)}`\n\n" + text
     print(text)
     if a.out:
@@ -501,11 +554,18 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes (a CPU check of the script)")
     ap.add_argument("--out", default=None, help="write OUT.json and OUT.md")
-    ap.add_argument("--sides", default="peftbench,trainer", help="study: which sides run")
+    ap.add_argument("--sides", default="peftbench,trainer", help="which sides run")
     ap.add_argument("--timeout", type=float, default=None, help="study: each side's process is stopped after this")
     ap.add_argument("--set", action="append", default=[], help="study: the suite's defaults, section.key=value")
     ap.add_argument("--methods", default="full,lora", help="throughput: methods")
     ap.add_argument("--trainer-steps", default=None, help="throughput: Trainer's steps (default: --steps)")
+    ap.add_argument(
+        "--prime",
+        choices=["all", "libraries", "none"],
+        default="all",
+        help="throughput: priming processes before both sides (``prime``): CUDA's libraries and the compiler's "
+        "stack, the libraries only, or none",
+    )
     a = ap.parse_args(argv)
     if a.part == "trainer-study":
         a.steps = int(a.steps)
