@@ -599,6 +599,9 @@ def test_a_compiled_run_of_fixed_length_blocks_fills_the_epochs_last_smaller_bat
     slowest = spent["slowest"]  # which code took the time: the blocks' forward (regions) or the model's
     assert slowest and all(f["frame"] and f["seconds"] >= 0 for f in slowest)
     assert [f["seconds"] for f in slowest] == sorted((f["seconds"] for f in slowest), reverse=True)
+    stages = spent["stages"]  # where it went: its parts add up to the clock's total (torch's two records of it)
+    assert set(stages) == {"tracing", "autograd", "inductor", "kernels"} and min(stages.values()) >= 0
+    assert sum(stages.values()) == pytest.approx(spent["seconds"], rel=0.1, abs=0.05)
 
 
 def test_fused_loss_is_off_for_a_method_that_trains_beside_the_body():
@@ -749,6 +752,27 @@ def test_the_mask_function_is_restored_after_training_and_the_collate_knows_the_
     assert b["unpadded"] is False and int(b["attention_mask"].sum()) == 27
     (b,) = make_loader(mixed, batch_size=4, pad_id=0, seed=0, speed={**PLAIN, "packing": True})
     assert b["unpadded"] is False  # packed rows keep their own masks
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("weight_grad", [True, False])
+def test_the_compilers_chunk_body_equals_the_eager_one(masked, weight_grad):
+    """The body a compiled run compiles (no in-place writes) gives the eager body's loss and gradients, padded
+    vocabulary columns and ignored targets included."""
+    from peftbench.run.chunked import _chunk, _fusable_chunk
+
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(30, 16, generator=g, dtype=torch.float64)
+    w = torch.cat([torch.randn(250, 16, generator=g, dtype=torch.float64), torch.zeros(6, 16, dtype=torch.float64)])
+    t = torch.randint(0, 250, (30,), generator=g)
+    t[::4] = IGNORE if masked else t[::4]
+    count = (t >= 0).sum().to(torch.float64) if masked else torch.tensor(30.0, dtype=torch.float64)
+    a = _chunk(h, w, t, 250, count, weight_grad, masked)
+    b = _fusable_chunk(h, w, t, 250, count, weight_grad, masked)
+    assert (a[2] is None) == (b[2] is None) == (not weight_grad)
+    for x, y in zip(a, b):
+        assert x is None or torch.allclose(x, y, rtol=1e-12, atol=1e-12)
+    assert bool((b[1][t < 0] == 0).all()) if masked else True  # an ignored target's row gets no gradient
 
 
 def test_the_compiled_chunked_loss_equals_the_eager_one():
