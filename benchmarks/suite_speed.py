@@ -22,6 +22,8 @@ study's wall time; the suite's phases say where its time went.
 at each of ``--steps``: one `peftbench run` process (``measure.enabled=false``, today's defaults) against
 Trainer (bf16) over the same steps; all-steps tokens/s = training tokens / training seconds (every step,
 compilation included), steady tokens/s beside it, and the largest lap (a recompilation shows as an outlier).
+Priming processes run first (``prime``, ``--prime``): a fresh machine's first process reads CUDA's libraries and
+the compiler's stack from a cold disk, which would otherwise land in whichever side runs first.
 """
 
 from __future__ import annotations
