@@ -473,8 +473,10 @@ def prime(device: str, *, compiler: bool) -> dict | None:
     6.6-8.2 s). Primed, both sides are measured on a machine that has run both before, with cold graph caches."""
     if device != "cuda":
         return None
-    out = {}
-    for key, code in [("libraries", PRIMER)] + [("compiler", COMPILER_PRIMER)] * compiler:
+    out, primers = {}, {"libraries": PRIMER}
+    if compiler:
+        primers["compiler"] = COMPILER_PRIMER
+    for key, code in primers.items():
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         out[key] = float(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else proc.stderr[-300:]
     return out

@@ -79,7 +79,7 @@ def one(a) -> int:
     sys.path.insert(0, str(ROOT / "src"))
     import train_speed as ts
 
-    from peftbench.run.compiletime import snapshot, warm_compile_workers
+    from peftbench.run.compiletime import since, snapshot, warm_compile_workers
     from peftbench.spec.config import DataArgs, TrainArgs
 
     for key, value in json.loads(a.variant).items():
@@ -96,8 +96,6 @@ def one(a) -> int:
     before = snapshot()
     r = ts.run_peftbench("gpt2-medium", a.method, feats, steps=a.steps, batch=16, device=device,
                          overrides={"compile": "regions"})  # fmt: skip
-    from peftbench.run.compiletime import since
-
     row = {
         "variant": json.loads(a.variant),
         "workers_started_early": started,

@@ -58,17 +58,23 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return grad_h * grad_out.to(grad_h.dtype), gw, None, None, None, None
 
 
-def _chunk(h, w, t, vocab: int, count, weight_grad: bool, masked: bool = False):
-    """One chunk's summed loss and its gradients against ``h`` and (``weight_grad``) ``w``, the logits alive once:
-    the softmax is computed in their place. ``masked``: targets below 0 count no loss and get no gradient."""
-    logits = (h @ w.T).to(torch.promote_types(h.dtype, torch.float32))
-    logits[:, vocab:] = float("-inf")
+def _summed_loss(logits, t, masked: bool):
+    """Both bodies' loss from a chunk's logits (padded columns already -inf): the summed loss, each row's
+    log-sum-exp, the targets as indices (``masked``: an ignored one clamped to 0) and the rows kept (None unmasked)."""
     keep = None
     if masked:
         keep, t = (t >= 0).to(logits.dtype), t.clamp_min(0)
     lse = torch.logsumexp(logits, dim=-1)
     per_row = lse - logits.gather(1, t[:, None]).squeeze(1)
-    loss = (per_row if keep is None else per_row * keep).sum()
+    return (per_row if keep is None else per_row * keep).sum(), lse, t, keep
+
+
+def _chunk(h, w, t, vocab: int, count, weight_grad: bool, masked: bool = False):
+    """One chunk's summed loss and its gradients against ``h`` and (``weight_grad``) ``w``, the logits alive once:
+    the softmax is computed in their place. ``masked``: targets below 0 count no loss and get no gradient."""
+    logits = (h @ w.T).to(torch.promote_types(h.dtype, torch.float32))
+    logits[:, vocab:] = float("-inf")
+    loss, lse, t, keep = _summed_loss(logits, t, masked)
     g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
     g[torch.arange(len(t), device=g.device), t] -= 1.0
     g = (g.div_(count) if keep is None else g.mul_(keep[:, None] / count)).to(h.dtype)
@@ -85,12 +91,7 @@ def _fusable_chunk(h, w, t, vocab: int, count, weight_grad: bool, masked: bool =
     logits = (h @ w.T).to(torch.promote_types(h.dtype, torch.float32))
     cols = torch.arange(logits.shape[1], device=logits.device)
     logits = torch.where(cols < vocab, logits, float("-inf"))
-    keep = None
-    if masked:
-        keep, t = (t >= 0).to(logits.dtype), t.clamp_min(0)
-    lse = torch.logsumexp(logits, dim=-1)
-    per_row = lse - logits.gather(1, t[:, None]).squeeze(1)
-    loss = (per_row if keep is None else per_row * keep).sum()
+    loss, lse, t, keep = _summed_loss(logits, t, masked)
     scale = (keep if keep is not None else torch.ones_like(lse)) / count
     g = ((logits - lse[:, None]).exp() - (cols == t[:, None]).to(logits.dtype)) * scale[:, None]
     g = g.to(h.dtype)

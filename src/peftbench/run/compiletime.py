@@ -40,25 +40,25 @@ def _per_frame() -> list:
         return []
 
 
-def _slowest(before: int, n: int = 5) -> list[dict]:
-    """The slowest frames compiled since the ``before``-th: their code's name and seconds (tracing and the
-    forward graph's code generation)."""
+def _slowest(records: list, n: int = 5) -> list[dict]:
+    """The slowest frames among torch's ``records`` (``_per_frame``): their code's name and seconds (tracing and
+    the forward graph's code generation)."""
     frames = [
         {"frame": getattr(m, "co_name", None), "seconds": round(getattr(m, "entire_frame_compile_time_s", 0) or 0, 3)}
-        for m in _per_frame()[before:]
+        for m in records
         if getattr(m, "co_name", None)  # not the records of a backward graph's compilation, which name no frame
     ]
     return sorted(frames, key=lambda f: -f["seconds"])[:n]
 
 
-def _stages(before: int) -> dict | None:
-    """Where the compilation since the ``before``-th frame record went, in seconds: ``tracing`` (dynamo reading
+def _stages(records: list) -> dict | None:
+    """Where the compilation recorded in ``records`` (``_per_frame``) went, in seconds: ``tracing`` (dynamo reading
     the bytecode), ``autograd`` (the joint graph traced, its passes, the partition into forward and backward),
     ``inductor`` (lowering and code generation, the forward and the backward graphs') and ``kernels`` (waiting on
     the Triton kernels' compilation). Read from torch's records of each frame and of each backward graph (their
     counters in microseconds); None where it keeps none (a private API)."""
     spent = dict.fromkeys(("tracing", "autograd", "inductor", "kernels"), 0.0)
-    for m in _per_frame()[before:]:
+    for m in records:
         us = {
             k: getattr(m, f"{k}_cumulative_compile_time_us", None) or 0 for k in ("dynamo", "aot_autograd", "inductor")
         }
@@ -83,12 +83,13 @@ def since(before: dict) -> dict | None:
     if not frames and now[BACKWARD][0] == then[BACKWARD][0]:
         return None
     forward, backward = (now[k][1] - then[k][1] for k in (FORWARD, BACKWARD))
+    records = _per_frame()[before["frames"] :]  # read once for both summaries
     return {
         "seconds": round(forward + backward, 3),
         "backward": round(backward, 3),
         "frames": frames,
-        "slowest": _slowest(before["frames"]),
-        "stages": _stages(before["frames"]),
+        "slowest": _slowest(records),
+        "stages": _stages(records),
     }
 
 
