@@ -127,4 +127,10 @@ def test_options_beside_a_peft_file_win_and_a_typo_beside_it_is_still_refused(tm
     assert "method.lora_alfa: not an option of LoraConfig" in capsys.readouterr().err
     assert cli.main(["run", _suite_with(tmp_path, data_dir, {"peft_config": str(tmp_path / "nope.json")})]) == 2
     err = capsys.readouterr().err
-    assert f"method.peft_config: {tmp_path / 'nope.json'}: not found" in err and len(err.strip().splitlines()) == 1
+    assert (
+        f"method.peft_config: {str(tmp_path / 'nope.json')!r}: not found" in err and len(err.strip().splitlines()) == 1
+    )
+    odd = str(tmp_path / "no\rpe\n.json")  # control characters in the path: still one line (the fuzzer's find)
+    assert cli.main(["run", _suite_with(tmp_path, data_dir, {"peft_config": odd})]) == 2
+    err = capsys.readouterr().err
+    assert f"method.peft_config: {odd!r}: not found" in err and len(err.strip().splitlines()) == 1

@@ -23,7 +23,7 @@ BOOKKEEPING = methods.INTERNAL_FIELDS | {"inference_mode", "peft_version"}
 
 def expand(method_args) -> tuple[list[str], list[str]]:
     """(problems, keys dropped); fills ``method_args.name`` and ``.options`` and clears ``.peft_config``."""
-    where = f"method.peft_config: {method_args.peft_config}"
+    where = f"method.peft_config: {str(method_args.peft_config)!r}"  # quoted: a path's control characters stay one line
     try:
         doc = read_peft_file(method_args.peft_config)
     except FileNotFoundError:
