@@ -602,6 +602,41 @@ def test_a_compiled_run_of_fixed_length_blocks_fills_the_epochs_last_smaller_bat
     stages = spent["stages"]  # where it went: its parts add up to the clock's total (torch's two records of it)
     assert set(stages) == {"tracing", "autograd", "inductor", "kernels"} and min(stages.values()) >= 0
     assert sum(stages.values()) == pytest.approx(spent["seconds"], rel=0.1, abs=0.05)
+    # no Triton kernel on a CPU (the inductor writes C++ there, and waits on it), no compile workers started early
+    kernels = spent["kernels"]
+    assert set(kernels) == {"compiled_here", "compiled_here_seconds", "waited_seconds"}
+    assert (kernels["compiled_here"], kernels["compiled_here_seconds"]) == (0, 0.0)
+    assert 0 <= kernels["waited_seconds"] <= stages["kernels"] + 0.001  # the waits are in the stage's clock
+
+
+def test_the_kernels_record_says_where_they_compiled_and_when_the_workers_were_ready(monkeypatch):
+    """``compile_seconds.kernels`` reads torch's clock of kernels compiled in the run's process (workers not ready)
+    and of the waits on the workers, and the early workers' start, readiness and the first frame's compilation."""
+    import types
+
+    import torch._dynamo.utils as dynamo_utils
+
+    from peftbench.run import compiletime
+
+    monkeypatch.setattr(dynamo_utils, "compilation_time_metrics", {compiletime.HERE: [0.5]})
+    before = compiletime.snapshot()
+    dynamo_utils.compilation_time_metrics[compiletime.HERE] += [0.25, 0.75]  # two more, in this run
+    dynamo_utils.compilation_time_metrics[compiletime.WAIT] = [1.5, 0.5]
+    monkeypatch.setattr(compiletime, "_workers", {"started": 1000.0, "ready": 1003.25})
+    records = [types.SimpleNamespace(start_time_us=1_002_500_000), types.SimpleNamespace(start_time_us=1_001_750_000)]
+    out = compiletime._kernels(compiletime.snapshot()["clock"], before["clock"], records)
+    assert out == {
+        "compiled_here": 2,
+        "compiled_here_seconds": 1.0,
+        "waited_seconds": 2.0,
+        "workers_ready_after_seconds": 3.25,
+        "first_compile_after_seconds": 1.75,
+    }
+    monkeypatch.setattr(compiletime, "_workers", {"started": 1000.0})  # started, never ready
+    assert (
+        compiletime._kernels(compiletime.snapshot()["clock"], before["clock"], [])["workers_ready_after_seconds"]
+        is None
+    )
 
 
 def test_fused_loss_is_off_for_a_method_that_trains_beside_the_body():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 from peftbench.run.speed import is_warm, too_short_to_compile, warm_key
 
@@ -15,6 +16,9 @@ log = logging.getLogger("peftbench")
 
 FORWARD = "_compile.compile_inner"  # one entry per compiled frame
 BACKWARD = "compile_fx.<locals>.bw_compiler"  # one entry per backward graph
+HERE = "async_compile.precompile"  # a Triton kernel compiled in this process: its workers were not ready yet
+WAIT = "async_compile.wait"  # a graph's wait on the kernels its workers compile
+_workers: dict = {}  # when this process started its compile workers early, and when they were ready (time.time())
 
 
 def _clock() -> dict | None:
@@ -27,7 +31,8 @@ def _clock() -> dict | None:
 def snapshot() -> dict:
     """torch's compile clock now: (entries, seconds) per clock key, and how many frames it has recorded."""
     table = _clock() or {}
-    clock = {key: (len(table.get(key, ())), float(sum(table.get(key, ())))) for key in (FORWARD, BACKWARD)}
+    keys = (FORWARD, BACKWARD, HERE, WAIT)
+    clock = {key: (len(table.get(key, ())), float(sum(table.get(key, ())))) for key in keys}
     return {"clock": clock, "frames": len(_per_frame())}
 
 
@@ -73,6 +78,22 @@ def _stages(records: list) -> dict | None:
     return {k: round(v / 1e6, 3) for k, v in spent.items()}
 
 
+def _kernels(now: dict, then: dict, records: list) -> dict:
+    """Where the Triton kernels compiled: ``compiled_here`` (how many, and their seconds) in this process, one after
+    another, because the compile workers were not ready yet; ``waited_seconds`` on the workers at the end of each
+    graph's code generation; and, where this process started its workers early (``warm_compile_workers``), how
+    long after that they were ready and its first frame's compilation began."""
+    here, wait = ((now[k][0] - then[k][0], now[k][1] - then[k][1]) for k in (HERE, WAIT))
+    out = {"compiled_here": here[0], "compiled_here_seconds": round(here[1], 3), "waited_seconds": round(wait[1], 3)}
+    started = _workers.get("started")
+    if started is not None:
+        ready = _workers.get("ready")
+        out["workers_ready_after_seconds"] = round(ready - started, 3) if ready is not None else None
+        begun = [m.start_time_us for m in records if getattr(m, "start_time_us", None)]
+        out["first_compile_after_seconds"] = round(min(begun) / 1e6 - started, 3) if begun else None
+    return out
+
+
 def since(before: dict) -> dict | None:
     """Seconds compiled since ``before`` (``snapshot()``): {"seconds": all, "backward": the backward graphs' part,
     "frames": frames dynamo looked at, "slowest": the slowest frames, "stages": where it went (``_stages``)}; None
@@ -90,6 +111,7 @@ def since(before: dict) -> dict | None:
         "frames": frames,
         "slowest": _slowest(records),
         "stages": _stages(records),
+        "kernels": _kernels(now, then, records),
     }
 
 
@@ -112,9 +134,14 @@ def warm_compile_workers(device_type: str, train, data, processes: int = 1, *, w
     if train.compile == "auto" and 0 < most and too_short_to_compile(most, "warm" if warm else "cold"):
         return False
     try:
-        from torch._inductor.async_compile import maybe_warm_pool
+        from torch._inductor.async_compile import AsyncCompile, maybe_warm_pool
 
+        _workers.clear()
+        _workers["started"] = time.time()
         maybe_warm_pool()
+        ready = getattr(AsyncCompile, "_ready_future", None)  # torch's probe job: done once a worker answers
+        if ready is not None:
+            ready.add_done_callback(lambda _: _workers.setdefault("ready", time.time()))
     except Exception as e:  # a speed-up only: the first compilation starts them as before
         log.debug("compile workers not started early: %s", e)
         return False
