@@ -304,7 +304,8 @@ def _timestamped(proc, t0: float, timeout: float | None, keep_all: bool = False)
 
 
 def _errors(stderr: str) -> str:
-    return "\n".join(line for line in stderr.splitlines() if "rror" in line)[-800:]
+    lines = stderr.splitlines()
+    return "\n".join([line for line in lines if "rror" in line] or lines[-5:])[-800:]  # else its last words
 
 
 def run_trainer_side(a, steps: int) -> dict:

@@ -622,13 +622,14 @@ def test_the_kernels_record_says_where_they_compiled_and_when_the_workers_were_r
     before = compiletime.snapshot()
     dynamo_utils.compilation_time_metrics[compiletime.HERE] += [0.25, 0.75]  # two more, in this run
     dynamo_utils.compilation_time_metrics[compiletime.WAIT] = [1.5, 0.5]
-    monkeypatch.setattr(compiletime, "_workers", {"started": 1000.0, "ready": 1003.25})
+    monkeypatch.setattr(compiletime, "_workers", {"started": 1000.0, "ready": 1003.25, "start": "fork"})
     records = [types.SimpleNamespace(start_time_us=1_002_500_000), types.SimpleNamespace(start_time_us=1_001_750_000)]
     out = compiletime._kernels(compiletime.snapshot()["clock"], before["clock"], records)
     assert out == {
         "compiled_here": 2,
         "compiled_here_seconds": 1.0,
         "waited_seconds": 2.0,
+        "workers_start": "fork",
         "workers_ready_after_seconds": 3.25,
         "first_compile_after_seconds": 1.75,
     }
@@ -870,11 +871,25 @@ def test_the_masked_chunked_loss_counts_only_the_targets_it_keeps():
         assert torch.allclose(gh, rh, rtol=1e-4, atol=1e-6) and torch.allclose(gw, rw, rtol=1e-4, atol=1e-6)
 
 
-def test_compile_workers_start_early_only_for_a_cuda_run_that_may_compile():
-    from peftbench.run.compiletime import stop_compile_workers, warm_compile_workers
+def test_compile_workers_start_early_only_for_a_cuda_run_that_may_compile(monkeypatch):
+    """Started early for a CUDA run that may compile, forked from the run's process unless the user's
+    TORCHINDUCTOR_WORKER_START says how; not on a CPU, nor for a run too short to compile."""
+    from torch._inductor import config as inductor_config
+
+    from peftbench.run.compiletime import WORKER_START, stop_compile_workers, warm_compile_workers
     from peftbench.spec.config import DataArgs
 
+    monkeypatch.delenv(WORKER_START, raising=False)
+    monkeypatch.setattr(inductor_config, "worker_start_method", "subprocess")  # torch's default, restored after
     data = DataArgs(max_source_length=512, max_target_length=64)
+    assert warm_compile_workers("cpu", TrainArgs(max_steps=1000), data) is False
+    assert inductor_config.worker_start_method == "subprocess"  # not started: torch's choice untouched
+    assert warm_compile_workers("cuda", TrainArgs(max_steps=1000), data) is True
+    assert inductor_config.worker_start_method == "fork"
+    monkeypatch.setenv(WORKER_START, "spawn")
+    monkeypatch.setattr(inductor_config, "worker_start_method", "spawn")  # what torch read from it
+    assert warm_compile_workers("cuda", TrainArgs(max_steps=1000), data) is True
+    assert inductor_config.worker_start_method == "spawn"
     assert warm_compile_workers("cpu", TrainArgs(max_steps=1000), data) is False
     assert warm_compile_workers("cuda", TrainArgs(max_steps=1000, compile="off"), data) is False
     short = TrainArgs(max_steps=50, batch_size=8)  # at most 50 x 8 x 576 = 0.23 M tokens: auto cannot compile it

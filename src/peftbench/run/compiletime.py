@@ -7,6 +7,7 @@ autotuning at their first launch and CUDA graphs' recording are not in it: they 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 
@@ -18,6 +19,7 @@ FORWARD = "_compile.compile_inner"  # one entry per compiled frame
 BACKWARD = "compile_fx.<locals>.bw_compiler"  # one entry per backward graph
 HERE = "async_compile.precompile"  # a Triton kernel compiled in this process: its workers were not ready yet
 WAIT = "async_compile.wait"  # a graph's wait on the kernels its workers compile
+WORKER_START = "TORCHINDUCTOR_WORKER_START"  # how torch starts its compile workers, where the user says
 _workers: dict = {}  # when this process started its compile workers early, and when they were ready (time.time())
 
 
@@ -88,6 +90,7 @@ def _kernels(now: dict, then: dict, records: list) -> dict:
     started = _workers.get("started")
     if started is not None:
         ready = _workers.get("ready")
+        out["workers_start"] = _workers.get("start")
         out["workers_ready_after_seconds"] = round(ready - started, 3) if ready is not None else None
         begun = [m.start_time_us for m in records if getattr(m, "start_time_us", None)]
         out["first_compile_after_seconds"] = round(min(begun) / 1e6 - started, 3) if begun else None
@@ -118,7 +121,10 @@ def since(before: dict) -> dict | None:
 def warm_compile_workers(device_type: str, train, data, processes: int = 1, *, warm: bool = False) -> bool:
     """Start inductor's compile workers now (a CUDA run that may compile), beside the model's load and the data's
     encoding: torch starts them at the first compilation, whose first kernels then compile one by one in this
-    process until the workers are up (their process imports torch first). Not for a run too short to compile
+    process until the workers are up. Forked from this process (``worker_start_method`` ``fork``, unless
+    ``TORCHINDUCTOR_WORKER_START`` says otherwise): torch's default, a new interpreter that imports torch before
+    it forks them, answered 10.9-12.5 s after the start on the H200 host, 6-8 s after the first frame's compilation
+    began, while forked workers have nothing to import. Not for a run too short to compile
     whatever its data holds (``auto`` over at most ``max_steps`` x batch x the longest example's tokens). Returns
     whether they were started (``stop_compile_workers`` undoes it where the run turns out not to compile).
 
@@ -134,10 +140,13 @@ def warm_compile_workers(device_type: str, train, data, processes: int = 1, *, w
     if train.compile == "auto" and 0 < most and too_short_to_compile(most, "warm" if warm else "cold"):
         return False
     try:
+        from torch._inductor import config as inductor_config
         from torch._inductor.async_compile import AsyncCompile, maybe_warm_pool
 
+        if WORKER_START not in os.environ:  # the user's choice stands
+            inductor_config.worker_start_method = "fork"
         _workers.clear()
-        _workers["started"] = time.time()
+        _workers.update(started=time.time(), start=inductor_config.worker_start_method)
         maybe_warm_pool()
         ready = getattr(AsyncCompile, "_ready_future", None)  # torch's probe job: done once a worker answers
         if ready is not None:
