@@ -123,8 +123,9 @@ def warm_compile_workers(device_type: str, train, data, processes: int = 1, *, w
     encoding: torch starts them at the first compilation, whose first kernels then compile one by one in this
     process until the workers are up. Forked from this process (``worker_start_method`` ``fork``, unless
     ``TORCHINDUCTOR_WORKER_START`` says otherwise): torch's default, a new interpreter that imports torch before
-    it forks them, answered 10.9-12.5 s after the start on the H200 host, 6-8 s after the first frame's compilation
-    began, while forked workers have nothing to import. Not for a run too short to compile
+    it forks them, answered 8.9-12.5 s after the start on the H200 host, 4-8 s after the first frame's compilation
+    began; forked workers have nothing to import and answered after 0.54-0.62 s (gpt2-medium 1,000 steps: warm-up
+    8.4-9.1 s against 12.4 s). Not for a run too short to compile
     whatever its data holds (``auto`` over at most ``max_steps`` x batch x the longest example's tokens). Returns
     whether they were started (``stop_compile_workers`` undoes it where the run turns out not to compile).
 
